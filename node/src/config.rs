@@ -1,0 +1,583 @@
+//! The provisioner's configuration file.
+//!
+//! It accepts upstream's `choria-provisioner.yaml` keys as they are, so an existing file keeps
+//! working, plus our own sections (`nats`, `ca`, `data_dir`, `identity`, timeouts and retry
+//! policy). Unknown keys and bad values are errors at start, with the key named.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Upstream's default certificate deny list: names that would pose as privileged clients.
+pub const DEFAULT_DENY_LIST: &[&str] = &[
+    r"\.privileged.mcollective$",
+    r"\.privileged.choria$",
+    r"\.mcollective$",
+    r"\.choria$",
+];
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Features {
+    #[serde(default)]
+    pub pki: bool,
+    #[serde(default)]
+    pub jwt: bool,
+    #[serde(default)]
+    pub ed25519: bool,
+    #[serde(default)]
+    pub upgrades: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// Broker URLs, e.g. `nats://broker:4222`.
+    pub servers: Vec<String>,
+    /// Upstream logs in as `provisioner`.
+    #[serde(default = "default_nats_user")]
+    pub user: String,
+}
+
+fn default_nats_user() -> String {
+    "provisioner".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    /// CA certificate (PEM), created by `provisioner ca init`.
+    pub cert: PathBuf,
+    /// CA private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// Validity of issued certificates, e.g. `365d`.
+    #[serde(default = "default_cert_validity")]
+    pub validity: String,
+}
+
+fn default_cert_validity() -> String {
+    "365d".into()
+}
+
+/// The file as written; see [`Config`] for the checked form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    // upstream keys
+    #[serde(default)]
+    workers: usize,
+    #[serde(default = "default_interval")]
+    interval: String,
+    #[serde(default)]
+    logfile: String,
+    #[serde(default = "default_loglevel")]
+    loglevel: String,
+    #[serde(default)]
+    helper: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    monitor_port: u16,
+    #[serde(default)]
+    broker_provisioning_password: String,
+    #[serde(default)]
+    cert_deny_list: Vec<String>,
+    #[serde(default)]
+    jwt_verify_cert: String,
+    #[serde(default)]
+    jwt_signing_key: String,
+    #[serde(default)]
+    jwt_signing_token: String,
+    #[serde(default)]
+    server_jwt_validity: String,
+    #[serde(default)]
+    lifecycle_component: String,
+    #[serde(default)]
+    leader_election: bool,
+    #[serde(default)]
+    upgrades_repository: String,
+    #[serde(default)]
+    upgrades_optional: bool,
+    #[serde(default)]
+    features: Features,
+    // upstream keys we accept and do not use
+    #[serde(default)]
+    choria_insecure: Option<bool>,
+    #[serde(default)]
+    broker_port: Option<u16>,
+    #[serde(default)]
+    rego_policy: Option<String>,
+
+    // our keys
+    #[serde(default)]
+    identity: String,
+    nats: Option<NatsSection>,
+    ca: Option<CaSection>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default = "default_log_format")]
+    log_format: String,
+    #[serde(default = "default_helper_timeout")]
+    helper_timeout: String,
+    #[serde(default = "default_helper_max_output")]
+    helper_max_output: usize,
+    #[serde(default = "default_rpc_timeout")]
+    rpc_timeout: String,
+    #[serde(default = "default_discovery_timeout")]
+    discovery_timeout: String,
+    #[serde(default = "default_retry_min")]
+    retry_backoff_min: String,
+    #[serde(default = "default_retry_max")]
+    retry_backoff_max: String,
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    #[serde(default = "default_monitor_listen")]
+    monitor_listen: String,
+}
+
+fn default_interval() -> String {
+    "1m".into()
+}
+fn default_loglevel() -> String {
+    "info".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_helper_timeout() -> String {
+    "10s".into()
+}
+fn default_helper_max_output() -> usize {
+    1024 * 1024
+}
+fn default_rpc_timeout() -> String {
+    "10s".into()
+}
+fn default_discovery_timeout() -> String {
+    "2s".into()
+}
+fn default_retry_min() -> String {
+    "5s".into()
+}
+fn default_retry_max() -> String {
+    "5m".into()
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_monitor_listen() -> String {
+    "0.0.0.0".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The checked configuration the provisioner runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub workers: usize,
+    pub interval: Duration,
+    pub logfile: Option<PathBuf>,
+    pub loglevel: String,
+    pub log_format: LogFormat,
+    pub helper: Vec<String>,
+    pub token: String,
+    pub site: String,
+    pub monitor_port: u16,
+    pub monitor_listen: String,
+    pub broker_provisioning_password: String,
+    pub cert_deny_list: Vec<Regex>,
+    pub jwt_verify_cert: String,
+    pub jwt_signing_key: String,
+    pub jwt_signing_token: String,
+    pub server_jwt_validity: Duration,
+    pub lifecycle_component: String,
+    pub upgrades_repository: String,
+    pub upgrades_optional: bool,
+    pub features: Features,
+    pub identity: String,
+    pub nats: NatsSection,
+    pub ca: Option<CaSection>,
+    pub cert_validity: Duration,
+    pub data_dir: Option<PathBuf>,
+    pub helper_timeout: Duration,
+    pub helper_max_output: usize,
+    pub rpc_timeout: Duration,
+    pub discovery_timeout: Duration,
+    pub retry_backoff_min: Duration,
+    pub retry_backoff_max: Duration,
+    pub max_attempts: u32,
+    /// Warnings about accepted-but-unused keys, logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut warnings = Vec::new();
+
+        let interval = parse_duration(&raw.interval).map_err(|e| invalid("interval", e))?;
+        if interval < Duration::from_secs(60) {
+            return Err(invalid(
+                "interval",
+                "is too small, the minimum is 1 minute (for example 10m or 1h)",
+            ));
+        }
+
+        let lifecycle_component = if raw.lifecycle_component.is_empty() {
+            proto::lifecycle::PROVISION_MODE_COMPONENT.to_string()
+        } else {
+            raw.lifecycle_component
+        };
+        if !proto::subject::is_valid_token(&lifecycle_component) {
+            return Err(invalid(
+                "lifecycle_component",
+                format!("{lifecycle_component:?} may not contain '.', '*', '>' or spaces"),
+            ));
+        }
+
+        let mut features = raw.features;
+        if features.pki && features.ed25519 {
+            return Err(invalid("features", "only one of pki or ed25519 can be enabled"));
+        }
+        if features.ed25519 {
+            features.jwt = true;
+        }
+        if features.jwt && raw.jwt_verify_cert.is_empty() {
+            return Err(invalid(
+                "jwt_verify_cert",
+                "is required when the jwt feature is enabled",
+            ));
+        }
+
+        let deny = if raw.cert_deny_list.is_empty() {
+            DEFAULT_DENY_LIST.iter().map(|s| s.to_string()).collect()
+        } else {
+            raw.cert_deny_list
+        };
+        let cert_deny_list = deny
+            .iter()
+            .map(|p| compile_deny_pattern(p))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let server_jwt_validity = if raw.server_jwt_validity.is_empty() {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            parse_duration(&raw.server_jwt_validity)
+                .map_err(|e| invalid("server_jwt_validity", e))?
+        };
+
+        if raw.helper.trim().is_empty() {
+            return Err(invalid("helper", "is required: the program that decides each server's configuration"));
+        }
+        let helper = shell_words::split(&raw.helper)
+            .map_err(|e| invalid("helper", format!("cannot parse command: {e}")))?;
+
+        let nats = raw
+            .nats
+            .ok_or_else(|| invalid("nats", "section is required (servers: [nats://...])"))?;
+        if nats.servers.is_empty() {
+            return Err(invalid("nats.servers", "needs at least one broker URL"));
+        }
+        if raw.broker_provisioning_password.is_empty() {
+            return Err(invalid(
+                "broker_provisioning_password",
+                "is required: the provisioner logs in to the provisioning account with it",
+            ));
+        }
+
+        let cert_validity = match &raw.ca {
+            Some(ca) => parse_duration(&ca.validity).map_err(|e| invalid("ca.validity", e))?,
+            None => Duration::from_secs(365 * 24 * 3600),
+        };
+        if raw.ca.is_some() && !features.pki {
+            warnings.push("a ca section is configured but the pki feature is off; it is not used".into());
+        }
+
+        let log_format = match raw.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log_format", format!("{other:?} is not text or json"))),
+        };
+        match raw.loglevel.as_str() {
+            "trace" | "debug" | "info" | "warn" | "warning" | "error" => {}
+            other => return Err(invalid("loglevel", format!("{other:?} is not a log level"))),
+        }
+
+        if raw.leader_election {
+            warnings.push(
+                "leader_election is ignored: every cluster member is active and work is sharded"
+                    .into(),
+            );
+        }
+        if raw.choria_insecure.is_some() {
+            warnings.push("choria_insecure is ignored".into());
+        }
+        if raw.broker_port.is_some() {
+            warnings.push("broker_port is ignored: set nats.servers".into());
+        }
+        if raw.rego_policy.is_some() {
+            warnings.push("rego_policy is not supported and is ignored".into());
+        }
+        if features.upgrades && raw.upgrades_repository.is_empty() && !raw.upgrades_optional {
+            return Err(invalid(
+                "upgrades_repository",
+                "is required when the upgrades feature is on and upgrades are not optional",
+            ));
+        }
+        if raw.max_attempts == 0 {
+            return Err(invalid("max_attempts", "must be at least 1"));
+        }
+
+        let retry_backoff_min =
+            parse_duration(&raw.retry_backoff_min).map_err(|e| invalid("retry_backoff_min", e))?;
+        let retry_backoff_max =
+            parse_duration(&raw.retry_backoff_max).map_err(|e| invalid("retry_backoff_max", e))?;
+        if retry_backoff_max < retry_backoff_min {
+            return Err(invalid(
+                "retry_backoff_max",
+                "must not be smaller than retry_backoff_min",
+            ));
+        }
+
+        let identity = if raw.identity.is_empty() {
+            hostname()
+        } else {
+            raw.identity
+        };
+        if !proto::subject::is_valid_identity(&identity) {
+            return Err(invalid("identity", format!("{identity:?} is not a valid identity")));
+        }
+
+        let workers = if raw.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            raw.workers
+        };
+
+        Ok(Config {
+            file: path.to_path_buf(),
+            workers,
+            interval,
+            logfile: (!raw.logfile.is_empty()).then(|| PathBuf::from(&raw.logfile)),
+            loglevel: raw.loglevel,
+            log_format,
+            helper,
+            token: raw.token,
+            site: raw.site,
+            monitor_port: raw.monitor_port,
+            monitor_listen: raw.monitor_listen,
+            broker_provisioning_password: raw.broker_provisioning_password,
+            cert_deny_list,
+            jwt_verify_cert: raw.jwt_verify_cert,
+            jwt_signing_key: raw.jwt_signing_key,
+            jwt_signing_token: raw.jwt_signing_token,
+            server_jwt_validity,
+            lifecycle_component,
+            upgrades_repository: raw.upgrades_repository,
+            upgrades_optional: raw.upgrades_optional,
+            features,
+            identity,
+            nats,
+            ca: raw.ca,
+            cert_validity,
+            data_dir: raw.data_dir,
+            helper_timeout: parse_duration(&raw.helper_timeout)
+                .map_err(|e| invalid("helper_timeout", e))?,
+            helper_max_output: raw.helper_max_output,
+            rpc_timeout: parse_duration(&raw.rpc_timeout).map_err(|e| invalid("rpc_timeout", e))?,
+            discovery_timeout: parse_duration(&raw.discovery_timeout)
+                .map_err(|e| invalid("discovery_timeout", e))?,
+            retry_backoff_min,
+            retry_backoff_max,
+            max_attempts: raw.max_attempts,
+            warnings,
+        })
+    }
+}
+
+/// Upstream's deny list entries are Go regular expressions, optionally wrapped in `/.../`.
+fn compile_deny_pattern(p: &str) -> Result<Regex, ConfigError> {
+    let inner = if p.len() >= 2 && p.starts_with('/') && p.ends_with('/') {
+        &p[1..p.len() - 1]
+    } else {
+        p
+    };
+    Regex::new(inner).map_err(|e| invalid("cert_deny_list", format!("{p:?}: {e}")))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "provisioner".into())
+}
+
+/// Parses durations as upstream writes them: a number and a unit, `500ms`, `10s`, `5m`,
+/// `1h`, `1d`, `1w`, `1y`; several may be chained (`1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{s:?} is not a duration (e.g. 10s, 5m, 1h, 1d)"));
+        }
+        let n: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: bad number"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            "d" => n * 86400.0,
+            "w" => n * 7.0 * 86400.0,
+            "y" => n * 365.0 * 86400.0,
+            "" => return Err(format!("{s:?} needs a unit (ms, s, m, h, d, w, y)")),
+            u => return Err(format!("{s:?}: unknown unit {u:?}")),
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+helper: /usr/local/bin/helper
+broker_provisioning_password: s3cret
+nats:
+  servers: [nats://127.0.0.1:4222]
+"#;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_upstream_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(60));
+        assert_eq!(c.lifecycle_component, "provision_mode_server");
+        assert_eq!(c.cert_deny_list.len(), 4);
+        assert_eq!(c.nats.user, "provisioner");
+        assert_eq!(c.helper_timeout, Duration::from_secs(10));
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn upstream_file_is_accepted() {
+        let text = format!(
+            "{MINIMAL}\nworkers: 4\ninterval: 5m\nlogfile: /dev/stderr\nloglevel: debug\ntoken: t\nsite: lon\nmonitor_port: 9999\ncert_deny_list: ['/\\.bad$/']\njwt_verify_cert: /etc/x.pem\njwt_signing_key: k\njwt_signing_token: t\nserver_jwt_validity: 30d\nlifecycle_component: prov\nleader_election: true\nupgrades_repository: https://repo\nupgrades_optional: true\nfeatures: {{pki: true, jwt: true, upgrades: true}}\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.interval, Duration::from_secs(300));
+        assert!(c.cert_deny_list[0].is_match("x.bad"));
+        assert!(c.warnings.iter().any(|w| w.contains("leader_election")));
+        assert_eq!(c.server_jwt_validity, Duration::from_secs(30 * 86400));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases = [
+            (format!("{MINIMAL}\nbogus: 1\n"), "bogus"),
+            (format!("{MINIMAL}\ninterval: 30s\n"), "interval"),
+            (format!("{MINIMAL}\ninterval: 5x\n"), "interval"),
+            (format!("{MINIMAL}\nlifecycle_component: a.b\n"), "lifecycle_component"),
+            (
+                format!("{MINIMAL}\nfeatures: {{pki: true, ed25519: true}}\n"),
+                "features",
+            ),
+            (format!("{MINIMAL}\nfeatures: {{jwt: true}}\n"), "jwt_verify_cert"),
+            (format!("{MINIMAL}\ncert_deny_list: ['(']\n"), "cert_deny_list"),
+            (format!("{MINIMAL}\nworkers: -1\n"), "workers"),
+            (format!("{MINIMAL}\nlog_format: xml\n"), "log_format"),
+            (format!("{MINIMAL}\nmax_attempts: 0\n"), "max_attempts"),
+            ("helper: x\nnats: {servers: [a]}\n".to_string(), "broker_provisioning_password"),
+            ("broker_provisioning_password: x\nnats: {servers: [a]}\n".to_string(), "helper"),
+            ("helper: x\nbroker_provisioning_password: x\n".to_string(), "nats"),
+            (format!("{MINIMAL}\nhelper: \"unterminated '\"\n"), "helper"),
+        ];
+        for (text, key) in cases {
+            let err = match parse(&text) {
+                Ok(_) => panic!("accepted bad config for {key}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1y").unwrap(), Duration::from_secs(365 * 86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "10", "s", "1x", "-1s", "1.2.3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Step 3 (feature `pki`): ask the server for a certificate signing request
+//! (`choria_provision#gencsr`) and check it before anything signs it.
+//!
+//! A CSR is accepted when it is a PEM `CERTIFICATE REQUEST`, its self-signature verifies (the
+//! server holds the key), its one common name is the server's identity, and neither the
+//! common name nor any requested DNS name matches the deny list (upstream's defaults refuse
+//! names that would pose as privileged clients).
+
+use proto::agents::{CsrReply, CsrRequest, PROVISION_AGENT};
+use regex::Regex;
+use thiserror::Error;
+use x509_parser::prelude::*;
+
+use crate::pipeline::Services;
+use crate::rpc::RpcError;
+
+const MAX_CSR_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum CsrError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error("gencsr reply: {0}")]
+    Reply(String),
+    #[error("no CSR received")]
+    Empty,
+    #[error("CSR is not PEM: {0}")]
+    Pem(String),
+    #[error("CSR is not a certificate request: {0}")]
+    Der(String),
+    #[error("CSR signature does not verify: {0}")]
+    Signature(String),
+    #[error("CSR has no common name")]
+    NoCommonName,
+    #[error("CSR has more than one common name")]
+    SeveralCommonNames,
+    #[error("common name {cn} does not match identity {identity}")]
+    CommonNameMismatch { cn: String, identity: String },
+    #[error("{name} matches denied certificate pattern {pattern}")]
+    Denied { name: String, pattern: String },
+}
+
+impl CsrError {
+    /// Short reason for the `choria_provisioner_rejected` metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CsrError::Rpc(_) | CsrError::Reply(_) => "csr_rpc",
+            CsrError::Empty | CsrError::Pem(_) | CsrError::Der(_) => "csr_malformed",
+            CsrError::Signature(_) => "csr_signature",
+            CsrError::NoCommonName | CsrError::SeveralCommonNames => "csr_cn",
+            CsrError::CommonNameMismatch { .. } => "csr_cn",
+            CsrError::Denied { .. } => "csr_denied",
+        }
+    }
+}
+
+/// A CSR that passed every check.
+#[derive(Debug, Clone)]
+pub struct ValidCsr {
+    pub pem: String,
+    pub common_name: String,
+    pub dns_names: Vec<String>,
+}
+
+/// Checks a PEM CSR for `identity` against the deny list.
+pub fn validate(pem: &str, identity: &str, deny: &[Regex]) -> Result<ValidCsr, CsrError> {
+    if pem.trim().is_empty() {
+        return Err(CsrError::Empty);
+    }
+    if pem.len() > MAX_CSR_BYTES {
+        return Err(CsrError::Pem(format!("{} bytes is too long", pem.len())));
+    }
+    let (_, block) = parse_x509_pem(pem.as_bytes()).map_err(|e| CsrError::Pem(e.to_string()))?;
+    if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
+        return Err(CsrError::Pem(format!("PEM block is {:?}", block.label)));
+    }
+    let (_, csr) = X509CertificationRequest::from_der(&block.contents)
+        .map_err(|e| CsrError::Der(e.to_string()))?;
+    csr.verify_signature()
+        .map_err(|e| CsrError::Signature(e.to_string()))?;
+
+    let subject = &csr.certification_request_info.subject;
+    let mut cns = subject.iter_common_name();
+    let common_name = cns
+        .next()
+        .ok_or(CsrError::NoCommonName)?
+        .as_str()
+        .map_err(|e| CsrError::Der(format!("common name: {e}")))?
+        .to_string();
+    if cns.next().is_some() {
+        return Err(CsrError::SeveralCommonNames);
+    }
+    if common_name != identity {
+        return Err(CsrError::CommonNameMismatch {
+            cn: common_name,
+            identity: identity.to_string(),
+        });
+    }
+
+    let mut dns_names = Vec::new();
+    if let Some(exts) = csr.requested_extensions() {
+        for ext in exts {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    if let GeneralName::DNSName(d) = name {
+                        dns_names.push(d.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    for name in std::iter::once(&common_name).chain(dns_names.iter()) {
+        if let Some(re) = deny.iter().find(|re| re.is_match(name)) {
+            return Err(CsrError::Denied {
+                name: name.clone(),
+                pattern: re.as_str().to_string(),
+            });
+        }
+    }
+
+    Ok(ValidCsr {
+        pem: pem.to_string(),
+        common_name,
+        dns_names,
+    })
+}
+
+/// The server's CSR reply together with the checked CSR.
+pub struct FetchedCsr {
+    pub reply: CsrReply,
+    pub csr: ValidCsr,
+}
+
+/// Asks the server for a CSR with its identity as common name and checks it.
+pub async fn fetch_and_validate(svc: &Services, identity: &str) -> Result<FetchedCsr, CsrError> {
+    let req = CsrRequest {
+        token: svc.config.token.clone(),
+        cn: identity.to_string(),
+        ..Default::default()
+    };
+    // upstream tries gencsr once: every try makes the server write a new key
+    let reply = svc
+        .rpc
+        .call_ok(identity, PROVISION_AGENT, "gencsr", &req, svc.config.rpc_timeout, 1)
+        .await?;
+    let out: CsrReply = reply.data_as().map_err(|e| CsrError::Reply(e.to_string()))?;
+    let csr = validate(&out.csr, identity, &svc.config.cert_deny_list)?;
+    Ok(FetchedCsr { reply: out, csr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_DENY_LIST;
+
+    fn deny() -> Vec<Regex> {
+        DEFAULT_DENY_LIST
+            .iter()
+            .map(|p| Regex::new(p).unwrap())
+            .collect()
+    }
+
+    fn make_csr(cn: &str, sans: &[&str]) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn good_csr_passes() {
+        let pem = make_csr("n1.example.net", &["n1.example.net"]);
+        let v = validate(&pem, "n1.example.net", &deny()).unwrap();
+        assert_eq!(v.common_name, "n1.example.net");
+        assert_eq!(v.dns_names, vec!["n1.example.net"]);
+    }
+
+    #[test]
+    fn common_name_must_be_the_identity() {
+        let pem = make_csr("other.example.net", &[]);
+        assert!(matches!(
+            validate(&pem, "n1.example.net", &deny()),
+            Err(CsrError::CommonNameMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn deny_list_covers_cn_and_sans() {
+        let pem = make_csr("n1.privileged.choria", &[]);
+        assert!(matches!(
+            validate(&pem, "n1.privileged.choria", &deny()),
+            Err(CsrError::Denied { .. })
+        ));
+        let pem = make_csr("n1.example.net", &["admin.mcollective"]);
+        let err = validate(&pem, "n1.example.net", &deny()).unwrap_err();
+        assert!(matches!(err, CsrError::Denied { ref name, .. } if name == "admin.mcollective"));
+        assert_eq!(err.reason(), "csr_denied");
+    }
+
+    #[test]
+    fn bad_signature_is_rejected() {
+        let pem = make_csr("n1.example.net", &[]);
+        let (_, block) = parse_x509_pem(pem.as_bytes()).unwrap();
+        let mut der = block.contents.clone();
+        // flip a bit in the signature, at the end of the structure
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let tampered = pem_encode("CERTIFICATE REQUEST", &der);
+        assert!(matches!(
+            validate(&tampered, "n1.example.net", &deny()),
+            Err(CsrError::Signature(_))
+        ));
+        // and a changed subject no longer matches the signature either
+        let mut der = block.contents.clone();
+        if let Some(pos) = der.windows(2).position(|w| w == b"n1") {
+            der[pos] = b'm';
+        }
+        let tampered = pem_encode("CERTIFICATE REQUEST", &der);
+        assert!(matches!(
+            validate(&tampered, "m1.example.net", &deny()),
+            Err(CsrError::Signature(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        for bad in [
+            "",
+            "hello",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n",
+        ] {
+            assert!(validate(bad, "n1", &deny()).is_err(), "{bad}");
+        }
+    }
+
+    fn pem_encode(label: &str, der: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(chunk).unwrap());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
+    }
+}

@@ -1,0 +1,263 @@
+//! Prometheus metrics with upstream's names and `site` label, and the HTTP endpoint that
+//! serves them on `monitor_port`.
+//!
+//! Upstream exports `_rpc_time` and `_helper_time` as summaries; the Rust client has no
+//! summaries, so they are histograms here. Their `_sum` and `_count` series are the same, so
+//! rate-based dashboards keep working.
+
+use std::net::SocketAddr;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the provisioner exports.
+pub struct Metrics {
+    registry: Registry,
+    site: String,
+    pub rpc_time: HistogramVec,
+    pub helper_time: HistogramVec,
+    pub discovered: IntCounterVec,
+    pub event_discovered: IntCounterVec,
+    pub discover_cycles: IntCounterVec,
+    pub rpc_errors: IntCounterVec,
+    pub helper_errors: IntCounterVec,
+    pub discovery_errors: IntCounterVec,
+    pub provision_errors: IntCounterVec,
+    pub paused: IntGaugeVec,
+    pub busy_workers: IntGaugeVec,
+    pub provisioned: IntCounterVec,
+    pub work_queue_entries: IntGaugeVec,
+    pub waiting_nodes: IntGaugeVec,
+    pub helper_shutdown_requests: IntCounterVec,
+    pub deferred: IntCounterVec,
+    /// Messages off the wire that could not be decoded, by kind (reply, event, ...).
+    pub bad_messages: IntCounterVec,
+    /// Servers refused for a reason (jwt, csr_signature, csr_cn, csr_denied, ...).
+    pub rejected: IntCounterVec,
+}
+
+// Metric definitions are constants of this program; registering them can only fail on a
+// programming error (a duplicate name), never on input.
+#[allow(clippy::expect_used)]
+impl Metrics {
+    pub fn new(site: &str) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+            registry.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["site"]).expect("metric");
+            registry.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let buckets = vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("metric");
+            registry.register(Box::new(h.clone())).expect("register");
+            h
+        };
+        let site_l = &["site"][..];
+        let rpc_l = &["site", "rpc"][..];
+        let m = Metrics {
+            rpc_time: histogram(
+                "choria_provisioner_rpc_time",
+                "How long it took to perform RPC requests",
+                rpc_l,
+            ),
+            helper_time: histogram(
+                "choria_provisioner_helper_time",
+                "How long it took to run the helper",
+                site_l,
+            ),
+            discovered: counter(
+                "choria_provisioner_discovered",
+                "How many nodes were found through discovery",
+                site_l,
+            ),
+            event_discovered: counter(
+                "choria_provisioner_event_discovered",
+                "How many nodes were found through receiving an event about them",
+                site_l,
+            ),
+            discover_cycles: counter(
+                "choria_provisioner_discover_cycles",
+                "How many discovery cycles were ran",
+                site_l,
+            ),
+            rpc_errors: counter(
+                "choria_provisioner_rpc_errors",
+                "How many rpc related errors were encountered",
+                rpc_l,
+            ),
+            helper_errors: counter(
+                "choria_provisioner_helper_errors",
+                "How many helper related errors were encountered",
+                site_l,
+            ),
+            discovery_errors: counter(
+                "choria_provisioner_discovery_errors",
+                "How many discovery related errors were encountered",
+                site_l,
+            ),
+            provision_errors: counter(
+                "choria_provisioner_provision_errors",
+                "How many provision related errors were encountered",
+                site_l,
+            ),
+            paused: gauge(
+                "choria_provisioner_paused",
+                "1 when provisioning is paused",
+            ),
+            busy_workers: gauge(
+                "choria_provisioner_busy_workers",
+                "How many workers are busy provisioning nodes",
+            ),
+            provisioned: counter(
+                "choria_provisioner_provisioned",
+                "How many nodes were successfully provisioned",
+                site_l,
+            ),
+            work_queue_entries: gauge(
+                "choria_provisioner_work_queue_entries",
+                "Number of nodes on the work queue waiting to be provisioned",
+            ),
+            waiting_nodes: gauge(
+                "choria_provisioner_waiting_nodes",
+                "The number of nodes currently waiting to be provisioned",
+            ),
+            helper_shutdown_requests: counter(
+                "choria_provisioner_helper_shutdown_requests",
+                "How many times the helper asked for a node to be shutdown and it succeeded",
+                site_l,
+            ),
+            deferred: counter(
+                "choria_provisioner_deferred",
+                "How many times provisioning of a node was deferred for a later retry",
+                site_l,
+            ),
+            bad_messages: counter(
+                "choria_provisioner_bad_messages",
+                "Messages received from the network that could not be decoded",
+                &["site", "kind"],
+            ),
+            rejected: counter(
+                "choria_provisioner_rejected",
+                "Nodes refused because their credentials or requests failed a check",
+                &["site", "reason"],
+            ),
+            registry,
+            site: site.to_string(),
+        };
+        // Make every site series exist from the start, as upstream does.
+        for c in [
+            &m.discovered,
+            &m.event_discovered,
+            &m.discover_cycles,
+            &m.helper_errors,
+            &m.discovery_errors,
+            &m.provision_errors,
+            &m.provisioned,
+            &m.helper_shutdown_requests,
+            &m.deferred,
+        ] {
+            c.with_label_values(&[site]).reset();
+        }
+        for g in [
+            &m.paused,
+            &m.busy_workers,
+            &m.work_queue_entries,
+            &m.waiting_nodes,
+        ] {
+            g.with_label_values(&[site]).set(0);
+        }
+        m
+    }
+
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// Increments a counter labelled only with the site.
+    pub fn inc(&self, c: &IntCounterVec) {
+        c.with_label_values(&[&self.site]).inc();
+    }
+
+    pub fn set(&self, g: &IntGaugeVec, v: i64) {
+        g.with_label_values(&[&self.site]).set(v);
+    }
+
+    pub fn add(&self, g: &IntGaugeVec, v: i64) {
+        g.with_label_values(&[&self.site]).add(v);
+    }
+
+    pub fn bad_message(&self, kind: &str) {
+        self.bad_messages.with_label_values(&[&self.site, kind]).inc();
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[&self.site, reason]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics` until the task is dropped.
+pub async fn serve(
+    metrics: std::sync::Arc<Metrics>,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move { m.render() }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_names_are_exported_with_site() {
+        let m = Metrics::new("lon");
+        m.inc(&m.provisioned);
+        m.rpc_time
+            .with_label_values(&["lon", "choria_provision#jwt"])
+            .observe(0.01);
+        let text = m.render();
+        for name in [
+            "choria_provisioner_provisioned{site=\"lon\"} 1",
+            "choria_provisioner_paused{site=\"lon\"} 0",
+            "choria_provisioner_busy_workers",
+            "choria_provisioner_discover_cycles",
+            "choria_provisioner_helper_errors",
+            "choria_provisioner_rpc_time_count{rpc=\"choria_provision#jwt\",site=\"lon\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

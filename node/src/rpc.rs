@@ -1,0 +1,413 @@
+//! Calling agents on servers over NATS: directed RPC requests, broadcast discovery, and the
+//! reply router that matches replies to the requests waiting for them.
+//!
+//! One wildcard subscription receives every reply for this provisioner
+//! (`provisioning.reply.<md5 of our caller id>.>`); each reply is decoded, its hash checked and
+//! handed to the request with its request id. A reply that does not decode, or comes from a
+//! server other than the one asked, is counted and logged and never reaches the pipeline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures::StreamExt;
+use proto::rpc::{RpcReply, RpcRequest, StatusCode};
+use proto::v1::{self, Filter, Reply, Request, RequestSigner};
+use proto::{subject, ProtoError};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Discovery stops this long after the last reply (upstream's sliding window).
+const DISCOVERY_IDLE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Error)]
+pub enum RpcError {
+    #[error("{rpc}: no reply from {identity} within {timeout:?}")]
+    Timeout {
+        rpc: String,
+        identity: String,
+        timeout: Duration,
+    },
+    #[error("{rpc}: request does not match the agent DDL: {source}")]
+    InvalidRequest {
+        rpc: String,
+        #[source]
+        source: ProtoError,
+    },
+    #[error("{rpc}: could not publish: {reason}")]
+    Publish { rpc: String, reason: String },
+    #[error("{rpc}: reply from {identity} is not a valid RPC reply: {reason}")]
+    BadReply {
+        rpc: String,
+        identity: String,
+        reason: String,
+    },
+    #[error("{rpc}: {identity} answered {code:?}: {message}")]
+    Failed {
+        rpc: String,
+        identity: String,
+        code: StatusCode,
+        message: String,
+    },
+    #[error("subscribing to replies failed: {0}")]
+    Subscribe(String),
+}
+
+impl RpcError {
+    /// Errors that another try can fix. A request that does not match the DDL never will.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, RpcError::InvalidRequest { .. })
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>>;
+
+/// Sends requests as one provisioner and routes their replies back.
+#[derive(Clone)]
+pub struct RpcClient {
+    nats: async_nats::Client,
+    sender: String,
+    caller: String,
+    collective: String,
+    pending: Pending,
+    metrics: Arc<Metrics>,
+    signer: Arc<dyn RequestSigner>,
+}
+
+/// Removes a request's reply route when the request ends, however it ends.
+struct Route {
+    pending: Pending,
+    id: String,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+impl RpcClient {
+    /// Subscribes to this provisioner's reply subjects and starts routing replies.
+    pub async fn start(
+        nats: async_nats::Client,
+        sender: &str,
+        collective: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RpcError> {
+        let caller = format!("choria={sender}");
+        let prefix = subject::reply_prefix(collective, &caller);
+        let mut sub = nats
+            .subscribe(format!("{prefix}.>"))
+            .await
+            .map_err(|e| RpcError::Subscribe(e.to_string()))?;
+        let pending: Pending = Arc::default();
+        let client = RpcClient {
+            nats,
+            sender: sender.to_string(),
+            caller,
+            collective: collective.to_string(),
+            pending: pending.clone(),
+            metrics: metrics.clone(),
+            signer: Arc::new(v1::Insecure),
+        };
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                route_reply(&pending, &metrics, &msg.subject, &msg.payload);
+            }
+            tracing::warn!("reply subscription ended");
+        });
+        Ok(client)
+    }
+
+    /// Replaces the request signer (protocol security is off for provisioning by default).
+    pub fn with_signer(mut self, signer: Arc<dyn RequestSigner>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    fn open_route(&self, id: &str) -> (Route, mpsc::UnboundedReceiver<Reply>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id.to_string(), tx);
+        }
+        (
+            Route {
+                pending: self.pending.clone(),
+                id: id.to_string(),
+            },
+            rx,
+        )
+    }
+
+    fn request(&self, agent: &str, filter: Filter, body: &[u8]) -> Request {
+        Request::new(
+            agent,
+            &self.collective,
+            &self.caller,
+            &self.sender,
+            v1::DEFAULT_TTL,
+            filter,
+            body,
+        )
+    }
+
+    async fn publish(&self, rpc: &str, subject: String, req: &Request) -> Result<(), RpcError> {
+        let reply_to =
+            subject::reply_target(&self.collective, &self.caller, &req.envelope.requestid);
+        let bytes = req
+            .encode(&reply_to, &self.sender, self.signer.as_ref())
+            .map_err(|e| RpcError::Publish {
+                rpc: rpc.to_string(),
+                reason: e.to_string(),
+            })?;
+        self.nats
+            .publish(subject, bytes.into())
+            .await
+            .map_err(|e| RpcError::Publish {
+                rpc: rpc.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Calls `agent#action` on one server and returns its RPC reply, whatever its status.
+    pub async fn call<T: Serialize>(
+        &self,
+        identity: &str,
+        agent: &str,
+        action: &str,
+        data: &T,
+        timeout: Duration,
+    ) -> Result<RpcReply, RpcError> {
+        let rpc = format!("{agent}#{action}");
+        let data = serde_json::to_value(data).map_err(|e| RpcError::InvalidRequest {
+            rpc: rpc.clone(),
+            source: ProtoError::InvalidInput {
+                input: "data".into(),
+                reason: e.to_string(),
+            },
+        })?;
+        if let Some(ddl) = proto::ddl::for_agent(agent) {
+            ddl.validate(action, &data)
+                .map_err(|source| RpcError::InvalidRequest {
+                    rpc: rpc.clone(),
+                    source,
+                })?;
+        }
+        let body = RpcRequest::new(agent, action, data)
+            .to_json()
+            .map_err(|source| RpcError::InvalidRequest {
+                rpc: rpc.clone(),
+                source,
+            })?;
+        let filter = Filter {
+            identity: vec![identity.to_string()],
+            agent: vec![agent.to_string()],
+            ..Default::default()
+        };
+        let req = self.request(agent, filter, &body);
+        let (_route, mut replies) = self.open_route(&req.envelope.requestid);
+        self.publish(&rpc, subject::node_directed(&self.collective, identity), &req)
+            .await?;
+
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let reply = match tokio::time::timeout_at(deadline, replies.recv()).await {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(_) => {
+                    return Err(RpcError::Timeout {
+                        rpc,
+                        identity: identity.to_string(),
+                        timeout,
+                    })
+                }
+            };
+            if reply.envelope.senderid != identity {
+                self.metrics.bad_message("reply_sender");
+                tracing::warn!(
+                    rpc,
+                    expected = identity,
+                    got = %reply.envelope.senderid,
+                    "ignoring a reply from a server that was not asked"
+                );
+                continue;
+            }
+            return RpcReply::from_json(reply.message.as_bytes()).map_err(|e| {
+                self.metrics.bad_message("rpc_reply");
+                RpcError::BadReply {
+                    rpc,
+                    identity: identity.to_string(),
+                    reason: e.to_string(),
+                }
+            });
+        }
+    }
+
+    /// Like [`call`](Self::call), but only a successful reply is a success; `tries` attempts
+    /// with backoff, each timed in `choria_provisioner_rpc_time`, a final failure counted in
+    /// `choria_provisioner_rpc_errors`.
+    pub async fn call_ok<T: Serialize>(
+        &self,
+        identity: &str,
+        agent: &str,
+        action: &str,
+        data: &T,
+        timeout: Duration,
+        tries: u32,
+    ) -> Result<RpcReply, RpcError> {
+        let rpc = format!("{agent}#{action}");
+        let site = self.metrics.site().to_string();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = self
+                .call(identity, agent, action, data, timeout)
+                .await
+                .and_then(|reply| {
+                    if reply.is_ok() {
+                        Ok(reply)
+                    } else {
+                        Err(RpcError::Failed {
+                            rpc: rpc.clone(),
+                            identity: identity.to_string(),
+                            code: reply.statuscode,
+                            message: reply.statusmsg,
+                        })
+                    }
+                });
+            self.metrics
+                .rpc_time
+                .with_label_values(&[&site, &rpc])
+                .observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(r) => return Ok(r),
+                Err(e) if attempt < tries && e.is_retryable() => {
+                    tracing::debug!(identity, rpc, attempt, error = %e, "retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => {
+                    self.metrics
+                        .rpc_errors
+                        .with_label_values(&[&site, &rpc])
+                        .inc();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Broadcast discovery: asks every server in the collective with `agent` to answer a
+    /// `discovery` ping and returns who answered.
+    pub async fn discover(&self, agent: &str, timeout: Duration) -> Result<Vec<String>, RpcError> {
+        let rpc = "discovery#ping".to_string();
+        let body = base64::engine::general_purpose::STANDARD.encode(b"ping");
+        let req = self.request(
+            proto::agents::DISCOVERY_AGENT,
+            Filter::agent(agent),
+            body.as_bytes(),
+        );
+        let (_route, mut replies) = self.open_route(&req.envelope.requestid);
+        self.publish(
+            &rpc,
+            subject::agent_broadcast(&self.collective, proto::agents::DISCOVERY_AGENT),
+            &req,
+        )
+        .await?;
+
+        let hard = tokio::time::Instant::now() + timeout;
+        let mut deadline = hard;
+        let mut found = std::collections::BTreeSet::new();
+        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.recv()).await {
+            let who = reply.envelope.senderid;
+            if subject::is_valid_identity(&who) {
+                found.insert(who);
+            } else {
+                self.metrics.bad_message("discovery_sender");
+                tracing::warn!(sender = %who.chars().take(80).collect::<String>(), "ignoring discovery reply with an invalid identity");
+            }
+            deadline = hard.min(tokio::time::Instant::now() + DISCOVERY_IDLE);
+        }
+        Ok(found.into_iter().collect())
+    }
+}
+
+/// Hands one reply message to the request waiting for it.
+fn route_reply(pending: &Pending, metrics: &Metrics, subject: &str, payload: &[u8]) {
+    let reply = match v1::decode_reply(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.bad_message("reply");
+            tracing::warn!(subject, error = %e, "dropping a reply that does not decode");
+            return;
+        }
+    };
+    // the subject names the request; a reply claiming another request id is not trusted
+    if subject.rsplit('.').next() != Some(reply.envelope.requestid.as_str()) {
+        metrics.bad_message("reply_subject");
+        tracing::warn!(subject, request = %reply.envelope.requestid, "dropping a reply whose request id does not match its subject");
+        return;
+    }
+    let tx = pending
+        .lock()
+        .ok()
+        .and_then(|p| p.get(&reply.envelope.requestid).cloned());
+    match tx {
+        Some(tx) => {
+            let _ = tx.send(reply);
+        }
+        None => tracing::debug!(request = %reply.envelope.requestid, "late reply, nobody waiting"),
+    }
+}
+
+/// Backoff between RPC tries: 250 ms doubling to 4 s, with jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(4).saturating_sub(1));
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_replies_are_counted_not_routed() {
+        let metrics = Metrics::new("t");
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        pending.lock().unwrap().insert("a".repeat(32), tx);
+        for junk in [&b""[..], b"{}", b"\xff\xfe", br#"{"protocol":"choria:transport:1","data":"!!","headers":{}}"#] {
+            route_reply(&pending, &metrics, "provisioning.reply.x.y", junk);
+        }
+        assert!(rx.try_recv().is_err());
+        assert!(metrics.render().contains("choria_provisioner_bad_messages{kind=\"reply\",site=\"t\"} 4"));
+    }
+
+    #[test]
+    fn replies_reach_only_their_request() {
+        let metrics = Metrics::new("t");
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let req = Request::new("rpcutil", "provisioning", "choria=p", "p", 60, Filter::default(), b"{}");
+        let id = req.envelope.requestid.clone();
+        pending.lock().unwrap().insert(id.clone(), tx);
+        let bytes = Reply::new(&req.envelope, "n1", b"{\"statuscode\":0}").encode().unwrap();
+        // wrong subject: dropped
+        route_reply(&pending, &metrics, "provisioning.reply.x.other", &bytes);
+        assert!(rx.try_recv().is_err());
+        route_reply(&pending, &metrics, &format!("provisioning.reply.x.{id}"), &bytes);
+        assert_eq!(rx.try_recv().unwrap().envelope.senderid, "n1");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert!(backoff(1) >= Duration::from_millis(250));
+        assert!(backoff(10) <= Duration::from_millis(6000));
+    }
+}

@@ -1,0 +1,34 @@
+//! Every wire format the provisioner speaks, and nothing else.
+//!
+//! Read it next to upstream's JSON schemas: [`v1`] holds the five layers of Choria protocol
+//! version 1 (transport, secure request, request, secure reply, reply), [`rpc`] the MCollective
+//! SimpleRPC body carried inside them, [`subject`] the NATS subjects they travel on,
+//! [`lifecycle`] the events servers publish, [`ddl`] the agent interfaces (inputs and their
+//! validation) and [`agents`] the typed inputs and outputs of the `choria_provision` and
+//! `rpcutil` actions we call.
+//!
+//! This crate depends on no other crate of the workspace, so the fleet simulator that uses
+//! it stays an independent peer of the provisioner.
+
+pub mod agents;
+pub mod ddl;
+pub mod error;
+pub mod lifecycle;
+pub mod rpc;
+pub mod subject;
+pub mod v1;
+
+pub use error::ProtoError;
+
+/// Creates a request id as Choria protocol v1 wants it: 32 lower-case hex characters.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Seconds since the Unix epoch, as the envelopes carry it.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,63 @@
+//! Commands: the only way the ledger changes.
+//!
+//! Each command carries the time it was proposed (`at_ms`, Unix milliseconds) so applying it
+//! never reads a clock and every replica decides the same way.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseOutcome {
+    /// The helper deferred the server or a step failed; it may be tried again later.
+    Deferred { reason: String },
+    /// Provisioning failed; it may be tried again on the next discovery.
+    Failed { reason: String },
+    /// The helper asked for the server to be shut down.
+    Shutdown { reason: String },
+    /// The owner gave the server up without an outcome (it vanished, or the member stops).
+    Abandoned,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// `member` takes `identity` to provision it, holding it until `lease_until_ms`.
+    Claim {
+        identity: String,
+        member: String,
+        lease_until_ms: u64,
+        at_ms: u64,
+    },
+    /// A credential was issued for `identity`; applied before the server receives it.
+    IssueCredential {
+        identity: String,
+        member: String,
+        serial: String,
+        fingerprint: String,
+        not_after: i64,
+        at_ms: u64,
+    },
+    /// The server accepted its configuration and is restarting into it.
+    Enrolled {
+        identity: String,
+        member: String,
+        config_digest: String,
+        at_ms: u64,
+    },
+    /// `member` stops working on `identity`.
+    Release {
+        identity: String,
+        member: String,
+        outcome: ReleaseOutcome,
+        at_ms: u64,
+    },
+}
+
+impl Command {
+    pub fn identity(&self) -> &str {
+        match self {
+            Command::Claim { identity, .. }
+            | Command::IssueCredential { identity, .. }
+            | Command::Enrolled { identity, .. }
+            | Command::Release { identity, .. } => identity,
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The interface between the provisioning pipeline and the replicated state.
+//!
+//! The pipeline proposes a [`Command`] and gets back whether it applied; it never writes the
+//! state directly. A single process uses [`crate::LocalLedger`]; a cluster member submits the
+//! same commands to the Raft log.
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::command::Command;
+use crate::state::{Record, Rejection};
+
+/// The result of applying a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Ok,
+    Rejected(Rejection),
+}
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    /// The command could not be made durable (storage or replication failure). Whether it
+    /// applied is unknown; the caller must not deliver anything that depends on it.
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Proposes `cmd`; returns once it is applied (and durable, for durable ledgers).
+    async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError>;
+
+    /// The record of one server, as last applied on this member.
+    async fn record(&self, identity: &str) -> Option<Record>;
+
+    /// Every record, as last applied on this member.
+    async fn records(&self) -> Vec<Record>;
+}

@@ -1,0 +1,18 @@
+//! The provisioner's replicated state.
+//!
+//! [`command`] is every change a member can ask for (claim a server, record an issued
+//! credential, mark a server enrolled, release it); [`state`] holds the ledger and the rules
+//! that decide whether a command applies, in one `apply` function that is deterministic so
+//! every replica reaches the same ledger; [`ledger`] is the small interface the provisioning
+//! pipeline talks to. [`local`] implements it in one process; the Raft log implements the same
+//! interface by replicating the same commands.
+
+pub mod command;
+pub mod ledger;
+pub mod local;
+pub mod state;
+
+pub use command::{Command, ReleaseOutcome};
+pub use ledger::{Applied, Ledger, LedgerError};
+pub use local::LocalLedger;
+pub use state::{Credential, EnrollState, LedgerState, Record, Rejection};

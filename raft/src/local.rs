@@ -1,0 +1,38 @@
+//! A ledger kept in one process: the state machine behind a mutex, for a provisioner that runs
+//! alone and for tests of the pipeline.
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use crate::command::Command;
+use crate::ledger::{Applied, Ledger, LedgerError};
+use crate::state::{LedgerState, Record};
+
+#[derive(Default)]
+pub struct LocalLedger {
+    state: Mutex<LedgerState>,
+}
+
+impl LocalLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Ledger for LocalLedger {
+    async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
+        Ok(match self.state.lock().await.apply(&cmd) {
+            Ok(()) => Applied::Ok,
+            Err(r) => Applied::Rejected(r),
+        })
+    }
+
+    async fn record(&self, identity: &str) -> Option<Record> {
+        self.state.lock().await.record(identity).cloned()
+    }
+
+    async fn records(&self) -> Vec<Record> {
+        self.state.lock().await.records().cloned().collect()
+    }
+}

@@ -1,0 +1,422 @@
+//! The enrollment ledger and every rule about how it changes.
+//!
+//! One record per server identity: its state, which member owns it and until when, how often
+//! it was tried, the credential issued to it and a short history. [`LedgerState::apply`] is the
+//! only writer. It is deterministic (time comes from the command), so replaying the same
+//! commands on any replica gives the same ledger, and applying a command twice is harmless
+//! where the second application is rejected or changes nothing.
+//!
+//! The rules:
+//! - a server is worked by at most one member at a time: a claim succeeds when nobody holds a
+//!   live lease on it, or the claimant already holds it;
+//! - an enrolled server is not claimed again (re-enrollment goes through reprovisioning);
+//! - a credential is recorded only by the member holding the claim, and a serial number is
+//!   never recorded twice;
+//! - only the owner releases or completes a claim.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, ReleaseOutcome};
+
+/// Entries kept in a record's history; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnrollState {
+    Claimed,
+    Enrolled,
+    Deferred,
+    Failed,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Certificate serial number, lower-case hex.
+    pub serial: String,
+    /// SHA-256 of the certificate DER, lower-case hex.
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    pub issued_by: String,
+    pub issued_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at_ms: u64,
+    pub member: String,
+    pub event: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub identity: String,
+    pub state: EnrollState,
+    pub owner: Option<String>,
+    pub lease_until_ms: u64,
+    /// Claims made for this server, including the current one.
+    pub attempts: u32,
+    pub credential: Option<Credential>,
+    pub config_digest: Option<String>,
+    pub last_error: Option<String>,
+    pub first_seen_ms: u64,
+    pub updated_ms: u64,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Why a command did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// Another member holds a live claim on the server.
+    ClaimedBy { member: String, until_ms: u64 },
+    /// The server is enrolled already.
+    AlreadyEnrolled,
+    /// The command needs a claim that `member` does not hold.
+    NotOwner { member: String },
+    /// No record exists for the identity.
+    UnknownServer,
+    /// The serial number was recorded before, for `identity`.
+    SerialInUse { identity: String },
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::ClaimedBy { member, until_ms } => {
+                write!(f, "claimed by {member} until {until_ms}")
+            }
+            Rejection::AlreadyEnrolled => f.write_str("already enrolled"),
+            Rejection::NotOwner { member } => write!(f, "{member} does not hold the claim"),
+            Rejection::UnknownServer => f.write_str("unknown server"),
+            Rejection::SerialInUse { identity } => write!(f, "serial already issued to {identity}"),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct LedgerState {
+    records: BTreeMap<String, Record>,
+    /// serial -> identity, to refuse a serial that was issued before.
+    serials: HashMap<String, String>,
+}
+
+impl LedgerState {
+    pub fn record(&self, identity: &str) -> Option<&Record> {
+        self.records.get(identity)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.records.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Applies `cmd` if the rules allow it; the ledger is unchanged when it is rejected.
+    pub fn apply(&mut self, cmd: &Command) -> Result<(), Rejection> {
+        match cmd {
+            Command::Claim {
+                identity,
+                member,
+                lease_until_ms,
+                at_ms,
+            } => self.claim(identity, member, *lease_until_ms, *at_ms),
+
+            Command::IssueCredential {
+                identity,
+                member,
+                serial,
+                fingerprint,
+                not_after,
+                at_ms,
+            } => {
+                if let Some(other) = self.serials.get(serial) {
+                    return Err(Rejection::SerialInUse {
+                        identity: other.clone(),
+                    });
+                }
+                let rec = self.owned_by(identity, member, *at_ms)?;
+                rec.credential = Some(Credential {
+                    serial: serial.clone(),
+                    fingerprint: fingerprint.clone(),
+                    not_after: *not_after,
+                    issued_by: member.clone(),
+                    issued_at_ms: *at_ms,
+                });
+                note(rec, *at_ms, member, format!("credential issued, serial {serial}"));
+                self.serials.insert(serial.clone(), identity.clone());
+                Ok(())
+            }
+
+            Command::Enrolled {
+                identity,
+                member,
+                config_digest,
+                at_ms,
+            } => {
+                let rec = self.owned_by(identity, member, *at_ms)?;
+                rec.state = EnrollState::Enrolled;
+                rec.owner = None;
+                rec.lease_until_ms = 0;
+                rec.last_error = None;
+                rec.config_digest = Some(config_digest.clone());
+                note(rec, *at_ms, member, "enrolled".into());
+                Ok(())
+            }
+
+            Command::Release {
+                identity,
+                member,
+                outcome,
+                at_ms,
+            } => {
+                let rec = self.owned_by(identity, member, *at_ms)?;
+                let (state, error, event) = match outcome {
+                    ReleaseOutcome::Deferred { reason } => (
+                        EnrollState::Deferred,
+                        Some(reason.clone()),
+                        format!("deferred: {reason}"),
+                    ),
+                    ReleaseOutcome::Failed { reason } => (
+                        EnrollState::Failed,
+                        Some(reason.clone()),
+                        format!("failed: {reason}"),
+                    ),
+                    ReleaseOutcome::Shutdown { reason } => (
+                        EnrollState::Shutdown,
+                        None,
+                        format!("shut down: {reason}"),
+                    ),
+                    ReleaseOutcome::Abandoned => {
+                        (EnrollState::Failed, Some("abandoned".into()), "abandoned".into())
+                    }
+                };
+                rec.state = state;
+                rec.owner = None;
+                rec.lease_until_ms = 0;
+                rec.last_error = error;
+                note(rec, *at_ms, member, event);
+                Ok(())
+            }
+        }
+    }
+
+    fn claim(
+        &mut self,
+        identity: &str,
+        member: &str,
+        lease_until_ms: u64,
+        at_ms: u64,
+    ) -> Result<(), Rejection> {
+        if let Some(rec) = self.records.get(identity) {
+            if rec.state == EnrollState::Enrolled {
+                return Err(Rejection::AlreadyEnrolled);
+            }
+            if rec.state == EnrollState::Claimed {
+                if let Some(owner) = &rec.owner {
+                    if owner != member && rec.lease_until_ms > at_ms {
+                        return Err(Rejection::ClaimedBy {
+                            member: owner.clone(),
+                            until_ms: rec.lease_until_ms,
+                        });
+                    }
+                }
+            }
+        }
+        let rec = self
+            .records
+            .entry(identity.to_string())
+            .or_insert_with(|| Record {
+                identity: identity.to_string(),
+                state: EnrollState::Claimed,
+                owner: None,
+                lease_until_ms: 0,
+                attempts: 0,
+                credential: None,
+                config_digest: None,
+                last_error: None,
+                first_seen_ms: at_ms,
+                updated_ms: at_ms,
+                history: Vec::new(),
+            });
+        let renewal = rec.state == EnrollState::Claimed && rec.owner.as_deref() == Some(member);
+        rec.state = EnrollState::Claimed;
+        rec.owner = Some(member.to_string());
+        rec.lease_until_ms = lease_until_ms;
+        if !renewal {
+            rec.attempts += 1;
+            note(rec, at_ms, member, "claimed".into());
+        }
+        Ok(())
+    }
+
+    /// The record of `identity` if `member` holds a live claim on it.
+    fn owned_by(
+        &mut self,
+        identity: &str,
+        member: &str,
+        at_ms: u64,
+    ) -> Result<&mut Record, Rejection> {
+        let rec = self
+            .records
+            .get_mut(identity)
+            .ok_or(Rejection::UnknownServer)?;
+        let owns = rec.state == EnrollState::Claimed
+            && rec.owner.as_deref() == Some(member)
+            && rec.lease_until_ms > at_ms;
+        if !owns {
+            return Err(Rejection::NotOwner {
+                member: member.to_string(),
+            });
+        }
+        Ok(rec)
+    }
+}
+
+fn note(rec: &mut Record, at_ms: u64, member: &str, event: String) {
+    rec.updated_ms = at_ms;
+    rec.history.push(HistoryEntry {
+        at_ms,
+        member: member.to_string(),
+        event,
+    });
+    if rec.history.len() > HISTORY_LIMIT {
+        let excess = rec.history.len() - HISTORY_LIMIT;
+        rec.history.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(id: &str, m: &str, at: u64) -> Command {
+        Command::Claim {
+            identity: id.into(),
+            member: m.into(),
+            lease_until_ms: at + 1000,
+            at_ms: at,
+        }
+    }
+
+    fn issue(id: &str, m: &str, serial: &str, at: u64) -> Command {
+        Command::IssueCredential {
+            identity: id.into(),
+            member: m.into(),
+            serial: serial.into(),
+            fingerprint: "f".into(),
+            not_after: 1,
+            at_ms: at,
+        }
+    }
+
+    fn enrolled(id: &str, m: &str, at: u64) -> Command {
+        Command::Enrolled {
+            identity: id.into(),
+            member: m.into(),
+            config_digest: "d".into(),
+            at_ms: at,
+        }
+    }
+
+    #[test]
+    fn one_owner_at_a_time_until_the_lease_ends() {
+        let mut s = LedgerState::default();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        assert!(matches!(
+            s.apply(&claim("n1", "b", 10)),
+            Err(Rejection::ClaimedBy { .. })
+        ));
+        // the owner renews without counting a new attempt
+        s.apply(&claim("n1", "a", 20)).unwrap();
+        assert_eq!(s.record("n1").unwrap().attempts, 1);
+        // after the lease another member may take it over
+        s.apply(&claim("n1", "b", 5000)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.owner.as_deref(), Some("b"));
+        assert_eq!(r.attempts, 2);
+        // and the old owner can no longer act on it
+        assert!(matches!(
+            s.apply(&issue("n1", "a", "01", 5001)),
+            Err(Rejection::NotOwner { .. })
+        ));
+    }
+
+    #[test]
+    fn serials_are_never_recorded_twice() {
+        let mut s = LedgerState::default();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&claim("n2", "a", 0)).unwrap();
+        s.apply(&issue("n1", "a", "abc", 1)).unwrap();
+        assert_eq!(
+            s.apply(&issue("n2", "a", "abc", 2)),
+            Err(Rejection::SerialInUse {
+                identity: "n1".into()
+            })
+        );
+        assert!(s.record("n2").unwrap().credential.is_none());
+    }
+
+    #[test]
+    fn enrolled_servers_are_not_claimed_again() {
+        let mut s = LedgerState::default();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&issue("n1", "a", "01", 1)).unwrap();
+        s.apply(&enrolled("n1", "a", 2)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Enrolled);
+        assert_eq!(r.owner, None);
+        assert_eq!(s.apply(&claim("n1", "b", 3)), Err(Rejection::AlreadyEnrolled));
+        // a repeated completion is rejected and changes nothing
+        assert!(s.apply(&enrolled("n1", "a", 4)).is_err());
+        assert_eq!(s.record("n1").unwrap().updated_ms, 2);
+    }
+
+    #[test]
+    fn release_needs_the_owner_and_allows_a_new_claim() {
+        let mut s = LedgerState::default();
+        assert_eq!(
+            s.apply(&Command::Release {
+                identity: "n1".into(),
+                member: "a".into(),
+                outcome: ReleaseOutcome::Abandoned,
+                at_ms: 0
+            }),
+            Err(Rejection::UnknownServer)
+        );
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        let defer = |member: &str| Command::Release {
+            identity: "n1".into(),
+            member: member.into(),
+            outcome: ReleaseOutcome::Deferred {
+                reason: "later".into(),
+            },
+            at_ms: 1,
+        };
+        assert!(s.apply(&defer("b")).is_err());
+        s.apply(&defer("a")).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Deferred);
+        assert_eq!(r.last_error.as_deref(), Some("later"));
+        s.apply(&claim("n1", "b", 2)).unwrap();
+        assert_eq!(s.record("n1").unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut s = LedgerState::default();
+        for i in 0..100u64 {
+            s.apply(&claim("n1", if i % 2 == 0 { "a" } else { "b" }, i * 10_000))
+                .unwrap();
+        }
+        assert_eq!(s.record("n1").unwrap().history.len(), HISTORY_LIMIT);
+    }
+}
