@@ -107,7 +107,11 @@ impl JwtVerifier {
             .map_err(|e| format!("bad public key: {e}"))?;
         match spki.parsed() {
             Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => Ok(JwtVerifier {
-                key: DecodingKey::from_rsa_raw_components(rsa.modulus, rsa.exponent),
+                // ASN.1 integers carry a leading zero byte that the verifier must not see
+                key: DecodingKey::from_rsa_raw_components(
+                    strip_zeros(rsa.modulus),
+                    strip_zeros(rsa.exponent),
+                ),
                 algorithms: rsa_algorithms(),
             }),
             _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => Ok(JwtVerifier {
@@ -165,6 +169,11 @@ impl JwtVerifier {
         claims.entry("extensions").or_insert(Value::Null);
         Ok(ProvisioningClaims { claims })
     }
+}
+
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&x| x != 0).unwrap_or(b.len());
+    &b[start..]
 }
 
 fn rsa_algorithms() -> Vec<Algorithm> {
@@ -238,8 +247,8 @@ mod tests {
         let claims = upstream_verifier()
             .verify(&fixture("provisioning.jwt"))
             .unwrap();
-        assert_eq!(claims.token(), Some("toomanysecrets"));
-        assert_eq!(claims.claims["chu"], "nats://dev2.devco.net:4222");
+        assert_eq!(claims.token(), Some("s3cret"));
+        assert_eq!(claims.claims["chu"], "nats://localhost:4222");
         assert_eq!(claims.claims["ou"], "choria");
     }
 

@@ -1,1 +1,26 @@
-//! node
+//! The provisioner: finds Choria Servers waiting in provisioning mode and provisions them.
+//!
+//! Follow one server top-down: [`discover`] finds it and offers it to the [`work`] queue; a
+//! worker runs the [`pipeline`], which goes through [`jwt`], [`inventory`], [`csr`],
+//! [`helper`], [`enroll`] (with the built-in [`ca`]) and [`configure`], recording each state
+//! change in the ledger (the `raft` crate). [`rpc`] carries every request over NATS,
+//! [`metrics`] counts what happens, [`config`] reads the configuration file and [`service`]
+//! starts it all.
+
+pub mod ca;
+pub mod config;
+pub mod configure;
+pub mod csr;
+pub mod discover;
+pub mod enroll;
+pub mod helper;
+pub mod inventory;
+pub mod jwt;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod rpc;
+pub mod service;
+pub mod work;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

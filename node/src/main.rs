@@ -1,1 +1,144 @@
-fn main() {}
+//! The `provisioner` command: `run` a provisioner, or manage its CA.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use node::ca::{self, KeyType};
+use node::config::{parse_duration, Config};
+use node::service::Provisioner;
+
+#[derive(Parser)]
+#[command(name = "provisioner", version, about = "Provisions Choria Servers waiting in provisioning mode")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the provisioner
+    Run {
+        /// Configuration file (upstream choria-provisioner.yaml keys plus our sections)
+        #[arg(long, short, env = "PROVISIONER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage the built-in certificate authority
+    Ca {
+        #[command(subcommand)]
+        command: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create a new CA: DIR/ca.pem and DIR/ca.key (mode 0600)
+    Init {
+        /// Directory to write the CA into
+        #[arg(long)]
+        dir: PathBuf,
+        /// Common name of the CA certificate
+        #[arg(long, default_value = "Choria Provisioner CA")]
+        cn: String,
+        #[arg(long, value_enum, default_value = "ecdsa-p256")]
+        key_type: KeyType,
+        /// How long the CA is valid, e.g. 10y
+        #[arg(long, default_value = "10y")]
+        validity: String,
+        /// Replace an existing CA in DIR
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Ca {
+            command:
+                CaCmd::Init {
+                    dir,
+                    cn,
+                    key_type,
+                    validity,
+                    force,
+                },
+        } => {
+            let validity = match parse_duration(&validity) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("--validity: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match ca::init(&dir, &cn, key_type, validity, force) {
+                Ok((cert, key)) => {
+                    println!("CA certificate: {}", cert.display());
+                    println!("CA key:         {}", key.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ca init: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run { config } => run(config),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = node::logging::init(
+        &config.loglevel,
+        config.log_format,
+        config.logfile.as_deref(),
+    ) {
+        eprintln!("logging: {e}");
+        return ExitCode::from(2);
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let provisioner = match Provisioner::start(config, None, None).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        provisioner.stop();
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Step 6: hand the server its configuration (`choria_provision#configure`), then restart it
+//! into that configuration (`choria_provision#restart`); or, when the helper says so, shut it
+//! down (`choria_provision#shutdown`).
+
+use proto::agents::{ConfigureRequest, RestartRequest, TokenRequest, PROVISION_AGENT};
+use sha2::{Digest, Sha256};
+
+use crate::pipeline::Services;
+use crate::rpc::RpcError;
+
+/// Sends the configuration; returns the SHA-256 (hex) of the configuration text sent, which
+/// the ledger records.
+pub async fn configure(
+    svc: &Services,
+    identity: &str,
+    request: &ConfigureRequest,
+) -> Result<String, RpcError> {
+    svc.rpc
+        .call_ok(
+            identity,
+            PROVISION_AGENT,
+            "configure",
+            request,
+            svc.config.rpc_timeout,
+            5,
+        )
+        .await?;
+    Ok(hex::encode(Sha256::digest(request.config.as_bytes())))
+}
+
+/// Asks the server to restart into its new configuration within a second of splay.
+pub async fn restart(svc: &Services, identity: &str) -> Result<(), RpcError> {
+    let req = RestartRequest {
+        token: svc.config.token.clone(),
+        splay: Some(1),
+    };
+    svc.rpc
+        .call_ok(identity, PROVISION_AGENT, "restart", &req, svc.config.rpc_timeout, 3)
+        .await
+        .map(|_| ())
+}
+
+pub async fn shutdown(svc: &Services, identity: &str) -> Result<(), RpcError> {
+    let req = TokenRequest {
+        token: svc.config.token.clone(),
+    };
+    svc.rpc
+        .call_ok(identity, PROVISION_AGENT, "shutdown", &req, svc.config.rpc_timeout, 3)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,94 @@
+//! Finding servers that wait in provisioning mode, two ways, as upstream:
+//!
+//! - periodic broadcast discovery in the `provisioning` collective with an agent filter on
+//!   `choria_provision`, at start and every `interval`;
+//! - lifecycle `startup` events of the configured component, so new servers are picked up
+//!   between discovery runs.
+//!
+//! Both offer what they find to the work queue, which ignores servers it knows already.
+//! Nothing is discovered while provisioning is paused.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use proto::lifecycle::{Event, EventType};
+
+use crate::pipeline::Services;
+use crate::work::{Source, WorkQueue};
+
+/// Runs broadcast discovery now and then every `interval`, until the task is dropped.
+pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>) {
+    let mut ticker = tokio::time::interval(svc.config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        discover_once(&svc, &queue).await;
+    }
+}
+
+/// One discovery cycle.
+pub async fn discover_once(svc: &Services, queue: &WorkQueue) {
+    let m = &svc.metrics;
+    if svc.is_paused() {
+        tracing::warn!("skipping discovery while paused");
+        return;
+    }
+    m.inc(&m.discover_cycles);
+    match svc
+        .rpc
+        .discover(proto::agents::PROVISION_AGENT, svc.config.discovery_timeout)
+        .await
+    {
+        Ok(found) => {
+            let mut added = 0;
+            for identity in &found {
+                if queue.offer(identity, Source::Discovery) {
+                    m.inc(&m.discovered);
+                    added += 1;
+                }
+            }
+            tracing::info!(found = found.len(), added, "discovery finished");
+        }
+        Err(e) => {
+            m.inc(&m.discovery_errors);
+            tracing::error!(error = %e, "discovery failed");
+        }
+    }
+}
+
+/// Handles `startup` events from `sub` (subscribed by the caller before the first discovery,
+/// so nothing falls in between) until the subscription ends.
+pub async fn run_events(svc: Arc<Services>, queue: Arc<WorkQueue>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        handle_event(&svc, &queue, &msg.payload);
+    }
+    tracing::warn!("lifecycle subscription ended");
+}
+
+/// The subject startup events of provisioning-mode servers arrive on.
+pub fn startup_subject(component: &str) -> String {
+    proto::subject::lifecycle_event(EventType::Startup.as_str(), component)
+}
+
+/// Offers the server named by a startup event; anything else is counted and dropped.
+pub fn handle_event(svc: &Services, queue: &WorkQueue, payload: &[u8]) {
+    let m = &svc.metrics;
+    if svc.is_paused() {
+        return;
+    }
+    let event = match Event::from_json(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            m.bad_message("event");
+            tracing::warn!(error = %e, "dropping a lifecycle event that does not decode");
+            return;
+        }
+    };
+    if !matches!(event.kind(), Ok(EventType::Startup)) {
+        return;
+    }
+    if queue.offer(&event.identity, Source::Event) {
+        m.inc(&m.event_discovered);
+        tracing::info!(identity = %event.identity, "found through a startup event");
+    }
+}

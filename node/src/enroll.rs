@@ -1,0 +1,110 @@
+//! Step 5 (feature `pki`): decide the server's certificate and record it in the ledger before
+//! the server receives it.
+//!
+//! Either the helper returned `certificate` and `ca` (an external CA, upstream's contract) or the
+//! built-in CA signs the checked CSR. Both are recorded with serial, fingerprint and expiry; a
+//! serial the ledger has seen before is refused and, for the built-in CA, signed again with a
+//! new one.
+
+use proto::agents::CsrReply;
+use raft::{Applied, Command, Rejection};
+use thiserror::Error;
+
+use crate::ca::{self, CaError, Issued};
+use crate::csr::ValidCsr;
+use crate::pipeline::{now_ms, Services};
+
+/// Attempts to find a fresh serial before giving up (a collision of 128-bit random serials
+/// means something is badly wrong).
+const SIGN_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Error)]
+pub enum EnrollError {
+    #[error("pki is enabled but the helper returned no certificate and no built-in CA is configured")]
+    NoCertificate,
+    #[error("helper returned a certificate without a CA (or a CA without a certificate)")]
+    Incomplete,
+    #[error("helper certificate is not valid PEM: {0}")]
+    BadCertificate(String),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("ledger refused the credential: {0}")]
+    Refused(Rejection),
+    #[error("ledger unavailable: {0}")]
+    Ledger(String),
+}
+
+/// The certificate the server will be configured with.
+pub struct Credential {
+    pub certificate: String,
+    pub ca: String,
+    pub serial: String,
+}
+
+pub async fn enroll(
+    svc: &Services,
+    identity: &str,
+    csr: &ValidCsr,
+    helper_cert: &str,
+    helper_ca: &str,
+) -> Result<Credential, EnrollError> {
+    match (helper_cert.is_empty(), helper_ca.is_empty()) {
+        (false, false) => {
+            let issued = ca::describe(helper_cert).map_err(EnrollError::BadCertificate)?;
+            record(svc, identity, &issued).await?;
+            Ok(Credential {
+                certificate: issued.pem,
+                ca: helper_ca.to_string(),
+                serial: issued.serial,
+            })
+        }
+        (true, true) => {
+            let ca = svc.ca.as_ref().ok_or(EnrollError::NoCertificate)?;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let issued = ca.sign(&csr.pem, identity)?;
+                match record(svc, identity, &issued).await {
+                    Ok(()) => {
+                        return Ok(Credential {
+                            certificate: issued.pem,
+                            ca: ca.cert_pem().to_string(),
+                            serial: issued.serial,
+                        })
+                    }
+                    Err(EnrollError::Refused(Rejection::SerialInUse { .. }))
+                        if attempt < SIGN_ATTEMPTS =>
+                    {
+                        tracing::warn!(identity, serial = %issued.serial, "serial in use, signing again");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        _ => Err(EnrollError::Incomplete),
+    }
+}
+
+async fn record(svc: &Services, identity: &str, issued: &Issued) -> Result<(), EnrollError> {
+    let cmd = Command::IssueCredential {
+        identity: identity.to_string(),
+        member: svc.member.clone(),
+        serial: issued.serial.clone(),
+        fingerprint: issued.fingerprint.clone(),
+        not_after: issued.not_after,
+        at_ms: now_ms(),
+    };
+    match svc.ledger.propose(cmd).await {
+        Ok(Applied::Ok) => Ok(()),
+        Ok(Applied::Rejected(r)) => Err(EnrollError::Refused(r)),
+        Err(e) => Err(EnrollError::Ledger(e.to_string())),
+    }
+}
+
+/// The ssl directory to configure: the one the server made its key in wins, as upstream.
+pub fn ssldir<'a>(csr: Option<&'a CsrReply>, helper_ssldir: &'a str) -> &'a str {
+    match csr {
+        Some(c) if !c.ssldir.is_empty() => &c.ssldir,
+        _ => helper_ssldir,
+    }
+}

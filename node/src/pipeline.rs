@@ -1,0 +1,270 @@
+//! One server from "discovered" to "configured", in the order it happens:
+//!
+//! 1. claim it in the ledger, so no other worker or member works on it at the same time;
+//! 2. [`jwt`](crate::jwt): fetch and verify its provisioning JWT (feature `jwt`);
+//! 3. [`inventory`](crate::inventory): read its inventory;
+//! 4. [`csr`](crate::csr): fetch and check its CSR (feature `pki`);
+//! 5. [`helper`](crate::helper): ask user logic for its configuration or a decision;
+//! 6. [`enroll`](crate::enroll): issue or accept its certificate, recorded in the ledger first;
+//! 7. [`configure`](crate::configure): configure and restart it;
+//! 8. mark it enrolled in the ledger.
+//!
+//! Every way out of this function releases the claim with an outcome the work queue acts on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use proto::agents::ConfigureRequest;
+use raft::{Applied, Command, Ledger, ReleaseOutcome, Rejection};
+
+use crate::ca::Ca;
+use crate::config::Config;
+use crate::helper::{HelperRequest, UserLogic};
+use crate::jwt::{FetchJwtError, JwtVerifier};
+use crate::metrics::Metrics;
+use crate::rpc::RpcClient;
+use crate::{configure, csr, enroll, inventory, jwt};
+
+/// How long a claim holds before another member may take the server over.
+pub const CLAIM_LEASE_MS: u64 = 5 * 60 * 1000;
+
+/// Everything a provisioning worker uses.
+pub struct Services {
+    pub config: Arc<Config>,
+    /// This member's name in the ledger.
+    pub member: String,
+    pub rpc: RpcClient,
+    pub ledger: Arc<dyn Ledger>,
+    pub logic: Arc<dyn UserLogic>,
+    pub ca: Option<Ca>,
+    pub jwt: Option<JwtVerifier>,
+    pub metrics: Arc<Metrics>,
+    pub paused: AtomicBool,
+}
+
+impl Services {
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        self.metrics.set(&self.metrics.paused, paused as i64);
+    }
+}
+
+/// How provisioning one server ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Configured and restarting into its configuration.
+    Provisioned,
+    /// Not worked on: enrolled already, or claimed by someone else.
+    Skipped(String),
+    /// The helper deferred it; try again later.
+    Deferred(String),
+    /// A step failed; try again later.
+    Failed(String),
+    /// Shut down on the helper's request.
+    Shutdown,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Provisions one server. Never panics on what the server or helper sends.
+pub async fn provision(svc: &Services, identity: &str) -> Outcome {
+    match claim(svc, identity).await {
+        Ok(()) => {}
+        Err(skip) => return skip,
+    }
+    let (outcome, release) = match run_steps(svc, identity).await {
+        Ok(Step::Done(digest)) => {
+            let cmd = Command::Enrolled {
+                identity: identity.to_string(),
+                member: svc.member.clone(),
+                config_digest: digest,
+                at_ms: now_ms(),
+            };
+            if let Err(reason) = propose(svc, cmd).await {
+                // the server is configured; the ledger will learn it when the claim expires
+                // and the server is gone from provisioning mode
+                tracing::error!(identity, %reason, "could not record enrollment");
+            }
+            return Outcome::Provisioned;
+        }
+        Ok(Step::Deferred(reason)) => (
+            Outcome::Deferred(reason.clone()),
+            ReleaseOutcome::Deferred { reason },
+        ),
+        Ok(Step::Shutdown(reason)) => (Outcome::Shutdown, ReleaseOutcome::Shutdown { reason }),
+        Err(reason) => (
+            Outcome::Failed(reason.clone()),
+            ReleaseOutcome::Failed { reason },
+        ),
+    };
+    let cmd = Command::Release {
+        identity: identity.to_string(),
+        member: svc.member.clone(),
+        outcome: release,
+        at_ms: now_ms(),
+    };
+    if let Err(reason) = propose(svc, cmd).await {
+        tracing::warn!(identity, %reason, "could not release claim; it lapses with its lease");
+    }
+    outcome
+}
+
+enum Step {
+    Done(String),
+    Deferred(String),
+    Shutdown(String),
+}
+
+async fn claim(svc: &Services, identity: &str) -> Result<(), Outcome> {
+    let now = now_ms();
+    let cmd = Command::Claim {
+        identity: identity.to_string(),
+        member: svc.member.clone(),
+        lease_until_ms: now + CLAIM_LEASE_MS,
+        at_ms: now,
+    };
+    match svc.ledger.propose(cmd).await {
+        Ok(Applied::Ok) => Ok(()),
+        Ok(Applied::Rejected(r @ Rejection::AlreadyEnrolled)) => {
+            Err(Outcome::Skipped(r.to_string()))
+        }
+        Ok(Applied::Rejected(r)) => Err(Outcome::Skipped(r.to_string())),
+        Err(e) => Err(Outcome::Failed(format!("cannot claim: {e}"))),
+    }
+}
+
+async fn propose(svc: &Services, cmd: Command) -> Result<(), String> {
+    match svc.ledger.propose(cmd).await {
+        Ok(Applied::Ok) => Ok(()),
+        Ok(Applied::Rejected(r)) => Err(r.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn run_steps(svc: &Services, identity: &str) -> Result<Step, String> {
+    let features = &svc.config.features;
+
+    let claims = match (&svc.jwt, features.jwt) {
+        (Some(verifier), true) => match jwt::fetch_and_verify(svc, verifier, identity).await {
+            Ok(j) => Some(j.claims),
+            Err(e) => {
+                if matches!(e, FetchJwtError::Invalid(_)) {
+                    svc.metrics.rejected("jwt");
+                }
+                return Err(e.to_string());
+            }
+        },
+        _ => None,
+    };
+
+    let inventory = inventory::fetch(svc, identity)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let fetched_csr = if features.pki {
+        match csr::fetch_and_validate(svc, identity).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                svc.metrics.rejected(e.reason());
+                return Err(e.to_string());
+            }
+        }
+    } else {
+        None
+    };
+
+    if svc.is_paused() {
+        return Err("provisioning is paused".into());
+    }
+    let request = HelperRequest {
+        identity: identity.to_string(),
+        csr: fetched_csr.as_ref().map(|c| c.reply.clone()),
+        ed25519_pubkey: None,
+        inventory: inventory.json,
+        jwt: claims.map(|c| c.claims),
+    };
+    let started = Instant::now();
+    let decision = svc.logic.decide(&request).await;
+    svc.metrics
+        .helper_time
+        .with_label_values(&[svc.metrics.site()])
+        .observe(started.elapsed().as_secs_f64());
+    let decision = decision.map_err(|e| {
+        svc.metrics.inc(&svc.metrics.helper_errors);
+        format!("helper failed: {e}")
+    })?;
+
+    if decision.defer {
+        return Ok(Step::Deferred(if decision.msg.is_empty() {
+            "deferred by helper".into()
+        } else {
+            decision.msg
+        }));
+    }
+    if decision.shutdown {
+        tracing::warn!(identity, reason = %decision.msg, "shutting down server on helper request");
+        configure::shutdown(svc, identity)
+            .await
+            .map_err(|e| e.to_string())?;
+        svc.metrics.inc(&svc.metrics.helper_shutdown_requests);
+        return Ok(Step::Shutdown(decision.msg));
+    }
+    if decision.configuration.is_empty() {
+        svc.metrics.inc(&svc.metrics.helper_errors);
+        return Err("helper returned an empty configuration".into());
+    }
+    if !decision.key.is_empty() {
+        return Err(
+            "helper returned a private key; encrypted key delivery is not supported yet".into(),
+        );
+    }
+    if !decision.upgrade.is_empty() {
+        tracing::warn!(identity, version = %decision.upgrade, "helper asked for an upgrade; upgrades are not supported yet, provisioning as is");
+    }
+
+    let config_json = serde_json::to_string(&decision.configuration)
+        .map_err(|e| format!("cannot encode configuration: {e}"))?;
+    let mut request = ConfigureRequest {
+        token: svc.config.token.clone(),
+        config: config_json,
+        ssldir: enroll::ssldir(fetched_csr.as_ref().map(|c| &c.reply), &decision.ssldir)
+            .to_string(),
+        action_policies: decision.action_policies,
+        opa_policies: decision.opa_policies,
+        ..Default::default()
+    };
+
+    if let Some(c) = &fetched_csr {
+        // the claim must outlive the rest of the flow; renew it before issuing
+        claim(svc, identity)
+            .await
+            .map_err(|o| format!("lost claim before issuing: {o:?}"))?;
+        let cred = enroll::enroll(svc, identity, &c.csr, &decision.certificate, &decision.ca)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(identity, serial = %cred.serial, "certificate issued");
+        request.certificate = cred.certificate;
+        request.ca = cred.ca;
+    } else if !decision.certificate.is_empty() {
+        request.certificate = decision.certificate;
+        request.ca = decision.ca;
+    }
+
+    let digest = configure::configure(svc, identity, &request)
+        .await
+        .map_err(|e| e.to_string())?;
+    configure::restart(svc, identity)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Step::Done(digest))
+}

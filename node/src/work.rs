@@ -1,0 +1,249 @@
+//! The work queue: servers waiting to be provisioned, the workers that provision them, and
+//! retries.
+//!
+//! A server is known here at most once (queued, in flight, or waiting for a retry), so
+//! discovery and lifecycle events finding the same server never start two flows for it.
+//! Failed and deferred servers are retried with exponential backoff up to `max_attempts`;
+//! after that they are forgotten until discovery finds them again. As upstream, a server that
+//! waited in the queue longer than twice the discovery interval is dropped as stale.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::pipeline::{self, Outcome, Services};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Discovery,
+    Event,
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Queued,
+    InFlight,
+    Waiting,
+}
+
+struct Entry {
+    state: State,
+    attempts: u32,
+    queued_at: Instant,
+}
+
+struct Job {
+    identity: String,
+}
+
+/// Servers known to this member's work queue.
+pub struct WorkQueue {
+    entries: Mutex<HashMap<String, Entry>>,
+    tx: mpsc::UnboundedSender<Job>,
+    svc: Arc<Services>,
+}
+
+impl WorkQueue {
+    /// Creates the queue and starts its dispatcher with `config.workers` workers.
+    pub fn start(svc: Arc<Services>) -> Arc<WorkQueue> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let q = Arc::new(WorkQueue {
+            entries: Mutex::new(HashMap::new()),
+            tx,
+            svc,
+        });
+        tokio::spawn(dispatch(q.clone(), rx));
+        q
+    }
+
+    /// Offers a server for provisioning; true when it was queued, false when it is known
+    /// already.
+    pub fn offer(&self, identity: &str, source: Source) -> bool {
+        let Ok(mut entries) = self.entries.lock() else {
+            return false;
+        };
+        match entries.get_mut(identity) {
+            Some(e) if source == Source::Retry && e.state == State::Waiting => {
+                e.state = State::Queued;
+                e.queued_at = Instant::now();
+            }
+            Some(_) => return false,
+            None => {
+                entries.insert(
+                    identity.to_string(),
+                    Entry {
+                        state: State::Queued,
+                        attempts: 0,
+                        queued_at: Instant::now(),
+                    },
+                );
+            }
+        }
+        self.update_gauges(&entries);
+        drop(entries);
+        if source != Source::Retry {
+            tracing::debug!(identity, ?source, "queued");
+        }
+        self.tx
+            .send(Job {
+                identity: identity.to_string(),
+            })
+            .is_ok()
+    }
+
+    /// Servers this queue knows of, by state: (queued, in flight, waiting for retry).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let Ok(entries) = self.entries.lock() else {
+            return (0, 0, 0);
+        };
+        let mut c = (0, 0, 0);
+        for e in entries.values() {
+            match e.state {
+                State::Queued => c.0 += 1,
+                State::InFlight => c.1 += 1,
+                State::Waiting => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    fn update_gauges(&self, entries: &HashMap<String, Entry>) {
+        let m = &self.svc.metrics;
+        let queued = entries.values().filter(|e| e.state == State::Queued).count();
+        m.set(&m.work_queue_entries, queued as i64);
+        m.set(&m.waiting_nodes, entries.len() as i64);
+    }
+
+    /// Marks a job in flight; false when it should not run (stale or gone).
+    fn begin(&self, identity: &str) -> bool {
+        let Ok(mut entries) = self.entries.lock() else {
+            return false;
+        };
+        let stale_after = self.svc.config.interval * 2;
+        let run = match entries.get_mut(identity) {
+            Some(e) if e.state == State::Queued && e.queued_at.elapsed() > stale_after => {
+                tracing::warn!(identity, waited = ?e.queued_at.elapsed(), "skipping server that waited too long");
+                entries.remove(identity);
+                false
+            }
+            Some(e) if e.state == State::Queued => {
+                e.state = State::InFlight;
+                true
+            }
+            _ => false,
+        };
+        self.update_gauges(&entries);
+        run
+    }
+
+    /// Records how a job ended; returns the retry delay when it should run again.
+    fn finish(&self, identity: &str, outcome: &Outcome) -> Option<Duration> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return None;
+        };
+        let cfg = &self.svc.config;
+        let retry = match outcome {
+            Outcome::Deferred(_) | Outcome::Failed(_) => {
+                let e = entries.get_mut(identity)?;
+                e.attempts += 1;
+                if e.attempts >= cfg.max_attempts {
+                    tracing::warn!(identity, attempts = e.attempts, "giving up until the server is discovered again");
+                    entries.remove(identity);
+                    None
+                } else {
+                    e.state = State::Waiting;
+                    Some(retry_delay(
+                        e.attempts,
+                        cfg.retry_backoff_min,
+                        cfg.retry_backoff_max,
+                    ))
+                }
+            }
+            Outcome::Provisioned | Outcome::Skipped(_) | Outcome::Shutdown => {
+                entries.remove(identity);
+                None
+            }
+        };
+        self.update_gauges(&entries);
+        retry
+    }
+}
+
+async fn dispatch(q: Arc<WorkQueue>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let workers = Arc::new(Semaphore::new(q.svc.config.workers.max(1)));
+    while let Some(job) = rx.recv().await {
+        while q.svc.is_paused() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Ok(permit) = workers.clone().acquire_owned().await else {
+            return;
+        };
+        if !q.begin(&job.identity) {
+            continue;
+        }
+        let q = q.clone();
+        tokio::spawn(async move {
+            let m = &q.svc.metrics;
+            m.add(&m.busy_workers, 1);
+            let outcome = pipeline::provision(&q.svc, &job.identity).await;
+            m.add(&m.busy_workers, -1);
+            drop(permit);
+            report(&q.svc, &job.identity, &outcome);
+            if let Some(delay) = q.finish(&job.identity, &outcome) {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    q.offer(&job.identity, Source::Retry);
+                });
+            }
+        });
+    }
+}
+
+fn report(svc: &Services, identity: &str, outcome: &Outcome) {
+    let m = &svc.metrics;
+    match outcome {
+        Outcome::Provisioned => {
+            m.inc(&m.provisioned);
+            tracing::info!(identity, "provisioned");
+        }
+        Outcome::Skipped(why) => tracing::debug!(identity, why, "skipped"),
+        Outcome::Deferred(why) => {
+            m.inc(&m.deferred);
+            tracing::info!(identity, why, "deferred");
+        }
+        Outcome::Failed(why) => {
+            m.inc(&m.provision_errors);
+            tracing::error!(identity, error = why, "could not provision");
+        }
+        Outcome::Shutdown => tracing::warn!(identity, "shut down"),
+    }
+}
+
+/// `min` doubling per attempt up to `max`, with up to 25% jitter so retries spread out.
+pub fn retry_delay(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let exp = min.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let base = exp.min(max);
+    let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
+    base + jitter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_and_caps() {
+        let min = Duration::from_secs(5);
+        let max = Duration::from_secs(60);
+        let d1 = retry_delay(1, min, max);
+        assert!(d1 >= min && d1 <= min.mul_f64(1.25));
+        let d3 = retry_delay(3, min, max);
+        assert!(d3 >= Duration::from_secs(20));
+        let d30 = retry_delay(30, min, max);
+        assert!(d30 >= max && d30 <= max.mul_f64(1.25));
+    }
+}
