@@ -1,1 +1,16 @@
-//! fleet
+//! The fleet simulator: thousands of simulated Choria Servers waiting in provisioning mode,
+//! each with its own identity, NATS connection, keys and provisioning JWT, behaving as the
+//! real `choria_provision` and `rpcutil` agents do.
+//!
+//! It depends only on `proto`, never on the provisioner's crates, so it is an independent
+//! peer: a protocol mistake in the provisioner shows up here instead of being shared.
+//!
+//! [`server`] is one simulated server, [`keys`] its key and CSR making, [`signer`] the test
+//! signer of provisioning JWTs, [`faults`] the failure injection, and [`fleet`] starts many
+//! servers and reports what happened to them.
+
+pub mod faults;
+pub mod fleet;
+pub mod keys;
+pub mod server;
+pub mod signer;

@@ -1,1 +1,475 @@
-//! Multi-process test support.
+//! Test and demo harness: runs the real parts as separate processes on loopback.
+//!
+//! [`Nats`] starts `nats-server` with the provisioning broker layout (a `provisioning` account
+//! holding the provisioner and the waiting servers, a separate `choria` account, no anonymous
+//! access); [`init_ca`] and [`ProvisionerProcess`] run the `provisioner` binary; [`FleetProcess`]
+//! runs `fleet-sim`. Every process is killed when its handle is dropped, and logs to a file in
+//! the run's directory.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Passwords of one broker; random per run.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub provisioner: String,
+    pub server: String,
+    pub choria: String,
+}
+
+impl Credentials {
+    pub fn random() -> Self {
+        let r = || format!("{:016x}{:016x}", rand_u64(), rand_u64());
+        Credentials {
+            provisioner: r(),
+            server: r(),
+            choria: r(),
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// Directory holding the workspace's built binaries (`provisioner`, `fleet-sim`): the
+/// `PROVISIONER_BIN_DIR` environment variable, or the profile directory this program runs from.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("PROVISIONER_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary; panics with the command to build it when missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    match std::fs::File::create(dir.join(name)) {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::null(),
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `nats-server` laid out like a Choria provisioning broker.
+pub struct Nats {
+    pub port: u16,
+    pub url: String,
+    pub creds: Credentials,
+    _proc: Proc,
+}
+
+/// The broker configuration: the provisioner and the waiting servers share the
+/// `provisioning` account, each user limited to the subjects its role needs; the `choria`
+/// account cannot see provisioning traffic; there is no anonymous access.
+pub fn nats_config(port: u16, creds: &Credentials) -> String {
+    format!(
+        r#"listen: 127.0.0.1:{port}
+max_connections: 10000
+accounts {{
+  provisioning {{
+    users: [
+      {{
+        user: provisioner, password: "{p}",
+        permissions: {{
+          publish: ["provisioning.>", "choria.lifecycle.event.>"],
+          subscribe: ["provisioning.reply.>", "choria.lifecycle.event.>", "_INBOX.>"]
+        }}
+      }},
+      {{
+        user: server, password: "{s}",
+        permissions: {{
+          publish: ["provisioning.reply.>", "choria.lifecycle.event.>"],
+          subscribe: ["provisioning.node.>", "provisioning.broadcast.>", "_INBOX.>"]
+        }}
+      }}
+    ]
+  }}
+  choria {{
+    users: [ {{ user: choria, password: "{c}" }} ]
+  }}
+}}
+"#,
+        p = creds.provisioner,
+        s = creds.server,
+        c = creds.choria
+    )
+}
+
+impl Nats {
+    pub fn start(dir: &Path) -> Nats {
+        let port = free_port();
+        let creds = Credentials::random();
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, nats_config(port, &creds)).expect("write nats.conf");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log_file(dir, "nats.log"))
+            .stderr(log_file(dir, "nats.err"))
+            .spawn()
+            .expect("nats-server is not installed (apt-get install nats-server)");
+        let proc = Proc {
+            child,
+            name: "nats-server".into(),
+        };
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "nats-server did not start on port {port}"
+        );
+        Nats {
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            creds,
+            _proc: proc,
+        }
+    }
+}
+
+/// Creates the built-in CA in `dir/ca` with `provisioner ca init`.
+pub fn init_ca(dir: &Path) -> (PathBuf, PathBuf) {
+    let ca_dir = dir.join("ca");
+    let out = Command::new(bin("provisioner"))
+        .args(["ca", "init", "--dir"])
+        .arg(&ca_dir)
+        .output()
+        .expect("run provisioner ca init");
+    assert!(
+        out.status.success(),
+        "ca init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (ca_dir.join("ca.pem"), ca_dir.join("ca.key"))
+}
+
+/// Settings of one provisioner process.
+pub struct ProvisionerOptions {
+    pub identity: String,
+    pub helper: String,
+    pub workers: usize,
+    pub token: String,
+    pub rpc_timeout: String,
+    pub max_attempts: u32,
+    pub retry_backoff_min: String,
+    pub loglevel: String,
+}
+
+impl Default for ProvisionerOptions {
+    fn default() -> Self {
+        ProvisionerOptions {
+            identity: "prov1.example.net".into(),
+            helper: format!(
+                "python3 {}",
+                repo_root().join("deploy/examples/helper.py").display()
+            ),
+            workers: 32,
+            token: String::new(),
+            rpc_timeout: "10s".into(),
+            max_attempts: 10,
+            retry_backoff_min: "5s".into(),
+            loglevel: "info".into(),
+        }
+    }
+}
+
+/// A running `provisioner run`.
+pub struct ProvisionerProcess {
+    pub monitor_port: u16,
+    pub proc: Proc,
+    pub config: PathBuf,
+}
+
+impl ProvisionerProcess {
+    pub fn start(
+        dir: &Path,
+        nats: &Nats,
+        ca: &(PathBuf, PathBuf),
+        jwt_signer_pub: &Path,
+        opts: &ProvisionerOptions,
+    ) -> ProvisionerProcess {
+        let monitor_port = free_port();
+        let config = dir.join(format!("{}.yaml", opts.identity));
+        let text = format!(
+            r#"identity: {identity}
+workers: {workers}
+interval: 1m
+loglevel: {loglevel}
+helper: "{helper}"
+token: "{token}"
+site: test
+monitor_port: {monitor_port}
+monitor_listen: 127.0.0.1
+broker_provisioning_password: "{password}"
+jwt_verify_cert: {jwt}
+rpc_timeout: {rpc_timeout}
+retry_backoff_min: {retry_min}
+retry_backoff_max: 30s
+max_attempts: {max_attempts}
+features:
+  pki: true
+  jwt: true
+nats:
+  servers: ["{url}"]
+ca:
+  cert: {ca_cert}
+  key: {ca_key}
+  validity: 30d
+"#,
+            identity = opts.identity,
+            workers = opts.workers,
+            loglevel = opts.loglevel,
+            helper = opts.helper,
+            token = opts.token,
+            password = nats.creds.provisioner,
+            jwt = jwt_signer_pub.display(),
+            rpc_timeout = opts.rpc_timeout,
+            retry_min = opts.retry_backoff_min,
+            max_attempts = opts.max_attempts,
+            url = nats.url,
+            ca_cert = ca.0.display(),
+            ca_key = ca.1.display(),
+        );
+        std::fs::write(&config, text).expect("write provisioner config");
+        let child = Command::new(bin("provisioner"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(log_file(dir, &format!("{}.out", opts.identity)))
+            .stderr(log_file(dir, &format!("{}.log", opts.identity)))
+            .spawn()
+            .expect("start provisioner");
+        let proc = Proc {
+            child,
+            name: opts.identity.clone(),
+        };
+        ProvisionerProcess {
+            monitor_port,
+            proc,
+            config,
+        }
+    }
+
+    /// The Prometheus text from `/metrics`, or "" when it cannot be read.
+    pub fn metrics(&self) -> String {
+        http_get(self.monitor_port, "/metrics").unwrap_or_default()
+    }
+
+    /// The value of one metric series (exact name with labels), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.metrics(), series)
+    }
+}
+
+/// Finds `series` (name with labels as printed) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+}
+
+/// Sum of all series of a metric whose labels contain `label_part`.
+pub fn metric_sum(text: &str, name: &str, label_part: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label_part))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Settings of one `fleet-sim` run.
+pub struct FleetOptions {
+    pub servers: usize,
+    pub key_type: String,
+    pub token: String,
+    pub extra: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            servers: 10,
+            key_type: "p256".into(),
+            token: String::new(),
+            extra: vec![],
+            timeout_secs: 300,
+        }
+    }
+}
+
+/// A running `fleet-sim`.
+pub struct FleetProcess {
+    pub proc: Proc,
+    pub summary: PathBuf,
+    pub signer_pub: PathBuf,
+}
+
+impl FleetProcess {
+    /// Starts the fleet and returns once every server is connected and waiting.
+    /// `inherit_output` shows its progress and result on this terminal (the demo).
+    pub fn start(
+        dir: &Path,
+        nats: &Nats,
+        ca_cert: &Path,
+        opts: &FleetOptions,
+        inherit_output: bool,
+    ) -> FleetProcess {
+        let summary = dir.join("fleet-summary.json");
+        let signer_pub = dir.join("jwt-signer.pem");
+        let ready = dir.join("fleet.ready");
+        let _ = std::fs::remove_file(&ready);
+        let mut cmd = Command::new(bin("fleet-sim"));
+        cmd.arg("--servers")
+            .arg(opts.servers.to_string())
+            .arg("--nats")
+            .arg(&nats.url)
+            .arg("--user")
+            .arg("server")
+            .env("FLEET_NATS_PASSWORD", &nats.creds.server)
+            .arg("--token")
+            .arg(&opts.token)
+            .arg("--key-type")
+            .arg(&opts.key_type)
+            .arg("--write-signer-pub")
+            .arg(&signer_pub)
+            .arg("--expect-ca")
+            .arg(ca_cert)
+            .arg("--summary")
+            .arg(&summary)
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--timeout")
+            .arg(opts.timeout_secs.to_string())
+            .args(&opts.extra);
+        if inherit_output {
+            cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        } else {
+            cmd.stdout(log_file(dir, "fleet.out"))
+                .stderr(log_file(dir, "fleet.log"));
+        }
+        let child = cmd.spawn().expect("start fleet-sim");
+        let mut proc = Proc {
+            child,
+            name: "fleet-sim".into(),
+        };
+        let start = Instant::now();
+        while !ready.exists() {
+            if let Some(status) = proc.wait_timeout(Duration::from_millis(100)) {
+                panic!(
+                    "fleet-sim exited before it was ready ({status}); see {}",
+                    dir.join("fleet.log").display()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "fleet-sim not ready after 300 s"
+            );
+        }
+        FleetProcess {
+            proc,
+            summary,
+            signer_pub,
+        }
+    }
+
+    /// Waits for the fleet to finish and returns its summary.
+    pub fn finish(mut self, timeout: Duration) -> serde_json::Value {
+        let status = self.proc.wait_timeout(timeout);
+        assert!(status.is_some(), "fleet-sim did not finish within {timeout:?}");
+        let text = std::fs::read_to_string(&self.summary).expect("fleet summary");
+        serde_json::from_str(&text).expect("fleet summary is JSON")
+    }
+}

@@ -1,1 +1,185 @@
-fn main() {}
+//! `fleet-sim`: run a fleet of simulated Choria Servers in provisioning mode against a broker
+//! and report how many got provisioned, how fast, and whether their certificates verify.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use fleet::faults::FaultShares;
+use fleet::fleet::{Fleet, FleetConfig};
+use fleet::keys::KeyType;
+use fleet::signer::JwtSigner;
+
+#[derive(Parser)]
+#[command(name = "fleet-sim", version, about = "Simulated Choria Servers waiting in provisioning mode")]
+struct Args {
+    /// Number of servers
+    #[arg(long, default_value_t = 100)]
+    servers: usize,
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    #[arg(long, default_value = "server")]
+    user: String,
+    #[arg(long, env = "FLEET_NATS_PASSWORD", default_value = "")]
+    password: String,
+    /// Provisioning token the servers are built with
+    #[arg(long, default_value = "")]
+    token: String,
+    /// Key servers make on gencsr (upstream: rsa2048)
+    #[arg(long, value_enum, default_value = "rsa2048")]
+    key_type: KeyType,
+    /// Keys made before the run and shared round-robin; 0 makes a fresh key per gencsr
+    #[arg(long, default_value_t = 0)]
+    key_pool: usize,
+    /// PKCS#8 PEM RSA key signing the servers' provisioning JWTs (made up when absent)
+    #[arg(long)]
+    jwt_signer_key: Option<PathBuf>,
+    /// Write the JWT signer's public key here (the provisioner's jwt_verify_cert)
+    #[arg(long)]
+    write_signer_pub: Option<PathBuf>,
+    /// Share of servers that never answer RPCs
+    #[arg(long, default_value_t = 0.0)]
+    fail_timeout: f64,
+    /// Share of servers that answer garbage
+    #[arg(long, default_value_t = 0.0)]
+    fail_garbage: f64,
+    /// Share of servers that send bad CSRs
+    #[arg(long, default_value_t = 0.0)]
+    fail_bad_csr: f64,
+    /// Share of servers whose provisioning JWT is signed by an untrusted key
+    #[arg(long, default_value_t = 0.0)]
+    fail_bad_jwt: f64,
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    #[arg(long, default_value = "example.net")]
+    domain: String,
+    /// Give up this many seconds after the first provisioning request
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Write the summary as JSON here
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Servers accept only this CA certificate (PEM file) in configure
+    #[arg(long)]
+    expect_ca: Option<PathBuf>,
+    /// Write this file once every server is connected and waiting
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fleet-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, String> {
+    let signer = match &args.jwt_signer_key {
+        Some(p) => JwtSigner::from_pem(
+            &std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )?,
+        None => JwtSigner::generate()?,
+    };
+    if let Some(p) = &args.write_signer_pub {
+        std::fs::write(p, signer.public_pem()).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    let cfg = FleetConfig {
+        servers: args.servers,
+        nats_url: args.nats.clone(),
+        user: args.user.clone(),
+        password: args.password.clone(),
+        token: args.token.clone(),
+        key_type: args.key_type,
+        key_pool: args.key_pool,
+        faults: FaultShares {
+            timeout: args.fail_timeout,
+            garbage: args.fail_garbage,
+            bad_csr: args.fail_bad_csr,
+            bad_jwt: args.fail_bad_jwt,
+        },
+        prefix: args.prefix.clone(),
+        domain: args.domain.clone(),
+        expect_ca: match &args.expect_ca {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?),
+            None => None,
+        },
+        ..Default::default()
+    };
+    let key_note = if args.key_pool == 0 {
+        format!("{:?} keys, fresh per gencsr", args.key_type)
+    } else {
+        format!("{:?} keys from a pool of {}", args.key_type, args.key_pool)
+    };
+    let fleet = Fleet::start(&cfg, &signer).await?;
+    eprintln!("fleet ready: {} servers waiting in provisioning mode ({key_note})", args.servers);
+    if let Some(p) = &args.ready_file {
+        std::fs::write(p, "ready\n").map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(args.servers as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} provisioned {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_print = 0.0f64;
+    let summary = fleet
+        .wait(Duration::from_secs(args.timeout), |(done, healthy, secs)| {
+            match &bar {
+                Some(b) => {
+                    b.set_length(healthy as u64);
+                    b.set_position(done as u64);
+                }
+                None if secs - last_print >= 5.0 || done == healthy => {
+                    last_print = secs;
+                    eprintln!("progress: {done}/{healthy} provisioned after {secs:.1} s");
+                }
+                None => {}
+            }
+        })
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(p) = &args.summary {
+        let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        std::fs::write(p, json).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    eprintln!(
+        "verified certificates: {}/{}; latency p50 {} ms, p95 {} ms; {key_note}; timed from the first provisioning request to the last server restarted",
+        summary.verified, summary.provisioned, summary.latency_p50_ms, summary.latency_p95_ms
+    );
+    println!("{}", summary.line());
+    let ok = !summary.timed_out
+        && summary.provisioned + summary.shutdowns == summary.healthy
+        && summary.faulty_provisioned == 0
+        && summary.ddl_violations == 0;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,301 @@
+//! A fleet of simulated servers: starts them, follows what happens to each, and sums it up.
+//!
+//! Timing starts at the first provisioning request any server receives (the provisioner
+//! getting to work) and ends when the last healthy server has restarted out of provisioning
+//! mode, so provisioner start-up is not counted and each server's restart splay is.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::faults::{Fault, FaultShares};
+use crate::keys::{KeySource, KeyType};
+use crate::server::{Counters, Report, ServerSpec, SimServer};
+use crate::signer::JwtSigner;
+
+pub struct FleetConfig {
+    pub servers: usize,
+    pub nats_url: String,
+    pub user: String,
+    pub password: String,
+    /// Provisioning token servers are built with ("" for none).
+    pub token: String,
+    pub key_type: KeyType,
+    pub key_pool: usize,
+    pub faults: FaultShares,
+    /// Identities are `<prefix>-<index>.<domain>`.
+    pub prefix: String,
+    pub domain: String,
+    pub version: String,
+    /// Connections opened at once while starting.
+    pub connect_concurrency: usize,
+    /// When set, servers accept only this CA (PEM) in `configure`.
+    pub expect_ca: Option<String>,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            servers: 10,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            user: "server".into(),
+            password: String::new(),
+            token: String::new(),
+            key_type: KeyType::P256,
+            key_pool: 0,
+            faults: FaultShares::default(),
+            prefix: "sim".into(),
+            domain: "example.net".into(),
+            version: "0.29.4".into(),
+            connect_concurrency: 32,
+            expect_ca: None,
+        }
+    }
+}
+
+/// How the run went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub servers: usize,
+    /// Servers without an injected fault.
+    pub healthy: usize,
+    pub faults: HashMap<String, usize>,
+    /// Healthy servers that restarted out of provisioning mode.
+    pub provisioned: usize,
+    /// ... of which verified their certificate against the CA and their key.
+    pub verified: usize,
+    /// Faulty servers that got provisioned anyway (must be 0).
+    pub faulty_provisioned: usize,
+    /// Servers configured more than once.
+    pub reconfigured: usize,
+    /// Serials delivered to more than one server.
+    pub duplicate_serials: usize,
+    pub shutdowns: usize,
+    pub seconds: f64,
+    pub rate_per_minute: f64,
+    pub latency_p50_ms: u64,
+    pub latency_p95_ms: u64,
+    pub latency_max_ms: u64,
+    pub key_type: KeyType,
+    pub key_pool: usize,
+    pub requests: u64,
+    pub bad_requests: u64,
+    pub expired_requests: u64,
+    pub ddl_violations: u64,
+    pub lock_conflicts: u64,
+    pub bad_tokens: u64,
+    pub configure_refused: u64,
+    pub timed_out: bool,
+}
+
+impl Summary {
+    /// The demo's closing line.
+    pub fn line(&self) -> String {
+        format!(
+            "provisioned {}/{} servers in {:.1} s ({:.0}/min)",
+            self.provisioned, self.servers, self.seconds, self.rate_per_minute
+        )
+    }
+}
+
+pub struct Fleet {
+    counters: Arc<Counters>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    faults: Vec<Option<Fault>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    key_type: KeyType,
+    key_pool: usize,
+}
+
+/// Progress while waiting: (provisioned, healthy, seconds since the first request).
+pub type Progress = (usize, usize, f64);
+
+impl Fleet {
+    /// Connects and starts every server; returns once all are subscribed and announced.
+    pub async fn start(cfg: &FleetConfig, signer: &JwtSigner) -> Result<Fleet, String> {
+        let keys = KeySource::new(cfg.key_type, cfg.key_pool)?;
+        let good_jwt = signer.provisioning_jwt(&cfg.token, &cfg.nats_url)?;
+        let faults: Vec<Option<Fault>> = (0..cfg.servers)
+            .map(|i| cfg.faults.assign(i, cfg.servers))
+            .collect();
+        let bad_jwt = if faults.contains(&Some(Fault::BadJwt)) {
+            Some(JwtSigner::generate()?.provisioning_jwt(&cfg.token, &cfg.nats_url)?)
+        } else {
+            None
+        };
+        let expect_ca = cfg.expect_ca.clone().map(Arc::new);
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+
+        let specs: Vec<ServerSpec> = (0..cfg.servers)
+            .map(|index| ServerSpec {
+                index,
+                identity: format!("{}-{:05}.{}", cfg.prefix, index, cfg.domain),
+                token: cfg.token.clone(),
+                jwt: match (&faults[index], &bad_jwt) {
+                    (Some(Fault::BadJwt), Some(bad)) => bad.clone(),
+                    _ => good_jwt.clone(),
+                },
+                keys: keys.clone(),
+                fault: faults[index],
+                version: cfg.version.clone(),
+                expect_ca: expect_ca.clone(),
+            })
+            .collect();
+
+        let started: Vec<Result<tokio::task::JoinHandle<()>, String>> =
+            futures::stream::iter(specs.into_iter().map(|spec| {
+                let (counters, tx) = (counters.clone(), tx.clone());
+                let opts = async_nats::ConnectOptions::with_user_and_password(
+                    cfg.user.clone(),
+                    cfg.password.clone(),
+                )
+                .name(spec.identity.clone());
+                let url = cfg.nats_url.clone();
+                async move {
+                    let nats = opts
+                        .connect(url)
+                        .await
+                        .map_err(|e| format!("{}: connect: {e}", spec.identity))?;
+                    SimServer::start(spec, nats, counters, tx).await
+                }
+            }))
+            .buffer_unordered(cfg.connect_concurrency.max(1))
+            .collect()
+            .await;
+        let tasks = started.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(Fleet {
+            counters,
+            reports: rx,
+            faults,
+            tasks,
+            key_type: cfg.key_type,
+            key_pool: cfg.key_pool,
+        })
+    }
+
+    /// Waits until every healthy server is provisioned (or shut down), or `timeout` after
+    /// the first provisioning request, calling `progress` about once a second.
+    pub async fn wait(mut self, timeout: Duration, mut progress: impl FnMut(Progress)) -> Summary {
+        let healthy = self.faults.iter().filter(|f| f.is_none()).count();
+        let mut first: Option<Instant> = None;
+        let mut last_done: Option<Instant> = None;
+        let mut started_at: HashMap<usize, Instant> = HashMap::new();
+        let mut latencies = Vec::new();
+        let (mut provisioned, mut verified, mut faulty_provisioned) = (0, 0, 0);
+        let (mut reconfigured, mut shutdowns) = (HashSet::new(), 0);
+        let mut serials: HashMap<String, usize> = HashMap::new();
+        let wall = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut timed_out = false;
+
+        while provisioned + shutdowns < healthy {
+            let deadline = first.unwrap_or(wall) + timeout;
+            if Instant::now() > deadline {
+                timed_out = true;
+                break;
+            }
+            tokio::select! {
+                r = self.reports.recv() => {
+                    let Some(r) = r else { break };
+                    match r {
+                        Report::FirstRequest { index, at } => {
+                            first.get_or_insert(at);
+                            started_at.insert(index, at);
+                        }
+                        Report::Provisioned { index, at, verified: v, serial } => {
+                            if self.faults[index].is_some() {
+                                faulty_provisioned += 1;
+                                continue;
+                            }
+                            provisioned += 1;
+                            if v {
+                                verified += 1;
+                            }
+                            if let Some(s) = serial {
+                                *serials.entry(s).or_default() += 1;
+                            }
+                            if let Some(t) = started_at.get(&index) {
+                                latencies.push(at.duration_since(*t).as_millis() as u64);
+                            }
+                            last_done = Some(at);
+                        }
+                        Report::Reconfigured { index } => {
+                            reconfigured.insert(index);
+                        }
+                        Report::Shutdown { .. } => shutdowns += 1,
+                    }
+                }
+                _ = tick.tick() => {
+                    let since = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+                    progress((provisioned, healthy, since));
+                }
+            }
+        }
+        let seconds = match (first, last_done) {
+            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        };
+        progress((
+            provisioned,
+            healthy,
+            first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0),
+        ));
+        latencies.sort_unstable();
+        let pct = |p: f64| -> u64 {
+            if latencies.is_empty() {
+                return 0;
+            }
+            let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+            latencies[i.min(latencies.len() - 1)]
+        };
+        let mut fault_counts = HashMap::new();
+        for f in self.faults.iter().flatten() {
+            let name = serde_json::to_value(f)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            *fault_counts.entry(name).or_insert(0) += 1;
+        }
+        let c = &self.counters;
+        let summary = Summary {
+            servers: self.faults.len(),
+            healthy,
+            faults: fault_counts,
+            provisioned,
+            verified,
+            faulty_provisioned,
+            reconfigured: reconfigured.len(),
+            duplicate_serials: serials.values().filter(|n| **n > 1).count(),
+            shutdowns,
+            seconds,
+            rate_per_minute: if seconds > 0.0 {
+                provisioned as f64 / seconds * 60.0
+            } else {
+                0.0
+            },
+            latency_p50_ms: pct(0.5),
+            latency_p95_ms: pct(0.95),
+            latency_max_ms: latencies.last().copied().unwrap_or(0),
+            key_type: self.key_type,
+            key_pool: self.key_pool,
+            requests: c.requests.load(Ordering::Relaxed),
+            bad_requests: c.bad_requests.load(Ordering::Relaxed),
+            expired_requests: c.expired.load(Ordering::Relaxed),
+            ddl_violations: c.ddl_violations.load(Ordering::Relaxed),
+            lock_conflicts: c.lock_conflicts.load(Ordering::Relaxed),
+            bad_tokens: c.bad_tokens.load(Ordering::Relaxed),
+            configure_refused: c.configure_refused.load(Ordering::Relaxed),
+            timed_out,
+        };
+        for t in &self.tasks {
+            t.abort();
+        }
+        summary
+    }
+}

@@ -1,0 +1,652 @@
+//! One simulated Choria Server in provisioning mode.
+//!
+//! It subscribes where a real server does (`provisioning.node.<identity>` and the broadcast
+//! subjects of its agents), announces itself with a lifecycle `startup` event, answers
+//! `discovery#ping`, `rpcutil#inventory` and the `choria_provision` actions with upstream's
+//! checks (DDL inputs, provisioning token, the 2-minute provisioning lock held by one
+//! sender/caller, provisioning mode), and on `configure` verifies that the certificate chains
+//! to the given CA, names this server and matches the key it made on `gencsr`. On `restart`
+//! it leaves provisioning mode when its new configuration says
+//! `plugin.choria.server.provision=false`, and comes back waiting otherwise, as a real server
+//! would.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use proto::agents::{
+    ConfigureRequest, CsrReply, CsrRequest, InventoryReply, JwtReply, MessageReply,
+    RestartRequest, TokenRequest,
+};
+use proto::lifecycle::{Event, EventType, PROVISION_MODE_COMPONENT};
+use proto::rpc::{RpcReply, RpcRequest, StatusCode};
+use proto::v1::{self, IncomingRequest};
+use proto::{subject, ProtoError};
+use rcgen::KeyPair;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use x509_parser::prelude::*;
+
+use crate::faults::Fault;
+use crate::keys::{self, KeySource, Subject};
+
+/// How long a provisioning lock holds, as upstream.
+const LOCK_WINDOW: Duration = Duration::from_secs(120);
+const SSL_DIR: &str = "/etc/choria/ssl";
+const CONFIG_FILE: &str = "/etc/choria/server.conf";
+const AGENTS: &[&str] = &["choria_provision", "choria_util", "discovery", "rpcutil"];
+
+/// Fleet-wide counters every server adds to.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    /// Requests that did not decode at some protocol layer.
+    pub bad_requests: AtomicU64,
+    /// Requests past their TTL.
+    pub expired: AtomicU64,
+    /// Requests whose data broke the agent DDL: a provisioner protocol mistake.
+    pub ddl_violations: AtomicU64,
+    pub lock_conflicts: AtomicU64,
+    pub bad_tokens: AtomicU64,
+    /// `configure` requests refused (bad certificate, bad config...).
+    pub configure_refused: AtomicU64,
+    pub configures: AtomicU64,
+}
+
+/// What happens to a server, reported to the fleet.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// The first provisioning request reached the server.
+    FirstRequest { index: usize, at: Instant },
+    /// The server restarted out of provisioning mode.
+    Provisioned {
+        index: usize,
+        at: Instant,
+        verified: bool,
+        serial: Option<String>,
+    },
+    /// The server was configured again after it had been configured before.
+    Reconfigured { index: usize },
+    /// The server shut down on request.
+    Shutdown { index: usize },
+}
+
+/// Everything that makes one server what it is.
+pub struct ServerSpec {
+    pub index: usize,
+    pub identity: String,
+    /// The provisioning token the server was "built" with; empty means none.
+    pub token: String,
+    /// The server's provisioning JWT.
+    pub jwt: String,
+    pub keys: KeySource,
+    pub fault: Option<Fault>,
+    pub version: String,
+    /// When set, the only CA the server accepts in `configure` (PEM).
+    pub expect_ca: Option<Arc<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    provisioning: bool,
+    lock: Option<(String, Instant)>,
+    key: Option<KeyPair>,
+    config: Option<BTreeMap<String, String>>,
+    certificate: Option<String>,
+    serial: Option<String>,
+    verified: bool,
+    configure_count: u32,
+    seen_first: bool,
+    restarting: bool,
+    csr_count: u32,
+}
+
+pub struct SimServer {
+    spec: ServerSpec,
+    nats: async_nats::Client,
+    state: Mutex<State>,
+    counters: Arc<Counters>,
+    reports: mpsc::UnboundedSender<Report>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl SimServer {
+    /// Subscribes where a real server does and announces the server; the returned task runs
+    /// it until it leaves provisioning mode or shuts down.
+    pub async fn start(
+        spec: ServerSpec,
+        nats: async_nats::Client,
+        counters: Arc<Counters>,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let mut subs = Vec::new();
+        let node = subject::node_directed(subject::PROVISIONING_COLLECTIVE, &spec.identity);
+        subs.push(nats.subscribe(node).await.map_err(|e| e.to_string())?);
+        for agent in AGENTS {
+            let s = subject::agent_broadcast(subject::PROVISIONING_COLLECTIVE, agent);
+            subs.push(nats.subscribe(s).await.map_err(|e| e.to_string())?);
+        }
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let server = Arc::new(SimServer {
+            spec,
+            nats,
+            state: Mutex::new(State {
+                provisioning: true,
+                ..Default::default()
+            }),
+            counters,
+            reports,
+            stop,
+        });
+        let _ = server.nats.flush().await;
+        server.publish_event(EventType::Startup).await;
+
+        Ok(tokio::spawn(async move {
+            let mut messages = futures::stream::select_all(subs);
+            loop {
+                tokio::select! {
+                    msg = messages.next() => {
+                        let Some(msg) = msg else { break };
+                        let s = server.clone();
+                        tokio::spawn(async move { s.handle(&msg.payload).await });
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+            // drains pending publishes before the connection goes away
+            let _ = server.nats.flush().await;
+        }))
+    }
+
+    async fn publish_event(&self, kind: EventType) {
+        let event = Event::new(
+            kind,
+            &self.spec.identity,
+            PROVISION_MODE_COMPONENT,
+            Some(&self.spec.version),
+        );
+        if let (Ok(subject), Ok(body)) = (event.subject(), event.to_json()) {
+            let _ = self.nats.publish(subject, body.into()).await;
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, payload: &[u8]) {
+        let incoming = match v1::decode_request(payload) {
+            Ok(r) => r,
+            Err(_) => {
+                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let env = &incoming.request.envelope;
+        if incoming.request.is_expired(proto::unix_now()) {
+            self.counters.expired.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if env.collective != subject::PROVISIONING_COLLECTIVE
+            || !env.filter.matches(&self.spec.identity, AGENTS)
+        {
+            return;
+        }
+        let Some(reply_to) = incoming.reply_to.clone() else {
+            self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let body = match env.agent.as_str() {
+            "discovery" => {
+                if !incoming.request.body().windows(4).any(|w| w == b"ping") {
+                    return;
+                }
+                b"pong".to_vec()
+            }
+            _ => {
+                self.counters.requests.fetch_add(1, Ordering::Relaxed);
+                match self.spec.fault {
+                    Some(Fault::Timeout) => return,
+                    Some(Fault::Garbage) => {
+                        let _ = self
+                            .nats
+                            .publish(reply_to, b"\x00this is not a choria reply{".to_vec().into())
+                            .await;
+                        return;
+                    }
+                    _ => {}
+                }
+                self.note_first_request();
+                let reply = self.rpc(&incoming).await;
+                match reply.to_json() {
+                    Ok(b) => b,
+                    Err(_) => return,
+                }
+            }
+        };
+        let reply = v1::Reply::new(env, &self.spec.identity, &body);
+        if let Ok(bytes) = reply.encode() {
+            let _ = self.nats.publish(reply_to, bytes.into()).await;
+        }
+    }
+
+    fn note_first_request(&self) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if !st.seen_first {
+            st.seen_first = true;
+            let _ = self.reports.send(Report::FirstRequest {
+                index: self.spec.index,
+                at: Instant::now(),
+            });
+        }
+    }
+
+    async fn rpc(self: &Arc<Self>, incoming: &IncomingRequest) -> RpcReply {
+        let env = &incoming.request.envelope;
+        let req = match RpcRequest::from_json(&incoming.request.body()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return RpcReply::error("", StatusCode::InvalidData, e.to_string());
+            }
+        };
+        let action = req.action.clone();
+        if req.agent != env.agent {
+            self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return RpcReply::error(&action, StatusCode::Aborted, "request for a different agent");
+        }
+        let Some(ddl) = proto::ddl::for_agent(&req.agent) else {
+            return RpcReply::error(&action, StatusCode::UnknownAction, "unknown agent");
+        };
+        if ddl.action(&action).is_none() {
+            return RpcReply::error(&action, StatusCode::UnknownAction, format!("unknown action {action}"));
+        }
+        if let Err(e) = ddl.validate(&action, &req.data) {
+            self.counters.ddl_violations.fetch_add(1, Ordering::Relaxed);
+            let code = match e {
+                ProtoError::MissingInput(_) => StatusCode::MissingData,
+                _ => StatusCode::InvalidData,
+            };
+            return RpcReply::error(&action, code, e.to_string());
+        }
+        match (req.agent.as_str(), action.as_str()) {
+            ("rpcutil", "inventory") => RpcReply::ok(&action, self.inventory()),
+            ("rpcutil", _) => RpcReply::error(&action, StatusCode::Aborted, "not simulated"),
+            _ => self.provision_action(env, &action, req.data).await,
+        }
+    }
+
+    fn inventory(&self) -> Value {
+        let inv = InventoryReply {
+            agents: AGENTS.iter().map(|s| s.to_string()).collect(),
+            facts: json!({"simulated": true, "index": self.spec.index}),
+            classes: vec![],
+            version: self.spec.version.clone(),
+            main_collective: subject::PROVISIONING_COLLECTIVE.into(),
+            collectives: vec![subject::PROVISIONING_COLLECTIVE.into()],
+            data_plugins: vec![],
+            machines: json!([]),
+            upgradable: false,
+        };
+        serde_json::to_value(inv).unwrap_or(Value::Null)
+    }
+
+    async fn provision_action(
+        self: &Arc<Self>,
+        env: &v1::RequestEnvelope,
+        action: &str,
+        data: Value,
+    ) -> RpcReply {
+        let locked = matches!(
+            action,
+            "configure" | "gen25519" | "gencsr" | "jwt" | "release_update"
+        );
+        if locked && !self.take_lock(&format!("{}.{}", env.senderid, env.callerid)) {
+            self.counters.lock_conflicts.fetch_add(1, Ordering::Relaxed);
+            return RpcReply::error(action, StatusCode::Aborted, "Could not obtain provisioning lock");
+        }
+        let token = data
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !self.spec.token.is_empty() && token != self.spec.token {
+            self.counters.bad_tokens.fetch_add(1, Ordering::Relaxed);
+            return RpcReply::error(action, StatusCode::Aborted, "Incorrect provision token supplied");
+        }
+        let provisioning = self.state.lock().map(|s| s.provisioning).unwrap_or(false);
+        match self.act(action, data, provisioning).await {
+            Ok(data) => RpcReply::ok(action, data),
+            Err((code, msg)) => RpcReply::error(action, code, msg),
+        }
+    }
+
+    async fn act(
+        self: &Arc<Self>,
+        action: &str,
+        data: Value,
+        provisioning: bool,
+    ) -> Result<Value, (StatusCode, String)> {
+        let not_provisioning = || {
+            Err((
+                StatusCode::Aborted,
+                "Cannot reconfigure a server that is not in provisioning mode".to_string(),
+            ))
+        };
+        match action {
+            "jwt" => {
+                if !provisioning {
+                    return not_provisioning();
+                }
+                let _: TokenRequest = parse(&data)?;
+                to_value(&JwtReply {
+                    jwt: self.spec.jwt.clone(),
+                    ecdh_public: hex::encode(rand::random::<[u8; 32]>()),
+                })
+            }
+            "gencsr" => {
+                if !provisioning {
+                    return not_provisioning();
+                }
+                let args: CsrRequest = parse(&data)?;
+                self.gencsr(args).map_err(|e| (StatusCode::Aborted, e))
+            }
+            "configure" => {
+                if !provisioning {
+                    return not_provisioning();
+                }
+                let args: ConfigureRequest = parse(&data)?;
+                self.configure(args).await
+            }
+            "restart" => {
+                let args: RestartRequest = parse(&data)?;
+                self.restart(args)
+            }
+            "shutdown" => {
+                let _: TokenRequest = parse(&data)?;
+                let s = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    s.publish_event(EventType::Shutdown).await;
+                    let _ = s.reports.send(Report::Shutdown {
+                        index: s.spec.index,
+                    });
+                    let _ = s.stop.send(true);
+                });
+                to_value(&MessageReply {
+                    message: "Shutting down Choria Server after 2s".into(),
+                })
+            }
+            "reprovision" => {
+                let _: TokenRequest = parse(&data)?;
+                if let Ok(mut st) = self.state.lock() {
+                    st.provisioning = true;
+                    st.config = None;
+                }
+                to_value(&MessageReply {
+                    message: "Restarting after 2s".into(),
+                })
+            }
+            _ => Err((
+                StatusCode::Aborted,
+                format!("{action} is not simulated"),
+            )),
+        }
+    }
+
+    /// Upstream's lock: held by one sender.caller for two minutes, extended on use.
+    fn take_lock(&self, holder: &str) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match &st.lock {
+            Some((who, until)) if *until > now && who != holder => false,
+            _ => {
+                st.lock = Some((holder.to_string(), now + LOCK_WINDOW));
+                true
+            }
+        }
+    }
+
+    fn gencsr(&self, args: CsrRequest) -> Result<Value, String> {
+        let key = self.spec.keys.key()?;
+        let cn = if args.cn.is_empty() {
+            self.spec.identity.clone()
+        } else {
+            args.cn
+        };
+        let mut subject = Subject {
+            cn,
+            country: args.country,
+            locality: args.locality,
+            organization: args.organization,
+            organizational_unit: args.organizational_unit,
+            state: args.state,
+            sans: vec![],
+        };
+        let count = {
+            let mut st = self.state.lock().map_err(|_| "state poisoned".to_string())?;
+            st.csr_count += 1;
+            st.csr_count
+        };
+        let mut pem = None;
+        if self.spec.fault == Some(Fault::BadCsr) {
+            match (self.spec.index + count as usize) % 3 {
+                0 => subject.cn = format!("impostor.{}", self.spec.identity),
+                1 => subject.sans = vec!["admin.privileged.choria".into()],
+                _ => pem = Some(corrupt(&keys::csr(&key, &subject)?)?),
+            }
+        }
+        let pem = match pem {
+            Some(p) => p,
+            None => keys::csr(&key, &subject)?,
+        };
+        let public_key = key.public_key_pem();
+        if let Ok(mut st) = self.state.lock() {
+            st.key = Some(key);
+        }
+        to_value(&CsrReply {
+            csr: pem,
+            public_key,
+            ssldir: SSL_DIR.into(),
+        })
+        .map_err(|(_, m)| m)
+    }
+
+    async fn configure(&self, args: ConfigureRequest) -> Result<Value, (StatusCode, String)> {
+        let refuse = |msg: String| {
+            self.counters.configure_refused.fetch_add(1, Ordering::Relaxed);
+            Err((StatusCode::Aborted, msg))
+        };
+        if args.config.is_empty() {
+            return refuse("Did not receive any configuration to write, cannot write a empty configuration file".into());
+        }
+        if !args.key.is_empty() && args.ecdh_public.is_empty() {
+            return refuse("EDCH Public Key not supplied while providing a private key".into());
+        }
+        if !args.key.is_empty() {
+            return refuse("TLS Setup Failed: private key delivery is not simulated".into());
+        }
+        let settings: BTreeMap<String, String> = match serde_json::from_str(&args.config) {
+            Ok(s) => s,
+            Err(e) => return refuse(format!("Could not decode configuration data: {e}")),
+        };
+        for (k, suffix) in args
+            .action_policies
+            .keys()
+            .map(|k| (k, ".policy"))
+            .chain(args.opa_policies.keys().map(|k| (k, ".rego")))
+        {
+            if !k.ends_with(suffix) {
+                return refuse(format!("expected {k:?} to have {suffix} extension"));
+            }
+        }
+        let mut serial = None;
+        let mut verified = false;
+        if let Some(ca) = &self.spec.expect_ca {
+            if args.ca.trim() != ca.trim() {
+                return refuse("TLS Setup Failed: the CA is not the one this server trusts".into());
+            }
+        }
+        if !args.certificate.is_empty() && !args.ssldir.is_empty() && !args.ca.is_empty() {
+            let key_raw = self
+                .state
+                .lock()
+                .ok()
+                .and_then(|s| s.key.as_ref().map(|k| k.public_key_raw().to_vec()));
+            match verify_certificate(&args.certificate, &args.ca, key_raw.as_deref(), &self.spec.identity) {
+                Ok(s) => {
+                    serial = Some(s);
+                    verified = true;
+                }
+                Err(e) => return refuse(format!("TLS Setup Failed: {e}")),
+            }
+        }
+        let lines = settings.len() + 1;
+        let again = {
+            let Ok(mut st) = self.state.lock() else {
+                return refuse("state poisoned".into());
+            };
+            st.config = Some(settings);
+            st.certificate = Some(args.certificate);
+            st.serial = serial;
+            st.verified = verified;
+            st.configure_count += 1;
+            st.configure_count > 1
+        };
+        self.counters.configures.fetch_add(1, Ordering::Relaxed);
+        if again {
+            let _ = self.reports.send(Report::Reconfigured {
+                index: self.spec.index,
+            });
+        }
+        self.publish_event(EventType::Provisioned).await;
+        to_value(&MessageReply {
+            message: format!("Wrote {lines} lines to {CONFIG_FILE}"),
+        })
+    }
+
+    fn restart(self: &Arc<Self>, args: RestartRequest) -> Result<Value, (StatusCode, String)> {
+        let provision_setting = {
+            let Ok(mut st) = self.state.lock() else {
+                return Err((StatusCode::Aborted, "state poisoned".into()));
+            };
+            let Some(config) = &st.config else {
+                return Err((
+                    StatusCode::Aborted,
+                    format!("Configuration {CONFIG_FILE} could not be parsed, restart cannot continue"),
+                ));
+            };
+            let setting = config.get("plugin.choria.server.provision").cloned();
+            if setting.as_deref() == Some("true") {
+                return Err((
+                    StatusCode::Aborted,
+                    format!("Configuration {CONFIG_FILE} enables provisioning, restart cannot continue"),
+                ));
+            }
+            if st.restarting {
+                return Ok(json!({"message": "Restart already scheduled"}));
+            }
+            st.restarting = true;
+            setting
+        };
+        let splay = args.splay.filter(|s| *s > 0).unwrap_or(10);
+        let delay = Duration::from_secs(rand::random::<u64>() % splay + 2);
+        let s = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            s.publish_event(EventType::Shutdown).await;
+            if provision_setting.as_deref() == Some("false") {
+                let (verified, serial) = s
+                    .state
+                    .lock()
+                    .map(|st| (st.verified, st.serial.clone()))
+                    .unwrap_or((false, None));
+                let _ = s.reports.send(Report::Provisioned {
+                    index: s.spec.index,
+                    at: Instant::now(),
+                    verified,
+                    serial,
+                });
+                let _ = s.stop.send(true);
+            } else {
+                // the new configuration does not turn provisioning off: back to waiting
+                if let Ok(mut st) = s.state.lock() {
+                    st.restarting = false;
+                    st.lock = None;
+                }
+                s.publish_event(EventType::Startup).await;
+            }
+        });
+        to_value(&MessageReply {
+            message: format!("Restarting Choria Server after {}s", delay.as_secs()),
+        })
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(data: &Value) -> Result<T, (StatusCode, String)> {
+    serde_json::from_value(data.clone()).map_err(|e| (StatusCode::InvalidData, e.to_string()))
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, (StatusCode, String)> {
+    serde_json::to_value(v).map_err(|e| (StatusCode::UnknownError, e.to_string()))
+}
+
+/// Flips one bit of the CSR's signature so it no longer verifies.
+fn corrupt(pem: &str) -> Result<String, String> {
+    let (_, block) = parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let mut der = block.contents;
+    if let Some(last) = der.last_mut() {
+        *last ^= 0x01;
+    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let mut out = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE REQUEST-----\n");
+    Ok(out)
+}
+
+/// Checks a delivered certificate as a server that will use it for mTLS needs it: signed by
+/// the delivered CA, for this identity, currently valid, and for the key made on `gencsr`.
+/// Returns the certificate's serial (hex).
+pub fn verify_certificate(
+    cert_pem: &str,
+    ca_pem: &str,
+    key_raw: Option<&[u8]>,
+    identity: &str,
+) -> Result<String, String> {
+    let (_, ca_block) = parse_x509_pem(ca_pem.as_bytes()).map_err(|e| format!("CA: {e}"))?;
+    let ca = ca_block.parse_x509().map_err(|e| format!("CA: {e}"))?;
+    let (_, leaf_block) =
+        parse_x509_pem(cert_pem.as_bytes()).map_err(|e| format!("certificate: {e}"))?;
+    let leaf = leaf_block
+        .parse_x509()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if leaf.issuer() != ca.subject() {
+        return Err("certificate was not issued by the given CA".into());
+    }
+    leaf.verify_signature(Some(ca.public_key()))
+        .map_err(|e| format!("certificate signature does not verify with the CA: {e}"))?;
+    if !leaf.validity().is_valid() {
+        return Err("certificate is not valid now".into());
+    }
+    let cn = leaf
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default();
+    if cn != identity {
+        return Err(format!("certificate is for {cn:?}, not {identity:?}"));
+    }
+    let key = key_raw.ok_or("no key was made with gencsr")?;
+    if leaf.public_key().subject_public_key.data.as_ref() != key {
+        return Err("certificate does not match the private key".into());
+    }
+    Ok(hex::encode(leaf.raw_serial()))
+}

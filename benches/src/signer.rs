@@ -1,0 +1,70 @@
+//! The test signer of provisioning JWTs: an RSA key that signs each simulated server's
+//! `provisioning.jwt` (RS256, upstream's claims), and whose public key the provisioner is
+//! configured to trust.
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::RsaPrivateKey;
+use serde_json::json;
+
+pub struct JwtSigner {
+    key: EncodingKey,
+    public_pem: String,
+}
+
+impl JwtSigner {
+    /// A new 2048-bit RSA signer.
+    pub fn generate() -> Result<Self, String> {
+        let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| e.to_string())?;
+        Self::from_key(&key)
+    }
+
+    /// A signer from a PKCS#8 PEM private key.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let key = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+        Self::from_key(&key)
+    }
+
+    fn from_key(key: &RsaPrivateKey) -> Result<Self, String> {
+        let private = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?;
+        let public_pem = key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?;
+        let key = EncodingKey::from_rsa_pem(private.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(JwtSigner { key, public_pem })
+    }
+
+    /// The public key as a PEM `PUBLIC KEY`, for the provisioner's `jwt_verify_cert`.
+    pub fn public_pem(&self) -> &str {
+        &self.public_pem
+    }
+
+    /// A provisioning token as `choria jwt prov` makes them.
+    pub fn provisioning_jwt(&self, token: &str, urls: &str) -> Result<String, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = json!({
+            "cht": token,
+            "chs": false,
+            "chu": urls,
+            "chpd": true,
+            "extensions": null,
+            "ou": "choria",
+            "purpose": "choria_provisioning",
+            "iss": "fleet-sim",
+            "sub": "choria_provisioning",
+            "iat": now,
+            "nbf": now,
+            "jti": uuid_like(),
+        });
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn uuid_like() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
