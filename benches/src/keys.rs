@@ -32,7 +32,8 @@ pub fn generate(kind: KeyType) -> Result<KeyPair, String> {
             let pem = key
                 .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
                 .map_err(|e| e.to_string())?;
-            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).map_err(|e| e.to_string())
+            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
+                .map_err(|e| e.to_string())
         }
     }
 }

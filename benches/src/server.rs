@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use proto::agents::{
-    ConfigureRequest, CsrReply, CsrRequest, InventoryReply, JwtReply, MessageReply,
-    RestartRequest, TokenRequest,
+    ConfigureRequest, CsrReply, CsrRequest, InventoryReply, JwtReply, MessageReply, RestartRequest,
+    TokenRequest,
 };
 use proto::lifecycle::{Event, EventType, PROVISION_MODE_COMPONENT};
 use proto::rpc::{RpcReply, RpcRequest, StatusCode};
@@ -253,13 +253,21 @@ impl SimServer {
         let action = req.action.clone();
         if req.agent != env.agent {
             self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return RpcReply::error(&action, StatusCode::Aborted, "request for a different agent");
+            return RpcReply::error(
+                &action,
+                StatusCode::Aborted,
+                "request for a different agent",
+            );
         }
         let Some(ddl) = proto::ddl::for_agent(&req.agent) else {
             return RpcReply::error(&action, StatusCode::UnknownAction, "unknown agent");
         };
         if ddl.action(&action).is_none() {
-            return RpcReply::error(&action, StatusCode::UnknownAction, format!("unknown action {action}"));
+            return RpcReply::error(
+                &action,
+                StatusCode::UnknownAction,
+                format!("unknown action {action}"),
+            );
         }
         if let Err(e) = ddl.validate(&action, &req.data) {
             self.counters.ddl_violations.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +311,11 @@ impl SimServer {
         );
         if locked && !self.take_lock(&format!("{}.{}", env.senderid, env.callerid)) {
             self.counters.lock_conflicts.fetch_add(1, Ordering::Relaxed);
-            return RpcReply::error(action, StatusCode::Aborted, "Could not obtain provisioning lock");
+            return RpcReply::error(
+                action,
+                StatusCode::Aborted,
+                "Could not obtain provisioning lock",
+            );
         }
         let token = data
             .get("token")
@@ -312,7 +324,11 @@ impl SimServer {
             .to_string();
         if !self.spec.token.is_empty() && token != self.spec.token {
             self.counters.bad_tokens.fetch_add(1, Ordering::Relaxed);
-            return RpcReply::error(action, StatusCode::Aborted, "Incorrect provision token supplied");
+            return RpcReply::error(
+                action,
+                StatusCode::Aborted,
+                "Incorrect provision token supplied",
+            );
         }
         let provisioning = self.state.lock().map(|s| s.provisioning).unwrap_or(false);
         match self.act(action, data, provisioning).await {
@@ -387,10 +403,7 @@ impl SimServer {
                     message: "Restarting after 2s".into(),
                 })
             }
-            _ => Err((
-                StatusCode::Aborted,
-                format!("{action} is not simulated"),
-            )),
+            _ => Err((StatusCode::Aborted, format!("{action} is not simulated"))),
         }
     }
 
@@ -426,7 +439,10 @@ impl SimServer {
             sans: vec![],
         };
         let count = {
-            let mut st = self.state.lock().map_err(|_| "state poisoned".to_string())?;
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| "state poisoned".to_string())?;
             st.csr_count += 1;
             st.csr_count
         };
@@ -456,7 +472,9 @@ impl SimServer {
 
     async fn configure(&self, args: ConfigureRequest) -> Result<Value, (StatusCode, String)> {
         let refuse = |msg: String| {
-            self.counters.configure_refused.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .configure_refused
+                .fetch_add(1, Ordering::Relaxed);
             Err((StatusCode::Aborted, msg))
         };
         if args.config.is_empty() {
@@ -495,7 +513,12 @@ impl SimServer {
                 .lock()
                 .ok()
                 .and_then(|s| s.key.as_ref().map(|k| k.public_key_raw().to_vec()));
-            match verify_certificate(&args.certificate, &args.ca, key_raw.as_deref(), &self.spec.identity) {
+            match verify_certificate(
+                &args.certificate,
+                &args.ca,
+                key_raw.as_deref(),
+                &self.spec.identity,
+            ) {
                 Ok(s) => {
                     serial = Some(s);
                     verified = true;
@@ -535,14 +558,18 @@ impl SimServer {
             let Some(config) = &st.config else {
                 return Err((
                     StatusCode::Aborted,
-                    format!("Configuration {CONFIG_FILE} could not be parsed, restart cannot continue"),
+                    format!(
+                        "Configuration {CONFIG_FILE} could not be parsed, restart cannot continue"
+                    ),
                 ));
             };
             let setting = config.get("plugin.choria.server.provision").cloned();
             if setting.as_deref() == Some("true") {
                 return Err((
                     StatusCode::Aborted,
-                    format!("Configuration {CONFIG_FILE} enables provisioning, restart cannot continue"),
+                    format!(
+                        "Configuration {CONFIG_FILE} enables provisioning, restart cannot continue"
+                    ),
                 ));
             }
             if st.restarting {

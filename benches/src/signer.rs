@@ -26,7 +26,9 @@ impl JwtSigner {
     }
 
     fn from_key(key: &RsaPrivateKey) -> Result<Self, String> {
-        let private = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?;
+        let private = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?;
         let public_pem = key
             .to_public_key()
             .to_public_key_pem(LineEnding::LF)

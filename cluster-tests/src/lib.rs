@@ -241,7 +241,8 @@ impl Default for ProvisionerOptions {
         ProvisionerOptions {
             identity: "prov1.example.net".into(),
             helper: format!(
-                "python3 {}",
+                "{} {}",
+                python(),
                 repo_root().join("deploy/examples/helper.py").display()
             ),
             workers: 32,
@@ -251,6 +252,16 @@ impl Default for ProvisionerOptions {
             retry_backoff_min: "5s".into(),
             loglevel: "info".into(),
         }
+    }
+}
+
+/// The Python interpreter for helpers: Debian's when present. Version-manager shims
+/// (pyenv) cost ~150 ms per start, which would dominate a helper run per server.
+pub fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3 -I".into()
+    } else {
+        "python3 -I".into()
     }
 }
 
@@ -331,6 +342,19 @@ ca:
         }
     }
 
+    /// Waits until the provisioner listens for events and has run its first discovery.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            assert!(self.proc.is_running(), "provisioner exited during start-up");
+            if metric_sum(&self.metrics(), "choria_provisioner_discover_cycles", "") >= 1.0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("provisioner not ready after {timeout:?}");
+    }
+
     /// The Prometheus text from `/metrics`, or "" when it cannot be read.
     pub fn metrics(&self) -> String {
         http_get(self.monitor_port, "/metrics").unwrap_or_default()
@@ -344,12 +368,10 @@ ca:
 
 /// Finds `series` (name with labels as printed) in Prometheus text.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 /// Sum of all series of a metric whose labels contain `label_part`.
@@ -468,7 +490,10 @@ impl FleetProcess {
     /// Waits for the fleet to finish and returns its summary.
     pub fn finish(mut self, timeout: Duration) -> serde_json::Value {
         let status = self.proc.wait_timeout(timeout);
-        assert!(status.is_some(), "fleet-sim did not finish within {timeout:?}");
+        assert!(
+            status.is_some(),
+            "fleet-sim did not finish within {timeout:?}"
+        );
         let text = std::fs::read_to_string(&self.summary).expect("fleet summary");
         serde_json::from_str(&text).expect("fleet summary is JSON")
     }

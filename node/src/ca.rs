@@ -223,14 +223,11 @@ impl Ca {
             .map_err(|e| CaError::Sign(format!("CSR: {e}")))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, identity);
-        params.subject_alt_names = vec![SanType::DnsName(
-            identity
-                .try_into()
-                .map_err(|e| CaError::Sign(format!("identity as DNS name: {e}")))?,
-        )];
+        params.distinguished_name.push(DnType::CommonName, identity);
+        params.subject_alt_names =
+            vec![SanType::DnsName(identity.try_into().map_err(|e| {
+                CaError::Sign(format!("identity as DNS name: {e}"))
+            })?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -304,8 +301,8 @@ mod tests {
     fn init_load_sign_and_verify_both_key_types() {
         for kt in [KeyType::EcdsaP256, KeyType::Rsa2048] {
             let dir = tempfile::tempdir().unwrap();
-            let (cert, key) = init(dir.path(), "Test CA", kt, Duration::from_secs(86400), false)
-                .unwrap();
+            let (cert, key) =
+                init(dir.path(), "Test CA", kt, Duration::from_secs(86400), false).unwrap();
             let mode = std::fs::metadata(&key).unwrap().permissions();
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(mode.mode() & 0o777, 0o600);
@@ -323,7 +320,14 @@ mod tests {
     #[test]
     fn serials_differ() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = init(dir.path(), "CA", KeyType::EcdsaP256, Duration::from_secs(86400), false).unwrap();
+        let (cert, key) = init(
+            dir.path(),
+            "CA",
+            KeyType::EcdsaP256,
+            Duration::from_secs(86400),
+            false,
+        )
+        .unwrap();
         let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
         let c = csr("n1");
         let a = ca.sign(&c, "n1").unwrap();
@@ -334,14 +338,34 @@ mod tests {
     #[test]
     fn init_refuses_to_overwrite_and_load_checks_files() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = init(dir.path(), "CA", KeyType::EcdsaP256, Duration::from_secs(86400), false).unwrap();
+        let (cert, key) = init(
+            dir.path(),
+            "CA",
+            KeyType::EcdsaP256,
+            Duration::from_secs(86400),
+            false,
+        )
+        .unwrap();
         assert!(matches!(
-            init(dir.path(), "CA", KeyType::EcdsaP256, Duration::from_secs(86400), false),
+            init(
+                dir.path(),
+                "CA",
+                KeyType::EcdsaP256,
+                Duration::from_secs(86400),
+                false
+            ),
             Err(CaError::Exists { .. })
         ));
         // a key from another CA does not match
         let other = tempfile::tempdir().unwrap();
-        let (_, other_key) = init(other.path(), "CA2", KeyType::EcdsaP256, Duration::from_secs(86400), false).unwrap();
+        let (_, other_key) = init(
+            other.path(),
+            "CA2",
+            KeyType::EcdsaP256,
+            Duration::from_secs(86400),
+            false,
+        )
+        .unwrap();
         assert!(matches!(
             Ca::load(&cert, &other_key, Duration::from_secs(60)),
             Err(CaError::KeyMismatch)

@@ -283,7 +283,10 @@ impl Config {
 
         let mut features = raw.features;
         if features.pki && features.ed25519 {
-            return Err(invalid("features", "only one of pki or ed25519 can be enabled"));
+            return Err(invalid(
+                "features",
+                "only one of pki or ed25519 can be enabled",
+            ));
         }
         if features.ed25519 {
             features.jwt = true;
@@ -313,7 +316,10 @@ impl Config {
         };
 
         if raw.helper.trim().is_empty() {
-            return Err(invalid("helper", "is required: the program that decides each server's configuration"));
+            return Err(invalid(
+                "helper",
+                "is required: the program that decides each server's configuration",
+            ));
         }
         let helper = shell_words::split(&raw.helper)
             .map_err(|e| invalid("helper", format!("cannot parse command: {e}")))?;
@@ -336,13 +342,20 @@ impl Config {
             None => Duration::from_secs(365 * 24 * 3600),
         };
         if raw.ca.is_some() && !features.pki {
-            warnings.push("a ca section is configured but the pki feature is off; it is not used".into());
+            warnings.push(
+                "a ca section is configured but the pki feature is off; it is not used".into(),
+            );
         }
 
         let log_format = match raw.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(invalid("log_format", format!("{other:?} is not text or json"))),
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is not text or json"),
+                ))
+            }
         };
         match raw.loglevel.as_str() {
             "trace" | "debug" | "info" | "warn" | "warning" | "error" => {}
@@ -391,7 +404,10 @@ impl Config {
             raw.identity
         };
         if !proto::subject::is_valid_identity(&identity) {
-            return Err(invalid("identity", format!("{identity:?} is not a valid identity")));
+            return Err(invalid(
+                "identity",
+                format!("{identity:?} is not a valid identity"),
+            ));
         }
 
         let workers = if raw.workers == 0 {
@@ -546,19 +562,37 @@ nats:
             (format!("{MINIMAL}\nbogus: 1\n"), "bogus"),
             (format!("{MINIMAL}\ninterval: 30s\n"), "interval"),
             (format!("{MINIMAL}\ninterval: 5x\n"), "interval"),
-            (format!("{MINIMAL}\nlifecycle_component: a.b\n"), "lifecycle_component"),
+            (
+                format!("{MINIMAL}\nlifecycle_component: a.b\n"),
+                "lifecycle_component",
+            ),
             (
                 format!("{MINIMAL}\nfeatures: {{pki: true, ed25519: true}}\n"),
                 "features",
             ),
-            (format!("{MINIMAL}\nfeatures: {{jwt: true}}\n"), "jwt_verify_cert"),
-            (format!("{MINIMAL}\ncert_deny_list: ['(']\n"), "cert_deny_list"),
+            (
+                format!("{MINIMAL}\nfeatures: {{jwt: true}}\n"),
+                "jwt_verify_cert",
+            ),
+            (
+                format!("{MINIMAL}\ncert_deny_list: ['(']\n"),
+                "cert_deny_list",
+            ),
             (format!("{MINIMAL}\nworkers: -1\n"), "workers"),
             (format!("{MINIMAL}\nlog_format: xml\n"), "log_format"),
             (format!("{MINIMAL}\nmax_attempts: 0\n"), "max_attempts"),
-            ("helper: x\nnats: {servers: [a]}\n".to_string(), "broker_provisioning_password"),
-            ("broker_provisioning_password: x\nnats: {servers: [a]}\n".to_string(), "helper"),
-            ("helper: x\nbroker_provisioning_password: x\n".to_string(), "nats"),
+            (
+                "helper: x\nnats: {servers: [a]}\n".to_string(),
+                "broker_provisioning_password",
+            ),
+            (
+                "broker_provisioning_password: x\nnats: {servers: [a]}\n".to_string(),
+                "helper",
+            ),
+            (
+                "helper: x\nbroker_provisioning_password: x\n".to_string(),
+                "nats",
+            ),
             (format!("{MINIMAL}\nhelper: \"unterminated '\"\n"), "helper"),
         ];
         for (text, key) in cases {
@@ -574,7 +608,10 @@ nats:
     fn durations() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("1y").unwrap(), Duration::from_secs(365 * 86400));
+        assert_eq!(
+            parse_duration("1y").unwrap(),
+            Duration::from_secs(365 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         for bad in ["", "10", "s", "1x", "-1s", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

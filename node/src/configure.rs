@@ -35,7 +35,14 @@ pub async fn restart(svc: &Services, identity: &str) -> Result<(), RpcError> {
         splay: Some(1),
     };
     svc.rpc
-        .call_ok(identity, PROVISION_AGENT, "restart", &req, svc.config.rpc_timeout, 3)
+        .call_ok(
+            identity,
+            PROVISION_AGENT,
+            "restart",
+            &req,
+            svc.config.rpc_timeout,
+            3,
+        )
         .await
         .map(|_| ())
 }
@@ -45,7 +52,14 @@ pub async fn shutdown(svc: &Services, identity: &str) -> Result<(), RpcError> {
         token: svc.config.token.clone(),
     };
     svc.rpc
-        .call_ok(identity, PROVISION_AGENT, "shutdown", &req, svc.config.rpc_timeout, 3)
+        .call_ok(
+            identity,
+            PROVISION_AGENT,
+            "shutdown",
+            &req,
+            svc.config.rpc_timeout,
+            3,
+        )
         .await
         .map(|_| ())
 }

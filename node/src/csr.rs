@@ -142,9 +142,18 @@ pub async fn fetch_and_validate(svc: &Services, identity: &str) -> Result<Fetche
     // upstream tries gencsr once: every try makes the server write a new key
     let reply = svc
         .rpc
-        .call_ok(identity, PROVISION_AGENT, "gencsr", &req, svc.config.rpc_timeout, 1)
+        .call_ok(
+            identity,
+            PROVISION_AGENT,
+            "gencsr",
+            &req,
+            svc.config.rpc_timeout,
+            1,
+        )
         .await?;
-    let out: CsrReply = reply.data_as().map_err(|e| CsrError::Reply(e.to_string()))?;
+    let out: CsrReply = reply
+        .data_as()
+        .map_err(|e| CsrError::Reply(e.to_string()))?;
     let csr = validate(&out.csr, identity, &svc.config.cert_deny_list)?;
     Ok(FetchedCsr { reply: out, csr })
 }

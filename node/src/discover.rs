@@ -58,7 +58,11 @@ pub async fn discover_once(svc: &Services, queue: &WorkQueue) {
 
 /// Handles `startup` events from `sub` (subscribed by the caller before the first discovery,
 /// so nothing falls in between) until the subscription ends.
-pub async fn run_events(svc: Arc<Services>, queue: Arc<WorkQueue>, mut sub: async_nats::Subscriber) {
+pub async fn run_events(
+    svc: Arc<Services>,
+    queue: Arc<WorkQueue>,
+    mut sub: async_nats::Subscriber,
+) {
     while let Some(msg) = sub.next().await {
         handle_event(&svc, &queue, &msg.payload);
     }

@@ -20,7 +20,9 @@ const SIGN_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum EnrollError {
-    #[error("pki is enabled but the helper returned no certificate and no built-in CA is configured")]
+    #[error(
+        "pki is enabled but the helper returned no certificate and no built-in CA is configured"
+    )]
     NoCertificate,
     #[error("helper returned a certificate without a CA (or a CA without a certificate)")]
     Incomplete,

@@ -251,15 +251,20 @@ mod tests {
     #[tokio::test]
     async fn failure_modes_are_errors() {
         let d = tempfile::tempdir().unwrap();
-        let cases: Vec<(&str, &str, fn(&HelperError) -> bool)> = vec![
-            ("exit", "echo boom >&2; exit 3", |e| {
-                matches!(e, HelperError::Exit { stderr, .. } if stderr == "boom")
-            }),
+        type Check = fn(&HelperError) -> bool;
+        let cases: Vec<(&str, &str, Check)> = vec![
+            (
+                "exit",
+                "echo boom >&2; exit 3",
+                |e| matches!(e, HelperError::Exit { stderr, .. } if stderr == "boom"),
+            ),
             ("garbage", "echo 'this is not json'", |e| {
                 matches!(e, HelperError::Decode(_))
             }),
             ("empty", "true", |e| matches!(e, HelperError::Empty)),
-            ("slow", "sleep 5; echo '{}'", |e| matches!(e, HelperError::Timeout(_))),
+            ("slow", "sleep 5; echo '{}'", |e| {
+                matches!(e, HelperError::Timeout(_))
+            }),
             ("big", "head -c 5000 /dev/zero | tr '\\0' 'a'", |e| {
                 matches!(e, HelperError::TooLarge(_))
             }),
@@ -272,7 +277,10 @@ mod tests {
             let started = std::time::Instant::now();
             let err = helper(p, 500, 1024).decide(&request()).await.unwrap_err();
             assert!(check(&err), "{name}: {err}");
-            assert!(started.elapsed() < Duration::from_secs(4), "{name} not cut off");
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{name} not cut off"
+            );
         }
         let missing = helper("/nonexistent/helper".into(), 500, 1024)
             .decide(&request())

@@ -68,8 +68,9 @@ impl JwtVerifier {
                 .map_err(|e| JwtError::Key(format!("{value}: cannot read: {e}")))?;
             return Self::from_pem(&pem).map_err(|e| JwtError::Key(format!("{value}: {e}")));
         }
-        let raw = hex::decode(value.trim())
-            .map_err(|_| JwtError::Key(format!("{value}: no such file and not a hex ed25519 key")))?;
+        let raw = hex::decode(value.trim()).map_err(|_| {
+            JwtError::Key(format!("{value}: no such file and not a hex ed25519 key"))
+        })?;
         if raw.len() != 32 {
             return Err(JwtError::Key(format!(
                 "hex ed25519 key must be 32 bytes, got {}",
@@ -101,7 +102,11 @@ impl JwtVerifier {
                     })
                     .map_err(|e| format!("bad RSA public key: {e}"))
             }
-            other => return Err(format!("PEM block {other:?} is not a public key or certificate")),
+            other => {
+                return Err(format!(
+                    "PEM block {other:?} is not a public key or certificate"
+                ))
+            }
         };
         let (_, spki) = SubjectPublicKeyInfo::from_der(&spki_der)
             .map_err(|e| format!("bad public key: {e}"))?;
@@ -129,7 +134,10 @@ impl JwtVerifier {
             return Err(JwtError::Empty);
         }
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(JwtError::Malformed(format!("{} bytes is too long", token.len())));
+            return Err(JwtError::Malformed(format!(
+                "{} bytes is too long",
+                token.len()
+            )));
         }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| JwtError::Malformed(e.to_string()))?;
@@ -142,15 +150,16 @@ impl JwtVerifier {
         validation.validate_aud = false;
         validation.validate_nbf = true;
         validation.validate_exp = true;
-        let data = decode::<Map<String, Value>>(token, &self.key, &validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::InvalidSignature => JwtError::Signature,
-                ErrorKind::ExpiredSignature => JwtError::Expired,
-                ErrorKind::ImmatureSignature => JwtError::NotYetValid,
-                ErrorKind::InvalidAlgorithm => JwtError::Algorithm(format!("{:?}", header.alg)),
-                _ => JwtError::Malformed(e.to_string()),
-            }
-        })?;
+        let data =
+            decode::<Map<String, Value>>(token, &self.key, &validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::InvalidSignature => JwtError::Signature,
+                    ErrorKind::ExpiredSignature => JwtError::Expired,
+                    ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+                    ErrorKind::InvalidAlgorithm => JwtError::Algorithm(format!("{:?}", header.alg)),
+                    _ => JwtError::Malformed(e.to_string()),
+                }
+            })?;
         let mut claims = data.claims;
         let is_provisioning = [("purpose"), ("sub")]
             .iter()
@@ -231,7 +240,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let path = format!("{}/../../shared/choria/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../shared/choria/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         match std::fs::read_to_string(&path) {
             Ok(s) => s,
             Err(e) => panic!("{path}: {e}"),
@@ -271,7 +283,13 @@ mod tests {
     #[test]
     fn garbage_tokens_are_rejected() {
         let v = upstream_verifier();
-        for bad in ["", "a.b.c", "not a jwt", "eyJhbGciOiJSUzI1NiJ9..", &"x".repeat(20_000)] {
+        for bad in [
+            "",
+            "a.b.c",
+            "not a jwt",
+            "eyJhbGciOiJSUzI1NiJ9..",
+            &"x".repeat(20_000),
+        ] {
             assert!(v.verify(bad).is_err(), "{bad:.20}");
         }
         // a valid token with its payload swapped fails the signature check

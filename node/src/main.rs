@@ -9,7 +9,11 @@ use node::config::{parse_duration, Config};
 use node::service::Provisioner;
 
 #[derive(Parser)]
-#[command(name = "provisioner", version, about = "Provisions Choria Servers waiting in provisioning mode")]
+#[command(
+    name = "provisioner",
+    version,
+    about = "Provisions Choria Servers waiting in provisioning mode"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

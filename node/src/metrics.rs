@@ -110,10 +110,7 @@ impl Metrics {
                 "How many provision related errors were encountered",
                 site_l,
             ),
-            paused: gauge(
-                "choria_provisioner_paused",
-                "1 when provisioning is paused",
-            ),
+            paused: gauge("choria_provisioner_paused", "1 when provisioning is paused"),
             busy_workers: gauge(
                 "choria_provisioner_busy_workers",
                 "How many workers are busy provisioning nodes",
@@ -197,7 +194,9 @@ impl Metrics {
     }
 
     pub fn bad_message(&self, kind: &str) {
-        self.bad_messages.with_label_values(&[&self.site, kind]).inc();
+        self.bad_messages
+            .with_label_values(&[&self.site, kind])
+            .inc();
     }
 
     pub fn rejected(&self, reason: &str) {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proto::agents::ConfigureRequest;
-use raft::{Applied, Command, Ledger, ReleaseOutcome, Rejection};
+use raft::{Applied, Command, Ledger, Rejection, ReleaseOutcome};
 
 use crate::ca::Ca;
 use crate::config::Config;

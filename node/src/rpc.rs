@@ -212,8 +212,12 @@ impl RpcClient {
         };
         let req = self.request(agent, filter, &body);
         let (_route, mut replies) = self.open_route(&req.envelope.requestid);
-        self.publish(&rpc, subject::node_directed(&self.collective, identity), &req)
-            .await?;
+        self.publish(
+            &rpc,
+            subject::node_directed(&self.collective, identity),
+            &req,
+        )
+        .await?;
 
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -382,11 +386,18 @@ mod tests {
         let pending: Pending = Arc::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
         pending.lock().unwrap().insert("a".repeat(32), tx);
-        for junk in [&b""[..], b"{}", b"\xff\xfe", br#"{"protocol":"choria:transport:1","data":"!!","headers":{}}"#] {
+        for junk in [
+            &b""[..],
+            b"{}",
+            b"\xff\xfe",
+            br#"{"protocol":"choria:transport:1","data":"!!","headers":{}}"#,
+        ] {
             route_reply(&pending, &metrics, "provisioning.reply.x.y", junk);
         }
         assert!(rx.try_recv().is_err());
-        assert!(metrics.render().contains("choria_provisioner_bad_messages{kind=\"reply\",site=\"t\"} 4"));
+        assert!(metrics
+            .render()
+            .contains("choria_provisioner_bad_messages{kind=\"reply\",site=\"t\"} 4"));
     }
 
     #[test]
@@ -394,14 +405,29 @@ mod tests {
         let metrics = Metrics::new("t");
         let pending: Pending = Arc::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let req = Request::new("rpcutil", "provisioning", "choria=p", "p", 60, Filter::default(), b"{}");
+        let req = Request::new(
+            "rpcutil",
+            "provisioning",
+            "choria=p",
+            "p",
+            60,
+            Filter::default(),
+            b"{}",
+        );
         let id = req.envelope.requestid.clone();
         pending.lock().unwrap().insert(id.clone(), tx);
-        let bytes = Reply::new(&req.envelope, "n1", b"{\"statuscode\":0}").encode().unwrap();
+        let bytes = Reply::new(&req.envelope, "n1", b"{\"statuscode\":0}")
+            .encode()
+            .unwrap();
         // wrong subject: dropped
         route_reply(&pending, &metrics, "provisioning.reply.x.other", &bytes);
         assert!(rx.try_recv().is_err());
-        route_reply(&pending, &metrics, &format!("provisioning.reply.x.{id}"), &bytes);
+        route_reply(
+            &pending,
+            &metrics,
+            &format!("provisioning.reply.x.{id}"),
+            &bytes,
+        );
         assert_eq!(rx.try_recv().unwrap().envelope.senderid, "n1");
     }
 

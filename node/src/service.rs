@@ -21,7 +21,10 @@ use crate::{discover, VERSION};
 #[derive(Debug, Error)]
 pub enum ServiceError {
     #[error("cannot connect to NATS {servers:?}: {reason}")]
-    Connect { servers: Vec<String>, reason: String },
+    Connect {
+        servers: Vec<String>,
+        reason: String,
+    },
     #[error("CA: {0}")]
     Ca(#[from] CaError),
     #[error("{0}")]
@@ -59,12 +62,13 @@ impl Provisioner {
                 addr: addr.clone(),
                 reason: format!("{e}"),
             })?;
-            let handle = metrics::serve(metrics.clone(), sock)
-                .await
-                .map_err(|e| ServiceError::Metrics {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+            let handle =
+                metrics::serve(metrics.clone(), sock)
+                    .await
+                    .map_err(|e| ServiceError::Metrics {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
             tasks.push(handle);
         }
 

@@ -112,7 +112,10 @@ impl WorkQueue {
 
     fn update_gauges(&self, entries: &HashMap<String, Entry>) {
         let m = &self.svc.metrics;
-        let queued = entries.values().filter(|e| e.state == State::Queued).count();
+        let queued = entries
+            .values()
+            .filter(|e| e.state == State::Queued)
+            .count();
         m.set(&m.work_queue_entries, queued as i64);
         m.set(&m.waiting_nodes, entries.len() as i64);
     }
@@ -150,7 +153,11 @@ impl WorkQueue {
                 let e = entries.get_mut(identity)?;
                 e.attempts += 1;
                 if e.attempts >= cfg.max_attempts {
-                    tracing::warn!(identity, attempts = e.attempts, "giving up until the server is discovered again");
+                    tracing::warn!(
+                        identity,
+                        attempts = e.attempts,
+                        "giving up until the server is discovered again"
+                    );
                     entries.remove(identity);
                     None
                 } else {

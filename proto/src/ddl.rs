@@ -93,10 +93,11 @@ impl Ddl {
             for (name, input) in &mut action.input {
                 if let Some(v) = &input.validation {
                     if !is_named_validator(v) {
-                        input.pattern = Some(go_regex(v).map_err(|e| ProtoError::InvalidInput {
-                            input: name.clone(),
-                            reason: format!("bad validation pattern {v:?}: {e}"),
-                        })?);
+                        input.pattern =
+                            Some(go_regex(v).map_err(|e| ProtoError::InvalidInput {
+                                input: name.clone(),
+                                reason: format!("bad validation pattern {v:?}: {e}"),
+                            })?);
                     }
                 }
             }
@@ -113,10 +114,12 @@ impl Ddl {
     /// An empty string is taken as "not given": it satisfies presence but skips the value
     /// checks, because upstream's clients send `"token": ""` when no token is configured.
     pub fn validate(&self, action: &str, data: &Value) -> Result<(), ProtoError> {
-        let act = self.action(action).ok_or_else(|| ProtoError::UnknownAction {
-            agent: self.metadata.name.clone(),
-            action: action.to_string(),
-        })?;
+        let act = self
+            .action(action)
+            .ok_or_else(|| ProtoError::UnknownAction {
+                agent: self.metadata.name.clone(),
+                action: action.to_string(),
+            })?;
         let empty = serde_json::Map::new();
         let map = match data {
             Value::Object(m) => m,
@@ -145,12 +148,10 @@ impl Ddl {
                 Some(v) => v,
             };
             {
-                input
-                    .check(v)
-                    .map_err(|reason| ProtoError::InvalidInput {
-                        input: name.clone(),
-                        reason,
-                    })?;
+                input.check(v).map_err(|reason| ProtoError::InvalidInput {
+                    input: name.clone(),
+                    reason,
+                })?;
             }
         }
         Ok(())
@@ -248,8 +249,11 @@ mod tests {
     #[test]
     fn configure_inputs_are_checked() {
         let p = choria_provision();
-        p.validate("configure", &json!({"token": "t", "config": "{\"a\":\"b\"}"}))
-            .unwrap();
+        p.validate(
+            "configure",
+            &json!({"token": "t", "config": "{\"a\":\"b\"}"}),
+        )
+        .unwrap();
         // config must look like a JSON object
         assert!(p.validate("configure", &json!({"config": "a=b"})).is_err());
         // config is required
@@ -259,10 +263,16 @@ mod tests {
         ));
         // certificate must be PEM when given; empty counts as absent
         assert!(p
-            .validate("configure", &json!({"config": "{}x", "certificate": "nope"}))
+            .validate(
+                "configure",
+                &json!({"config": "{}x", "certificate": "nope"})
+            )
             .is_err());
-        p.validate("configure", &json!({"config": "{\"a\":1}", "certificate": ""}))
-            .unwrap();
+        p.validate(
+            "configure",
+            &json!({"config": "{\"a\":1}", "certificate": ""}),
+        )
+        .unwrap();
         // undeclared inputs are refused
         assert!(p
             .validate("configure", &json!({"config": "{\"a\":1}", "bogus": 1}))
@@ -274,15 +284,21 @@ mod tests {
         let p = choria_provision();
         let long = "x".repeat(129);
         assert!(p.validate("jwt", &json!({ "token": long })).is_err());
-        assert!(p.validate("restart", &json!({"token": "t", "splay": "x"})).is_err());
-        p.validate("restart", &json!({"token": "t", "splay": 1})).unwrap();
+        assert!(p
+            .validate("restart", &json!({"token": "t", "splay": "x"}))
+            .is_err());
+        p.validate("restart", &json!({"token": "t", "splay": 1}))
+            .unwrap();
         assert!(p
             .validate("gencsr", &json!({"token": "t", "cn": "bad name!"}))
             .is_err());
         p.validate("gencsr", &json!({"token": "t", "cn": "n1.example.net"}))
             .unwrap();
         assert!(p
-            .validate("release_update", &json!({"token": "t", "repository": "ftp://x", "version": "1"}))
+            .validate(
+                "release_update",
+                &json!({"token": "t", "repository": "ftp://x", "version": "1"})
+            )
             .is_err());
         assert!(matches!(
             p.validate("nosuch", &json!({})),

@@ -79,17 +79,15 @@ impl Event {
 
     /// The event's type, from its protocol field.
     pub fn kind(&self) -> Result<EventType, ProtoError> {
-        let name = if let Some(rest) = self.protocol.strip_prefix("io.choria.lifecycle.v1.") {
-            rest
-        } else if let Some(rest) = self
+        let name = self
             .protocol
-            .strip_prefix("choria:lifecycle:")
-            .and_then(|r| r.strip_suffix(":1"))
-        {
-            rest
-        } else {
-            ""
-        };
+            .strip_prefix("io.choria.lifecycle.v1.")
+            .or_else(|| {
+                self.protocol
+                    .strip_prefix("choria:lifecycle:")
+                    .and_then(|r| r.strip_suffix(":1"))
+            })
+            .unwrap_or_default();
         EventType::parse(name).ok_or_else(|| {
             ProtoError::invalid(
                 Layer::Lifecycle,

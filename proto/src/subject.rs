@@ -17,10 +17,7 @@ pub fn agent_broadcast(collective: &str, agent: &str) -> String {
 
 /// Where replies for one request go: `<collective>.reply.<md5 hex of caller id>.<request id>`.
 pub fn reply_target(collective: &str, caller_id: &str, request_id: &str) -> String {
-    format!(
-        "{collective}.reply.{}.{request_id}",
-        caller_hash(caller_id)
-    )
+    format!("{collective}.reply.{}.{request_id}", caller_hash(caller_id))
 }
 
 /// Prefix under which all replies for a caller arrive, for one wildcard subscription.
@@ -49,9 +46,7 @@ pub fn is_valid_token(s: &str) -> bool {
 /// True when `s` is a valid server identity for directed subjects (dotted names allowed,
 /// wildcards and whitespace not).
 pub fn is_valid_identity(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && s.split('.').all(is_valid_token)
+    !s.is_empty() && s.len() <= 256 && s.split('.').all(is_valid_token)
 }
 
 #[cfg(test)]

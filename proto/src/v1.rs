@@ -369,7 +369,10 @@ fn decode_transport(bytes: &[u8]) -> Result<Transport, ProtoError> {
         return Err(ProtoError::invalid(
             Layer::Transport,
             "data",
-            format!("{} bytes is over the {MAX_MESSAGE_BYTES} byte limit", bytes.len()),
+            format!(
+                "{} bytes is over the {MAX_MESSAGE_BYTES} byte limit",
+                bytes.len()
+            ),
         ));
     }
     let transport: Transport = decode_json(Layer::Transport, bytes)?;
@@ -431,7 +434,9 @@ mod tests {
     #[test]
     fn request_round_trips() {
         let r = sample();
-        let bytes = r.encode("provisioning.reply.x.y", "prov1", &Insecure).unwrap();
+        let bytes = r
+            .encode("provisioning.reply.x.y", "prov1", &Insecure)
+            .unwrap();
         let got = decode_request(&bytes).unwrap();
         assert_eq!(got.request, r);
         assert_eq!(got.reply_to.as_deref(), Some("provisioning.reply.x.y"));

@@ -151,7 +151,12 @@ impl LedgerState {
                     issued_by: member.clone(),
                     issued_at_ms: *at_ms,
                 });
-                note(rec, *at_ms, member, format!("credential issued, serial {serial}"));
+                note(
+                    rec,
+                    *at_ms,
+                    member,
+                    format!("credential issued, serial {serial}"),
+                );
                 self.serials.insert(serial.clone(), identity.clone());
                 Ok(())
             }
@@ -190,14 +195,14 @@ impl LedgerState {
                         Some(reason.clone()),
                         format!("failed: {reason}"),
                     ),
-                    ReleaseOutcome::Shutdown { reason } => (
-                        EnrollState::Shutdown,
-                        None,
-                        format!("shut down: {reason}"),
-                    ),
-                    ReleaseOutcome::Abandoned => {
-                        (EnrollState::Failed, Some("abandoned".into()), "abandoned".into())
+                    ReleaseOutcome::Shutdown { reason } => {
+                        (EnrollState::Shutdown, None, format!("shut down: {reason}"))
                     }
+                    ReleaseOutcome::Abandoned => (
+                        EnrollState::Failed,
+                        Some("abandoned".into()),
+                        "abandoned".into(),
+                    ),
                 };
                 rec.state = state;
                 rec.owner = None;
@@ -374,7 +379,10 @@ mod tests {
         let r = s.record("n1").unwrap();
         assert_eq!(r.state, EnrollState::Enrolled);
         assert_eq!(r.owner, None);
-        assert_eq!(s.apply(&claim("n1", "b", 3)), Err(Rejection::AlreadyEnrolled));
+        assert_eq!(
+            s.apply(&claim("n1", "b", 3)),
+            Err(Rejection::AlreadyEnrolled)
+        );
         // a repeated completion is rejected and changes nothing
         assert!(s.apply(&enrolled("n1", "a", 4)).is_err());
         assert_eq!(s.record("n1").unwrap().updated_ms, 2);

@@ -13,7 +13,11 @@ use fleet::keys::KeyType;
 use fleet::signer::JwtSigner;
 
 #[derive(Parser)]
-#[command(name = "fleet-sim", version, about = "Simulated Choria Servers waiting in provisioning mode")]
+#[command(
+    name = "fleet-sim",
+    version,
+    about = "Simulated Choria Servers waiting in provisioning mode"
+)]
 struct Args {
     /// Number of servers
     #[arg(long, default_value_t = 100)]
@@ -121,7 +125,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         prefix: args.prefix.clone(),
         domain: args.domain.clone(),
         expect_ca: match &args.expect_ca {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?),
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?)
+            }
             None => None,
         },
         ..Default::default()
@@ -132,7 +138,10 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         format!("{:?} keys from a pool of {}", args.key_type, args.key_pool)
     };
     let fleet = Fleet::start(&cfg, &signer).await?;
-    eprintln!("fleet ready: {} servers waiting in provisioning mode ({key_note})", args.servers);
+    eprintln!(
+        "fleet ready: {} servers waiting in provisioning mode ({key_note})",
+        args.servers
+    );
     if let Some(p) = &args.ready_file {
         std::fs::write(p, "ready\n").map_err(|e| format!("{}: {e}", p.display()))?;
     }
@@ -151,8 +160,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     };
     let mut last_print = 0.0f64;
     let summary = fleet
-        .wait(Duration::from_secs(args.timeout), |(done, healthy, secs)| {
-            match &bar {
+        .wait(
+            Duration::from_secs(args.timeout),
+            |(done, healthy, secs)| match &bar {
                 Some(b) => {
                     b.set_length(healthy as u64);
                     b.set_position(done as u64);
@@ -162,8 +172,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
                     eprintln!("progress: {done}/{healthy} provisioned after {secs:.1} s");
                 }
                 None => {}
-            }
-        })
+            },
+        )
         .await;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -181,5 +191,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         && summary.provisioned + summary.shutdowns == summary.healthy
         && summary.faulty_provisioned == 0
         && summary.ddl_violations == 0;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

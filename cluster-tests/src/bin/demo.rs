@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cluster_tests::{init_ca, FleetOptions, FleetProcess, Nats, ProvisionerOptions, ProvisionerProcess};
+use cluster_tests::{
+    init_ca, FleetOptions, FleetProcess, Nats, ProvisionerOptions, ProvisionerProcess,
+};
 
 fn main() -> ExitCode {
     let servers: usize = match std::env::var("DEMO_SERVERS") {
@@ -18,7 +20,10 @@ fn main() -> ExitCode {
         },
         Err(_) => 500,
     };
-    let dir = match tempfile::Builder::new().prefix("provisioner-demo-").tempdir() {
+    let dir = match tempfile::Builder::new()
+        .prefix("provisioner-demo-")
+        .tempdir()
+    {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cannot create a work directory: {e}");

@@ -1,0 +1,347 @@
+//! End-to-end provisioning over a real `nats-server`: the `provisioner` binary against
+//! `fleet-sim` processes. Build the binaries first: `cargo build --workspace --bins`.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cluster_tests::{
+    bin, init_ca, metric_sum, FleetOptions, FleetProcess, Nats, ProvisionerOptions,
+    ProvisionerProcess,
+};
+use serde_json::Value;
+
+/// The machine has two cores: run one fleet at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("summary has no {key}: {v}"))
+}
+
+fn run_fleet(
+    dir: &Path,
+    fleet_opts: FleetOptions,
+    prov_opts: ProvisionerOptions,
+) -> (Value, ProvisionerProcess, Nats) {
+    let nats = Nats::start(dir);
+    let ca = init_ca(dir);
+    let fleet = FleetProcess::start(dir, &nats, &ca.0, &fleet_opts, false);
+    let mut prov = ProvisionerProcess::start(dir, &nats, &ca, &fleet.signer_pub, &prov_opts);
+    let summary = fleet.finish(Duration::from_secs(fleet_opts.timeout_secs + 60));
+    assert!(
+        prov.proc.is_running(),
+        "provisioner died; see {}",
+        dir.display()
+    );
+    (summary, prov, nats)
+}
+
+#[test]
+fn two_hundred_servers_are_provisioned_once_with_verified_certificates() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, prov, _nats) = run_fleet(
+        dir.path(),
+        FleetOptions {
+            servers: 200,
+            token: "t0ken".into(),
+            timeout_secs: 240,
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            token: "t0ken".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(n(&summary, "servers"), 200, "{summary}");
+    assert_eq!(n(&summary, "provisioned"), 200, "{summary}");
+    // verified: chains to the pinned test CA, names the server, matches its gencsr key
+    assert_eq!(n(&summary, "verified"), 200, "{summary}");
+    assert_eq!(n(&summary, "reconfigured"), 0, "{summary}");
+    assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
+    assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
+    assert_eq!(n(&summary, "bad_requests"), 0, "{summary}");
+    assert_eq!(n(&summary, "bad_tokens"), 0, "{summary}");
+    assert_eq!(n(&summary, "configure_refused"), 0, "{summary}");
+    let m = prov.metrics();
+    assert_eq!(
+        metric_sum(&m, "choria_provisioner_provisioned", "site=\"test\""),
+        200.0,
+        "{m}"
+    );
+    assert!(metric_sum(&m, "choria_provisioner_discover_cycles", "") >= 1.0);
+}
+
+#[test]
+fn rsa_keys_as_upstream_servers_make_them() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, _prov, _nats) = run_fleet(
+        dir.path(),
+        FleetOptions {
+            servers: 6,
+            key_type: "rsa2048".into(),
+            timeout_secs: 120,
+            ..Default::default()
+        },
+        ProvisionerOptions::default(),
+    );
+    assert_eq!(n(&summary, "provisioned"), 6, "{summary}");
+    assert_eq!(n(&summary, "verified"), 6, "{summary}");
+}
+
+/// A helper that fails (exit 1, then garbage) the first times it sees some servers, then
+/// answers as the example helper does: those servers are deferred and retried.
+fn flaky_helper(dir: &Path) -> String {
+    let marks = dir.join("helper-marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let example = cluster_tests::repo_root().join("deploy/examples/helper.py");
+    let script = dir.join("flaky-helper.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+input=$(cat)
+id=$(printf '%s' "$input" | sed -e 's/.*"identity":"\([^"]*\)".*/\1/')
+case "$id" in
+  *1.example.net)
+    if [ ! -e "{marks}/$id.1" ]; then touch "{marks}/$id.1"; echo "first try fails" >&2; exit 1; fi
+    if [ ! -e "{marks}/$id.2" ]; then touch "{marks}/$id.2"; echo "garbage, not json"; exit 0; fi
+    ;;
+esac
+printf '%s' "$input" | exec {python} {example}
+"#,
+            marks = marks.display(),
+            example = example.display(),
+            python = cluster_tests::python()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+#[test]
+fn misbehaving_servers_and_helpers_do_not_affect_the_rest() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let ca = init_ca(dir.path());
+    let fleet = FleetProcess::start(
+        dir.path(),
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: 60,
+            timeout_secs: 120,
+            extra: [
+                "--fail-timeout",
+                "0.05",
+                "--fail-garbage",
+                "0.05",
+                "--fail-bad-csr",
+                "0.1",
+                "--fail-bad-jwt",
+                "0.1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            ..Default::default()
+        },
+        false,
+    );
+    let mut prov = ProvisionerProcess::start(
+        dir.path(),
+        &nats,
+        &ca,
+        &fleet.signer_pub,
+        &ProvisionerOptions {
+            helper: flaky_helper(dir.path()),
+            rpc_timeout: "2s".into(),
+            max_attempts: 4,
+            retry_backoff_min: "1s".into(),
+            ..Default::default()
+        },
+    );
+
+    prov.wait_ready(Duration::from_secs(30));
+    // garbage on the subjects the provisioner listens to, from inside its own account
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = async_nats::ConnectOptions::with_user_and_password(
+            "provisioner".into(),
+            nats.creds.provisioner.clone(),
+        )
+        .connect(&nats.url)
+        .await
+        .unwrap();
+        let caller = md5_of("choria=prov1.example.net");
+        for junk in [
+            &b"\x00\xff garbage"[..],
+            b"{}",
+            b"[1,2",
+            b"{\"protocol\":\"io.choria.lifecycle.v1.startup\"}",
+        ] {
+            c.publish(
+                "choria.lifecycle.event.startup.provision_mode_server",
+                junk.to_vec().into(),
+            )
+            .await
+            .unwrap();
+            c.publish(
+                format!("provisioning.reply.{caller}.abc"),
+                junk.to_vec().into(),
+            )
+            .await
+            .unwrap();
+        }
+        c.flush().await.unwrap();
+    });
+
+    let summary = fleet.finish(Duration::from_secs(200));
+    assert!(prov.proc.is_running(), "provisioner died");
+    assert_eq!(n(&summary, "healthy"), 42, "{summary}");
+    assert_eq!(n(&summary, "provisioned"), 42, "{summary}");
+    assert_eq!(n(&summary, "verified"), 42, "{summary}");
+    assert_eq!(n(&summary, "faulty_provisioned"), 0, "{summary}");
+    assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
+    assert_eq!(n(&summary, "reconfigured"), 0, "{summary}");
+
+    let m = prov.metrics();
+    let site = "site=\"test\"";
+    assert!(
+        metric_sum(&m, "choria_provisioner_rejected", "reason=\"jwt\"") >= 6.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "choria_provisioner_rejected", "reason=\"csr_") >= 6.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "choria_provisioner_bad_messages", "kind=\"reply\"") >= 3.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "choria_provisioner_bad_messages", "kind=\"event\"") >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "choria_provisioner_helper_errors", site) >= 2.0,
+        "{m}"
+    );
+    // servers that never answer run out of tries after the healthy ones are done
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rpc_errors = loop {
+        let m = prov.metrics();
+        let v = metric_sum(&m, "choria_provisioner_rpc_errors", "choria_provision#jwt");
+        if v >= 6.0 || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        rpc_errors >= 6.0,
+        "timeouts and garbage count as rpc errors: {rpc_errors}"
+    );
+    assert!(prov.proc.is_running(), "provisioner died");
+    assert!(
+        metric_sum(&m, "choria_provisioner_provision_errors", site) >= 10.0,
+        "{m}"
+    );
+}
+
+fn md5_of(s: &str) -> String {
+    // the reply subject hash, computed the long way so the test shares no code with proto
+    let out = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout);
+    hex.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn broker_keeps_waiting_servers_away_from_anonymous_and_other_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures::StreamExt;
+        // no credentials: refused
+        let anon = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(2))
+            .connect(&nats.url)
+            .await;
+        assert!(anon.is_err(), "anonymous connection was accepted");
+
+        let connect = |user: &str, pass: &str| {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
+                .connect(nats.url.clone())
+        };
+        let outsider = connect("choria", &nats.creds.choria).await.unwrap();
+        let provisioner = connect("provisioner", &nats.creds.provisioner)
+            .await
+            .unwrap();
+        let server = connect("server", &nats.creds.server).await.unwrap();
+
+        let mut outside = outsider.subscribe("provisioning.>").await.unwrap();
+        let mut inside = provisioner.subscribe("provisioning.reply.>").await.unwrap();
+        outsider.flush().await.unwrap();
+        provisioner.flush().await.unwrap();
+        server
+            .publish("provisioning.reply.x.y", "hello".into())
+            .await
+            .unwrap();
+        server.flush().await.unwrap();
+
+        let got = tokio::time::timeout(Duration::from_secs(2), inside.next()).await;
+        assert!(
+            matches!(got, Ok(Some(_))),
+            "provisioner did not see the reply"
+        );
+        let leaked = tokio::time::timeout(Duration::from_millis(500), outside.next()).await;
+        assert!(leaked.is_err(), "another account saw provisioning traffic");
+    });
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(
+        &cfg,
+        "helper: /bin/true\nbroker_provisioning_password: x\nnats: {servers: [nats://127.0.0.1:1]}\ninterval: 10s\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("provisioner"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interval"), "{err}");
+
+    std::fs::write(&cfg, "helper: [unclosed\n").unwrap();
+    let out = Command::new(bin("provisioner"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
