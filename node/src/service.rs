@@ -35,6 +35,8 @@ pub enum ServiceError {
     Metrics { addr: String, reason: String },
     #[error("lifecycle subscription: {0}")]
     Events(String),
+    #[error("helper: no helper program is configured and no user logic is compiled in")]
+    NoHelper,
 }
 
 /// A running provisioner.
@@ -52,6 +54,9 @@ impl Provisioner {
         logic: Option<Arc<dyn UserLogic>>,
         ledger: Option<Arc<dyn Ledger>>,
     ) -> Result<Provisioner, ServiceError> {
+        if logic.is_none() && config.helper.is_empty() {
+            return Err(ServiceError::NoHelper);
+        }
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new(&config.site));
         let mut tasks = Vec::new();

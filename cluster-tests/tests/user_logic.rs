@@ -1,0 +1,101 @@
+//! User logic compiled in instead of a helper program: the `UserLogic` trait drives the same
+//! pipeline against real servers (the fleet simulator over a real nats-server).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cluster_tests::{init_ca, FleetOptions, FleetProcess, Nats};
+use node::config::Config;
+use node::helper::{HelperError, HelperRequest, HelperResponse, UserLogic};
+use node::service::Provisioner;
+
+struct Logic {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl UserLogic for Logic {
+    async fn decide(&self, req: &HelperRequest) -> Result<HelperResponse, HelperError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        // the inventory arrives as a JSON string, the CSR as upstream's gencsr reply
+        let inventory: serde_json::Value =
+            serde_json::from_str(&req.inventory).map_err(|e| HelperError::Other(e.to_string()))?;
+        let csr = req
+            .csr
+            .as_ref()
+            .ok_or(HelperError::Other("no csr".into()))?;
+        let mut configuration = BTreeMap::new();
+        configuration.insert("identity".into(), req.identity.clone());
+        configuration.insert("plugin.choria.server.provision".into(), "false".into());
+        configuration.insert("plugin.choria.ssldir".into(), csr.ssldir.clone());
+        configuration.insert(
+            "collectives".into(),
+            inventory["main_collective"]
+                .as_str()
+                .unwrap_or("choria")
+                .into(),
+        );
+        Ok(HelperResponse {
+            configuration,
+            ..Default::default()
+        })
+    }
+}
+
+#[test]
+fn compiled_in_user_logic_provisions_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let ca = init_ca(dir.path());
+    let fleet = FleetProcess::start(
+        dir.path(),
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: 12,
+            timeout_secs: 120,
+            ..Default::default()
+        },
+        false,
+    );
+    let yaml = format!(
+        "identity: lib.example.net\nbroker_provisioning_password: \"{}\"\njwt_verify_cert: {}\nfeatures: {{pki: true, jwt: true}}\nnats: {{servers: [\"{}\"]}}\nca: {{cert: {}, key: {}}}\n",
+        nats.creds.provisioner,
+        fleet.signer_pub.display(),
+        nats.url,
+        ca.0.display(),
+        ca.1.display()
+    );
+    let config = Config::parse(&yaml, std::path::Path::new("inline.yaml")).unwrap();
+    assert!(config.helper.is_empty());
+    let logic = Arc::new(Logic {
+        calls: AtomicUsize::new(0),
+    });
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let prov = rt
+        .block_on(Provisioner::start(config, Some(logic.clone()), None))
+        .unwrap();
+    let summary = fleet.finish(Duration::from_secs(180));
+    assert_eq!(summary["provisioned"], 12, "{summary}");
+    assert_eq!(summary["verified"], 12, "{summary}");
+    assert_eq!(logic.calls.load(Ordering::Relaxed), 12);
+    let records = rt.block_on(prov.services.ledger.records());
+    assert_eq!(records.len(), 12);
+    assert!(records
+        .iter()
+        .all(|r| r.state == raft::EnrollState::Enrolled && r.credential.is_some()));
+    prov.stop();
+}
+
+#[test]
+fn neither_helper_nor_user_logic_refuses_to_start() {
+    let yaml = "broker_provisioning_password: x\nnats: {servers: [\"nats://127.0.0.1:1\"]}\n";
+    let config = Config::parse(yaml, std::path::Path::new("inline.yaml")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = rt.block_on(Provisioner::start(config, None, None)).err();
+    assert!(matches!(err, Some(node::service::ServiceError::NoHelper)));
+}
