@@ -11,7 +11,7 @@ use crate::command::Command;
 use crate::state::{Record, Rejection};
 
 /// The result of applying a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Applied {
     Ok,
     Rejected(Rejection),

@@ -11,6 +11,8 @@ pub mod command;
 pub mod ledger;
 pub mod local;
 pub mod state;
+pub mod store;
+pub mod types;
 
 pub use command::{Command, ReleaseOutcome};
 pub use ledger::{Applied, Ledger, LedgerError};

@@ -104,6 +104,22 @@ pub struct LedgerState {
 }
 
 impl LedgerState {
+    /// Rebuilds the ledger from stored records and the serial index.
+    pub fn restore(records: Vec<Record>, serials: HashMap<String, String>) -> Self {
+        LedgerState {
+            records: records
+                .into_iter()
+                .map(|r| (r.identity.clone(), r))
+                .collect(),
+            serials,
+        }
+    }
+
+    /// Every serial ever recorded, with the identity it was issued to.
+    pub fn serials(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.serials.iter()
+    }
+
     pub fn record(&self, identity: &str) -> Option<&Record> {
         self.records.get(identity)
     }
