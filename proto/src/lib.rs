@@ -5,7 +5,8 @@
 //! SimpleRPC body carried inside them, [`subject`] the NATS subjects they travel on,
 //! [`lifecycle`] the events servers publish, [`ddl`] the agent interfaces (inputs and their
 //! validation) and [`agents`] the typed inputs and outputs of the `choria_provision` and
-//! `rpcutil` actions we call.
+//! `rpcutil` actions we call. [`grpc`] holds the protobuf services members speak to each
+//! other.
 //!
 //! This crate depends on no other crate of the workspace, so the fleet simulator that uses
 //! it stays an independent peer of the provisioner.
@@ -13,6 +14,7 @@
 pub mod agents;
 pub mod ddl;
 pub mod error;
+pub mod grpc;
 pub mod lifecycle;
 pub mod rpc;
 pub mod subject;

@@ -10,6 +10,7 @@
 pub mod command;
 pub mod ledger;
 pub mod local;
+pub mod network;
 pub mod state;
 pub mod store;
 pub mod types;

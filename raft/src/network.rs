@@ -1,0 +1,212 @@
+//! Member-to-member transport over gRPC (tonic): the client side openraft uses to reach its
+//! peers, and the server side that hands their requests to the local Raft.
+//!
+//! openraft's request and response types travel JSON-encoded inside a protobuf `RaftPayload`
+//! (see `proto/protos/raft.proto`). A remote Raft error comes back as `Err` inside the payload
+//! and is returned as a remote error; a transport failure is reported as unreachable, which makes
+//! openraft back off from that peer.
+
+// tonic's `Status` and openraft's errors are the trait-mandated error types here.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use proto::grpc::raft::raft_client::RaftClient;
+use proto::grpc::raft::raft_server::{Raft as RaftService, RaftServer};
+use proto::grpc::raft::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::types::{Batch, BatchResult, Member, NodeId, TypeConfig};
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Result of a forwarded write, as it travels back to the member that forwarded it.
+pub type ForwardResult = Result<BatchResult, RaftError<NodeId, ClientWriteError<NodeId, Member>>>;
+
+fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, Status> {
+    serde_json::to_vec(v)
+        .map(|payload| RaftPayload { payload })
+        .map_err(|e| Status::internal(format!("encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
+    serde_json::from_slice(&p.payload).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
+}
+
+/// Builds gRPC clients to peers; channels are shared per address and reconnect lazily.
+#[derive(Clone, Default)]
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A client for the member listening on `addr` (`host:port`).
+    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(RaftClient::new(c.clone()));
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(RaftClient::new(channel))
+    }
+
+    /// Sends a batch of commands to the member at `addr` (the leader) to commit.
+    pub async fn forward(&self, addr: &str, batch: &Batch) -> Result<ForwardResult, String> {
+        let mut client = self.client(addr).map_err(|e| e.to_string())?;
+        let req = encode(batch).map_err(|e| e.to_string())?;
+        let reply = client.forward(req).await.map_err(|e| e.to_string())?;
+        decode(reply.get_ref()).map_err(|e| e.to_string())
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TransportError(String);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TransportError {}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        kind: &'static str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&TransportError(e)));
+        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
+        let payload = encode(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        let mut request = Request::new(payload);
+        request.set_timeout(timeout);
+        let reply = match kind {
+            "append" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            _ => client.install_snapshot(request).await,
+        }
+        .map_err(|s| unreachable(format!("{kind}: {s}")))?;
+        let result: Result<Resp, E> = decode(reply.get_ref())
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.call("vote", &rpc, option.hard_ttl()).await
+    }
+}
+
+/// The gRPC service a member serves to its peers.
+pub struct RaftGrpc {
+    raft: Raft,
+}
+
+impl RaftGrpc {
+    pub fn server(raft: Raft) -> RaftServer<RaftGrpc> {
+        RaftServer::new(RaftGrpc { raft })
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpc {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.raft.append_entries(rpc).await).map(Response::new)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
+        encode(&self.raft.vote(rpc).await).map(Response::new)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.raft.install_snapshot(rpc).await).map(Response::new)
+    }
+
+    async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let batch: Batch = decode(req.get_ref())?;
+        let result: ForwardResult = self.raft.client_write(batch).await.map(|r| r.data);
+        encode(&result).map(Response::new)
+    }
+}
