@@ -4,13 +4,16 @@
 //! credential, mark a server enrolled, release it); [`state`] holds the ledger and the rules
 //! that decide whether a command applies, in one `apply` function that is deterministic so
 //! every replica reaches the same ledger; [`ledger`] is the small interface the provisioning
-//! pipeline talks to. [`local`] implements it in one process; the Raft log implements the same
-//! interface by replicating the same commands.
+//! pipeline talks to. [`local`] implements it in one process; [`replicated`] implements the
+//! same interface by committing the same commands through the Raft log of a [`member`], whose
+//! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC.
 
 pub mod command;
 pub mod ledger;
 pub mod local;
+pub mod member;
 pub mod network;
+pub mod replicated;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -1,0 +1,162 @@
+//! One running member of the Raft group: its RocksDB store, the openraft instance and the gRPC
+//! server its peers talk to.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::storage::Adaptor;
+use openraft::{Config, SnapshotPolicy};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::network::{Network, Raft, RaftGrpc};
+use crate::store::Store;
+use crate::types::{Member, NodeId};
+
+#[derive(Debug, Error)]
+pub enum MemberError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+/// Timing and snapshot settings of the group.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Largest snapshot chunk sent to a follower in one message.
+    pub snapshot_chunk_bytes: u64,
+    /// Log entries kept behind a snapshot, for followers that lag a little.
+    pub keep_logs: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_ms: 250,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+            snapshot_every: 10_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+            keep_logs: 1000,
+        }
+    }
+}
+
+pub struct MemberConfig {
+    pub id: NodeId,
+    pub me: Member,
+    /// Where the Raft gRPC server binds (may differ from the advertised `me.raft_addr`).
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub settings: RaftSettings,
+}
+
+/// A running member.
+pub struct RaftMember {
+    pub id: NodeId,
+    pub me: Member,
+    pub raft: Raft,
+    pub store: Arc<Store>,
+    pub network: Network,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl RaftMember {
+    /// Opens the store in `data_dir/raft`, starts Raft and serves it on `listen`.
+    pub async fn start(cfg: MemberConfig) -> Result<RaftMember, MemberError> {
+        let store = Store::open(&cfg.data_dir.join("raft"))
+            .map_err(|e| MemberError::Storage(e.to_string()))?;
+        let s = &cfg.settings;
+        let config = Config {
+            cluster_name: "choria-provisioner".into(),
+            heartbeat_interval: s.heartbeat_ms,
+            election_timeout_min: s.election_min_ms,
+            election_timeout_max: s.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
+            snapshot_max_chunk_size: s.snapshot_chunk_bytes,
+            max_in_snapshot_log_to_keep: s.keep_logs,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| MemberError::Config(e.to_string()))?;
+        let network = Network::new();
+        let (log, sm) = Adaptor::new(store.clone());
+        let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
+            .await
+            .map_err(|e| MemberError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| MemberError::Listen {
+                addr: cfg.listen.to_string(),
+                reason: e.to_string(),
+            })?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = RaftGrpc::server(raft.clone());
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "raft gRPC server stopped");
+            }
+        });
+        Ok(RaftMember {
+            id: cfg.id,
+            me: cfg.me,
+            raft,
+            store,
+            network,
+            stop: std::sync::Mutex::new(Some(stop)),
+        })
+    }
+
+    /// Makes a new group of `members` (ids and addresses). Only has an effect on a member
+    /// that never held any log; on any other it does nothing, so it is safe on every restart.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, Member>) -> Result<(), MemberError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(MemberError::Raft(e.to_string())),
+        }
+    }
+
+    /// The current leader, as this member knows it.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Stops serving peers and shuts Raft down; the store closes when the last handle to
+    /// this member is dropped.
+    pub async fn shutdown(&self) {
+        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+        let _ = self.raft.shutdown().await;
+    }
+}

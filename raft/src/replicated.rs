@@ -1,0 +1,172 @@
+//! The ledger a cluster member uses: commands go through the Raft log.
+//!
+//! Proposals are group-committed: commands that arrive while earlier batches are being written
+//! are collected into one log entry (up to [`MAX_BATCH`]), with a few batches in flight at once.
+//! A member that is not the leader forwards its batch to the leader over gRPC. A proposal
+//! returns once the leader has committed and applied it; if no leader can be reached within
+//! the timeout the result is `Unavailable` and the caller must not act on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::command::Command;
+use crate::ledger::{Applied, Ledger, LedgerError};
+use crate::member::RaftMember;
+use crate::state::Record;
+use crate::types::{Batch, BatchResult, NodeId};
+
+/// Most commands in one log entry.
+pub const MAX_BATCH: usize = 512;
+/// Batches written at the same time.
+const IN_FLIGHT: usize = 4;
+/// How long a proposal may wait for a leader.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Reply = oneshot::Sender<Result<Applied, LedgerError>>;
+
+pub struct RaftLedger {
+    member: Arc<RaftMember>,
+    tx: mpsc::UnboundedSender<(Command, Reply)>,
+}
+
+impl RaftLedger {
+    pub fn new(member: Arc<RaftMember>) -> Arc<RaftLedger> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batcher(member.clone(), rx));
+        Arc::new(RaftLedger { member, tx })
+    }
+
+    pub fn member(&self) -> &Arc<RaftMember> {
+        &self.member
+    }
+}
+
+async fn batcher(member: Arc<RaftMember>, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // everything that queued up while we waited for a slot goes into this entry
+        let mut pending = vec![first];
+        while pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => pending.push(p),
+                Err(_) => break,
+            }
+        }
+        let member = member.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+            let result = write(&member, Batch { commands }).await;
+            match result {
+                Ok(r) if r.results.len() == replies.len() => {
+                    for (reply, applied) in replies.into_iter().zip(r.results) {
+                        let _ = reply.send(Ok(applied));
+                    }
+                }
+                Ok(r) => {
+                    let msg = format!("{} results for {} commands", r.results.len(), replies.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(LedgerError::Unavailable(msg.clone())));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(LedgerError::Unavailable(e.clone())));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Commits `batch` through the leader, wherever it is.
+async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, String> {
+    let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+    let mut last_error = String::from("no leader");
+    while tokio::time::Instant::now() < deadline {
+        let leader = member.leader();
+        let outcome = match &leader {
+            Some((id, _)) if *id == member.id => member
+                .raft
+                .client_write(batch.clone())
+                .await
+                .map(|r| r.data),
+            Some((_, node)) => match member.network.forward(&node.raft_addr, &batch).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            None => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match outcome {
+            Ok(r) => return Ok(r),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                last_error = format!("leader moved to {:?}", f.leader_id);
+                wait_for_leader_change(member, leader.map(|(id, _)| id)).await;
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn wait_for_leader_change(member: &RaftMember, old: Option<NodeId>) {
+    let mut metrics = member.raft.metrics();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while metrics.borrow().current_leader == old {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[async_trait]
+impl Ledger for RaftLedger {
+    async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((cmd, tx))
+            .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?;
+        rx.await
+            .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?
+    }
+
+    async fn record(&self, identity: &str) -> Option<Record> {
+        self.member
+            .store
+            .state()
+            .await
+            .ledger
+            .record(identity)
+            .cloned()
+    }
+
+    async fn records(&self) -> Vec<Record> {
+        self.member
+            .store
+            .state()
+            .await
+            .ledger
+            .records()
+            .cloned()
+            .collect()
+    }
+}
