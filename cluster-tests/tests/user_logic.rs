@@ -88,7 +88,7 @@ fn compiled_in_user_logic_provisions_servers() {
     assert!(records
         .iter()
         .all(|r| r.state == raft::EnrollState::Enrolled && r.credential.is_some()));
-    prov.stop();
+    rt.block_on(prov.stop());
 }
 
 #[test]

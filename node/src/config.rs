@@ -87,6 +87,71 @@ fn default_cert_validity() -> String {
     "365d".into()
 }
 
+/// One member of the Raft group, as the `cluster.members` list names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    pub id: u64,
+    pub name: String,
+    /// Where its Raft gRPC service listens (`host:port`).
+    pub raft_addr: String,
+    #[serde(default)]
+    pub admin_addr: String,
+}
+
+/// Running as a member of a Raft group instead of alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This member's id in `members`.
+    pub id: u64,
+    /// The group's members. A new group is made from this list once, by the member with the
+    /// lowest id; afterwards membership changes go through the admin API.
+    pub members: Vec<ClusterMember>,
+    /// Address the Raft gRPC server binds; defaults to this member's `raft_addr`.
+    #[serde(default)]
+    pub raft_listen: Option<String>,
+    /// The name all members use as sender and caller on NATS, so a server's provisioning lock
+    /// is held by the cluster, not one member, and another member can take over at once.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// Member-to-member traffic without TLS; for development only.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: String,
+    #[serde(default = "default_election_timeout")]
+    pub election_timeout: String,
+    /// How long a claimed server stays with its member without news before others may take it.
+    #[serde(default = "default_claim_lease")]
+    pub claim_lease: String,
+}
+
+fn default_cluster_name() -> String {
+    "provisioner".into()
+}
+fn default_heartbeat() -> String {
+    "250ms".into()
+}
+fn default_election_timeout() -> String {
+    "1s".into()
+}
+fn default_claim_lease() -> String {
+    "30s".into()
+}
+
+/// The checked cluster settings.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub id: u64,
+    pub name: String,
+    pub members: Vec<ClusterMember>,
+    pub raft_listen: std::net::SocketAddr,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub claim_lease: Duration,
+}
+
 /// The file as written; see [`Config`] for the checked form.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +228,8 @@ struct RawConfig {
     max_attempts: u32,
     #[serde(default = "default_monitor_listen")]
     monitor_listen: String,
+    #[serde(default)]
+    cluster: Option<ClusterSection>,
 }
 
 fn default_interval() -> String {
@@ -241,6 +308,8 @@ pub struct Config {
     pub retry_backoff_min: Duration,
     pub retry_backoff_max: Duration,
     pub max_attempts: u32,
+    /// Set when running as a Raft group member.
+    pub cluster: Option<Cluster>,
     /// Warnings about accepted-but-unused keys, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -394,10 +463,33 @@ impl Config {
             ));
         }
 
-        let identity = if raw.identity.is_empty() {
-            hostname()
-        } else {
-            raw.identity
+        let cluster = match raw.cluster {
+            Some(c) => Some(check_cluster(c, raw.data_dir.is_some())?),
+            None => None,
+        };
+
+        // a cluster member is known by its member name everywhere
+        let identity = match (&cluster, raw.identity.is_empty()) {
+            (Some(c), empty) => {
+                let name = c
+                    .members
+                    .iter()
+                    .find(|m| m.id == c.id)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                if !empty && raw.identity != name {
+                    return Err(invalid(
+                        "identity",
+                        format!(
+                            "is {:?} but cluster member {} is named {name:?}",
+                            raw.identity, c.id
+                        ),
+                    ));
+                }
+                name
+            }
+            (None, true) => hostname(),
+            (None, false) => raw.identity,
         };
         if !proto::subject::is_valid_identity(&identity) {
             return Err(invalid(
@@ -450,9 +542,87 @@ impl Config {
             retry_backoff_min,
             retry_backoff_max,
             max_attempts: raw.max_attempts,
+            cluster,
             warnings,
         })
     }
+}
+
+fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Cluster, ConfigError> {
+    if !has_data_dir {
+        return Err(invalid(
+            "data_dir",
+            "is required with a cluster section (the Raft log lives there)",
+        ));
+    }
+    if !c.insecure_plaintext {
+        return Err(invalid(
+            "cluster.insecure_plaintext",
+            "member-to-member TLS is not available yet; set insecure_plaintext: true to run without it",
+        ));
+    }
+    if c.members.is_empty() {
+        return Err(invalid("cluster.members", "lists no members"));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for m in &c.members {
+        if !ids.insert(m.id) {
+            return Err(invalid(
+                "cluster.members",
+                format!("id {} appears twice", m.id),
+            ));
+        }
+        if !names.insert(m.name.clone()) {
+            return Err(invalid(
+                "cluster.members",
+                format!("name {} appears twice", m.name),
+            ));
+        }
+        if !proto::subject::is_valid_identity(&m.name) {
+            return Err(invalid(
+                "cluster.members",
+                format!("{:?} is not a valid name", m.name),
+            ));
+        }
+    }
+    let me = c
+        .members
+        .iter()
+        .find(|m| m.id == c.id)
+        .ok_or_else(|| invalid("cluster.id", format!("{} is not in cluster.members", c.id)))?;
+    let listen = c
+        .raft_listen
+        .clone()
+        .unwrap_or_else(|| me.raft_addr.clone());
+    let raft_listen = listen
+        .parse()
+        .map_err(|e| invalid("cluster.raft_listen", format!("{listen:?}: {e}")))?;
+    if !proto::subject::is_valid_token(&c.name) {
+        return Err(invalid(
+            "cluster.name",
+            format!("{:?} is not a valid name", c.name),
+        ));
+    }
+    let heartbeat = parse_duration(&c.heartbeat).map_err(|e| invalid("cluster.heartbeat", e))?;
+    let election_timeout =
+        parse_duration(&c.election_timeout).map_err(|e| invalid("cluster.election_timeout", e))?;
+    if election_timeout < heartbeat * 3 {
+        return Err(invalid(
+            "cluster.election_timeout",
+            "must be at least three heartbeats",
+        ));
+    }
+    Ok(Cluster {
+        id: c.id,
+        name: c.name,
+        members: c.members,
+        raft_listen,
+        heartbeat,
+        election_timeout,
+        claim_lease: parse_duration(&c.claim_lease)
+            .map_err(|e| invalid("cluster.claim_lease", e))?,
+    })
 }
 
 /// Upstream's deny list entries are Go regular expressions, optionally wrapped in `/.../`.

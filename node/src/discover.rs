@@ -12,16 +12,29 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use proto::lifecycle::{Event, EventType};
+use tokio::sync::Notify;
 
 use crate::pipeline::Services;
 use crate::work::{Source, WorkQueue};
 
-/// Runs broadcast discovery now and then every `interval`, until the task is dropped.
-pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>) {
+/// Runs broadcast discovery now and then every `interval`, and whenever `now` is notified
+/// (cluster membership changed), until the task is dropped. A cluster member first waits
+/// until its own heartbeat is committed and its peers had a heartbeat's time to show up, so
+/// the first discovery already shares the work.
+pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>, now: Arc<Notify>) {
+    if let Some(shard) = &svc.shard {
+        while !shard.am_live() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
     let mut ticker = tokio::time::interval(svc.config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = now.notified() => {}
+        }
         discover_once(&svc, &queue).await;
     }
 }

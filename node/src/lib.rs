@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod rpc;
 pub mod service;
+pub mod shard;
 pub mod work;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -127,7 +127,7 @@ fn run(path: PathBuf) -> ExitCode {
         };
         wait_for_signal().await;
         tracing::info!("shutting down");
-        provisioner.stop();
+        provisioner.stop().await;
         ExitCode::SUCCESS
     })
 }

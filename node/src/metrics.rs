@@ -35,6 +35,14 @@ pub struct Metrics {
     pub bad_messages: IntCounterVec,
     /// Servers refused for a reason (jwt, csr_signature, csr_cn, csr_denied, ...).
     pub rejected: IntCounterVec,
+    pub raft_term: IntGaugeVec,
+    pub raft_leader: IntGaugeVec,
+    pub raft_last_log_index: IntGaugeVec,
+    pub raft_last_applied: IntGaugeVec,
+    pub raft_voters: IntGaugeVec,
+    pub live_members: IntGaugeVec,
+    /// Ledger records by state.
+    pub ledger_records: IntGaugeVec,
 }
 
 // Metric definitions are constants of this program; registering them can only fail on a
@@ -148,6 +156,39 @@ impl Metrics {
                 "Nodes refused because their credentials or requests failed a check",
                 &["site", "reason"],
             ),
+            raft_term: gauge("choria_provisioner_raft_term", "Current Raft term"),
+            raft_leader: gauge(
+                "choria_provisioner_raft_leader",
+                "Raft node id of the current leader (0 when none)",
+            ),
+            raft_last_log_index: gauge(
+                "choria_provisioner_raft_last_log_index",
+                "Index of the last entry in this member's Raft log",
+            ),
+            raft_last_applied: gauge(
+                "choria_provisioner_raft_last_applied",
+                "Index of the last entry applied to this member's ledger",
+            ),
+            raft_voters: gauge(
+                "choria_provisioner_raft_voters",
+                "Voting members in the committed membership",
+            ),
+            live_members: gauge(
+                "choria_provisioner_live_members",
+                "Members with a recent heartbeat, sharing the waiting servers",
+            ),
+            ledger_records: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "choria_provisioner_ledger_records",
+                        "Enrollment ledger records by state",
+                    ),
+                    &["site", "state"],
+                )
+                .expect("metric");
+                registry.register(Box::new(g.clone())).expect("register");
+                g
+            },
             registry,
             site: site.to_string(),
         };
@@ -216,19 +257,33 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` until the task is dropped.
+/// Produces the `/status` document.
+pub type StatusFn = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + Sync,
+>;
+
+/// Serves `/metrics` and `/status` (JSON) until the task is dropped.
 pub async fn serve(
     metrics: std::sync::Arc<Metrics>,
     addr: SocketAddr,
+    status: StatusFn,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            async move { m.render() }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        )
+        .route(
+            "/status",
+            axum::routing::get(move || {
+                let s = status.clone();
+                async move { s().await }
+            }),
+        );
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint stopped");

@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 use crate::rpc::RpcClient;
 use crate::{configure, csr, enroll, inventory, jwt};
 
-/// How long a claim holds before another member may take the server over.
+/// How long a claim holds before another member may take the server over, when not
+/// clustered (a cluster uses `cluster.claim_lease`).
 pub const CLAIM_LEASE_MS: u64 = 5 * 60 * 1000;
 
 /// Everything a provisioning worker uses.
@@ -41,11 +42,19 @@ pub struct Services {
     pub jwt: Option<JwtVerifier>,
     pub metrics: Arc<Metrics>,
     pub paused: AtomicBool,
+    /// Set in a cluster: which servers this member works on.
+    pub shard: Option<Arc<crate::shard::Shard>>,
+    pub claim_lease_ms: u64,
 }
 
 impl Services {
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
+    }
+
+    /// True when this member should work on `identity` (always, outside a cluster).
+    pub fn owns(&self, identity: &str) -> bool {
+        self.shard.as_ref().is_none_or(|s| s.owns(identity))
     }
 
     pub fn set_paused(&self, paused: bool) {
@@ -59,8 +68,10 @@ impl Services {
 pub enum Outcome {
     /// Configured and restarting into its configuration.
     Provisioned,
-    /// Not worked on: enrolled already, or claimed by someone else.
+    /// Not worked on: enrolled already.
     Skipped(String),
+    /// Claimed by another member until the given time (Unix ms).
+    Busy(u64),
     /// The helper deferred it; try again later.
     Deferred(String),
     /// A step failed; try again later.
@@ -130,13 +141,13 @@ async fn claim(svc: &Services, identity: &str) -> Result<(), Outcome> {
     let cmd = Command::Claim {
         identity: identity.to_string(),
         member: svc.member.clone(),
-        lease_until_ms: now + CLAIM_LEASE_MS,
+        lease_until_ms: now + svc.claim_lease_ms,
         at_ms: now,
     };
     match svc.ledger.propose(cmd).await {
         Ok(Applied::Ok) => Ok(()),
-        Ok(Applied::Rejected(r @ Rejection::AlreadyEnrolled)) => {
-            Err(Outcome::Skipped(r.to_string()))
+        Ok(Applied::Rejected(Rejection::ClaimedBy { until_ms, .. })) => {
+            Err(Outcome::Busy(until_ms))
         }
         Ok(Applied::Rejected(r)) => Err(Outcome::Skipped(r.to_string())),
         Err(e) => Err(Outcome::Failed(format!("cannot claim: {e}"))),

@@ -72,6 +72,7 @@ pub struct RpcClient {
     nats: async_nats::Client,
     sender: String,
     caller: String,
+    reply_prefix: String,
     collective: String,
     pending: Pending,
     metrics: Arc<Metrics>,
@@ -94,14 +95,19 @@ impl Drop for Route {
 
 impl RpcClient {
     /// Subscribes to this provisioner's reply subjects and starts routing replies.
+    ///
+    /// `sender` is the sender and caller name put in requests (a cluster's members share one,
+    /// so a server's provisioning lock belongs to the cluster); `member` names the reply
+    /// subjects, so each member receives only the replies to its own requests.
     pub async fn start(
         nats: async_nats::Client,
         sender: &str,
+        member: &str,
         collective: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RpcError> {
         let caller = format!("choria={sender}");
-        let prefix = subject::reply_prefix(collective, &caller);
+        let prefix = subject::reply_prefix(collective, &format!("choria={member}"));
         let mut sub = nats
             .subscribe(format!("{prefix}.>"))
             .await
@@ -111,6 +117,7 @@ impl RpcClient {
             nats,
             sender: sender.to_string(),
             caller,
+            reply_prefix: prefix.clone(),
             collective: collective.to_string(),
             pending: pending.clone(),
             metrics: metrics.clone(),
@@ -158,8 +165,7 @@ impl RpcClient {
     }
 
     async fn publish(&self, rpc: &str, subject: String, req: &Request) -> Result<(), RpcError> {
-        let reply_to =
-            subject::reply_target(&self.collective, &self.caller, &req.envelope.requestid);
+        let reply_to = format!("{}.{}", self.reply_prefix, req.envelope.requestid);
         let bytes = req
             .encode(&reply_to, &self.sender, self.signer.as_ref())
             .map_err(|e| RpcError::Publish {

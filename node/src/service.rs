@@ -1,22 +1,35 @@
-//! Starting and stopping a provisioner: connect to the broker, load the CA and JWT key, start
-//! metrics, the reply router, lifecycle listening, discovery and the workers.
+//! Starting and stopping a provisioner: connect to the broker, load the CA and JWT key, join
+//! the Raft group (when clustered), start metrics, the reply router, lifecycle listening,
+//! discovery and the workers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
-use raft::{Ledger, LocalLedger};
+use raft::member::{MemberConfig, RaftMember, RaftSettings};
+use raft::replicated::RaftLedger;
+use raft::types::Member;
+use raft::{Command, EnrollState, Ledger, LocalLedger};
 use thiserror::Error;
+use tokio::sync::Notify;
 
 use crate::ca::{Ca, CaError};
-use crate::config::Config;
+use crate::config::{Cluster, Config};
 use crate::helper::{ExternalHelper, UserLogic};
 use crate::jwt::{JwtError, JwtVerifier};
-use crate::metrics::{self, Metrics};
-use crate::pipeline::Services;
+use crate::metrics::{self, Metrics, StatusFn};
+use crate::pipeline::{now_ms, Services, CLAIM_LEASE_MS};
 use crate::rpc::{RpcClient, RpcError};
+use crate::shard::Shard;
 use crate::work::WorkQueue;
 use crate::{discover, VERSION};
+
+/// How often a member says it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// A member is live while its last heartbeat is younger than this.
+const LIVE_WINDOW_MS: u64 = 7_000;
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -37,18 +50,21 @@ pub enum ServiceError {
     Events(String),
     #[error("helper: no helper program is configured and no user logic is compiled in")]
     NoHelper,
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// A running provisioner.
 pub struct Provisioner {
     pub services: Arc<Services>,
     pub queue: Arc<WorkQueue>,
+    pub member: Option<Arc<RaftMember>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Provisioner {
     /// Starts everything with the configured helper program (or `logic`, when given) and a
-    /// ledger (a local one when `None`).
+    /// ledger: `ledger` when given, else the Raft group's when clustered, else a local one.
     pub async fn start(
         config: Config,
         logic: Option<Arc<dyn UserLogic>>,
@@ -61,22 +77,6 @@ impl Provisioner {
         let metrics = Arc::new(Metrics::new(&config.site));
         let mut tasks = Vec::new();
 
-        if config.monitor_port > 0 {
-            let addr = format!("{}:{}", config.monitor_listen, config.monitor_port);
-            let sock: SocketAddr = addr.parse().map_err(|e| ServiceError::Metrics {
-                addr: addr.clone(),
-                reason: format!("{e}"),
-            })?;
-            let handle =
-                metrics::serve(metrics.clone(), sock)
-                    .await
-                    .map_err(|e| ServiceError::Metrics {
-                        addr,
-                        reason: e.to_string(),
-                    })?;
-            tasks.push(handle);
-        }
-
         let ca = match (&config.ca, config.features.pki) {
             (Some(c), true) => Some(Ca::load(&c.cert, &c.key, config.cert_validity)?),
             _ => None,
@@ -86,6 +86,16 @@ impl Provisioner {
         } else {
             None
         };
+
+        let (ledger, member): (Arc<dyn Ledger>, Option<Arc<RaftMember>>) =
+            match (ledger, &config.cluster) {
+                (Some(l), _) => (l, None),
+                (None, Some(cluster)) => {
+                    let member = join_cluster(&config, cluster).await?;
+                    (RaftLedger::new(member.clone()), Some(member))
+                }
+                (None, None) => (Arc::new(LocalLedger::new()), None),
+            };
 
         let nats = async_nats::ConnectOptions::with_user_and_password(
             config.nats.user.clone(),
@@ -100,8 +110,16 @@ impl Provisioner {
             reason: e.to_string(),
         })?;
 
+        // a cluster's members all speak as the cluster, so a server's provisioning lock is not
+        // tied to one member
+        let sender = config
+            .cluster
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| config.identity.clone());
         let rpc = RpcClient::start(
             nats.clone(),
+            &sender,
             &config.identity,
             proto::subject::PROVISIONING_COLLECTIVE,
             metrics.clone(),
@@ -119,14 +137,42 @@ impl Provisioner {
             member: config.identity.clone(),
             config: config.clone(),
             rpc,
-            ledger: ledger.unwrap_or_else(|| Arc::new(LocalLedger::new())),
+            ledger,
             logic,
             ca,
             jwt,
-            metrics,
+            metrics: metrics.clone(),
             paused: AtomicBool::new(false),
+            shard: config
+                .cluster
+                .as_ref()
+                .map(|_| Arc::new(Shard::new(&config.identity))),
+            claim_lease_ms: config
+                .cluster
+                .as_ref()
+                .map(|c| c.claim_lease.as_millis() as u64)
+                .unwrap_or(CLAIM_LEASE_MS),
         });
         let queue = WorkQueue::start(services.clone());
+
+        if config.monitor_port > 0 {
+            let addr = format!("{}:{}", config.monitor_listen, config.monitor_port);
+            let sock: SocketAddr = addr.parse().map_err(|e| ServiceError::Metrics {
+                addr: addr.clone(),
+                reason: format!("{e}"),
+            })?;
+            let handle = metrics::serve(
+                metrics.clone(),
+                sock,
+                status_fn(services.clone(), queue.clone(), member.clone()),
+            )
+            .await
+            .map_err(|e| ServiceError::Metrics {
+                addr,
+                reason: e.to_string(),
+            })?;
+            tasks.push(handle);
+        }
 
         publish_startup(&nats, &config.identity).await;
 
@@ -137,11 +183,22 @@ impl Provisioner {
             .await
             .map_err(|e| ServiceError::Events(e.to_string()))?;
         tracing::info!(subject, "listening for lifecycle events");
-        let events = tokio::spawn(discover::run_events(services.clone(), queue.clone(), sub));
-        tasks.push(events);
+        tasks.push(tokio::spawn(discover::run_events(
+            services.clone(),
+            queue.clone(),
+            sub,
+        )));
+
+        let rediscover = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(housekeeping(
+            services.clone(),
+            member.clone(),
+            rediscover.clone(),
+        )));
         tasks.push(tokio::spawn(discover::run_discovery(
             services.clone(),
             queue.clone(),
+            rediscover,
         )));
 
         tracing::info!(
@@ -150,22 +207,202 @@ impl Provisioner {
             interval = ?config.interval,
             pki = config.features.pki,
             jwt = config.features.jwt,
+            clustered = config.cluster.is_some(),
             version = VERSION,
             "provisioner started"
         );
         Ok(Provisioner {
             services,
             queue,
+            member,
             tasks,
         })
     }
 
-    /// Stops discovery and listening; flows in progress end when the runtime stops.
-    pub fn stop(self) {
+    /// Stops discovery and listening, and leaves the Raft group's gRPC service; flows in
+    /// progress end when the runtime stops.
+    pub async fn stop(self) {
         for t in self.tasks {
             t.abort();
         }
+        if let Some(m) = self.member {
+            m.shutdown().await;
+        }
     }
+}
+
+/// Starts this member of the Raft group; the member with the lowest id makes a new group
+/// from the configured members if none exists yet.
+async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, ServiceError> {
+    let data_dir = config
+        .data_dir
+        .clone()
+        .ok_or_else(|| ServiceError::Cluster("data_dir is required".into()))?;
+    let members: BTreeMap<u64, Member> = c
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                Member {
+                    name: m.name.clone(),
+                    raft_addr: m.raft_addr.clone(),
+                    admin_addr: m.admin_addr.clone(),
+                },
+            )
+        })
+        .collect();
+    let me = members
+        .get(&c.id)
+        .cloned()
+        .ok_or_else(|| ServiceError::Cluster(format!("id {} is not a member", c.id)))?;
+    let heartbeat = c.heartbeat.as_millis() as u64;
+    let election = c.election_timeout.as_millis() as u64;
+    let member = RaftMember::start(MemberConfig {
+        id: c.id,
+        me,
+        listen: c.raft_listen,
+        data_dir,
+        settings: RaftSettings {
+            heartbeat_ms: heartbeat,
+            election_min_ms: election,
+            election_max_ms: election * 2,
+            ..Default::default()
+        },
+    })
+    .await
+    .map_err(|e| ServiceError::Cluster(e.to_string()))?;
+    if members.keys().next() == Some(&c.id) {
+        member
+            .bootstrap(members)
+            .await
+            .map_err(|e| ServiceError::Cluster(e.to_string()))?;
+    }
+    Ok(Arc::new(member))
+}
+
+/// Once a second: heartbeat (clustered), refresh the live members and every gauge; a change of
+/// live members triggers a discovery so moved servers are picked up at once.
+async fn housekeeping(
+    svc: Arc<Services>,
+    member: Option<Arc<RaftMember>>,
+    rediscover: Arc<Notify>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_beat = None::<tokio::time::Instant>;
+    loop {
+        tick.tick().await;
+        let m = &svc.metrics;
+        if let Some(shard) = &svc.shard {
+            if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
+                let ledger = svc.ledger.clone();
+                let cmd = Command::Heartbeat {
+                    member: svc.member.clone(),
+                    at_ms: now_ms(),
+                };
+                // in the background: a heartbeat must not hold up the live-set refresh
+                tokio::spawn(async move {
+                    if let Err(e) = ledger.propose(cmd).await {
+                        tracing::warn!(error = %e, "heartbeat not committed");
+                    }
+                });
+                last_beat = Some(tokio::time::Instant::now());
+            }
+            let live = svc.ledger.live_members(now_ms(), LIVE_WINDOW_MS).await;
+            m.set(&m.live_members, live.len() as i64);
+            if shard.set_live(live.clone()) {
+                tracing::info!(?live, "live members changed");
+                rediscover.notify_one();
+            }
+        }
+        if let Some(member) = &member {
+            let rm = member.raft.metrics().borrow().clone();
+            m.set(&m.raft_term, rm.current_term as i64);
+            m.set(&m.raft_leader, rm.current_leader.unwrap_or(0) as i64);
+            m.set(
+                &m.raft_last_log_index,
+                rm.last_log_index.unwrap_or(0) as i64,
+            );
+            m.set(
+                &m.raft_last_applied,
+                rm.last_applied.map(|l| l.index).unwrap_or(0) as i64,
+            );
+            m.set(
+                &m.raft_voters,
+                rm.membership_config.membership().voter_ids().count() as i64,
+            );
+        }
+        let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
+        for r in svc.ledger.records().await {
+            *by_state.entry(state_name(r.state)).or_default() += 1;
+        }
+        for s in ["claimed", "enrolled", "deferred", "failed", "shutdown"] {
+            m.ledger_records
+                .with_label_values(&[m.site(), s])
+                .set(by_state.get(s).copied().unwrap_or(0));
+        }
+    }
+}
+
+fn state_name(s: EnrollState) -> &'static str {
+    match s {
+        EnrollState::Claimed => "claimed",
+        EnrollState::Enrolled => "enrolled",
+        EnrollState::Deferred => "deferred",
+        EnrollState::Failed => "failed",
+        EnrollState::Shutdown => "shutdown",
+    }
+}
+
+/// The `/status` document: this member, the group as it sees it, its work and its ledger.
+fn status_fn(
+    svc: Arc<Services>,
+    queue: Arc<WorkQueue>,
+    member: Option<Arc<RaftMember>>,
+) -> StatusFn {
+    Arc::new(move || {
+        let (svc, queue, member) = (svc.clone(), queue.clone(), member.clone());
+        Box::pin(async move {
+            let records = svc.ledger.records().await;
+            let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+            let mut enrolled_by: BTreeMap<String, usize> = BTreeMap::new();
+            for r in &records {
+                *by_state.entry(state_name(r.state)).or_default() += 1;
+                if r.state == EnrollState::Enrolled {
+                    if let Some(c) = &r.credential {
+                        *enrolled_by.entry(c.issued_by.clone()).or_default() += 1;
+                    }
+                }
+            }
+            let (queued, in_flight, waiting) = queue.counts();
+            let raft = member.as_ref().map(|m| {
+                let rm = m.raft.metrics().borrow().clone();
+                serde_json::json!({
+                    "id": m.id,
+                    "term": rm.current_term,
+                    "leader": rm.current_leader,
+                    "last_log_index": rm.last_log_index,
+                    "last_applied": rm.last_applied.map(|l| l.index),
+                    "voters": rm.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+                })
+            });
+            serde_json::json!({
+                "member": svc.member,
+                "version": VERSION,
+                "paused": svc.is_paused(),
+                "live_members": svc.shard.as_ref().map(|s| s.live()),
+                "raft": raft,
+                "work": {"queued": queued, "in_flight": in_flight, "waiting_retry": waiting},
+                "ledger": {
+                    "records": records.len(),
+                    "by_state": by_state,
+                    "enrolled_by": enrolled_by,
+                    "digest": svc.ledger.digest().await,
+                },
+            })
+            .to_string()
+        })
+    })
 }
 
 /// Announces this provisioner as upstream does (component `provisioner`).

@@ -62,6 +62,9 @@ impl WorkQueue {
     /// Offers a server for provisioning; true when it was queued, false when it is known
     /// already.
     pub fn offer(&self, identity: &str, source: Source) -> bool {
+        if !self.svc.owns(identity) {
+            return false;
+        }
         let Ok(mut entries) = self.entries.lock() else {
             return false;
         };
@@ -132,6 +135,11 @@ impl WorkQueue {
                 entries.remove(identity);
                 false
             }
+            Some(e) if e.state == State::Queued && !self.svc.owns(identity) => {
+                tracing::debug!(identity, "no longer ours after a membership change");
+                entries.remove(identity);
+                false
+            }
             Some(e) if e.state == State::Queued => {
                 e.state = State::InFlight;
                 true
@@ -168,6 +176,15 @@ impl WorkQueue {
                         cfg.retry_backoff_max,
                     ))
                 }
+            }
+            Outcome::Busy(until_ms) => {
+                // another member holds it; look again when its claim lapses
+                let e = entries.get_mut(identity)?;
+                e.state = State::Waiting;
+                let wait = until_ms.saturating_sub(pipeline::now_ms()) + 500;
+                Some(Duration::from_millis(
+                    wait.min(cfg.retry_backoff_max.as_millis() as u64),
+                ))
             }
             Outcome::Provisioned | Outcome::Skipped(_) | Outcome::Shutdown => {
                 entries.remove(identity);
@@ -218,6 +235,7 @@ fn report(svc: &Services, identity: &str, outcome: &Outcome) {
             tracing::info!(identity, "provisioned");
         }
         Outcome::Skipped(why) => tracing::debug!(identity, why, "skipped"),
+        Outcome::Busy(until) => tracing::debug!(identity, until, "claimed by another member"),
         Outcome::Deferred(why) => {
             m.inc(&m.deferred);
             tracing::info!(identity, why, "deferred");

@@ -49,15 +49,19 @@ pub enum Command {
         outcome: ReleaseOutcome,
         at_ms: u64,
     },
+    /// `member` is alive; the live members share the waiting servers between them.
+    Heartbeat { member: String, at_ms: u64 },
 }
 
 impl Command {
-    pub fn identity(&self) -> &str {
+    /// The server the command is about, if any.
+    pub fn identity(&self) -> Option<&str> {
         match self {
             Command::Claim { identity, .. }
             | Command::IssueCredential { identity, .. }
             | Command::Enrolled { identity, .. }
-            | Command::Release { identity, .. } => identity,
+            | Command::Release { identity, .. } => Some(identity),
+            Command::Heartbeat { .. } => None,
         }
     }
 }

@@ -35,4 +35,10 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Every record, as last applied on this member.
     async fn records(&self) -> Vec<Record>;
+
+    /// Digest of the ledger as last applied on this member (see `LedgerState::digest`).
+    async fn digest(&self) -> String;
+
+    /// Members with a heartbeat within `window_ms` of `now_ms`.
+    async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String>;
 }

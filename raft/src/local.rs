@@ -35,4 +35,12 @@ impl Ledger for LocalLedger {
     async fn records(&self) -> Vec<Record> {
         self.state.lock().await.records().cloned().collect()
     }
+
+    async fn digest(&self) -> String {
+        self.state.lock().await.digest()
+    }
+
+    async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String> {
+        self.state.lock().await.live_members(now_ms, window_ms)
+    }
 }

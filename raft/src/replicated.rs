@@ -169,4 +169,17 @@ impl Ledger for RaftLedger {
             .cloned()
             .collect()
     }
+
+    async fn digest(&self) -> String {
+        self.member.store.state().await.ledger.digest()
+    }
+
+    async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String> {
+        self.member
+            .store
+            .state()
+            .await
+            .ledger
+            .live_members(now_ms, window_ms)
+    }
 }

@@ -12,7 +12,8 @@
 //! - an enrolled server is not claimed again (re-enrollment goes through reprovisioning);
 //! - a credential is recorded only by the member holding the claim, and a serial number is
 //!   never recorded twice;
-//! - only the owner releases or completes a claim.
+//! - only the owner releases or completes a claim;
+//! - a member is live while its last heartbeat is recent; heartbeats never go back in time.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -101,18 +102,62 @@ pub struct LedgerState {
     records: BTreeMap<String, Record>,
     /// serial -> identity, to refuse a serial that was issued before.
     serials: HashMap<String, String>,
+    /// member -> time of its last heartbeat (Unix ms).
+    #[serde(default)]
+    heartbeats: BTreeMap<String, u64>,
 }
 
 impl LedgerState {
-    /// Rebuilds the ledger from stored records and the serial index.
-    pub fn restore(records: Vec<Record>, serials: HashMap<String, String>) -> Self {
+    /// Rebuilds the ledger from stored records, the serial index and heartbeats.
+    pub fn restore(
+        records: Vec<Record>,
+        serials: HashMap<String, String>,
+        heartbeats: BTreeMap<String, u64>,
+    ) -> Self {
         LedgerState {
             records: records
                 .into_iter()
                 .map(|r| (r.identity.clone(), r))
                 .collect(),
             serials,
+            heartbeats,
         }
+    }
+
+    /// Last heartbeat of every member that ever sent one.
+    pub fn heartbeats(&self) -> &BTreeMap<String, u64> {
+        &self.heartbeats
+    }
+
+    /// Members whose last heartbeat is within `window_ms` of `now_ms`, sorted.
+    pub fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String> {
+        self.heartbeats
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) <= window_ms)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// SHA-256 (hex) over every record and serial in a fixed order: equal on two members
+    /// exactly when their ledgers are equal. Heartbeats are left out; they change constantly.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        let mut h = Sha256::new();
+        for rec in self.records.values() {
+            h.update(serde_json::to_vec(rec).unwrap_or_default());
+        }
+        let mut serials: Vec<_> = self.serials.iter().collect();
+        serials.sort();
+        for (s, i) in serials {
+            h.update(s.as_bytes());
+            h.update(i.as_bytes());
+        }
+        let mut out = String::new();
+        for b in h.finalize() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
     }
 
     /// Every serial ever recorded, with the identity it was issued to.
@@ -190,6 +235,12 @@ impl LedgerState {
                 rec.last_error = None;
                 rec.config_digest = Some(config_digest.clone());
                 note(rec, *at_ms, member, "enrolled".into());
+                Ok(())
+            }
+
+            Command::Heartbeat { member, at_ms } => {
+                let last = self.heartbeats.entry(member.clone()).or_insert(0);
+                *last = (*last).max(*at_ms);
                 Ok(())
             }
 
@@ -432,6 +483,30 @@ mod tests {
         assert_eq!(r.last_error.as_deref(), Some("later"));
         s.apply(&claim("n1", "b", 2)).unwrap();
         assert_eq!(s.record("n1").unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn heartbeats_make_members_live_and_never_go_back() {
+        let mut s = LedgerState::default();
+        let hb = |m: &str, at| Command::Heartbeat {
+            member: m.into(),
+            at_ms: at,
+        };
+        s.apply(&hb("a", 10_000)).unwrap();
+        s.apply(&hb("b", 1_000)).unwrap();
+        s.apply(&hb("a", 5_000)).unwrap();
+        assert_eq!(s.heartbeats()["a"], 10_000);
+        assert_eq!(s.live_members(11_000, 2_000), vec!["a".to_string()]);
+        assert_eq!(
+            s.live_members(11_000, 20_000),
+            vec!["a".to_string(), "b".to_string()]
+        );
+        // heartbeats do not change the digest; records do
+        let d = s.digest();
+        s.apply(&hb("a", 20_000)).unwrap();
+        assert_eq!(s.digest(), d);
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        assert_ne!(s.digest(), d);
     }
 
     #[test]

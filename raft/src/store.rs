@@ -52,6 +52,7 @@ const KEY_SNAPSHOT: &[u8] = b"snapshot";
 const KEY_SNAPSHOT_SEQ: &[u8] = b"snapshot_seq";
 const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_HEARTBEATS: &[u8] = b"heartbeats";
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -197,8 +198,11 @@ impl Store {
                 String::from_utf8_lossy(&v).into_owned(),
             );
         }
+        let heartbeats = self
+            .get_json(CF_SM_META, KEY_HEARTBEATS)?
+            .unwrap_or_default();
         Ok(StateMachine {
-            ledger: LedgerState::restore(records, serials),
+            ledger: LedgerState::restore(records, serials, heartbeats),
             last_applied: self.get_json(CF_SM_META, KEY_APPLIED)?,
             membership: self
                 .get_json(CF_SM_META, KEY_MEMBERSHIP)?
@@ -243,6 +247,11 @@ impl Store {
             meta,
             KEY_MEMBERSHIP,
             serde_json::to_vec(&sm.membership).map_err(sm_write)?,
+        );
+        batch.put_cf(
+            meta,
+            KEY_HEARTBEATS,
+            serde_json::to_vec(sm.ledger.heartbeats()).map_err(sm_write)?,
         );
         self.db.write_opt(batch, &synced()).map_err(sm_write)
     }
@@ -393,6 +402,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         let ledger_cf = self.cf(CF_LEDGER)?;
         let serials_cf = self.cf(CF_SERIALS)?;
         let mut out = Vec::with_capacity(entries.len());
+        let mut heartbeats_changed = false;
         for entry in entries {
             sm.last_applied = Some(entry.log_id);
             let mut results = Vec::new();
@@ -402,7 +412,11 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                     for cmd in &b.commands {
                         let applied = match sm.ledger.apply(cmd) {
                             Ok(()) => {
-                                if let Some(rec) = sm.ledger.record(cmd.identity()) {
+                                if let Command::Heartbeat { .. } = cmd {
+                                    heartbeats_changed = true;
+                                }
+                                if let Some(rec) = cmd.identity().and_then(|i| sm.ledger.record(i))
+                                {
                                     batch.put_cf(
                                         ledger_cf,
                                         rec.identity.as_bytes(),
@@ -443,6 +457,13 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             KEY_MEMBERSHIP,
             serde_json::to_vec(&sm.membership).map_err(sm_write)?,
         );
+        if heartbeats_changed {
+            batch.put_cf(
+                meta,
+                KEY_HEARTBEATS,
+                serde_json::to_vec(sm.ledger.heartbeats()).map_err(sm_write)?,
+            );
+        }
         self.db.write(batch).map_err(sm_write)?;
         Ok(out)
     }
