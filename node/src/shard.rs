@@ -47,7 +47,7 @@ impl Shard {
 
     /// True once this member's own heartbeat is committed.
     pub fn am_live(&self) -> bool {
-        self.live().iter().any(|m| *m == self.me)
+        self.live().contains(&self.me)
     }
 
     /// Replaces the live set; true when it changed.
