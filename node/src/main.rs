@@ -122,6 +122,7 @@ fn run(path: PathBuf) -> ExitCode {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
+                eprintln!("cannot start: {e}");
                 return ExitCode::FAILURE;
             }
         };
