@@ -224,6 +224,57 @@ pub fn init_ca(dir: &Path) -> (PathBuf, PathBuf) {
     (ca_dir.join("ca.pem"), ca_dir.join("ca.key"))
 }
 
+/// A member of a cluster under test.
+#[derive(Debug, Clone)]
+pub struct ClusterMemberSpec {
+    pub id: u64,
+    pub name: String,
+    pub raft_port: u16,
+}
+
+/// Cluster settings of one provisioner process.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub id: u64,
+    pub members: Vec<ClusterMemberSpec>,
+    pub claim_lease: String,
+}
+
+impl ClusterOptions {
+    /// Specs for `n` members named `prov1..provN` on free ports.
+    pub fn members(n: u64) -> Vec<ClusterMemberSpec> {
+        (1..=n)
+            .map(|id| ClusterMemberSpec {
+                id,
+                name: format!("prov{id}"),
+                raft_port: free_port(),
+            })
+            .collect()
+    }
+
+    fn yaml(&self, data_dir: &Path) -> String {
+        let mut out = format!(
+            "data_dir: {}
+cluster:
+  id: {}
+  insecure_plaintext: true
+  claim_lease: {}
+  members:
+",
+            data_dir.display(),
+            self.id,
+            self.claim_lease
+        );
+        for m in &self.members {
+            out.push_str(&format!(
+                "    - {{id: {}, name: {}, raft_addr: \"127.0.0.1:{}\"}}\n",
+                m.id, m.name, m.raft_port
+            ));
+        }
+        out
+    }
+}
+
 /// Settings of one provisioner process.
 pub struct ProvisionerOptions {
     pub identity: String,
@@ -234,6 +285,7 @@ pub struct ProvisionerOptions {
     pub max_attempts: u32,
     pub retry_backoff_min: String,
     pub loglevel: String,
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl Default for ProvisionerOptions {
@@ -251,6 +303,7 @@ impl Default for ProvisionerOptions {
             max_attempts: 10,
             retry_backoff_min: "5s".into(),
             loglevel: "info".into(),
+            cluster: None,
         }
     }
 }
@@ -282,8 +335,14 @@ impl ProvisionerProcess {
     ) -> ProvisionerProcess {
         let monitor_port = free_port();
         let config = dir.join(format!("{}.yaml", opts.identity));
-        let text = format!(
-            r#"identity: {identity}
+        let cluster = opts
+            .cluster
+            .as_ref()
+            .map(|c| c.yaml(&dir.join(format!("{}-data", opts.identity))))
+            .unwrap_or_default();
+        let text = cluster
+            + &format!(
+                r#"identity: {identity}
 workers: {workers}
 interval: 1m
 loglevel: {loglevel}
@@ -308,20 +367,20 @@ ca:
   key: {ca_key}
   validity: 30d
 "#,
-            identity = opts.identity,
-            workers = opts.workers,
-            loglevel = opts.loglevel,
-            helper = opts.helper,
-            token = opts.token,
-            password = nats.creds.provisioner,
-            jwt = jwt_signer_pub.display(),
-            rpc_timeout = opts.rpc_timeout,
-            retry_min = opts.retry_backoff_min,
-            max_attempts = opts.max_attempts,
-            url = nats.url,
-            ca_cert = ca.0.display(),
-            ca_key = ca.1.display(),
-        );
+                identity = opts.identity,
+                workers = opts.workers,
+                loglevel = opts.loglevel,
+                helper = opts.helper,
+                token = opts.token,
+                password = nats.creds.provisioner,
+                jwt = jwt_signer_pub.display(),
+                rpc_timeout = opts.rpc_timeout,
+                retry_min = opts.retry_backoff_min,
+                max_attempts = opts.max_attempts,
+                url = nats.url,
+                ca_cert = ca.0.display(),
+                ca_key = ca.1.display(),
+            );
         std::fs::write(&config, text).expect("write provisioner config");
         let child = Command::new(bin("provisioner"))
             .arg("run")
@@ -353,6 +412,19 @@ ca:
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("provisioner not ready after {timeout:?}");
+    }
+
+    /// The `/status` document, or `Null` when it cannot be read.
+    pub fn status(&self) -> serde_json::Value {
+        http_get(self.monitor_port, "/status")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
     }
 
     /// The Prometheus text from `/metrics`, or "" when it cannot be read.

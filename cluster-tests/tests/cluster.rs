@@ -1,0 +1,198 @@
+//! A cluster of provisioner processes (Raft over gRPC on loopback) against a real nats-server
+//! and the fleet simulator: work is shared, every server is provisioned once, all members hold
+//! the same ledger, restarts recover it from RocksDB, and the loss of the leader (kill -9) does
+//! not lose or repeat a server.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cluster_tests::{
+    init_ca, ClusterMemberSpec, ClusterOptions, FleetOptions, FleetProcess, Nats,
+    ProvisionerOptions, ProvisionerProcess,
+};
+use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn start_member(
+    dir: &Path,
+    nats: &Nats,
+    ca: &(std::path::PathBuf, std::path::PathBuf),
+    signer: &Path,
+    spec: &ClusterMemberSpec,
+    all: &[ClusterMemberSpec],
+) -> ProvisionerProcess {
+    ProvisionerProcess::start(
+        dir,
+        nats,
+        ca,
+        signer,
+        &ProvisionerOptions {
+            identity: spec.name.clone(),
+            workers: 24,
+            cluster: Some(ClusterOptions {
+                id: spec.id,
+                members: all.to_vec(),
+                claim_lease: "5s".into(),
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+/// Polls every member's `/status` until `check` holds for all of them.
+fn wait_all(
+    members: &[ProvisionerProcess],
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let statuses: Vec<Value> = members.iter().map(|m| m.status()).collect();
+        if statuses.iter().all(&check) {
+            return statuses;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "members did not converge: {statuses:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn enrolled(s: &Value) -> u64 {
+    s["ledger"]["by_state"]["enrolled"].as_u64().unwrap_or(0)
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+#[test]
+fn three_members_share_the_fleet_agree_and_recover_from_disk() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let ca = init_ca(dir.path());
+    let fleet = FleetProcess::start(
+        dir.path(),
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: 150,
+            timeout_secs: 180,
+            ..Default::default()
+        },
+        false,
+    );
+    let specs = ClusterOptions::members(3);
+    let mut members: Vec<_> = specs
+        .iter()
+        .map(|s| start_member(dir.path(), &nats, &ca, &fleet.signer_pub, s, &specs))
+        .collect();
+
+    let summary = fleet.finish(Duration::from_secs(240));
+    assert_eq!(n(&summary, "provisioned"), 150, "{summary}");
+    assert_eq!(n(&summary, "verified"), 150, "{summary}");
+    assert_eq!(n(&summary, "reconfigured"), 0, "{summary}");
+    assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
+    assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
+
+    // every member applied the same ledger
+    let statuses = wait_all(&members, Duration::from_secs(30), |s| enrolled(s) == 150);
+    let digest = statuses[0]["ledger"]["digest"].clone();
+    assert!(digest.is_string());
+    for s in &statuses {
+        assert_eq!(s["ledger"]["digest"], digest, "{statuses:#?}");
+        assert_eq!(s["live_members"].as_array().map(Vec::len), Some(3), "{s}");
+    }
+    // the work was shared: every member enrolled some servers
+    let by = &statuses[0]["ledger"]["enrolled_by"];
+    for spec in &specs {
+        let c = by[&spec.name].as_u64().unwrap_or(0);
+        assert!(c >= 10, "{} enrolled only {c}: {by}", spec.name);
+    }
+
+    // kill every member and start them again: the ledger comes back from RocksDB
+    for m in &mut members {
+        m.kill();
+    }
+    let members: Vec<_> = specs
+        .iter()
+        .map(|s| {
+            start_member(
+                dir.path(),
+                &nats,
+                &ca,
+                &dir.path().join("jwt-signer.pem"),
+                s,
+                &specs,
+            )
+        })
+        .collect();
+    let again = wait_all(&members, Duration::from_secs(60), |s| {
+        enrolled(s) == 150 && s["raft"]["leader"].is_u64()
+    });
+    for s in &again {
+        assert_eq!(s["ledger"]["digest"], digest, "{again:#?}");
+    }
+}
+
+#[test]
+fn killing_the_leader_mid_run_loses_and_repeats_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let ca = init_ca(dir.path());
+    let fleet = FleetProcess::start(
+        dir.path(),
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: 300,
+            timeout_secs: 240,
+            ..Default::default()
+        },
+        false,
+    );
+    let specs = ClusterOptions::members(3);
+    let mut members: Vec<_> = specs
+        .iter()
+        .map(|s| start_member(dir.path(), &nats, &ca, &fleet.signer_pub, s, &specs))
+        .collect();
+
+    // wait until provisioning is under way, then kill the leader
+    let statuses = wait_all(&members, Duration::from_secs(120), |s| {
+        s["raft"]["leader"].is_u64() && enrolled(s) >= 30
+    });
+    let leader = n(&statuses[0]["raft"], "leader");
+    let idx = specs.iter().position(|s| s.id == leader).unwrap();
+    let killed_at = Instant::now();
+    members[idx].kill();
+    let survivors: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != idx)
+        .map(|(_, m)| m)
+        .collect();
+    wait_all(&survivors, Duration::from_secs(20), |s| {
+        s["raft"]["leader"].as_u64().is_some_and(|l| l != leader)
+    });
+    let failover = killed_at.elapsed();
+    eprintln!("new leader {failover:?} after killing leader {leader}");
+    assert!(failover < Duration::from_secs(15));
+
+    let summary = fleet.finish(Duration::from_secs(300));
+    eprintln!("summary after failover: {summary}");
+    // every server left provisioning mode exactly once (the fleet stops a server when it does)
+    assert_eq!(n(&summary, "provisioned"), 300, "{summary}");
+    assert_eq!(n(&summary, "verified"), 300, "{summary}");
+    // no serial was delivered twice
+    assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
+    let statuses = wait_all(&survivors, Duration::from_secs(30), |s| enrolled(s) >= 290);
+    assert_eq!(
+        statuses[0]["ledger"]["digest"],
+        statuses[1]["ledger"]["digest"]
+    );
+}
