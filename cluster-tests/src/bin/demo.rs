@@ -1,24 +1,37 @@
 //! The demo: a real `nats-server`, a new CA, a simulated fleet waiting in provisioning mode and
-//! a provisioner taking it to "configured with a signed certificate". Fleet size comes from
-//! `DEMO_SERVERS` (default 500). Ends with `provisioned <n>/<m> servers in <s> s (<rate>/min)`.
+//! a cluster of provisioners (Raft over gRPC on loopback) taking it to "configured with a signed
+//! certificate". Fleet size comes from `DEMO_SERVERS` (default 500), the number of members from
+//! `DEMO_MEMBERS` (default 3; 1 runs a single provisioner without Raft). Ends with
+//! `provisioned <n>/<m> servers in <s> s (<rate>/min)`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use cluster_tests::{
-    init_ca, FleetOptions, FleetProcess, Nats, ProvisionerOptions, ProvisionerProcess,
+    init_ca, ClusterOptions, FleetOptions, FleetProcess, Nats, ProvisionerOptions,
+    ProvisionerProcess,
 };
 
-fn main() -> ExitCode {
-    let servers: usize = match std::env::var("DEMO_SERVERS") {
+fn positive_env(name: &str, default: usize) -> Result<usize, String> {
+    match std::env::var(name) {
         Ok(v) => match v.parse() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                eprintln!("DEMO_SERVERS must be a positive number, got {v:?}");
-                return ExitCode::from(2);
-            }
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{name} must be a positive number, got {v:?}")),
         },
-        Err(_) => 500,
+        Err(_) => Ok(default),
+    }
+}
+
+fn main() -> ExitCode {
+    let (servers, members) = match (
+        positive_env("DEMO_SERVERS", 500),
+        positive_env("DEMO_MEMBERS", 3),
+    ) {
+        (Ok(s), Ok(m)) => (s, m as u64),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
     };
     let dir = match tempfile::Builder::new()
         .prefix("provisioner-demo-")
@@ -50,24 +63,60 @@ fn main() -> ExitCode {
         },
         true,
     );
-    let provisioner = ProvisionerProcess::start(
-        dir.path(),
-        &nats,
-        &ca,
-        &fleet.signer_pub,
-        &ProvisionerOptions {
-            token: "demo-token".into(),
-            workers: 64,
-            ..Default::default()
-        },
-    );
-    eprintln!(
-        "demo: provisioner started (metrics on http://127.0.0.1:{}/metrics)",
-        provisioner.monitor_port
-    );
+    let specs = ClusterOptions::members(members);
+    let provisioners: Vec<ProvisionerProcess> = specs
+        .iter()
+        .map(|spec| {
+            ProvisionerProcess::start(
+                dir.path(),
+                &nats,
+                &ca,
+                &fleet.signer_pub,
+                &ProvisionerOptions {
+                    identity: spec.name.clone(),
+                    token: "demo-token".into(),
+                    workers: 64,
+                    cluster: (members > 1).then(|| ClusterOptions {
+                        id: spec.id,
+                        members: specs.clone(),
+                        claim_lease: "30s".into(),
+                    }),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    for p in &provisioners {
+        eprintln!(
+            "demo: provisioner {} started (http://127.0.0.1:{}/metrics and /status)",
+            p.config.display(),
+            p.monitor_port
+        );
+    }
     let summary = fleet.finish(Duration::from_secs(900));
     let ok = summary["provisioned"] == summary["servers"] && summary["timed_out"] == false;
-    drop(provisioner);
+    if members > 1 {
+        for p in &provisioners {
+            let s = p.status();
+            eprintln!(
+                "demo: {} enrolled {} servers; ledger digest {}",
+                s["member"].as_str().unwrap_or("?"),
+                s["ledger"]["enrolled_by"][s["member"].as_str().unwrap_or("")],
+                s["ledger"]["digest"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    drop(provisioners);
+    if members > 1 {
+        // the fleet printed it already; end with it after the members' lines too
+        println!(
+            "provisioned {}/{} servers in {:.1} s ({:.0}/min)",
+            summary["provisioned"],
+            summary["servers"],
+            summary["seconds"].as_f64().unwrap_or(0.0),
+            summary["rate_per_minute"].as_f64().unwrap_or(0.0)
+        );
+    }
     if keep {
         let kept = dir.keep();
         eprintln!("demo: kept {}", kept.display());
