@@ -41,6 +41,43 @@ fn start_member(
     )
 }
 
+/// A broker, a CA, a waiting fleet of `servers` and three members provisioning it.
+struct Run {
+    nats: Nats,
+    ca: (std::path::PathBuf, std::path::PathBuf),
+    fleet: FleetProcess,
+    specs: Vec<ClusterMemberSpec>,
+    members: Vec<ProvisionerProcess>,
+}
+
+fn three_member_run(dir: &Path, servers: usize, timeout_secs: u64) -> Run {
+    let nats = Nats::start(dir);
+    let ca = init_ca(dir);
+    let fleet = FleetProcess::start(
+        dir,
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers,
+            timeout_secs,
+            ..Default::default()
+        },
+        false,
+    );
+    let specs = ClusterOptions::members(3);
+    let members = specs
+        .iter()
+        .map(|s| start_member(dir, &nats, &ca, &fleet.signer_pub, s, &specs))
+        .collect();
+    Run {
+        nats,
+        ca,
+        fleet,
+        specs,
+        members,
+    }
+}
+
 /// Polls every member's `/status` until `check` holds for all of them.
 fn wait_all(
     members: &[ProvisionerProcess],
@@ -73,24 +110,13 @@ fn n(v: &Value, k: &str) -> u64 {
 fn three_members_share_the_fleet_agree_and_recover_from_disk() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let ca = init_ca(dir.path());
-    let fleet = FleetProcess::start(
-        dir.path(),
-        &nats,
-        &ca.0,
-        &FleetOptions {
-            servers: 150,
-            timeout_secs: 180,
-            ..Default::default()
-        },
-        false,
-    );
-    let specs = ClusterOptions::members(3);
-    let mut members: Vec<_> = specs
-        .iter()
-        .map(|s| start_member(dir.path(), &nats, &ca, &fleet.signer_pub, s, &specs))
-        .collect();
+    let Run {
+        nats,
+        ca,
+        fleet,
+        specs,
+        mut members,
+    } = three_member_run(dir.path(), 150, 180);
 
     let summary = fleet.finish(Duration::from_secs(240));
     assert_eq!(n(&summary, "provisioned"), 150, "{summary}");
@@ -143,24 +169,13 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
 fn killing_the_leader_mid_run_loses_and_repeats_nothing() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let ca = init_ca(dir.path());
-    let fleet = FleetProcess::start(
-        dir.path(),
-        &nats,
-        &ca.0,
-        &FleetOptions {
-            servers: 300,
-            timeout_secs: 240,
-            ..Default::default()
-        },
-        false,
-    );
-    let specs = ClusterOptions::members(3);
-    let mut members: Vec<_> = specs
-        .iter()
-        .map(|s| start_member(dir.path(), &nats, &ca, &fleet.signer_pub, s, &specs))
-        .collect();
+    let Run {
+        nats: _nats,
+        ca: _ca,
+        fleet,
+        specs,
+        mut members,
+    } = three_member_run(dir.path(), 300, 240);
 
     // wait until provisioning is under way, then kill the leader
     let statuses = wait_all(&members, Duration::from_secs(120), |s| {

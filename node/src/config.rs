@@ -766,6 +766,51 @@ nats:
         }
     }
 
+    const CLUSTER: &str = r#"
+data_dir: /var/lib/p
+cluster:
+  id: 2
+  insecure_plaintext: true
+  members:
+    - {id: 1, name: prov1, raft_addr: "127.0.0.1:7001"}
+    - {id: 2, name: prov2, raft_addr: "127.0.0.1:7002"}
+    - {id: 3, name: prov3, raft_addr: "127.0.0.1:7003"}
+"#;
+
+    #[test]
+    fn cluster_member_config() {
+        let c = parse(&format!("{MINIMAL}{CLUSTER}")).unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(c.identity, "prov2");
+        assert_eq!(cl.raft_listen.port(), 7002);
+        assert_eq!(cl.name, "provisioner");
+        assert_eq!(cl.claim_lease, Duration::from_secs(30));
+
+        let cases = [
+            (CLUSTER.replace("data_dir: /var/lib/p\n", ""), "data_dir"),
+            (
+                CLUSTER.replace("  insecure_plaintext: true\n", ""),
+                "insecure_plaintext",
+            ),
+            (CLUSTER.replace("id: 2\n", "id: 9\n"), "cluster.id"),
+            (CLUSTER.replace("id: 3,", "id: 1,"), "appears twice"),
+            (
+                CLUSTER.replace("name: prov3", "name: prov1"),
+                "appears twice",
+            ),
+            (CLUSTER.replace("127.0.0.1:7002", "nowhere"), "raft_listen"),
+            (format!("{CLUSTER}identity: other\n"), "identity"),
+            (format!("{CLUSTER}  bogus: 1\n"), "bogus"),
+        ];
+        for (text, key) in cases {
+            let err = match parse(&format!("{MINIMAL}{text}")) {
+                Ok(_) => panic!("accepted bad cluster config for {key}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));

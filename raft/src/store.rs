@@ -114,6 +114,10 @@ impl std::fmt::Display for Corrupt {
 
 impl std::error::Error for Corrupt {}
 
+fn sm_json<T: Serialize + ?Sized>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(sm_write)
+}
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -237,23 +241,25 @@ impl Store {
         for (serial, identity) in sm.ledger.serials() {
             batch.put_cf(serials, serial.as_bytes(), identity.as_bytes());
         }
-        let meta = self.cf(CF_SM_META)?;
-        batch.put_cf(
-            meta,
-            KEY_APPLIED,
-            serde_json::to_vec(&sm.last_applied).map_err(sm_write)?,
-        );
-        batch.put_cf(
-            meta,
-            KEY_MEMBERSHIP,
-            serde_json::to_vec(&sm.membership).map_err(sm_write)?,
-        );
-        batch.put_cf(
-            meta,
-            KEY_HEARTBEATS,
-            serde_json::to_vec(sm.ledger.heartbeats()).map_err(sm_write)?,
-        );
+        self.put_sm_meta(&mut batch, sm, true)?;
         self.db.write_opt(batch, &synced()).map_err(sm_write)
+    }
+
+    /// Adds the state machine's applied index and membership (and heartbeats when asked) to
+    /// `batch`, so they commit atomically with the records they describe.
+    fn put_sm_meta(
+        &self,
+        batch: &mut WriteBatch,
+        sm: &StateMachine,
+        heartbeats: bool,
+    ) -> StoreResult<()> {
+        let meta = self.cf(CF_SM_META)?;
+        batch.put_cf(meta, KEY_APPLIED, sm_json(&sm.last_applied)?);
+        batch.put_cf(meta, KEY_MEMBERSHIP, sm_json(&sm.membership)?);
+        if heartbeats {
+            batch.put_cf(meta, KEY_HEARTBEATS, sm_json(sm.ledger.heartbeats())?);
+        }
+        Ok(())
     }
 }
 
@@ -446,24 +452,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             }
             out.push(BatchResult { results });
         }
-        let meta = self.cf(CF_SM_META)?;
-        batch.put_cf(
-            meta,
-            KEY_APPLIED,
-            serde_json::to_vec(&sm.last_applied).map_err(sm_write)?,
-        );
-        batch.put_cf(
-            meta,
-            KEY_MEMBERSHIP,
-            serde_json::to_vec(&sm.membership).map_err(sm_write)?,
-        );
-        if heartbeats_changed {
-            batch.put_cf(
-                meta,
-                KEY_HEARTBEATS,
-                serde_json::to_vec(sm.ledger.heartbeats()).map_err(sm_write)?,
-            );
-        }
+        self.put_sm_meta(&mut batch, &sm, heartbeats_changed)?;
         self.db.write(batch).map_err(sm_write)?;
         Ok(out)
     }
