@@ -41,7 +41,7 @@ fn start_member(
     )
 }
 
-/// A broker, a CA, a waiting fleet of `servers` and three members provisioning it.
+/// A broker, a CA, a waiting fleet of `servers` and `n` members provisioning it.
 struct Run {
     nats: Nats,
     ca: (std::path::PathBuf, std::path::PathBuf),
@@ -50,7 +50,7 @@ struct Run {
     members: Vec<ProvisionerProcess>,
 }
 
-fn three_member_run(dir: &Path, servers: usize, timeout_secs: u64) -> Run {
+fn cluster_run(dir: &Path, n: u64, servers: usize, timeout_secs: u64) -> Run {
     let nats = Nats::start(dir);
     let ca = init_ca(dir);
     let fleet = FleetProcess::start(
@@ -64,7 +64,7 @@ fn three_member_run(dir: &Path, servers: usize, timeout_secs: u64) -> Run {
         },
         false,
     );
-    let specs = ClusterOptions::members(3);
+    let specs = ClusterOptions::members(n);
     let members = specs
         .iter()
         .map(|s| start_member(dir, &nats, &ca, &fleet.signer_pub, s, &specs))
@@ -98,6 +98,25 @@ fn wait_all(
     }
 }
 
+/// Like [`wait_all`], and also until every member reports the same ledger digest (the ledger
+/// may still be moving between two reads).
+fn wait_agree(
+    members: &[ProvisionerProcess],
+    timeout: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let statuses = wait_all(members, timeout, &check);
+        let d = &statuses[0]["ledger"]["digest"];
+        if d.is_string() && statuses.iter().all(|s| &s["ledger"]["digest"] == d) {
+            return statuses;
+        }
+        assert!(start.elapsed() < timeout, "ledgers differ: {statuses:#?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn enrolled(s: &Value) -> u64 {
     s["ledger"]["by_state"]["enrolled"].as_u64().unwrap_or(0)
 }
@@ -116,7 +135,7 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
         fleet,
         specs,
         mut members,
-    } = three_member_run(dir.path(), 150, 180);
+    } = cluster_run(dir.path(), 3, 150, 180);
 
     let summary = fleet.finish(Duration::from_secs(240));
     assert_eq!(n(&summary, "provisioned"), 150, "{summary}");
@@ -126,7 +145,7 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
     assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
 
     // every member applied the same ledger
-    let statuses = wait_all(&members, Duration::from_secs(30), |s| enrolled(s) == 150);
+    let statuses = wait_agree(&members, Duration::from_secs(30), |s| enrolled(s) == 150);
     let digest = statuses[0]["ledger"]["digest"].clone();
     assert!(digest.is_string());
     for s in &statuses {
@@ -157,7 +176,7 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
             )
         })
         .collect();
-    let again = wait_all(&members, Duration::from_secs(60), |s| {
+    let again = wait_agree(&members, Duration::from_secs(60), |s| {
         enrolled(s) == 150 && s["raft"]["leader"].is_u64()
     });
     for s in &again {
@@ -175,7 +194,7 @@ fn killing_the_leader_mid_run_loses_and_repeats_nothing() {
         fleet,
         specs,
         mut members,
-    } = three_member_run(dir.path(), 300, 240);
+    } = cluster_run(dir.path(), 3, 300, 240);
 
     // wait until provisioning is under way, then kill the leader
     let statuses = wait_all(&members, Duration::from_secs(120), |s| {
@@ -210,4 +229,46 @@ fn killing_the_leader_mid_run_loses_and_repeats_nothing() {
         statuses[0]["ledger"]["digest"],
         statuses[1]["ledger"]["digest"]
     );
+}
+
+#[test]
+fn five_members_survive_losing_two_including_the_leader() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let Run {
+        nats: _nats,
+        ca: _ca,
+        fleet,
+        specs,
+        mut members,
+    } = cluster_run(dir.path(), 5, 250, 240);
+    let statuses = wait_all(&members, Duration::from_secs(120), |s| {
+        s["raft"]["leader"].is_u64()
+            && s["raft"]["voters"].as_array().map(Vec::len) == Some(5)
+            && enrolled(s) >= 25
+    });
+    let leader = n(&statuses[0]["raft"], "leader");
+    let leader_idx = specs.iter().position(|s| s.id == leader).unwrap();
+    let other_idx = (leader_idx + 1) % specs.len();
+    members[leader_idx].kill();
+    members[other_idx].kill();
+    let survivors: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader_idx && *i != other_idx)
+        .map(|(_, m)| m)
+        .collect();
+
+    let summary = fleet.finish(Duration::from_secs(300));
+    assert_eq!(n(&summary, "provisioned"), 250, "{summary}");
+    assert_eq!(n(&summary, "verified"), 250, "{summary}");
+    assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
+    let statuses = wait_agree(&survivors, Duration::from_secs(30), |s| {
+        s["raft"]["leader"].as_u64().is_some_and(|l| l != leader)
+            && s["live_members"].as_array().map(Vec::len) == Some(3)
+    });
+    let digest = &statuses[0]["ledger"]["digest"];
+    for s in &statuses {
+        assert_eq!(&s["ledger"]["digest"], digest, "{statuses:#?}");
+    }
 }
