@@ -238,6 +238,40 @@ pub struct ClusterOptions {
     pub id: u64,
     pub members: Vec<ClusterMemberSpec>,
     pub claim_lease: String,
+    /// Directory made by [`cluster_pki`]: members talk mutual TLS; `None` is plaintext.
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// A cluster CA (`provisioner ca init`) and a certificate for every member
+/// (`provisioner ca issue-member`), in `dir/cluster-pki`.
+pub fn cluster_pki(dir: &Path, members: &[ClusterMemberSpec]) -> PathBuf {
+    let pki = dir.join("cluster-pki");
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("provisioner"))
+            .args(args)
+            .output()
+            .expect("run provisioner ca");
+        assert!(
+            out.status.success(),
+            "provisioner {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let pki_s = pki.display().to_string();
+    run(&["ca", "init", "--dir", &pki_s, "--cn", "Cluster CA"]);
+    for m in members {
+        run(&[
+            "ca",
+            "issue-member",
+            "--dir",
+            &pki_s,
+            "--name",
+            &m.name,
+            "--out",
+            &pki_s,
+        ]);
+    }
+    pki
 }
 
 impl ClusterOptions {

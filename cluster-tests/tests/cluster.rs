@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cluster_tests::{
-    init_ca, ClusterMemberSpec, ClusterOptions, FleetOptions, FleetProcess, Nats,
+    cluster_pki, init_ca, ClusterMemberSpec, ClusterOptions, FleetOptions, FleetProcess, Nats,
     ProvisionerOptions, ProvisionerProcess,
 };
 use serde_json::Value;
@@ -23,6 +23,13 @@ fn start_member(
     spec: &ClusterMemberSpec,
     all: &[ClusterMemberSpec],
 ) -> ProvisionerProcess {
+    // the first start makes the cluster's CA and member certificates; restarts reuse them
+    let pki = dir.join("cluster-pki");
+    let tls_dir = if pki.join("ca.pem").exists() {
+        pki
+    } else {
+        cluster_pki(dir, all)
+    };
     ProvisionerProcess::start(
         dir,
         nats,
@@ -35,6 +42,7 @@ fn start_member(
                 id: spec.id,
                 members: all.to_vec(),
                 claim_lease: "5s".into(),
+                tls_dir: Some(tls_dir),
             }),
             ..Default::default()
         },

@@ -257,6 +257,75 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A certificate and key (PEM) for cluster member `name`, for mutual TLS between members:
+    /// the name (and any extra DNS names and IPs) as subject alternative names, client and
+    /// server authentication.
+    pub fn issue_member(
+        &self,
+        name: &str,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::KeyGen(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let mut sans = Vec::new();
+        for d in std::iter::once(name).chain(dns.iter().map(String::as_str)) {
+            let dns_like = !d.is_empty()
+                && d.len() <= 253
+                && d.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !dns_like {
+                return Err(CaError::Sign(format!("{d:?} is not a DNS name")));
+            }
+            sans.push(SanType::DnsName(
+                d.try_into()
+                    .map_err(|e| CaError::Sign(format!("{d:?} as DNS name: {e}")))?,
+            ));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(random_serial().0);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + to_time(self.validity)?;
+        let cert = params
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Writes a member's certificate and key into `dir` as `<name>.pem` and `<name>.key` (0600).
+pub fn write_member(
+    dir: &Path,
+    name: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(PathBuf, PathBuf), CaError> {
+    std::fs::create_dir_all(dir).map_err(|source| CaError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    write_file(&key, key_pem.as_bytes(), 0o600)?;
+    write_file(&cert, cert_pem.as_bytes(), 0o644)?;
+    Ok((cert, key))
+}
+
 /// Serial, fingerprint and expiry of a PEM certificate, for certificates a helper returns.
 pub fn describe(cert_pem: &str) -> Result<Issued, String> {
     let (_, pem) =
@@ -315,6 +384,36 @@ mod tests {
             assert_eq!(d.fingerprint, issued.fingerprint);
             assert_eq!(d.not_after, issued.not_after);
         }
+    }
+
+    #[test]
+    fn member_certificates_name_the_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = init(
+            dir.path(),
+            "Cluster CA",
+            KeyType::EcdsaP256,
+            Duration::from_secs(86400),
+            false,
+        )
+        .unwrap();
+        let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
+        let (pem, key_pem) = ca
+            .issue_member(
+                "prov1",
+                &["prov1.example.net".into()],
+                &["127.0.0.1".parse().unwrap()],
+            )
+            .unwrap();
+        verify_chain(ca.cert_pem(), &pem, "prov1");
+        let (c, k) = write_member(&dir.path().join("members"), "prov1", &pem, &key_pem).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(c.exists());
+        assert!(ca.issue_member("bad name", &[], &[]).is_err());
     }
 
     #[test]

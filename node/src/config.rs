@@ -115,6 +115,10 @@ pub struct ClusterSection {
     /// is held by the cluster, not one member, and another member can take over at once.
     #[serde(default = "default_cluster_name")]
     pub name: String,
+    /// Mutual TLS between members: the cluster CA and this member's certificate and key
+    /// (`provisioner ca issue-member`).
+    #[serde(default)]
+    pub tls: Option<ClusterTls>,
     /// Member-to-member traffic without TLS; for development only.
     #[serde(default)]
     pub insecure_plaintext: bool,
@@ -125,6 +129,14 @@ pub struct ClusterSection {
     /// How long a claimed server stays with its member without news before others may take it.
     #[serde(default = "default_claim_lease")]
     pub claim_lease: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn default_cluster_name() -> String {
@@ -147,6 +159,8 @@ pub struct Cluster {
     pub name: String,
     pub members: Vec<ClusterMember>,
     pub raft_listen: std::net::SocketAddr,
+    /// `None` only with `insecure_plaintext`.
+    pub tls: Option<ClusterTls>,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub claim_lease: Duration,
@@ -555,11 +569,20 @@ fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Cluster, Confi
             "is required with a cluster section (the Raft log lives there)",
         ));
     }
-    if !c.insecure_plaintext {
-        return Err(invalid(
-            "cluster.insecure_plaintext",
-            "member-to-member TLS is not available yet; set insecure_plaintext: true to run without it",
-        ));
+    match (&c.tls, c.insecure_plaintext) {
+        (None, false) => {
+            return Err(invalid(
+                "cluster.tls",
+                "is required (ca, cert, key); set insecure_plaintext: true only for development",
+            ))
+        }
+        (Some(_), true) => {
+            return Err(invalid(
+                "cluster.insecure_plaintext",
+                "cannot be set together with cluster.tls",
+            ))
+        }
+        _ => {}
     }
     if c.members.is_empty() {
         return Err(invalid("cluster.members", "lists no members"));
@@ -618,6 +641,7 @@ fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Cluster, Confi
         name: c.name,
         members: c.members,
         raft_listen,
+        tls: c.tls,
         heartbeat,
         election_timeout,
         claim_lease: parse_duration(&c.claim_lease)

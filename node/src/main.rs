@@ -53,6 +53,27 @@ enum CaCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a cluster member's certificate for mutual TLS between members
+    IssueMember {
+        /// Directory of the cluster CA (made with `ca init`)
+        #[arg(long)]
+        dir: PathBuf,
+        /// The member's name (its `cluster.members` name)
+        #[arg(long)]
+        name: String,
+        /// Where to write NAME.pem and NAME.key
+        #[arg(long)]
+        out: PathBuf,
+        /// More DNS names for the certificate
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses for the certificate
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Validity, e.g. 1y
+        #[arg(long, default_value = "1y")]
+        validity: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +104,39 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ca init: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Ca {
+            command:
+                CaCmd::IssueMember {
+                    dir,
+                    name,
+                    out,
+                    dns,
+                    ip,
+                    validity,
+                },
+        } => {
+            let validity = match parse_duration(&validity) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("--validity: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let issued = ca::Ca::load(&dir.join(ca::CERT_FILE), &dir.join(ca::KEY_FILE), validity)
+                .and_then(|c| c.issue_member(&name, &dns, &ip))
+                .and_then(|(cert, key)| ca::write_member(&out, &name, &cert, &key));
+            match issued {
+                Ok((cert, key)) => {
+                    println!("member certificate: {}", cert.display());
+                    println!("member key:         {}", key.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ca issue-member: {e}");
                     ExitCode::FAILURE
                 }
             }

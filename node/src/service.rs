@@ -256,6 +256,23 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
         .get(&c.id)
         .cloned()
         .ok_or_else(|| ServiceError::Cluster(format!("id {} is not a member", c.id)))?;
+    let tls = match &c.tls {
+        Some(t) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| ServiceError::Cluster(format!("tls {}: {e}", p.display())))
+            };
+            Some(raft::network::Tls {
+                ca_pem: read(&t.ca)?,
+                cert_pem: read(&t.cert)?,
+                key_pem: read(&t.key)?,
+            })
+        }
+        None => {
+            tracing::warn!("cluster traffic is not encrypted (insecure_plaintext)");
+            None
+        }
+    };
     let heartbeat = c.heartbeat.as_millis() as u64;
     let election = c.election_timeout.as_millis() as u64;
     let member = RaftMember::start(MemberConfig {
@@ -269,6 +286,7 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
             election_max_ms: election * 2,
             ..Default::default()
         },
+        tls,
     })
     .await
     .map_err(|e| ServiceError::Cluster(e.to_string()))?;

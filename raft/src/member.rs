@@ -12,7 +12,7 @@ use openraft::{Config, SnapshotPolicy};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::network::{Network, Raft, RaftGrpc};
+use crate::network::{Network, Raft, RaftGrpc, Tls};
 use crate::store::Store;
 use crate::types::{Member, NodeId};
 
@@ -62,6 +62,8 @@ pub struct MemberConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub settings: RaftSettings,
+    /// Mutual TLS between members; `None` is plaintext, for development only.
+    pub tls: Option<Tls>,
 }
 
 /// A running member.
@@ -92,7 +94,7 @@ impl RaftMember {
         }
         .validate()
         .map_err(|e| MemberError::Config(e.to_string()))?;
-        let network = Network::new();
+        let network = Network::new(cfg.tls.clone());
         let (log, sm) = Adaptor::new(store.clone());
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
@@ -106,9 +108,15 @@ impl RaftMember {
             })?;
         let (stop, stopped) = oneshot::channel::<()>();
         let service = RaftGrpc::server(raft.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &cfg.tls {
+            builder = builder
+                .tls_config(tls.server())
+                .map_err(|e| MemberError::Config(format!("tls: {e}")))?;
+        }
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;

@@ -1,6 +1,10 @@
 //! Member-to-member transport over gRPC (tonic): the client side openraft uses to reach its
 //! peers, and the server side that hands their requests to the local Raft.
 //!
+//! With [`Tls`] every connection is mutual TLS: a member presents its certificate from the
+//! cluster CA, checks the peer's against the same CA and the peer's member name, and the
+//! server refuses clients without such a certificate. Plaintext is for development only.
+//!
 //! openraft's request and response types travel JSON-encoded inside a protobuf `RaftPayload`
 //! (see `proto/protos/raft.proto`). A remote Raft error comes back as `Err` inside the payload
 //! and is returned as a remote error; a transport failure is reported as unreachable, which makes
@@ -27,7 +31,9 @@ use proto::grpc::raft::raft_server::{Raft as RaftService, RaftServer};
 use proto::grpc::raft::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 use tonic::{Request, Response, Status};
 
 use crate::types::{Batch, BatchResult, Member, NodeId, TypeConfig};
@@ -47,34 +53,80 @@ fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
     serde_json::from_slice(&p.payload).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
 }
 
+/// A member's TLS material: the cluster CA and its own certificate and key (PEM).
+#[derive(Clone)]
+pub struct Tls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Tls {
+    fn identity(&self) -> Identity {
+        Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+
+    fn ca(&self) -> Certificate {
+        Certificate::from_pem(&self.ca_pem)
+    }
+
+    /// Server side: present our certificate, require a client certificate from the CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity())
+            .client_ca_root(self.ca())
+    }
+
+    /// Client side: present our certificate, accept a server that has one from the CA for
+    /// `peer_name`.
+    pub fn client(&self, peer_name: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca())
+            .identity(self.identity())
+            .domain_name(peer_name)
+    }
+}
+
 /// Builds gRPC clients to peers; channels are shared per address and reconnect lazily.
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Tls>,
 }
 
 impl Network {
-    pub fn new() -> Self {
-        Self::default()
+    /// `tls: None` is plaintext, for development only.
+    pub fn new(tls: Option<Tls>) -> Self {
+        Network {
+            channels: Arc::default(),
+            tls,
+        }
     }
 
-    /// A client for the member listening on `addr` (`host:port`).
-    pub fn client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    /// A client for `peer` (its member name is checked against its certificate).
+    pub fn client(&self, peer: &Member) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let addr = &peer.raft_addr;
+        // the name is part of the key: it is what the peer's certificate is checked against
+        let key = format!("{}@{addr}", peer.name);
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = channels.get(addr) {
+        if let Some(c) = channels.get(&key) {
             return Ok(RaftClient::new(c.clone()));
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.client(&peer.name))?;
+        }
+        let channel = endpoint.connect_lazy();
+        channels.insert(key, channel.clone());
         Ok(RaftClient::new(channel))
     }
 
-    /// Sends a batch of commands to the member at `addr` (the leader) to commit.
-    pub async fn forward(&self, addr: &str, batch: &Batch) -> Result<ForwardResult, String> {
-        let mut client = self.client(addr).map_err(|e| e.to_string())?;
+    /// Sends a batch of commands to `leader` to commit.
+    pub async fn forward(&self, leader: &Member, batch: &Batch) -> Result<ForwardResult, String> {
+        let mut client = self.client(leader).map_err(|e| e.to_string())?;
         let req = encode(batch).map_err(|e| e.to_string())?;
         let reply = client.forward(req).await.map_err(|e| e.to_string())?;
         decode(reply.get_ref()).map_err(|e| e.to_string())
@@ -93,7 +145,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         PeerClient {
             target,
-            client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+            client: self.client(node).map_err(|e| e.to_string()),
         }
     }
 }

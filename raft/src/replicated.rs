@@ -98,7 +98,7 @@ async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, String>
                 .client_write(batch.clone())
                 .await
                 .map(|r| r.data),
-            Some((_, node)) => match member.network.forward(&node.raft_addr, &batch).await {
+            Some((_, node)) => match member.network.forward(node, &batch).await {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = e;

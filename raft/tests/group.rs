@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft::member::{MemberConfig, RaftMember, RaftSettings};
+use raft::network::Tls;
 use raft::replicated::RaftLedger;
 use raft::types::Member;
 use raft::{Applied, Command, Ledger, Rejection};
@@ -29,7 +30,47 @@ fn settings() -> RaftSettings {
     }
 }
 
-async fn start(id: u64, me: &Member, dir: &std::path::Path) -> Arc<RaftMember> {
+/// A cluster CA and a certificate per member name, as `provisioner ca` makes them.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "cluster CA");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        Pki {
+            ca: p.self_signed(&ca_key).unwrap(),
+            ca_key,
+        }
+    }
+
+    fn tls(&self, name: &str) -> Tls {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        Tls {
+            ca_pem: self.ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+async fn start(id: u64, me: &Member, dir: &std::path::Path, pki: &Pki) -> Arc<RaftMember> {
     Arc::new(
         RaftMember::start(MemberConfig {
             id,
@@ -37,6 +78,7 @@ async fn start(id: u64, me: &Member, dir: &std::path::Path) -> Arc<RaftMember> {
             listen: me.raft_addr.parse().unwrap(),
             data_dir: dir.join(format!("m{id}")),
             settings: settings(),
+            tls: Some(pki.tls(&me.name)),
         })
         .await
         .unwrap(),
@@ -67,6 +109,7 @@ fn claim(id: &str, member: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_agree_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
     let nodes: BTreeMap<u64, Member> = (1..=3)
         .map(|id| {
             (
@@ -81,12 +124,28 @@ async fn three_members_agree_and_survive_restart() {
         .collect();
     let mut members = Vec::new();
     for (id, me) in &nodes {
-        members.push(start(*id, me, dir.path()).await);
+        members.push(start(*id, me, dir.path(), &pki).await);
     }
     for m in &members {
         m.bootstrap(nodes.clone()).await.unwrap();
     }
     wait_leader(&members).await;
+
+    // a client without a certificate from the cluster CA is refused
+    let other = Pki::new();
+    let stranger = raft::network::Network::new(Some(other.tls("m1")));
+    let probe = raft::types::Batch::default();
+    assert!(stranger.forward(&nodes[&1], &probe).await.is_err());
+    let plain = raft::network::Network::new(None);
+    assert!(plain.forward(&nodes[&1], &probe).await.is_err());
+    // and one with a certificate for the wrong name cannot pose as a member
+    let misnamed = Member {
+        name: "m9".into(),
+        ..nodes[&1].clone()
+    };
+    let member_net = raft::network::Network::new(Some(pki.tls("m2")));
+    assert!(member_net.forward(&misnamed, &probe).await.is_err());
+    assert!(member_net.forward(&nodes[&1], &probe).await.is_ok());
 
     // proposals from every member, concurrently, so followers forward and batches form
     let ledgers: Vec<_> = members.iter().map(|m| RaftLedger::new(m.clone())).collect();
@@ -145,7 +204,7 @@ async fn three_members_agree_and_survive_restart() {
         raft_addr: free_addr().to_string(),
         admin_addr: String::new(),
     };
-    let m4 = start(4, &me4, dir.path()).await;
+    let m4 = start(4, &me4, dir.path(), &pki).await;
     leader.raft.add_learner(4, me4.clone(), true).await.unwrap();
     for _ in 0..50 {
         if m4.store.state().await.ledger.len() == 300 {
@@ -175,7 +234,7 @@ async fn three_members_agree_and_survive_restart() {
     }
     let mut again = Vec::new();
     for (id, me) in &nodes {
-        again.push(start(*id, me, dir.path()).await);
+        again.push(start(*id, me, dir.path(), &pki).await);
     }
     wait_leader(&again).await;
     for m in &again {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cluster_tests::{
-    init_ca, ClusterOptions, FleetOptions, FleetProcess, Nats, ProvisionerOptions,
+    cluster_pki, init_ca, ClusterOptions, FleetOptions, FleetProcess, Nats, ProvisionerOptions,
     ProvisionerProcess,
 };
 
@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         true,
     );
     let specs = ClusterOptions::members(members);
+    let tls_dir = (members > 1).then(|| cluster_pki(dir.path(), &specs));
     let provisioners: Vec<ProvisionerProcess> = specs
         .iter()
         .map(|spec| {
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
                         id: spec.id,
                         members: specs.clone(),
                         claim_lease: "30s".into(),
+                        tls_dir: tls_dir.clone(),
                     }),
                     ..Default::default()
                 },
