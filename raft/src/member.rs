@@ -146,6 +146,59 @@ impl RaftMember {
         }
     }
 
+    /// Adds `member` as a learner and waits until it has caught up with the log (through a
+    /// snapshot when the log was compacted). Must be called on the leader.
+    pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), MemberError> {
+        self.raft
+            .add_learner(id, member, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| MemberError::Raft(e.to_string()))
+    }
+
+    /// Makes learner `id` a voter. Must be called on the leader.
+    pub async fn promote(&self, id: NodeId) -> Result<(), MemberError> {
+        let mut voters = self.voters();
+        voters.insert(id);
+        self.set_voters(voters).await
+    }
+
+    /// Removes `id` from the group (voter or learner). Must be called on the leader.
+    pub async fn remove(&self, id: NodeId) -> Result<(), MemberError> {
+        let mut voters = self.voters();
+        if voters.remove(&id) {
+            self.set_voters(voters).await?;
+        }
+        // once not a voter, dropping it from the nodes removes the learner too
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| MemberError::Raft(e.to_string()))
+    }
+
+    /// Voter ids of the committed membership.
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    async fn set_voters(
+        &self,
+        voters: std::collections::BTreeSet<NodeId>,
+    ) -> Result<(), MemberError> {
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| MemberError::Raft(e.to_string()))
+    }
+
     /// The current leader, as this member knows it.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
         let m = self.raft.metrics().borrow().clone();

@@ -205,7 +205,7 @@ async fn three_members_agree_and_survive_restart() {
         admin_addr: String::new(),
     };
     let m4 = start(4, &me4, dir.path(), &pki).await;
-    leader.raft.add_learner(4, me4.clone(), true).await.unwrap();
+    leader.add_learner(4, me4.clone()).await.unwrap();
     for _ in 0..50 {
         if m4.store.state().await.ledger.len() == 300 {
             break;
@@ -214,6 +214,22 @@ async fn three_members_agree_and_survive_restart() {
     }
     let learned: Vec<_> = m4.store.state().await.ledger.records().cloned().collect();
     assert_eq!(learned, a);
+
+    // the learner becomes a voter, then leaves again
+    leader.promote(4).await.unwrap();
+    assert_eq!(leader.voters(), [1, 2, 3, 4].into());
+    leader.remove(4).await.unwrap();
+    assert_eq!(leader.voters(), [1, 2, 3].into());
+    let nodes_left: Vec<u64> = leader
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(nodes_left, vec![1, 2, 3]);
     m4.shutdown().await;
     drop((m4, leader));
 
