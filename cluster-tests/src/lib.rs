@@ -243,7 +243,7 @@ pub struct ClusterOptions {
 }
 
 /// A cluster CA (`provisioner ca init`) and a certificate for every member
-/// (`provisioner ca issue-member`), in `dir/cluster-pki`.
+/// (`provisioner ca issue-member`), in `dir/cluster-pki`; what exists already is kept.
 pub fn cluster_pki(dir: &Path, members: &[ClusterMemberSpec]) -> PathBuf {
     let pki = dir.join("cluster-pki");
     let run = |args: &[&str]| {
@@ -258,8 +258,13 @@ pub fn cluster_pki(dir: &Path, members: &[ClusterMemberSpec]) -> PathBuf {
         );
     };
     let pki_s = pki.display().to_string();
-    run(&["ca", "init", "--dir", &pki_s, "--cn", "Cluster CA"]);
+    if !pki.join("ca.pem").exists() {
+        run(&["ca", "init", "--dir", &pki_s, "--cn", "Cluster CA"]);
+    }
     for m in members {
+        if pki.join(format!("{}.pem", m.name)).exists() {
+            continue;
+        }
         run(&[
             "ca",
             "issue-member",

@@ -23,13 +23,8 @@ fn start_member(
     spec: &ClusterMemberSpec,
     all: &[ClusterMemberSpec],
 ) -> ProvisionerProcess {
-    // the first start makes the cluster's CA and member certificates; restarts reuse them
-    let pki = dir.join("cluster-pki");
-    let tls_dir = if pki.join("ca.pem").exists() {
-        pki
-    } else {
-        cluster_pki(dir, all)
-    };
+    // the first start makes the cluster's CA and member certificates; later ones reuse them
+    let tls_dir = cluster_pki(dir, all);
     ProvisionerProcess::start(
         dir,
         nats,
@@ -190,6 +185,30 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
     for s in &again {
         assert_eq!(s["ledger"]["digest"], digest, "{again:#?}");
     }
+
+    // a fourth member joins the running group: learner, caught up, then voter, with the same
+    // ledger, and it takes a share of the work
+    let mut four = specs.clone();
+    four.push(ClusterMemberSpec {
+        id: 4,
+        name: "prov4".into(),
+        raft_port: cluster_tests::free_port(),
+    });
+    let mut members = members;
+    members.push(start_member(
+        dir.path(),
+        &nats,
+        &ca,
+        &dir.path().join("jwt-signer.pem"),
+        &four[3],
+        &four,
+    ));
+    let joined = wait_agree(&members, Duration::from_secs(60), |s| {
+        s["raft"]["voters"].as_array().map(Vec::len) == Some(4)
+            && s["live_members"].as_array().map(Vec::len) == Some(4)
+    });
+    assert_eq!(joined[3]["ledger"]["digest"], digest);
+    assert_eq!(enrolled(&joined[3]), 150);
 }
 
 #[test]

@@ -290,13 +290,23 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
     })
     .await
     .map_err(|e| ServiceError::Cluster(e.to_string()))?;
+    let member = Arc::new(member);
     if members.keys().next() == Some(&c.id) {
         member
             .bootstrap(members)
             .await
             .map_err(|e| ServiceError::Cluster(e.to_string()))?;
+    } else {
+        // a member that belongs to no group yet asks the others to add it; this is how a new
+        // member joins a running group, and a no-op for members of the first configuration
+        let peers = members
+            .into_iter()
+            .filter(|(id, _)| *id != c.id)
+            .map(|(_, m)| m)
+            .collect();
+        member.join_in_background(peers);
     }
-    Ok(Arc::new(member))
+    Ok(member)
 }
 
 /// Once a second: heartbeat (clustered), refresh the live members and every gauge; a change of

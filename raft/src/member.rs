@@ -146,6 +146,43 @@ impl RaftMember {
         }
     }
 
+    /// Until this member is part of a group, asks `peers` in turn to add it (the leader
+    /// accepts). For a new member joining a running group; a member that already belongs to a
+    /// group (after bootstrap or on restart) asks nobody.
+    pub fn join_in_background(self: &Arc<Self>, peers: Vec<Member>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let req = crate::network::JoinRequest {
+                id: me.id,
+                member: me.me.clone(),
+            };
+            loop {
+                let known = me
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .count();
+                if known > 0 {
+                    return;
+                }
+                for peer in &peers {
+                    match me.network.join(peer, &req).await {
+                        Ok(Ok(())) => {
+                            tracing::info!(via = %peer, "joined the group");
+                            return;
+                        }
+                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "join refused"),
+                        Err(e) => tracing::debug!(peer = %peer, error = %e, "join failed"),
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
     /// Adds `member` as a learner and waits until it has caught up with the log (through a
     /// snapshot when the log was compacted). Must be called on the leader.
     pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), MemberError> {

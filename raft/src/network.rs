@@ -53,6 +53,13 @@ fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
     serde_json::from_slice(&p.payload).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
 }
 
+/// A join request: the new member's id and how to reach it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct JoinRequest {
+    pub id: NodeId,
+    pub member: Member,
+}
+
 /// A member's TLS material: the cluster CA and its own certificate and key (PEM).
 #[derive(Clone)]
 pub struct Tls {
@@ -122,6 +129,19 @@ impl Network {
         let channel = endpoint.connect_lazy();
         channels.insert(key, channel.clone());
         Ok(RaftClient::new(channel))
+    }
+
+    /// Asks `peer` to add this member to the group; `Ok(Err(..))` is the peer's refusal (for
+    /// example, it is not the leader).
+    pub async fn join(
+        &self,
+        peer: &Member,
+        req: &JoinRequest,
+    ) -> Result<Result<(), String>, String> {
+        let mut client = self.client(peer).map_err(|e| e.to_string())?;
+        let payload = encode(req).map_err(|e| e.to_string())?;
+        let reply = client.join(payload).await.map_err(|e| e.to_string())?;
+        decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
     /// Sends a batch of commands to `leader` to commit.
@@ -233,6 +253,47 @@ impl RaftGrpc {
     }
 }
 
+impl RaftGrpc {
+    /// Adds a joining member: learner first (it catches up), then voter.
+    async fn admit(&self, join: JoinRequest) -> Result<(), String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return Err(format!(
+                "not the leader; the leader is {:?}",
+                metrics.current_leader
+            ));
+        }
+        if metrics
+            .membership_config
+            .membership()
+            .get_node(&join.id)
+            .is_some()
+        {
+            return Ok(());
+        }
+        tracing::info!(id = join.id, member = %join.member, "member joining");
+        self.raft
+            .add_learner(join.id, join.member, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut voters: std::collections::BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.insert(join.id) {
+            self.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
     async fn append_entries(
@@ -254,6 +315,12 @@ impl RaftService for RaftGrpc {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(rpc).await).map(Response::new)
+    }
+
+    async fn join(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let join: JoinRequest = decode(req.get_ref())?;
+        let result = self.admit(join).await;
+        encode(&result).map(Response::new)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
