@@ -343,6 +343,12 @@ async fn housekeeping(
                 rediscover.notify_one();
             }
         }
+        // pause is replicated: every member follows the ledger's switch
+        let paused = svc.ledger.settings().await.paused;
+        if paused != svc.is_paused() {
+            tracing::warn!(paused, "provisioning pause changed");
+            svc.set_paused(paused);
+        }
         if let Some(member) = &member {
             let rm = member.raft.metrics().borrow().clone();
             m.set(&m.raft_term, rm.current_term as i64);

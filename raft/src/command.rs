@@ -51,6 +51,14 @@ pub enum Command {
     },
     /// `member` is alive; the live members share the waiting servers between them.
     Heartbeat { member: String, at_ms: u64 },
+    /// Provisioning pauses (or resumes) on every member.
+    SetPaused { paused: bool, at_ms: u64 },
+    /// `member` stops (or resumes) taking servers; it stays a voter.
+    SetDraining {
+        member: String,
+        draining: bool,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -61,7 +69,9 @@ impl Command {
             | Command::IssueCredential { identity, .. }
             | Command::Enrolled { identity, .. }
             | Command::Release { identity, .. } => Some(identity),
-            Command::Heartbeat { .. } => None,
+            Command::Heartbeat { .. } | Command::SetPaused { .. } | Command::SetDraining { .. } => {
+                None
+            }
         }
     }
 }

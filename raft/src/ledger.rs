@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::command::Command;
-use crate::state::{Record, Rejection};
+use crate::state::{ClusterSettings, Record, Rejection};
 
 /// The result of applying a command.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -39,6 +39,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// Digest of the ledger as last applied on this member (see `LedgerState::digest`).
     async fn digest(&self) -> String;
 
-    /// Members with a heartbeat within `window_ms` of `now_ms`.
+    /// Members that take work: a heartbeat within `window_ms` of `now_ms`, not draining.
     async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String>;
+
+    /// The replicated cluster settings (paused, draining members).
+    async fn settings(&self) -> ClusterSettings;
 }

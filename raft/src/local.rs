@@ -6,7 +6,7 @@ use tokio::sync::Mutex;
 
 use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
-use crate::state::{LedgerState, Record};
+use crate::state::{ClusterSettings, LedgerState, Record};
 
 #[derive(Default)]
 pub struct LocalLedger {
@@ -42,5 +42,9 @@ impl Ledger for LocalLedger {
 
     async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String> {
         self.state.lock().await.live_members(now_ms, window_ms)
+    }
+
+    async fn settings(&self) -> ClusterSettings {
+        self.state.lock().await.settings().clone()
     }
 }

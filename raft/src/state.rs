@@ -105,6 +105,16 @@ pub struct LedgerState {
     /// member -> time of its last heartbeat (Unix ms).
     #[serde(default)]
     heartbeats: BTreeMap<String, u64>,
+    /// Cluster-wide settings: paused, and members that take no new servers.
+    #[serde(default)]
+    settings: ClusterSettings,
+}
+
+/// Replicated switches operators flip for the whole cluster.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub paused: bool,
+    pub draining: std::collections::BTreeSet<String>,
 }
 
 impl LedgerState {
@@ -113,6 +123,7 @@ impl LedgerState {
         records: Vec<Record>,
         serials: HashMap<String, String>,
         heartbeats: BTreeMap<String, u64>,
+        settings: ClusterSettings,
     ) -> Self {
         LedgerState {
             records: records
@@ -121,7 +132,12 @@ impl LedgerState {
                 .collect(),
             serials,
             heartbeats,
+            settings,
         }
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
     }
 
     /// Last heartbeat of every member that ever sent one.
@@ -129,11 +145,13 @@ impl LedgerState {
         &self.heartbeats
     }
 
-    /// Members whose last heartbeat is within `window_ms` of `now_ms`, sorted.
+    /// Members that take work: a heartbeat within `window_ms` of `now_ms` and not draining;
+    /// sorted.
     pub fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String> {
         self.heartbeats
             .iter()
             .filter(|(_, at)| now_ms.saturating_sub(**at) <= window_ms)
+            .filter(|(m, _)| !self.settings.draining.contains(*m))
             .map(|(m, _)| m.clone())
             .collect()
     }
@@ -241,6 +259,22 @@ impl LedgerState {
             Command::Heartbeat { member, at_ms } => {
                 let last = self.heartbeats.entry(member.clone()).or_insert(0);
                 *last = (*last).max(*at_ms);
+                Ok(())
+            }
+
+            Command::SetPaused { paused, .. } => {
+                self.settings.paused = *paused;
+                Ok(())
+            }
+
+            Command::SetDraining {
+                member, draining, ..
+            } => {
+                if *draining {
+                    self.settings.draining.insert(member.clone());
+                } else {
+                    self.settings.draining.remove(member);
+                }
                 Ok(())
             }
 
@@ -501,6 +535,26 @@ mod tests {
             s.live_members(11_000, 20_000),
             vec!["a".to_string(), "b".to_string()]
         );
+        // a draining member is alive but takes no work
+        s.apply(&Command::SetDraining {
+            member: "a".into(),
+            draining: true,
+            at_ms: 0,
+        })
+        .unwrap();
+        assert!(s.live_members(11_000, 20_000) == vec!["b".to_string()]);
+        s.apply(&Command::SetDraining {
+            member: "a".into(),
+            draining: false,
+            at_ms: 0,
+        })
+        .unwrap();
+        s.apply(&Command::SetPaused {
+            paused: true,
+            at_ms: 0,
+        })
+        .unwrap();
+        assert!(s.settings().paused);
         // heartbeats do not change the digest; records do
         let d = s.digest();
         s.apply(&hb("a", 20_000)).unwrap();

@@ -53,6 +53,7 @@ const KEY_SNAPSHOT_SEQ: &[u8] = b"snapshot_seq";
 const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_HEARTBEATS: &[u8] = b"heartbeats";
+const KEY_SETTINGS: &[u8] = b"settings";
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -205,8 +206,9 @@ impl Store {
         let heartbeats = self
             .get_json(CF_SM_META, KEY_HEARTBEATS)?
             .unwrap_or_default();
+        let settings = self.get_json(CF_SM_META, KEY_SETTINGS)?.unwrap_or_default();
         Ok(StateMachine {
-            ledger: LedgerState::restore(records, serials, heartbeats),
+            ledger: LedgerState::restore(records, serials, heartbeats, settings),
             last_applied: self.get_json(CF_SM_META, KEY_APPLIED)?,
             membership: self
                 .get_json(CF_SM_META, KEY_MEMBERSHIP)?
@@ -245,7 +247,8 @@ impl Store {
         self.db.write_opt(batch, &synced()).map_err(sm_write)
     }
 
-    /// Adds the state machine's applied index and membership (and heartbeats when asked) to
+    /// Adds the state machine's applied index and membership (and heartbeats and cluster
+    /// settings when asked) to
     /// `batch`, so they commit atomically with the records they describe.
     fn put_sm_meta(
         &self,
@@ -258,6 +261,7 @@ impl Store {
         batch.put_cf(meta, KEY_MEMBERSHIP, sm_json(&sm.membership)?);
         if heartbeats {
             batch.put_cf(meta, KEY_HEARTBEATS, sm_json(sm.ledger.heartbeats())?);
+            batch.put_cf(meta, KEY_SETTINGS, sm_json(sm.ledger.settings())?);
         }
         Ok(())
     }
@@ -408,7 +412,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         let ledger_cf = self.cf(CF_LEDGER)?;
         let serials_cf = self.cf(CF_SERIALS)?;
         let mut out = Vec::with_capacity(entries.len());
-        let mut heartbeats_changed = false;
+        let mut meta_changed = false;
         for entry in entries {
             sm.last_applied = Some(entry.log_id);
             let mut results = Vec::new();
@@ -418,8 +422,9 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                     for cmd in &b.commands {
                         let applied = match sm.ledger.apply(cmd) {
                             Ok(()) => {
-                                if let Command::Heartbeat { .. } = cmd {
-                                    heartbeats_changed = true;
+                                if cmd.identity().is_none() {
+                                    // heartbeats and cluster settings
+                                    meta_changed = true;
                                 }
                                 if let Some(rec) = cmd.identity().and_then(|i| sm.ledger.record(i))
                                 {
@@ -452,7 +457,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             }
             out.push(BatchResult { results });
         }
-        self.put_sm_meta(&mut batch, &sm, heartbeats_changed)?;
+        self.put_sm_meta(&mut batch, &sm, meta_changed)?;
         self.db.write(batch).map_err(sm_write)?;
         Ok(out)
     }
