@@ -41,6 +41,8 @@ pub struct Metrics {
     pub raft_last_applied: IntGaugeVec,
     pub raft_voters: IntGaugeVec,
     pub live_members: IntGaugeVec,
+    /// Servers this member holds a claim on (its shard in progress).
+    pub owned: IntGaugeVec,
     /// Ledger records by state.
     pub ledger_records: IntGaugeVec,
 }
@@ -176,6 +178,10 @@ impl Metrics {
             live_members: gauge(
                 "choria_provisioner_live_members",
                 "Members with a recent heartbeat, sharing the waiting servers",
+            ),
+            owned: gauge(
+                "choria_provisioner_owned",
+                "Servers this member currently holds a claim on",
             ),
             ledger_records: {
                 let g = IntGaugeVec::new(

@@ -367,9 +367,14 @@ async fn housekeeping(
             );
         }
         let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut owned = 0;
         for r in svc.ledger.records().await {
             *by_state.entry(state_name(r.state)).or_default() += 1;
+            if r.state == EnrollState::Claimed && r.owner.as_deref() == Some(svc.member.as_str()) {
+                owned += 1;
+            }
         }
+        m.set(&m.owned, owned);
         for s in ["claimed", "enrolled", "deferred", "failed", "shutdown"] {
             m.ledger_records
                 .with_label_values(&[m.site(), s])
