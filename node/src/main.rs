@@ -91,22 +91,13 @@ fn main() -> ExitCode {
         } => {
             let validity = match parse_duration(&validity) {
                 Ok(v) => v,
-                Err(e) => {
-                    eprintln!("--validity: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return usage(&format!("--validity: {e}")),
             };
-            match ca::init(&dir, &cn, key_type, validity, force) {
-                Ok((cert, key)) => {
-                    println!("CA certificate: {}", cert.display());
-                    println!("CA key:         {}", key.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ca init: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(
+                "ca init",
+                "CA",
+                ca::init(&dir, &cn, key_type, validity, force),
+            )
         }
         Cmd::Ca {
             command:
@@ -121,27 +112,34 @@ fn main() -> ExitCode {
         } => {
             let validity = match parse_duration(&validity) {
                 Ok(v) => v,
-                Err(e) => {
-                    eprintln!("--validity: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return usage(&format!("--validity: {e}")),
             };
             let issued = ca::Ca::load(&dir.join(ca::CERT_FILE), &dir.join(ca::KEY_FILE), validity)
                 .and_then(|c| c.issue_member(&name, &dns, &ip))
                 .and_then(|(cert, key)| ca::write_member(&out, &name, &cert, &key));
-            match issued {
-                Ok((cert, key)) => {
-                    println!("member certificate: {}", cert.display());
-                    println!("member key:         {}", key.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ca issue-member: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report("ca issue-member", "member", issued)
         }
         Cmd::Run { config } => run(config),
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(2)
+}
+
+/// Prints the files a `ca` command wrote, or its error.
+fn report(cmd: &str, what: &str, result: Result<(PathBuf, PathBuf), ca::CaError>) -> ExitCode {
+    match result {
+        Ok((cert, key)) => {
+            println!("{what} certificate: {}", cert.display());
+            println!("{what} key:         {}", key.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{cmd}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,0 +1,225 @@
+//! The `cluster` section: running as a member of a Raft group, and its checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, parse_duration, ConfigError};
+
+/// One member of the Raft group, as the `cluster.members` list names it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    pub id: u64,
+    pub name: String,
+    /// Where its Raft gRPC service listens (`host:port`).
+    pub raft_addr: String,
+    #[serde(default)]
+    pub admin_addr: String,
+}
+
+/// Running as a member of a Raft group instead of alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This member's id in `members`.
+    pub id: u64,
+    /// The group's members. A new group is made from this list once, by the member with the
+    /// lowest id; afterwards membership changes go through the admin API.
+    pub members: Vec<ClusterMember>,
+    /// Address the Raft gRPC server binds; defaults to this member's `raft_addr`.
+    #[serde(default)]
+    pub raft_listen: Option<String>,
+    /// The name all members use as sender and caller on NATS, so a server's provisioning lock
+    /// is held by the cluster, not one member, and another member can take over at once.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// Mutual TLS between members: the cluster CA and this member's certificate and key
+    /// (`provisioner ca issue-member`).
+    #[serde(default)]
+    pub tls: Option<ClusterTls>,
+    /// Member-to-member traffic without TLS; for development only.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: String,
+    #[serde(default = "default_election_timeout")]
+    pub election_timeout: String,
+    /// How long a claimed server stays with its member without news before others may take it.
+    #[serde(default = "default_claim_lease")]
+    pub claim_lease: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_cluster_name() -> String {
+    "provisioner".into()
+}
+fn default_heartbeat() -> String {
+    "250ms".into()
+}
+fn default_election_timeout() -> String {
+    "1s".into()
+}
+fn default_claim_lease() -> String {
+    "30s".into()
+}
+
+/// The checked cluster settings.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub id: u64,
+    pub name: String,
+    pub members: Vec<ClusterMember>,
+    pub raft_listen: std::net::SocketAddr,
+    /// `None` only with `insecure_plaintext`.
+    pub tls: Option<ClusterTls>,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub claim_lease: Duration,
+}
+
+pub(super) fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Cluster, ConfigError> {
+    if !has_data_dir {
+        return Err(invalid(
+            "data_dir",
+            "is required with a cluster section (the Raft log lives there)",
+        ));
+    }
+    match (&c.tls, c.insecure_plaintext) {
+        (None, false) => {
+            return Err(invalid(
+                "cluster.tls",
+                "is required (ca, cert, key); set insecure_plaintext: true only for development",
+            ))
+        }
+        (Some(_), true) => {
+            return Err(invalid(
+                "cluster.insecure_plaintext",
+                "cannot be set together with cluster.tls",
+            ))
+        }
+        _ => {}
+    }
+    if c.members.is_empty() {
+        return Err(invalid("cluster.members", "lists no members"));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for m in &c.members {
+        if !ids.insert(m.id) {
+            return Err(invalid(
+                "cluster.members",
+                format!("id {} appears twice", m.id),
+            ));
+        }
+        if !names.insert(m.name.clone()) {
+            return Err(invalid(
+                "cluster.members",
+                format!("name {} appears twice", m.name),
+            ));
+        }
+        if !proto::subject::is_valid_identity(&m.name) {
+            return Err(invalid(
+                "cluster.members",
+                format!("{:?} is not a valid name", m.name),
+            ));
+        }
+    }
+    let me = c
+        .members
+        .iter()
+        .find(|m| m.id == c.id)
+        .ok_or_else(|| invalid("cluster.id", format!("{} is not in cluster.members", c.id)))?;
+    let listen = c
+        .raft_listen
+        .clone()
+        .unwrap_or_else(|| me.raft_addr.clone());
+    let raft_listen = listen
+        .parse()
+        .map_err(|e| invalid("cluster.raft_listen", format!("{listen:?}: {e}")))?;
+    if !proto::subject::is_valid_token(&c.name) {
+        return Err(invalid(
+            "cluster.name",
+            format!("{:?} is not a valid name", c.name),
+        ));
+    }
+    let heartbeat = parse_duration(&c.heartbeat).map_err(|e| invalid("cluster.heartbeat", e))?;
+    let election_timeout =
+        parse_duration(&c.election_timeout).map_err(|e| invalid("cluster.election_timeout", e))?;
+    if election_timeout < heartbeat * 3 {
+        return Err(invalid(
+            "cluster.election_timeout",
+            "must be at least three heartbeats",
+        ));
+    }
+    Ok(Cluster {
+        id: c.id,
+        name: c.name,
+        members: c.members,
+        raft_listen,
+        tls: c.tls,
+        heartbeat,
+        election_timeout,
+        claim_lease: parse_duration(&c.claim_lease)
+            .map_err(|e| invalid("cluster.claim_lease", e))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, MINIMAL};
+    use std::time::Duration;
+
+    const CLUSTER: &str = r#"
+data_dir: /var/lib/p
+cluster:
+  id: 2
+  insecure_plaintext: true
+  members:
+    - {id: 1, name: prov1, raft_addr: "127.0.0.1:7001"}
+    - {id: 2, name: prov2, raft_addr: "127.0.0.1:7002"}
+    - {id: 3, name: prov3, raft_addr: "127.0.0.1:7003"}
+"#;
+
+    #[test]
+    fn cluster_member_config() {
+        let c = parse(&format!("{MINIMAL}{CLUSTER}")).unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(c.identity, "prov2");
+        assert_eq!(cl.raft_listen.port(), 7002);
+        assert_eq!(cl.name, "provisioner");
+        assert_eq!(cl.claim_lease, Duration::from_secs(30));
+
+        let cases = [
+            (CLUSTER.replace("data_dir: /var/lib/p\n", ""), "data_dir"),
+            (
+                CLUSTER.replace("  insecure_plaintext: true\n", ""),
+                "insecure_plaintext",
+            ),
+            (CLUSTER.replace("id: 2\n", "id: 9\n"), "cluster.id"),
+            (CLUSTER.replace("id: 3,", "id: 1,"), "appears twice"),
+            (
+                CLUSTER.replace("name: prov3", "name: prov1"),
+                "appears twice",
+            ),
+            (CLUSTER.replace("127.0.0.1:7002", "nowhere"), "raft_listen"),
+            (format!("{CLUSTER}identity: other\n"), "identity"),
+            (format!("{CLUSTER}  bogus: 1\n"), "bogus"),
+        ];
+        for (text, key) in cases {
+            let err = match parse(&format!("{MINIMAL}{text}")) {
+                Ok(_) => panic!("accepted bad cluster config for {key}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}
