@@ -251,11 +251,12 @@ fn killing_the_leader_mid_run_loses_and_repeats_nothing() {
     assert_eq!(n(&summary, "verified"), 300, "{summary}");
     // no serial was delivered twice
     assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
-    let statuses = wait_all(&survivors, Duration::from_secs(30), |s| enrolled(s) >= 290);
-    assert_eq!(
-        statuses[0]["ledger"]["digest"],
-        statuses[1]["ledger"]["digest"]
-    );
+    // every server has one record and the survivors agree on them; servers the killed member
+    // had configured but not yet marked enrolled stay claimed by it (at most one per worker),
+    // with their credential recorded
+    wait_agree(&survivors, Duration::from_secs(30), |s| {
+        s["ledger"]["records"].as_u64() == Some(300) && enrolled(s) >= 300 - 24
+    });
 }
 
 #[test]
