@@ -366,15 +366,13 @@ async fn housekeeping(
                 rm.membership_config.membership().voter_ids().count() as i64,
             );
         }
-        let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut owned = 0;
-        for r in svc.ledger.records().await {
-            *by_state.entry(state_name(r.state)).or_default() += 1;
-            if r.state == EnrollState::Claimed && r.owner.as_deref() == Some(svc.member.as_str()) {
-                owned += 1;
-            }
-        }
-        m.set(&m.owned, owned);
+        let counts = svc.ledger.counts(&svc.member).await;
+        m.set(&m.owned, counts.owned_by_member as i64);
+        let by_state: BTreeMap<&str, i64> = counts
+            .by_state
+            .iter()
+            .map(|(s, n)| (state_name(*s), *n as i64))
+            .collect();
         for s in ["claimed", "enrolled", "deferred", "failed", "shutdown"] {
             m.ledger_records
                 .with_label_values(&[m.site(), s])

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::command::Command;
-use crate::state::{ClusterSettings, Record, Rejection};
+use crate::state::{ClusterSettings, LedgerCounts, Record, Rejection};
 
 /// The result of applying a command.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -41,6 +41,9 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Members that take work: a heartbeat within `window_ms` of `now_ms`, not draining.
     async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String>;
+
+    /// Records by state and the number `member` holds a claim on.
+    async fn counts(&self, member: &str) -> LedgerCounts;
 
     /// The replicated cluster settings (paused, draining members).
     async fn settings(&self) -> ClusterSettings;

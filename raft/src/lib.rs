@@ -21,4 +21,6 @@ pub mod types;
 pub use command::{Command, ReleaseOutcome};
 pub use ledger::{Applied, Ledger, LedgerError};
 pub use local::LocalLedger;
-pub use state::{ClusterSettings, Credential, EnrollState, LedgerState, Record, Rejection};
+pub use state::{
+    ClusterSettings, Credential, EnrollState, LedgerCounts, LedgerState, Record, Rejection,
+};

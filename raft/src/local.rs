@@ -6,7 +6,7 @@ use tokio::sync::Mutex;
 
 use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
-use crate::state::{ClusterSettings, LedgerState, Record};
+use crate::state::{ClusterSettings, LedgerCounts, LedgerState, Record};
 
 #[derive(Default)]
 pub struct LocalLedger {
@@ -42,6 +42,10 @@ impl Ledger for LocalLedger {
 
     async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String> {
         self.state.lock().await.live_members(now_ms, window_ms)
+    }
+
+    async fn counts(&self, member: &str) -> LedgerCounts {
+        self.state.lock().await.counts(member)
     }
 
     async fn settings(&self) -> ClusterSettings {

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
 use crate::member::RaftMember;
-use crate::state::{ClusterSettings, Record};
+use crate::state::{ClusterSettings, LedgerCounts, Record};
 use crate::types::{Batch, BatchResult, NodeId};
 
 /// Most commands in one log entry.
@@ -181,6 +181,10 @@ impl Ledger for RaftLedger {
             .await
             .ledger
             .live_members(now_ms, window_ms)
+    }
+
+    async fn counts(&self, member: &str) -> LedgerCounts {
+        self.member.store.state().await.ledger.counts(member)
     }
 
     async fn settings(&self) -> ClusterSettings {

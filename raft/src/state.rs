@@ -24,7 +24,7 @@ use crate::command::{Command, ReleaseOutcome};
 /// Entries kept in a record's history; older ones are dropped.
 pub const HISTORY_LIMIT: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EnrollState {
     Claimed,
     Enrolled,
@@ -110,6 +110,13 @@ pub struct LedgerState {
     settings: ClusterSettings,
 }
 
+/// Record counts for metrics and status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LedgerCounts {
+    pub by_state: BTreeMap<EnrollState, usize>,
+    pub owned_by_member: usize,
+}
+
 /// Replicated switches operators flip for the whole cluster.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSettings {
@@ -134,6 +141,18 @@ impl LedgerState {
             heartbeats,
             settings,
         }
+    }
+
+    /// Records by state, and how many `member` holds a claim on; without copying records.
+    pub fn counts(&self, member: &str) -> LedgerCounts {
+        let mut c = LedgerCounts::default();
+        for r in self.records.values() {
+            *c.by_state.entry(r.state).or_default() += 1;
+            if r.state == EnrollState::Claimed && r.owner.as_deref() == Some(member) {
+                c.owned_by_member += 1;
+            }
+        }
+        c
     }
 
     pub fn settings(&self) -> &ClusterSettings {
