@@ -2,6 +2,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=protos");
-    tonic_build::configure().compile_protos(&["protos/raft.proto"], &["protos"])?;
+    tonic_build::configure()
+        // admin replies print as JSON in the CLI
+        .message_attribute(".provisioner.admin.v1", "#[derive(serde::Serialize)]")
+        .compile_protos(&["protos/raft.proto", "protos/admin.proto"], &["protos"])?;
     Ok(())
 }

@@ -267,11 +267,6 @@ impl Ca {
         dns: &[String],
         ips: &[std::net::IpAddr],
     ) -> Result<(String, String), CaError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::KeyGen(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
         let mut sans = Vec::new();
         for d in std::iter::once(name).chain(dns.iter().map(String::as_str)) {
             let dns_like = !d.is_empty()
@@ -287,16 +282,49 @@ impl Ca {
             ));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        self.issue_leaf(
+            name,
+            sans,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// A client certificate and key (PEM) for operator `name`, for the admin API.
+    pub fn issue_admin(&self, name: &str) -> Result<(String, String), CaError> {
+        let printable = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._@".contains(c));
+        if !printable {
+            return Err(CaError::Sign(format!(
+                "{name:?} is not a valid operator name (letters, digits, - . _ @)"
+            )));
+        }
+        self.issue_leaf(name, Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    fn issue_leaf(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::KeyGen(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = ekus;
         params.serial_number = Some(random_serial().0);
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
@@ -306,6 +334,51 @@ impl Ca {
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+
+    /// A CRL (PEM) listing `revoked` (serial in hex, revocation time in Unix seconds), signed
+    /// by the CA, valid for `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[(String, i64)],
+        number: u64,
+        next_update: Duration,
+    ) -> Result<String, CaError> {
+        let mut certs = Vec::with_capacity(revoked.len());
+        for (serial, at) in revoked {
+            let bytes = hex::decode(serial)
+                .map_err(|e| CaError::Sign(format!("serial {serial:?}: {e}")))?;
+            certs.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: OffsetDateTime::from_unix_timestamp(*at)
+                    .map_err(|e| CaError::Sign(format!("revocation time {at}: {e}")))?,
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + to_time(next_update)?,
+            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer, &self.key)
+            .and_then(|c| c.pem())
+            .map_err(|e| CaError::Sign(e.to_string()))
+    }
+}
+
+/// Writes `pem` to `path` through a temporary file, so readers never see half a CRL.
+pub fn write_crl(path: &Path, pem: &str) -> Result<(), CaError> {
+    let tmp = path.with_extension("tmp");
+    write_file(&tmp, pem.as_bytes(), 0o644)?;
+    std::fs::rename(&tmp, path).map_err(|source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes a member's certificate and key into `dir` as `<name>.pem` and `<name>.key` (0600).
@@ -472,5 +545,49 @@ mod tests {
         std::fs::write(&cert, "garbage").unwrap();
         assert!(Ca::load(&cert, &key, Duration::from_secs(60)).is_err());
         assert!(describe("garbage").is_err());
+    }
+
+    #[test]
+    fn admin_certificates_and_crls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = init(
+            dir.path(),
+            "Test CA",
+            KeyType::EcdsaP256,
+            Duration::from_secs(86400),
+            false,
+        )
+        .unwrap();
+        let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
+        let (cert, _key) = ca.issue_admin("ops-alice").unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        let x = pem.parse_x509().unwrap();
+        let eku = x.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert!(ca.issue_admin("no spaces").is_err());
+
+        let crl = ca
+            .crl(
+                &[
+                    ("4a01".into(), 1_700_000_000),
+                    ("5b02".into(), 1_700_000_100),
+                ],
+                7,
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(crl.as_bytes()).unwrap();
+        assert_eq!(pem.label, "X509 CRL");
+        let (_, parsed) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&pem.contents)
+                .unwrap();
+        let serials: Vec<String> = parsed
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect();
+        assert_eq!(serials, vec!["4a01", "5b02"]);
+        assert!(ca
+            .crl(&[("zz".into(), 0)], 1, Duration::from_secs(60))
+            .is_err());
     }
 }

@@ -11,8 +11,11 @@ use regex::Regex;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod admin;
 mod cluster;
 
+use admin::check_admin;
+pub use admin::{Admin, AdminSection, AdminTlsSection};
 use cluster::check_cluster;
 pub use cluster::{Cluster, ClusterMember, ClusterSection, ClusterTls};
 
@@ -86,6 +89,10 @@ pub struct CaSection {
     /// Validity of issued certificates, e.g. `365d`.
     #[serde(default = "default_cert_validity")]
     pub validity: String,
+    /// Where the certificate revocation list is written (PEM) whenever a credential is
+    /// revoked; default `data_dir/crl.pem`.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 fn default_cert_validity() -> String {
@@ -170,6 +177,12 @@ struct RawConfig {
     monitor_listen: String,
     #[serde(default)]
     cluster: Option<ClusterSection>,
+    #[serde(default)]
+    admin: Option<AdminSection>,
+    /// Inventory facts kept in the ledger for reprovision filters; default: every top-level
+    /// fact with a scalar value, up to 2 KiB per server.
+    #[serde(default)]
+    ledger_facts: Option<Vec<String>>,
 }
 
 fn default_interval() -> String {
@@ -250,6 +263,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// Set when running as a Raft group member.
     pub cluster: Option<Cluster>,
+    pub admin: Option<Admin>,
+    pub ledger_facts: Option<Vec<String>>,
     /// Warnings about accepted-but-unused keys, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -407,6 +422,13 @@ impl Config {
             Some(c) => Some(check_cluster(c, raw.data_dir.is_some())?),
             None => None,
         };
+        let admin = match raw.admin {
+            Some(a) => Some(check_admin(
+                a,
+                cluster.as_ref().and_then(|c| c.tls.as_ref()),
+            )?),
+            None => None,
+        };
 
         // a cluster member is known by its member name everywhere
         let identity = match (&cluster, raw.identity.is_empty()) {
@@ -483,6 +505,8 @@ impl Config {
             retry_backoff_max,
             max_attempts: raw.max_attempts,
             cluster,
+            admin,
+            ledger_facts: raw.ledger_facts,
             warnings,
         })
     }

@@ -5,8 +5,9 @@
 //! [`helper`], [`enroll`] (with the built-in [`ca`]) and [`configure`], recording each state
 //! change in the ledger (the `raft` crate). [`rpc`] carries every request over NATS,
 //! [`metrics`] counts what happens, [`config`] reads the configuration file and [`service`]
-//! starts it all.
+//! starts it all. [`admin`] is the operator API and CLI.
 
+pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod configure;

@@ -1,9 +1,11 @@
-//! The `provisioner` command: `run` a provisioner, or manage its CA.
+//! The `provisioner` command: `run` a provisioner, manage its CA, or operate a running
+//! cluster (`admin`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use node::admin::cli::AdminArgs;
 use node::ca::{self, KeyType};
 use node::config::{parse_duration, Config};
 use node::service::Provisioner;
@@ -31,6 +33,13 @@ enum Cmd {
     Ca {
         #[command(subcommand)]
         command: CaCmd,
+    },
+    /// Operate a running cluster through any member's admin API
+    Admin(AdminArgs),
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -72,6 +81,21 @@ enum CaCmd {
         ip: Vec<std::net::IpAddr>,
         /// Validity, e.g. 1y
         #[arg(long, default_value = "1y")]
+        validity: String,
+    },
+    /// Issue an operator's client certificate for the admin API
+    IssueAdmin {
+        /// Directory of the admin CA (made with `ca init`)
+        #[arg(long)]
+        dir: PathBuf,
+        /// The operator's name (certificate common name), shown in ledger history
+        #[arg(long)]
+        name: String,
+        /// Where to write NAME.pem and NAME.key
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity, e.g. 90d
+        #[arg(long, default_value = "90d")]
         validity: String,
     },
 }
@@ -118,6 +142,34 @@ fn main() -> ExitCode {
                 .and_then(|c| c.issue_member(&name, &dns, &ip))
                 .and_then(|(cert, key)| ca::write_member(&out, &name, &cert, &key));
             report("ca issue-member", "member", issued)
+        }
+        Cmd::Ca {
+            command:
+                CaCmd::IssueAdmin {
+                    dir,
+                    name,
+                    out,
+                    validity,
+                },
+        } => {
+            let validity = match parse_duration(&validity) {
+                Ok(v) => v,
+                Err(e) => return usage(&format!("--validity: {e}")),
+            };
+            let issued = ca::Ca::load(&dir.join(ca::CERT_FILE), &dir.join(ca::KEY_FILE), validity)
+                .and_then(|c| c.issue_admin(&name))
+                .and_then(|(cert, key)| ca::write_member(&out, &name, &cert, &key));
+            report("ca issue-admin", "admin", issued)
+        }
+        Cmd::Admin(args) => node::admin::cli::run(args),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "provisioner",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
         }
         Cmd::Run { config } => run(config),
     }

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub owned: IntGaugeVec,
     /// Ledger records by state.
     pub ledger_records: IntGaugeVec,
+    /// Admin API calls by method and gRPC status code.
+    pub admin_requests: IntCounterVec,
+    /// Reprovision requests sent by the admin API, by result (ok, no_answer, error).
+    pub reprovision_requests: IntCounterVec,
+    /// Revoked credentials in the ledger (the CRL's size before expired entries drop out).
+    pub revoked: IntGaugeVec,
 }
 
 // Metric definitions are constants of this program; registering them can only fail on a
@@ -195,6 +201,20 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("register");
                 g
             },
+            admin_requests: counter(
+                "choria_provisioner_admin_requests",
+                "Admin API calls by method and status code",
+                &["site", "method", "code"],
+            ),
+            reprovision_requests: counter(
+                "choria_provisioner_reprovision_requests",
+                "Reprovision requests sent to servers, by result",
+                &["site", "result"],
+            ),
+            revoked: gauge(
+                "choria_provisioner_revoked_credentials",
+                "Revoked credentials recorded in the ledger",
+            ),
             registry,
             site: site.to_string(),
         };

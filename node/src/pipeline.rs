@@ -94,11 +94,12 @@ pub async fn provision(svc: &Services, identity: &str) -> Outcome {
         Err(skip) => return skip,
     }
     let (outcome, release) = match run_steps(svc, identity).await {
-        Ok(Step::Done(digest)) => {
+        Ok(Step::Done(digest, facts)) => {
             let cmd = Command::Enrolled {
                 identity: identity.to_string(),
                 member: svc.member.clone(),
                 config_digest: digest,
+                facts,
                 at_ms: now_ms(),
             };
             if let Err(reason) = propose(svc, cmd).await {
@@ -130,8 +131,12 @@ pub async fn provision(svc: &Services, identity: &str) -> Outcome {
     outcome
 }
 
+/// Most bytes of facts kept in the ledger per server.
+const LEDGER_FACTS_BUDGET: usize = 2048;
+
 enum Step {
-    Done(String),
+    /// Configured: the configuration digest and the facts to keep.
+    Done(String, std::collections::BTreeMap<String, String>),
     Deferred(String),
     Shutdown(String),
 }
@@ -197,6 +202,11 @@ async fn run_steps(svc: &Services, identity: &str) -> Result<Step, String> {
     if svc.is_paused() {
         return Err("provisioning is paused".into());
     }
+    let facts = crate::admin::select::ledger_facts(
+        &inventory.parsed.facts,
+        svc.config.ledger_facts.as_deref(),
+        LEDGER_FACTS_BUDGET,
+    );
     let request = HelperRequest {
         identity: identity.to_string(),
         csr: fetched_csr.as_ref().map(|c| c.reply.clone()),
@@ -255,6 +265,10 @@ async fn run_steps(svc: &Services, identity: &str) -> Result<Step, String> {
         ..Default::default()
     };
 
+    // a pause that came while the helper ran stops the flow before anything is issued
+    if svc.is_paused() {
+        return Err("provisioning is paused".into());
+    }
     if let Some(c) = &fetched_csr {
         // the claim must outlive the rest of the flow; renew it before issuing
         claim(svc, identity)
@@ -277,5 +291,5 @@ async fn run_steps(svc: &Services, identity: &str) -> Result<Step, String> {
     configure::restart(svc, identity)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Step::Done(digest))
+    Ok(Step::Done(digest, facts))
 }

@@ -15,6 +15,7 @@ use raft::{Command, EnrollState, Ledger, LocalLedger};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use crate::admin::server::AdminContext;
 use crate::ca::{Ca, CaError};
 use crate::config::{Cluster, Config};
 use crate::helper::{ExternalHelper, UserLogic};
@@ -29,7 +30,12 @@ use crate::{discover, VERSION};
 /// How often a member says it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A member is live while its last heartbeat is younger than this.
-const LIVE_WINDOW_MS: u64 = 7_000;
+pub(crate) const LIVE_WINDOW_MS: u64 = 7_000;
+/// How often a member looks at the replicated settings (pause, rebalance).
+const SETTINGS_EVERY: Duration = Duration::from_millis(200);
+/// A CRL is valid this long; it is rewritten well before, on every change and every day.
+const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
+const CRL_REFRESH: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -52,6 +58,8 @@ pub enum ServiceError {
     NoHelper,
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("admin API: {0}")]
+    Admin(#[from] crate::admin::tls::TlsError),
 }
 
 /// A running provisioner.
@@ -189,10 +197,37 @@ impl Provisioner {
             sub,
         )));
 
+        let extra = extra_fn(services.clone(), queue.clone());
+        if let Some(m) = &member {
+            m.set_extra(extra.clone());
+        }
+        if let Some(admin) = &config.admin {
+            let reprovision = RpcClient::start(
+                nats.clone(),
+                &sender,
+                &config.identity,
+                &admin.reprovision_collective,
+                metrics.clone(),
+            )
+            .await?;
+            let ctx = Arc::new(AdminContext {
+                svc: services.clone(),
+                member: member.clone(),
+                reprovision,
+                extra,
+                cluster: sender.clone(),
+            });
+            tasks.push(crate::admin::server::serve(ctx, admin).await?);
+        }
+
         let rediscover = Arc::new(Notify::new());
         tasks.push(tokio::spawn(housekeeping(
             services.clone(),
             member.clone(),
+            rediscover.clone(),
+        )));
+        tasks.push(tokio::spawn(follow_settings(
+            services.clone(),
             rediscover.clone(),
         )));
         tasks.push(tokio::spawn(discover::run_discovery(
@@ -318,6 +353,7 @@ async fn housekeeping(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_beat = None::<tokio::time::Instant>;
+    let mut crl = CrlState::default();
     loop {
         tick.tick().await;
         let m = &svc.metrics;
@@ -343,12 +379,6 @@ async fn housekeeping(
                 rediscover.notify_one();
             }
         }
-        // pause is replicated: every member follows the ledger's switch
-        let paused = svc.ledger.settings().await.paused;
-        if paused != svc.is_paused() {
-            tracing::warn!(paused, "provisioning pause changed");
-            svc.set_paused(paused);
-        }
         if let Some(member) = &member {
             let rm = member.raft.metrics().borrow().clone();
             m.set(&m.raft_term, rm.current_term as i64);
@@ -368,27 +398,105 @@ async fn housekeeping(
         }
         let counts = svc.ledger.counts(&svc.member).await;
         m.set(&m.owned, counts.owned_by_member as i64);
+        m.set(&m.revoked, counts.revoked as i64);
+        crl.refresh(&svc, counts.revoked).await;
         let by_state: BTreeMap<&str, i64> = counts
             .by_state
             .iter()
-            .map(|(s, n)| (state_name(*s), *n as i64))
+            .map(|(s, n)| (s.name(), *n as i64))
             .collect();
-        for s in ["claimed", "enrolled", "deferred", "failed", "shutdown"] {
+        for s in EnrollState::ALL {
             m.ledger_records
-                .with_label_values(&[m.site(), s])
-                .set(by_state.get(s).copied().unwrap_or(0));
+                .with_label_values(&[m.site(), s.name()])
+                .set(by_state.get(s.name()).copied().unwrap_or(0));
         }
     }
 }
 
-fn state_name(s: EnrollState) -> &'static str {
-    match s {
-        EnrollState::Claimed => "claimed",
-        EnrollState::Enrolled => "enrolled",
-        EnrollState::Deferred => "deferred",
-        EnrollState::Failed => "failed",
-        EnrollState::Shutdown => "shutdown",
+/// Follows the replicated settings closely: a pause stops new work on every member within a
+/// fraction of a second, and a rebalance makes this member rediscover.
+async fn follow_settings(svc: Arc<Services>, rediscover: Arc<Notify>) {
+    let mut tick = tokio::time::interval(SETTINGS_EVERY);
+    let mut epoch = None;
+    loop {
+        tick.tick().await;
+        let settings = svc.ledger.settings().await;
+        if settings.paused != svc.is_paused() {
+            tracing::warn!(paused = settings.paused, "provisioning pause changed");
+            svc.set_paused(settings.paused);
+        }
+        if epoch.is_some_and(|e| e != settings.rebalance_epoch) {
+            tracing::info!("rebalance requested; rediscovering");
+            rediscover.notify_one();
+        }
+        epoch = Some(settings.rebalance_epoch);
     }
+}
+
+/// Rewrites the CRL of the built-in CA when the ledger's revocations change (and daily).
+#[derive(Default)]
+struct CrlState {
+    written_for: Option<usize>,
+    written_at: Option<tokio::time::Instant>,
+    number: u64,
+}
+
+impl CrlState {
+    async fn refresh(&mut self, svc: &Services, revoked: usize) {
+        let (Some(ca), Some(path)) = (&svc.ca, crl_path(&svc.config)) else {
+            return;
+        };
+        let fresh = self.written_at.is_some_and(|t| t.elapsed() < CRL_REFRESH);
+        if self.written_for == Some(revoked) && fresh {
+            return;
+        }
+        let now_s = (now_ms() / 1000) as i64;
+        let entries: Vec<(String, i64)> = svc
+            .ledger
+            .records()
+            .await
+            .iter()
+            .flat_map(|r| r.revoked.iter())
+            .filter(|v| v.not_after > now_s)
+            .map(|v| (v.serial.clone(), (v.revoked_at_ms / 1000) as i64))
+            .collect();
+        // CRL numbers must grow; time-based numbers keep growing across restarts
+        self.number = self.number.max(now_ms()) + 1;
+        match ca
+            .crl(&entries, self.number, CRL_VALIDITY)
+            .and_then(|pem| crate::ca::write_crl(&path, &pem))
+        {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), entries = entries.len(), "CRL written");
+                self.written_for = Some(revoked);
+                self.written_at = Some(tokio::time::Instant::now());
+            }
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot write CRL"),
+        }
+    }
+}
+
+/// Where the CRL goes: `ca.crl`, else `data_dir/crl.pem`.
+fn crl_path(config: &Config) -> Option<std::path::PathBuf> {
+    config
+        .ca
+        .as_ref()
+        .and_then(|c| c.crl.clone())
+        .or_else(|| config.data_dir.as_ref().map(|d| d.join("crl.pem")))
+}
+
+/// What this member tells peers and operators about its own work.
+fn extra_fn(svc: Arc<Services>, queue: Arc<WorkQueue>) -> raft::admin::ExtraFn {
+    Arc::new(move || {
+        let (queued, in_flight, waiting) = queue.counts();
+        serde_json::json!({
+            "version": VERSION,
+            "paused": svc.is_paused(),
+            "queued": queued,
+            "in_flight": in_flight,
+            "waiting_retry": waiting,
+        })
+    })
 }
 
 /// The `/status` document: this member, the group as it sees it, its work and its ledger.
@@ -404,7 +512,7 @@ fn status_fn(
             let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
             let mut enrolled_by: BTreeMap<String, usize> = BTreeMap::new();
             for r in &records {
-                *by_state.entry(state_name(r.state)).or_default() += 1;
+                *by_state.entry(r.state.name()).or_default() += 1;
                 if r.state == EnrollState::Enrolled {
                     if let Some(c) = &r.credential {
                         *enrolled_by.entry(c.issued_by.clone()).or_default() += 1;

@@ -63,6 +63,18 @@ impl WorkQueue {
     /// already.
     pub fn offer(&self, identity: &str, source: Source) -> bool {
         if !self.svc.owns(identity) {
+            // a retry of a server that moved to another member is forgotten here
+            if source == Source::Retry {
+                if let Ok(mut entries) = self.entries.lock() {
+                    if entries
+                        .get(identity)
+                        .is_some_and(|e| e.state == State::Waiting)
+                    {
+                        entries.remove(identity);
+                        self.update_gauges(&entries);
+                    }
+                }
+            }
             return false;
         }
         let Ok(mut entries) = self.entries.lock() else {

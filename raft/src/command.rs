@@ -40,6 +40,9 @@ pub enum Command {
         identity: String,
         member: String,
         config_digest: String,
+        /// Inventory facts kept for fact filters (see `ledger_facts`).
+        #[serde(default)]
+        facts: std::collections::BTreeMap<String, String>,
         at_ms: u64,
     },
     /// `member` stops working on `identity`.
@@ -59,6 +62,36 @@ pub enum Command {
         draining: bool,
         at_ms: u64,
     },
+    /// Every member looks at the waiting servers again (after membership changes).
+    Rebalance { at_ms: u64 },
+    /// An operator revokes the server's current credential.
+    Revoke {
+        identity: String,
+        member: String,
+        reason: String,
+        at_ms: u64,
+    },
+    /// An operator asked the server to go back to provisioning mode; it may be claimed again.
+    RequestReprovision {
+        identity: String,
+        member: String,
+        at_ms: u64,
+    },
+    /// A line in the server's history (for example how a reprovision request went).
+    Note {
+        identity: String,
+        member: String,
+        event: String,
+        at_ms: u64,
+    },
+    /// Takes the claim away from `from` (a dead or draining member) so another may take it.
+    Reassign {
+        identity: String,
+        from: String,
+        member: String,
+        reason: String,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -68,10 +101,15 @@ impl Command {
             Command::Claim { identity, .. }
             | Command::IssueCredential { identity, .. }
             | Command::Enrolled { identity, .. }
-            | Command::Release { identity, .. } => Some(identity),
-            Command::Heartbeat { .. } | Command::SetPaused { .. } | Command::SetDraining { .. } => {
-                None
-            }
+            | Command::Release { identity, .. }
+            | Command::Revoke { identity, .. }
+            | Command::RequestReprovision { identity, .. }
+            | Command::Note { identity, .. }
+            | Command::Reassign { identity, .. } => Some(identity),
+            Command::Heartbeat { .. }
+            | Command::SetPaused { .. }
+            | Command::SetDraining { .. }
+            | Command::Rebalance { .. } => None,
         }
     }
 }

@@ -47,4 +47,7 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// The replicated cluster settings (paused, draining members).
     async fn settings(&self) -> ClusterSettings;
+
+    /// Last heartbeat (Unix ms) of every member that ever sent one.
+    async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64>;
 }

@@ -8,6 +8,7 @@
 //! same interface by committing the same commands through the Raft log of a [`member`], whose
 //! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC.
 
+pub mod admin;
 pub mod command;
 pub mod ledger;
 pub mod local;
@@ -23,4 +24,5 @@ pub use ledger::{Applied, Ledger, LedgerError};
 pub use local::LocalLedger;
 pub use state::{
     ClusterSettings, Credential, EnrollState, LedgerCounts, LedgerState, Record, Rejection,
+    Revocation,
 };

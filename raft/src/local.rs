@@ -51,4 +51,8 @@ impl Ledger for LocalLedger {
     async fn settings(&self) -> ClusterSettings {
         self.state.lock().await.settings().clone()
     }
+
+    async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.state.lock().await.heartbeats().clone()
+    }
 }

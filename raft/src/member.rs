@@ -12,6 +12,9 @@ use openraft::{Config, SnapshotPolicy};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+use crate::admin::{
+    ChangeError, ExtraFn, MembershipChange, MembershipOutcome, PeerContext, PeerView,
+};
 use crate::network::{Network, Raft, RaftGrpc, Tls};
 use crate::store::Store;
 use crate::types::{Member, NodeId};
@@ -73,6 +76,7 @@ pub struct RaftMember {
     pub raft: Raft,
     pub store: Arc<Store>,
     pub network: Network,
+    ctx: Arc<PeerContext>,
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
@@ -107,7 +111,15 @@ impl RaftMember {
                 reason: e.to_string(),
             })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = RaftGrpc::server(raft.clone());
+        let ctx = Arc::new(PeerContext {
+            id: cfg.id,
+            me: cfg.me.clone(),
+            raft: raft.clone(),
+            store: store.clone(),
+            network: network.clone(),
+            extra: Default::default(),
+        });
+        let service = RaftGrpc::server(ctx.clone());
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &cfg.tls {
             builder = builder
@@ -132,6 +144,7 @@ impl RaftMember {
             raft,
             store,
             network,
+            ctx,
             stop: std::sync::Mutex::new(Some(stop)),
         })
     }
@@ -234,6 +247,59 @@ impl RaftMember {
             .await
             .map(|_| ())
             .map_err(|e| MemberError::Raft(e.to_string()))
+    }
+
+    /// Sets what this member adds to its view for peers and operators (once).
+    pub fn set_extra(&self, extra: ExtraFn) {
+        let _ = self.ctx.extra.set(extra);
+    }
+
+    /// This member's own view.
+    pub async fn view(&self) -> PeerView {
+        self.ctx.view().await
+    }
+
+    /// Every member's view, asked concurrently; `Err` for members that did not answer.
+    pub async fn views(&self) -> Vec<(NodeId, Member, Result<PeerView, String>)> {
+        let nodes: Vec<(NodeId, Member)> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let asks = nodes.into_iter().map(|(id, node)| async move {
+            let view = if id == self.id {
+                Ok(self.view().await)
+            } else {
+                match tokio::time::timeout(crate::admin::PEEK_TIMEOUT, self.network.peek(&node))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err("no answer".to_string()),
+                }
+            };
+            (id, node, view)
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Carries out a membership change on the leader, wherever it is.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipOutcome, ChangeError> {
+        match self.leader() {
+            Some((id, _)) if id == self.id => self.ctx.change(change).await,
+            Some((_, node)) => self
+                .network
+                .membership(&node, &change)
+                .await
+                .map_err(ChangeError::Unavailable)?,
+            None => Err(ChangeError::Unavailable("no leader".into())),
+        }
     }
 
     /// The current leader, as this member knows it.

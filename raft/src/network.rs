@@ -36,6 +36,7 @@ use tonic::transport::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::admin::{ChangeError, MembershipChange, MembershipOutcome, PeerContext, PeerView};
 use crate::types::{Batch, BatchResult, Member, NodeId, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -144,6 +145,27 @@ impl Network {
         decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
+    /// Asks `peer` for its own view of itself and the group.
+    pub async fn peek(&self, peer: &Member) -> Result<PeerView, String> {
+        let mut client = self.client(peer).map_err(|e| e.to_string())?;
+        let mut req = Request::new(encode(&()).map_err(|e| e.to_string())?);
+        req.set_timeout(crate::admin::PEEK_TIMEOUT);
+        let reply = client.peek(req).await.map_err(|e| e.to_string())?;
+        decode(reply.get_ref()).map_err(|e| e.to_string())
+    }
+
+    /// Asks `leader` to carry out a membership change.
+    pub async fn membership(
+        &self,
+        leader: &Member,
+        change: &MembershipChange,
+    ) -> Result<Result<MembershipOutcome, ChangeError>, String> {
+        let mut client = self.client(leader).map_err(|e| e.to_string())?;
+        let req = encode(change).map_err(|e| e.to_string())?;
+        let reply = client.membership(req).await.map_err(|e| e.to_string())?;
+        decode(reply.get_ref()).map_err(|e| e.to_string())
+    }
+
     /// Sends a batch of commands to `leader` to commit.
     pub async fn forward(&self, leader: &Member, batch: &Batch) -> Result<ForwardResult, String> {
         let mut client = self.client(leader).map_err(|e| e.to_string())?;
@@ -243,13 +265,17 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 /// The gRPC service a member serves to its peers.
 pub struct RaftGrpc {
     raft: Raft,
+    ctx: Arc<PeerContext>,
 }
 
 impl RaftGrpc {
-    pub fn server(raft: Raft) -> RaftServer<RaftGrpc> {
-        RaftServer::new(RaftGrpc { raft })
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+    pub fn server(ctx: Arc<PeerContext>) -> RaftServer<RaftGrpc> {
+        RaftServer::new(RaftGrpc {
+            raft: ctx.raft.clone(),
+            ctx,
+        })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024)
     }
 }
 
@@ -321,6 +347,16 @@ impl RaftService for RaftGrpc {
         let join: JoinRequest = decode(req.get_ref())?;
         let result = self.admit(join).await;
         encode(&result).map(Response::new)
+    }
+
+    async fn peek(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        encode(&self.ctx.view().await).map(Response::new)
+    }
+
+    async fn membership(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let change: MembershipChange = decode(req.get_ref())?;
+        tracing::warn!(?change, "membership change requested by a peer");
+        encode(&self.ctx.change(change).await).map(Response::new)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

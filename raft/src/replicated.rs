@@ -190,4 +190,8 @@ impl Ledger for RaftLedger {
     async fn settings(&self) -> ClusterSettings {
         self.member.store.state().await.ledger.settings().clone()
     }
+
+    async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.member.store.state().await.ledger.heartbeats().clone()
+    }
 }

@@ -13,7 +13,10 @@
 //! - a credential is recorded only by the member holding the claim, and a serial number is
 //!   never recorded twice;
 //! - only the owner releases or completes a claim;
-//! - a member is live while its last heartbeat is recent; heartbeats never go back in time.
+//! - a member is live while its last heartbeat is recent; heartbeats never go back in time;
+//! - a credential replaced by a new one, or revoked by an operator, is kept as revoked (the
+//!   CRL is made from these);
+//! - an operator's reprovision request makes an enrolled server claimable again.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -31,6 +34,51 @@ pub enum EnrollState {
     Deferred,
     Failed,
     Shutdown,
+    /// An operator asked it to go back to provisioning mode.
+    Reprovisioning,
+    /// An operator revoked its credential.
+    Revoked,
+}
+
+impl EnrollState {
+    pub const ALL: [EnrollState; 7] = [
+        EnrollState::Claimed,
+        EnrollState::Enrolled,
+        EnrollState::Deferred,
+        EnrollState::Failed,
+        EnrollState::Shutdown,
+        EnrollState::Reprovisioning,
+        EnrollState::Revoked,
+    ];
+
+    /// Lower-case name, as in metrics labels and the admin API.
+    pub fn name(self) -> &'static str {
+        match self {
+            EnrollState::Claimed => "claimed",
+            EnrollState::Enrolled => "enrolled",
+            EnrollState::Deferred => "deferred",
+            EnrollState::Failed => "failed",
+            EnrollState::Shutdown => "shutdown",
+            EnrollState::Reprovisioning => "reprovisioning",
+            EnrollState::Revoked => "revoked",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EnrollState> {
+        EnrollState::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// A credential that is no longer valid: replaced by a newer one or revoked by an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub serial: String,
+    pub fingerprint: String,
+    /// Unix seconds; after this the entry can leave the CRL.
+    pub not_after: i64,
+    pub revoked_at_ms: u64,
+    pub revoked_by: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +114,12 @@ pub struct Record {
     pub first_seen_ms: u64,
     pub updated_ms: u64,
     pub history: Vec<HistoryEntry>,
+    /// Earlier credentials of this server, all revoked.
+    #[serde(default)]
+    pub revoked: Vec<Revocation>,
+    /// Inventory facts kept at enrollment, for fact filters.
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
 }
 
 /// Why a command did not apply.
@@ -81,6 +135,8 @@ pub enum Rejection {
     UnknownServer,
     /// The serial number was recorded before, for `identity`.
     SerialInUse { identity: String },
+    /// The server has no credential to revoke.
+    NoCredential,
 }
 
 impl std::fmt::Display for Rejection {
@@ -93,6 +149,7 @@ impl std::fmt::Display for Rejection {
             Rejection::NotOwner { member } => write!(f, "{member} does not hold the claim"),
             Rejection::UnknownServer => f.write_str("unknown server"),
             Rejection::SerialInUse { identity } => write!(f, "serial already issued to {identity}"),
+            Rejection::NoCredential => f.write_str("no credential to revoke"),
         }
     }
 }
@@ -115,6 +172,10 @@ pub struct LedgerState {
 pub struct LedgerCounts {
     pub by_state: BTreeMap<EnrollState, usize>,
     pub owned_by_member: usize,
+    /// Live claims per member.
+    pub claimed_by: BTreeMap<String, usize>,
+    /// Revoked credentials over all records.
+    pub revoked: usize,
 }
 
 /// Replicated switches operators flip for the whole cluster.
@@ -122,6 +183,9 @@ pub struct LedgerCounts {
 pub struct ClusterSettings {
     pub paused: bool,
     pub draining: std::collections::BTreeSet<String>,
+    /// Bumped by every rebalance request; members rediscover when it changes.
+    #[serde(default)]
+    pub rebalance_epoch: u64,
 }
 
 impl LedgerState {
@@ -148,9 +212,13 @@ impl LedgerState {
         let mut c = LedgerCounts::default();
         for r in self.records.values() {
             *c.by_state.entry(r.state).or_default() += 1;
-            if r.state == EnrollState::Claimed && r.owner.as_deref() == Some(member) {
-                c.owned_by_member += 1;
+            if let (EnrollState::Claimed, Some(owner)) = (r.state, &r.owner) {
+                if owner == member {
+                    c.owned_by_member += 1;
+                }
+                *c.claimed_by.entry(owner.clone()).or_default() += 1;
             }
+            c.revoked += r.revoked.len();
         }
         c
     }
@@ -242,6 +310,12 @@ impl LedgerState {
                     });
                 }
                 let rec = self.owned_by(identity, member, *at_ms)?;
+                if let Some(old) = rec.credential.take() {
+                    if &old.serial != serial {
+                        let reason = format!("superseded by {serial}");
+                        revoke(rec, old, member, *at_ms, reason);
+                    }
+                }
                 rec.credential = Some(Credential {
                     serial: serial.clone(),
                     fingerprint: fingerprint.clone(),
@@ -263,6 +337,7 @@ impl LedgerState {
                 identity,
                 member,
                 config_digest,
+                facts,
                 at_ms,
             } => {
                 let rec = self.owned_by(identity, member, *at_ms)?;
@@ -271,7 +346,96 @@ impl LedgerState {
                 rec.lease_until_ms = 0;
                 rec.last_error = None;
                 rec.config_digest = Some(config_digest.clone());
+                rec.facts = facts.clone();
                 note(rec, *at_ms, member, "enrolled".into());
+                Ok(())
+            }
+
+            Command::Revoke {
+                identity,
+                member,
+                reason,
+                at_ms,
+            } => {
+                let rec = self
+                    .records
+                    .get_mut(identity)
+                    .ok_or(Rejection::UnknownServer)?;
+                let cred = rec.credential.take().ok_or(Rejection::NoCredential)?;
+                let serial = cred.serial.clone();
+                revoke(rec, cred, member, *at_ms, reason.clone());
+                // a flow in progress keeps its claim; it will issue a new credential
+                if rec.state != EnrollState::Claimed {
+                    rec.state = EnrollState::Revoked;
+                }
+                note(
+                    rec,
+                    *at_ms,
+                    member,
+                    format!("credential {serial} revoked: {reason}"),
+                );
+                Ok(())
+            }
+
+            Command::RequestReprovision {
+                identity,
+                member,
+                at_ms,
+            } => {
+                let rec = self
+                    .records
+                    .get_mut(identity)
+                    .ok_or(Rejection::UnknownServer)?;
+                if rec.state == EnrollState::Claimed && rec.lease_until_ms > *at_ms {
+                    if let Some(owner) = &rec.owner {
+                        return Err(Rejection::ClaimedBy {
+                            member: owner.clone(),
+                            until_ms: rec.lease_until_ms,
+                        });
+                    }
+                }
+                rec.state = EnrollState::Reprovisioning;
+                rec.owner = None;
+                rec.lease_until_ms = 0;
+                note(rec, *at_ms, member, "reprovision requested".into());
+                Ok(())
+            }
+
+            Command::Note {
+                identity,
+                member,
+                event,
+                at_ms,
+            } => {
+                let rec = self
+                    .records
+                    .get_mut(identity)
+                    .ok_or(Rejection::UnknownServer)?;
+                note(rec, *at_ms, member, event.clone());
+                Ok(())
+            }
+
+            Command::Reassign {
+                identity,
+                from,
+                member,
+                reason,
+                at_ms,
+            } => {
+                let rec = self
+                    .records
+                    .get_mut(identity)
+                    .ok_or(Rejection::UnknownServer)?;
+                if rec.state != EnrollState::Claimed || rec.owner.as_deref() != Some(from) {
+                    return Err(Rejection::NotOwner {
+                        member: from.clone(),
+                    });
+                }
+                rec.state = EnrollState::Deferred;
+                rec.owner = None;
+                rec.lease_until_ms = 0;
+                rec.last_error = Some(reason.clone());
+                note(rec, *at_ms, member, format!("taken from {from}: {reason}"));
                 Ok(())
             }
 
@@ -283,6 +447,11 @@ impl LedgerState {
 
             Command::SetPaused { paused, .. } => {
                 self.settings.paused = *paused;
+                Ok(())
+            }
+
+            Command::Rebalance { .. } => {
+                self.settings.rebalance_epoch += 1;
                 Ok(())
             }
 
@@ -371,6 +540,8 @@ impl LedgerState {
                 first_seen_ms: at_ms,
                 updated_ms: at_ms,
                 history: Vec::new(),
+                revoked: Vec::new(),
+                facts: BTreeMap::new(),
             });
         let renewal = rec.state == EnrollState::Claimed && rec.owner.as_deref() == Some(member);
         rec.state = EnrollState::Claimed;
@@ -404,6 +575,17 @@ impl LedgerState {
         }
         Ok(rec)
     }
+}
+
+fn revoke(rec: &mut Record, cred: Credential, member: &str, at_ms: u64, reason: String) {
+    rec.revoked.push(Revocation {
+        serial: cred.serial,
+        fingerprint: cred.fingerprint,
+        not_after: cred.not_after,
+        revoked_at_ms: at_ms,
+        revoked_by: member.to_string(),
+        reason,
+    });
 }
 
 fn note(rec: &mut Record, at_ms: u64, member: &str, event: String) {
@@ -448,6 +630,7 @@ mod tests {
             identity: id.into(),
             member: m.into(),
             config_digest: "d".into(),
+            facts: BTreeMap::new(),
             at_ms: at,
         }
     }
@@ -590,5 +773,83 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(s.record("n1").unwrap().history.len(), HISTORY_LIMIT);
+    }
+
+    #[test]
+    fn reprovisioning_supersedes_and_revokes_the_old_credential() {
+        let mut s = LedgerState::default();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&issue("n1", "a", "01", 1)).unwrap();
+        s.apply(&enrolled("n1", "a", 2)).unwrap();
+        let req = |at| Command::RequestReprovision {
+            identity: "n1".into(),
+            member: "b".into(),
+            at_ms: at,
+        };
+        s.apply(&req(3)).unwrap();
+        assert_eq!(s.record("n1").unwrap().state, EnrollState::Reprovisioning);
+        // claimable again, by anyone
+        s.apply(&claim("n1", "b", 4)).unwrap();
+        // not while someone holds a live claim
+        assert!(matches!(s.apply(&req(5)), Err(Rejection::ClaimedBy { .. })));
+        s.apply(&issue("n1", "b", "02", 6)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.credential.as_ref().unwrap().serial, "02");
+        assert_eq!(r.revoked.len(), 1);
+        assert_eq!(r.revoked[0].serial, "01");
+        assert!(r.revoked[0].reason.contains("superseded"));
+        assert_eq!(s.counts("b").revoked, 1);
+        assert_eq!(s.counts("b").claimed_by.get("b"), Some(&1));
+        // the old serial stays used
+        s.apply(&claim("n2", "b", 7)).unwrap();
+        assert!(s.apply(&issue("n2", "b", "01", 8)).is_err());
+    }
+
+    #[test]
+    fn revoke_marks_the_record_and_needs_a_credential() {
+        let mut s = LedgerState::default();
+        let revoke = |at| Command::Revoke {
+            identity: "n1".into(),
+            member: "admin".into(),
+            reason: "key leaked".into(),
+            at_ms: at,
+        };
+        assert_eq!(s.apply(&revoke(0)), Err(Rejection::UnknownServer));
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        assert_eq!(s.apply(&revoke(1)), Err(Rejection::NoCredential));
+        s.apply(&issue("n1", "a", "01", 2)).unwrap();
+        s.apply(&enrolled("n1", "a", 3)).unwrap();
+        s.apply(&revoke(4)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Revoked);
+        assert!(r.credential.is_none());
+        assert_eq!(r.revoked[0].reason, "key leaked");
+        // a revoked server may be provisioned again
+        s.apply(&claim("n1", "b", 5)).unwrap();
+    }
+
+    #[test]
+    fn reassign_takes_a_claim_from_its_owner_only() {
+        let mut s = LedgerState::default();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        let reassign = |from: &str| Command::Reassign {
+            identity: "n1".into(),
+            from: from.into(),
+            member: "c".into(),
+            reason: "member gone".into(),
+            at_ms: 10,
+        };
+        assert!(matches!(
+            s.apply(&reassign("b")),
+            Err(Rejection::NotOwner { .. })
+        ));
+        s.apply(&reassign("a")).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Deferred);
+        assert_eq!(r.owner, None);
+        s.apply(&claim("n1", "b", 11)).unwrap();
+        for st in EnrollState::ALL {
+            assert_eq!(EnrollState::from_name(st.name()), Some(st));
+        }
     }
 }

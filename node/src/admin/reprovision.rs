@@ -1,0 +1,140 @@
+//! Reprovisioning selected servers: for each, record the request in the ledger (which makes
+//! the server claimable again), send `choria_provision#reprovision` with the token in the
+//! collective provisioned servers answer in, and record how it went. Servers are asked
+//! `batch_size` at a time and no faster than `rate_per_second`; each result is streamed to
+//! the caller as it comes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use proto::agents::{TokenRequest, PROVISION_AGENT};
+use proto::grpc::admin as pb;
+use raft::{Applied, Command, Rejection};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::select::Selector;
+use super::server::{classify, reprovision_limits, AdminContext, Tally};
+use crate::pipeline::now_ms;
+
+/// Checks the request, picks the servers and starts the run; progress arrives on the
+/// returned channel, which closes when every server has an answer.
+pub async fn start(
+    ctx: Arc<AdminContext>,
+    req: pb::ReprovisionRequest,
+    actor: String,
+) -> Result<mpsc::Receiver<pb::ReprovisionProgress>, Status> {
+    let sel = Selector::parse(req.selector.clone(), true)?;
+    let (batch, rate, timeout) = reprovision_limits(&req)?;
+    let records = ctx.svc.ledger.records().await;
+    let mut targets: Vec<(String, Option<String>)> = records
+        .iter()
+        .filter(|r| sel.matches_running(r))
+        .map(|r| (r.identity.clone(), None))
+        .collect();
+    // identities asked for by name that the ledger does not know are reported, not skipped
+    for id in sel.identities() {
+        if !records.iter().any(|r| &r.identity == id) {
+            targets.push((id.clone(), Some(format!("{id} is not in the ledger"))));
+        }
+    }
+    let total = targets.len() as u64;
+    tracing::warn!(
+        total,
+        batch,
+        rate,
+        dry_run = req.dry_run,
+        by = %actor,
+        "reprovision run starting"
+    );
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let period = Duration::from_secs_f64(1.0 / rate as f64);
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticks = Arc::new(tokio::sync::Mutex::new(ticks));
+        let dry_run = req.dry_run;
+        let mut results = futures::stream::iter(targets.into_iter().map(|(identity, problem)| {
+            let (ctx, actor, ticks) = (ctx.clone(), actor.clone(), ticks.clone());
+            async move {
+                if let Some(p) = problem {
+                    return (identity, "error", p);
+                }
+                if dry_run {
+                    return (identity, "planned", String::new());
+                }
+                ticks.lock().await.tick().await;
+                let (result, message) = one(&ctx, &identity, &actor, timeout).await;
+                (identity, result, message)
+            }
+        }))
+        .buffer_unordered(batch);
+        let mut done = 0u64;
+        let mut tally = Tally::new();
+        while let Some((identity, result, message)) = results.next().await {
+            done += 1;
+            *tally.entry(result).or_default() += 1;
+            let m = &ctx.svc.metrics;
+            if result != "planned" {
+                m.reprovision_requests
+                    .with_label_values(&[m.site(), result])
+                    .inc();
+            }
+            let progress = pb::ReprovisionProgress {
+                identity,
+                result: result.into(),
+                message,
+                done,
+                total,
+            };
+            // the caller may have gone away; the run continues so the ledger stays complete
+            let _ = tx.send(progress).await;
+        }
+        tracing::warn!(?tally, "reprovision run finished");
+    });
+    Ok(rx)
+}
+
+/// Reprovisions one server; returns the result name and a message.
+async fn one(
+    ctx: &AdminContext,
+    identity: &str,
+    actor: &str,
+    timeout: Duration,
+) -> (&'static str, String) {
+    let ledger = &ctx.svc.ledger;
+    let cmd = Command::RequestReprovision {
+        identity: identity.to_string(),
+        member: actor.to_string(),
+        at_ms: now_ms(),
+    };
+    match ledger.propose(cmd).await {
+        Ok(Applied::Ok) => {}
+        Ok(Applied::Rejected(Rejection::ClaimedBy { member, .. })) => {
+            return ("skipped", format!("being provisioned by {member}"))
+        }
+        Ok(Applied::Rejected(r)) => return ("error", r.to_string()),
+        Err(e) => return ("error", e.to_string()),
+    }
+    let req = TokenRequest {
+        token: ctx.svc.config.token.clone(),
+    };
+    let reply = ctx
+        .reprovision
+        .call_ok(identity, PROVISION_AGENT, "reprovision", &req, timeout, 1)
+        .await;
+    let (result, message) = classify(&reply);
+    let note = Command::Note {
+        identity: identity.to_string(),
+        member: actor.to_string(),
+        event: format!("reprovision request: {result} {message}")
+            .trim_end()
+            .to_string(),
+        at_ms: now_ms(),
+    };
+    if let Err(e) = ledger.propose(note).await {
+        tracing::warn!(identity, error = %e, "could not record the reprovision result");
+    }
+    (result, message)
+}

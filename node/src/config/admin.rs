@@ -1,0 +1,118 @@
+//! The `admin` section: where the operator API listens, its mutual TLS, and where reprovision
+//! requests go.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{invalid, ClusterTls, ConfigError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address the admin gRPC server binds, `host:port`.
+    pub listen: String,
+    pub tls: AdminTlsSection,
+    /// Collective provisioned servers answer in; reprovision requests are sent there.
+    #[serde(default = "default_collective")]
+    pub reprovision_collective: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsSection {
+    /// CA that signs operators' client certificates (`provisioner ca issue-admin`).
+    pub client_ca: PathBuf,
+    /// This member's server certificate and key; default: the `cluster.tls` ones.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_collective() -> String {
+    "mcollective".into()
+}
+
+/// The checked `admin` section.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub client_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub reprovision_collective: String,
+}
+
+pub(super) fn check_admin(
+    a: AdminSection,
+    cluster_tls: Option<&ClusterTls>,
+) -> Result<Admin, ConfigError> {
+    let listen = a
+        .listen
+        .parse()
+        .map_err(|e| invalid("admin.listen", format!("{:?}: {e}", a.listen)))?;
+    let (cert, key) = match (a.tls.cert, a.tls.key, cluster_tls) {
+        (Some(c), Some(k), _) => (c, k),
+        (None, None, Some(t)) => (t.cert.clone(), t.key.clone()),
+        (None, None, None) => {
+            return Err(invalid(
+                "admin.tls",
+                "needs cert and key (or a cluster.tls section to take them from)",
+            ))
+        }
+        _ => return Err(invalid("admin.tls", "set both cert and key, or neither")),
+    };
+    if !proto::subject::is_valid_token(&a.reprovision_collective) {
+        return Err(invalid(
+            "admin.reprovision_collective",
+            format!("{:?} is not a valid collective", a.reprovision_collective),
+        ));
+    }
+    Ok(Admin {
+        listen,
+        client_ca: a.tls.client_ca,
+        cert,
+        key,
+        reprovision_collective: a.reprovision_collective,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{parse, MINIMAL};
+
+    #[test]
+    fn admin_section_takes_the_cluster_certificate_by_default() {
+        let text = format!(
+            "{MINIMAL}\ndata_dir: /tmp/x\ncluster:\n  id: 1\n  tls: {{ca: /c/ca.pem, cert: /c/m.pem, key: /c/m.key}}\n  members:\n    - {{id: 1, name: m1, raft_addr: \"127.0.0.1:7001\"}}\nadmin:\n  listen: \"127.0.0.1:7101\"\n  tls: {{client_ca: /c/admin-ca.pem}}\n"
+        );
+        let c = parse(&text).unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(a.cert, std::path::PathBuf::from("/c/m.pem"));
+        assert_eq!(a.reprovision_collective, "mcollective");
+    }
+
+    #[test]
+    fn admin_section_errors_name_the_key() {
+        let no_cert = format!(
+            "{MINIMAL}\nadmin:\n  listen: \"127.0.0.1:7101\"\n  tls: {{client_ca: /c/a.pem}}\n"
+        );
+        assert!(parse(&no_cert)
+            .unwrap_err()
+            .to_string()
+            .contains("admin.tls"));
+        let bad_listen = format!(
+            "{MINIMAL}\nadmin:\n  listen: nowhere\n  tls: {{client_ca: /c/a.pem, cert: /a, key: /b}}\n"
+        );
+        assert!(parse(&bad_listen)
+            .unwrap_err()
+            .to_string()
+            .contains("admin.listen"));
+        let half = format!(
+            "{MINIMAL}\nadmin:\n  listen: \"127.0.0.1:1\"\n  tls: {{client_ca: /c/a.pem, cert: /a}}\n"
+        );
+        assert!(parse(&half).unwrap_err().to_string().contains("both"));
+    }
+}

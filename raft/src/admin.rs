@@ -1,0 +1,251 @@
+//! What operators ask of the group itself: each member's own view of it (for status), and
+//! membership changes, which only the leader carries out and which are refused when the
+//! voters left healthy afterwards could not form a quorum.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::network::{Network, Raft};
+use crate::store::Store;
+use crate::types::{Member, NodeId};
+
+/// How long a member gets to answer a peek; no answer means unhealthy.
+pub const PEEK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long adding a learner waits for it to catch up before answering.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+
+/// What the provisioner adds to a member's view (its work, version, pause); JSON.
+pub type ExtraFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// A member's own view of itself and the group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    pub id: NodeId,
+    pub name: String,
+    /// leader, follower, learner or candidate.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: u64,
+    pub last_applied: u64,
+    pub digest: String,
+    pub extra: serde_json::Value,
+}
+
+/// A change of the group's membership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    AddLearner { id: NodeId, member: Member },
+    Promote { id: NodeId },
+    Remove { id: NodeId, force: bool },
+}
+
+/// The group after a change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MembershipOutcome {
+    pub message: String,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+/// Why a change was not made.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ChangeError {
+    /// The request makes no sense for this group (unknown id, already a voter...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The change would leave too few healthy voters for a quorum.
+    #[error("{0}")]
+    Quorum(String),
+    /// No leader, or Raft failed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Everything a member's gRPC service needs beyond Raft itself.
+pub struct PeerContext {
+    pub id: NodeId,
+    pub me: Member,
+    pub raft: Raft,
+    pub store: Arc<Store>,
+    pub network: Network,
+    pub extra: OnceLock<ExtraFn>,
+}
+
+impl PeerContext {
+    /// This member's view.
+    pub async fn view(&self) -> PeerView {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voter = membership.voter_ids().any(|v| v == self.id);
+        let role = if m.current_leader == Some(self.id) {
+            "leader"
+        } else if !voter {
+            "learner"
+        } else if matches!(m.state, openraft::ServerState::Candidate) {
+            "candidate"
+        } else {
+            "follower"
+        };
+        PeerView {
+            id: self.id,
+            name: self.me.name.clone(),
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            digest: self.store.state().await.ledger.digest(),
+            extra: self.extra.get().map(|f| f()).unwrap_or_default(),
+        }
+    }
+
+    /// Carries out `change`; must run on the leader.
+    pub async fn change(&self, change: MembershipChange) -> Result<MembershipOutcome, ChangeError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.id) {
+            return Err(ChangeError::Unavailable(format!(
+                "not the leader (the leader is {:?})",
+                m.current_leader
+            )));
+        }
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let raft_err = |e: String| ChangeError::Unavailable(e);
+        let message = match change {
+            MembershipChange::AddLearner { id, member } => {
+                if membership.get_node(&id).is_some() {
+                    return Err(ChangeError::Invalid(format!("{id} is a member already")));
+                }
+                if let Some((other, _)) = membership.nodes().find(|(_, n)| n.name == member.name) {
+                    return Err(ChangeError::Invalid(format!(
+                        "member {other} already has the name {}",
+                        member.name
+                    )));
+                }
+                self.raft
+                    .add_learner(id, member, false)
+                    .await
+                    .map_err(|e| raft_err(e.to_string()))?;
+                if self.caught_up(id).await {
+                    format!("{id} added as a learner and caught up")
+                } else {
+                    format!("{id} added as a learner; still catching up")
+                }
+            }
+            MembershipChange::Promote { id } => {
+                if membership.get_node(&id).is_none() {
+                    return Err(ChangeError::Invalid(format!("{id} is not a member")));
+                }
+                if voters.contains(&id) {
+                    return Err(ChangeError::Invalid(format!("{id} is a voter already")));
+                }
+                let mut after = voters.clone();
+                after.insert(id);
+                self.check_quorum(&after, false).await?;
+                self.raft
+                    .change_membership(after, false)
+                    .await
+                    .map_err(|e| raft_err(e.to_string()))?;
+                format!("{id} is a voter")
+            }
+            MembershipChange::Remove { id, force } => {
+                if membership.get_node(&id).is_none() {
+                    return Err(ChangeError::Invalid(format!("{id} is not a member")));
+                }
+                let mut after = voters.clone();
+                if after.remove(&id) {
+                    if after.is_empty() {
+                        return Err(ChangeError::Invalid("cannot remove the last voter".into()));
+                    }
+                    self.check_quorum(&after, force).await?;
+                    self.raft
+                        .change_membership(after, false)
+                        .await
+                        .map_err(|e| raft_err(e.to_string()))?;
+                }
+                self.raft
+                    .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
+                    .await
+                    .map_err(|e| raft_err(e.to_string()))?;
+                format!("{id} removed")
+            }
+        };
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        Ok(MembershipOutcome {
+            message,
+            learners: membership
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| !voters.contains(id))
+                .collect(),
+            voters: voters.into_iter().collect(),
+        })
+    }
+
+    /// Refuses `after` as the voter set unless a majority of it answers a peek now.
+    async fn check_quorum(&self, after: &BTreeSet<NodeId>, force: bool) -> Result<(), ChangeError> {
+        let nodes = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let mut healthy = 0usize;
+        let mut down = Vec::new();
+        for id in after {
+            if *id == self.id {
+                healthy += 1;
+                continue;
+            }
+            let ok = match nodes.get_node(id) {
+                Some(node) => tokio::time::timeout(PEEK_TIMEOUT, self.network.peek(node))
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                None => false,
+            };
+            if ok {
+                healthy += 1;
+            } else {
+                down.push(*id);
+            }
+        }
+        let quorum = after.len() / 2 + 1;
+        if healthy < quorum && !force {
+            return Err(ChangeError::Quorum(format!(
+                "after the change {healthy} of {} voters would be healthy (unreachable: {down:?}); \
+                 a quorum needs {quorum}; use force to do it anyway",
+                after.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) until learner `id` has replicated the leader's log.
+    async fn caught_up(&self, id: NodeId) -> bool {
+        let mut metrics = self.raft.metrics();
+        tokio::time::timeout(CATCH_UP_WAIT, async {
+            loop {
+                let done = {
+                    let m = metrics.borrow();
+                    let last = m.last_log_index.unwrap_or(0);
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|l| l.index >= last)
+                };
+                if done || metrics.changed().await.is_err() {
+                    return done;
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
