@@ -36,6 +36,13 @@ pub struct FleetConfig {
     pub connect_concurrency: usize,
     /// When set, servers accept only this CA (PEM) in `configure`.
     pub expect_ca: Option<String>,
+    /// Servers keep running after provisioning, answering in their main collective.
+    pub stay: bool,
+    /// JSON lines of what happens to each server (provisioned, reprovisioning).
+    pub events: Option<std::path::PathBuf>,
+    /// Credentials provisioned servers use on the broker (user, password); `None` keeps the
+    /// provisioning connection.
+    pub production: Option<(String, String)>,
 }
 
 impl Default for FleetConfig {
@@ -54,6 +61,9 @@ impl Default for FleetConfig {
             version: "0.29.4".into(),
             connect_concurrency: 32,
             expect_ca: None,
+            stay: false,
+            events: None,
+            production: None,
         }
     }
 }
@@ -110,6 +120,9 @@ pub struct Fleet {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     key_type: KeyType,
     key_pool: usize,
+    identities: Vec<String>,
+    events: Option<std::io::BufWriter<std::fs::File>>,
+    stay: bool,
 }
 
 /// Progress while waiting: (provisioned, healthy, seconds since the first request).
@@ -129,6 +142,13 @@ impl Fleet {
             None
         };
         let expect_ca = cfg.expect_ca.clone().map(Arc::new);
+        let production = cfg.production.as_ref().map(|(user, password)| {
+            Arc::new(crate::server::Production {
+                url: cfg.nats_url.clone(),
+                user: user.clone(),
+                password: password.clone(),
+            })
+        });
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::unbounded_channel();
 
@@ -145,8 +165,17 @@ impl Fleet {
                 fault: faults[index],
                 version: cfg.version.clone(),
                 expect_ca: expect_ca.clone(),
+                stay: cfg.stay,
+                production: production.clone(),
             })
             .collect();
+        let identities: Vec<String> = specs.iter().map(|s| s.identity.clone()).collect();
+        let events = match &cfg.events {
+            Some(p) => Some(std::io::BufWriter::new(
+                std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            )),
+            None => None,
+        };
 
         let started: Vec<Result<tokio::task::JoinHandle<()>, String>> =
             futures::stream::iter(specs.into_iter().map(|spec| {
@@ -176,12 +205,47 @@ impl Fleet {
             tasks,
             key_type: cfg.key_type,
             key_pool: cfg.key_pool,
+            identities,
+            events,
+            stay: cfg.stay,
         })
+    }
+
+    /// Appends one event line for server `index` to the events file, if any.
+    fn event(&mut self, index: usize, event: &str, serial: Option<&str>) {
+        use std::io::Write;
+        let Some(out) = &mut self.events else { return };
+        let line = serde_json::json!({
+            "event": event,
+            "identity": self.identities.get(index),
+            "serial": serial,
+            "at_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        });
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    /// After [`Fleet::wait`], for a fleet that stays: records what happens to servers (they
+    /// may be reprovisioned and provisioned again) until the process ends.
+    pub async fn watch(mut self) {
+        while let Some(r) = self.reports.recv().await {
+            match r {
+                Report::Provisioned { index, serial, .. } => {
+                    self.event(index, "provisioned", serial.as_deref())
+                }
+                Report::Reprovisioning { index } => self.event(index, "reprovisioning", None),
+                Report::Shutdown { index } => self.event(index, "shutdown", None),
+                Report::FirstRequest { .. } | Report::Reconfigured { .. } => {}
+            }
+        }
     }
 
     /// Waits until every healthy server is provisioned (or shut down), or `timeout` after
     /// the first provisioning request, calling `progress` about once a second.
-    pub async fn wait(mut self, timeout: Duration, mut progress: impl FnMut(Progress)) -> Summary {
+    pub async fn wait(&mut self, timeout: Duration, mut progress: impl FnMut(Progress)) -> Summary {
         let healthy = self.faults.iter().filter(|f| f.is_none()).count();
         let mut first: Option<Instant> = None;
         let mut last_done: Option<Instant> = None;
@@ -217,6 +281,7 @@ impl Fleet {
                             if v {
                                 verified += 1;
                             }
+                            self.event(index, "provisioned", serial.as_deref());
                             if let Some(s) = serial {
                                 *serials.entry(s).or_default() += 1;
                             }
@@ -228,7 +293,13 @@ impl Fleet {
                         Report::Reconfigured { index } => {
                             reconfigured.insert(index);
                         }
-                        Report::Shutdown { .. } => shutdowns += 1,
+                        Report::Shutdown { index } => {
+                            self.event(index, "shutdown", None);
+                            shutdowns += 1;
+                        }
+                        Report::Reprovisioning { index } => {
+                            self.event(index, "reprovisioning", None);
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -293,8 +364,10 @@ impl Fleet {
             configure_refused: c.configure_refused.load(Ordering::Relaxed),
             timed_out,
         };
-        for t in &self.tasks {
-            t.abort();
+        if !self.stay {
+            for t in &self.tasks {
+                t.abort();
+            }
         }
         summary
     }

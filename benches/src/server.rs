@@ -8,7 +8,9 @@
 //! to the given CA, names this server and matches the key it made on `gencsr`. On `restart`
 //! it leaves provisioning mode when its new configuration says
 //! `plugin.choria.server.provision=false`, and comes back waiting otherwise, as a real server
-//! would.
+//! would. A server built to `stay` keeps running after that as a provisioned server in its
+//! configured main collective, where `choria_provision#reprovision` (with the token) sends it
+//! back to provisioning mode with a new key, as upstream's agent does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +73,8 @@ pub enum Report {
     Reconfigured { index: usize },
     /// The server shut down on request.
     Shutdown { index: usize },
+    /// A provisioned server was asked to reprovision and is back in provisioning mode.
+    Reprovisioning { index: usize },
 }
 
 /// Everything that makes one server what it is.
@@ -86,6 +90,19 @@ pub struct ServerSpec {
     pub version: String,
     /// When set, the only CA the server accepts in `configure` (PEM).
     pub expect_ca: Option<Arc<String>>,
+    /// Keep running as a provisioned server after provisioning (to be reprovisioned).
+    pub stay: bool,
+    /// How a provisioned server connects to its production broker; `None` keeps the
+    /// provisioning connection (a broker without separate accounts).
+    pub production: Option<Arc<Production>>,
+}
+
+/// Where provisioned servers connect: the same broker URL with production credentials.
+#[derive(Debug, Clone)]
+pub struct Production {
+    pub url: String,
+    pub user: String,
+    pub password: String,
 }
 
 #[derive(Default)]
@@ -101,6 +118,8 @@ struct State {
     seen_first: bool,
     restarting: bool,
     csr_count: u32,
+    /// The collective the server listens in now.
+    collective: String,
 }
 
 pub struct SimServer {
@@ -110,6 +129,27 @@ pub struct SimServer {
     counters: Arc<Counters>,
     reports: mpsc::UnboundedSender<Report>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Asks the run loop to listen in another collective.
+    resubscribe: mpsc::UnboundedSender<String>,
+    /// The connection the server talks on now (provisioning, or production after a restart).
+    current: Mutex<async_nats::Client>,
+}
+
+/// Where a server listens in `collective`: its node subject and its agents' broadcasts.
+async fn subscribe(
+    nats: &async_nats::Client,
+    identity: &str,
+    collective: &str,
+) -> Result<Vec<async_nats::Subscriber>, String> {
+    let mut subs = vec![nats
+        .subscribe(subject::node_directed(collective, identity))
+        .await
+        .map_err(|e| e.to_string())?];
+    for agent in AGENTS {
+        let s = subject::agent_broadcast(collective, agent);
+        subs.push(nats.subscribe(s).await.map_err(|e| e.to_string())?);
+    }
+    Ok(subs)
 }
 
 impl SimServer {
@@ -121,24 +161,22 @@ impl SimServer {
         counters: Arc<Counters>,
         reports: mpsc::UnboundedSender<Report>,
     ) -> Result<tokio::task::JoinHandle<()>, String> {
-        let mut subs = Vec::new();
-        let node = subject::node_directed(subject::PROVISIONING_COLLECTIVE, &spec.identity);
-        subs.push(nats.subscribe(node).await.map_err(|e| e.to_string())?);
-        for agent in AGENTS {
-            let s = subject::agent_broadcast(subject::PROVISIONING_COLLECTIVE, agent);
-            subs.push(nats.subscribe(s).await.map_err(|e| e.to_string())?);
-        }
+        let subs = subscribe(&nats, &spec.identity, subject::PROVISIONING_COLLECTIVE).await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (resubscribe, mut moves) = mpsc::unbounded_channel::<String>();
         let server = Arc::new(SimServer {
             spec,
+            current: Mutex::new(nats.clone()),
             nats,
             state: Mutex::new(State {
                 provisioning: true,
+                collective: subject::PROVISIONING_COLLECTIVE.into(),
                 ..Default::default()
             }),
             counters,
             reports,
             stop,
+            resubscribe,
         });
         let _ = server.nats.flush().await;
         server.publish_event(EventType::Startup).await;
@@ -152,6 +190,33 @@ impl SimServer {
                         let s = server.clone();
                         tokio::spawn(async move { s.handle(&msg.payload).await });
                     }
+                    Some(collective) = moves.recv() => {
+                        // a restart: the old subscriptions go away with the old stream
+                        let conn = match server.connect_for(&collective).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::warn!(identity = %server.spec.identity, error = %e, "reconnect failed");
+                                break;
+                            }
+                        };
+                        match subscribe(&conn, &server.spec.identity, &collective).await {
+                            Ok(subs) => messages = futures::stream::select_all(subs),
+                            Err(e) => {
+                                tracing::warn!(identity = %server.spec.identity, error = %e, "resubscribe failed");
+                                break;
+                            }
+                        }
+                        let _ = conn.flush().await;
+                        if let Ok(mut c) = server.current.lock() {
+                            *c = conn;
+                        }
+                        let (kind, component) = if collective == subject::PROVISIONING_COLLECTIVE {
+                            (EventType::Startup, PROVISION_MODE_COMPONENT)
+                        } else {
+                            (EventType::Startup, "server")
+                        };
+                        server.publish_event_as(kind, component).await;
+                    }
                     _ = stopped.changed() => break,
                 }
             }
@@ -161,14 +226,18 @@ impl SimServer {
     }
 
     async fn publish_event(&self, kind: EventType) {
+        self.publish_event_as(kind, PROVISION_MODE_COMPONENT).await
+    }
+
+    async fn publish_event_as(&self, kind: EventType, component: &str) {
         let event = Event::new(
             kind,
             &self.spec.identity,
-            PROVISION_MODE_COMPONENT,
+            component,
             Some(&self.spec.version),
         );
         if let (Ok(subject), Ok(body)) = (event.subject(), event.to_json()) {
-            let _ = self.nats.publish(subject, body.into()).await;
+            let _ = self.conn().publish(subject, body.into()).await;
         }
     }
 
@@ -185,9 +254,12 @@ impl SimServer {
             self.counters.expired.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if env.collective != subject::PROVISIONING_COLLECTIVE
-            || !env.filter.matches(&self.spec.identity, AGENTS)
-        {
+        let collective = self
+            .state
+            .lock()
+            .map(|s| s.collective.clone())
+            .unwrap_or_default();
+        if env.collective != collective || !env.filter.matches(&self.spec.identity, AGENTS) {
             return;
         }
         let Some(reply_to) = incoming.reply_to.clone() else {
@@ -224,7 +296,7 @@ impl SimServer {
         };
         let reply = v1::Reply::new(env, &self.spec.identity, &body);
         if let Ok(bytes) = reply.encode() {
-            let _ = self.nats.publish(reply_to, bytes.into()).await;
+            let _ = self.conn().publish(reply_to, bytes.into()).await;
         }
     }
 
@@ -395,13 +467,14 @@ impl SimServer {
             }
             "reprovision" => {
                 let _: TokenRequest = parse(&data)?;
-                if let Ok(mut st) = self.state.lock() {
-                    st.provisioning = true;
-                    st.config = None;
+                if provisioning {
+                    return Err((
+                        StatusCode::Aborted,
+                        "Server is already in provisioning mode, cannot enable provisioning mode again"
+                            .into(),
+                    ));
                 }
-                to_value(&MessageReply {
-                    message: "Restarting after 2s".into(),
-                })
+                self.reprovision()
             }
             _ => Err((StatusCode::Aborted, format!("{action} is not simulated"))),
         }
@@ -585,18 +658,36 @@ impl SimServer {
             tokio::time::sleep(delay).await;
             s.publish_event(EventType::Shutdown).await;
             if provision_setting.as_deref() == Some("false") {
-                let (verified, serial) = s
+                let (verified, serial, main) = s
                     .state
                     .lock()
-                    .map(|st| (st.verified, st.serial.clone()))
-                    .unwrap_or((false, None));
+                    .map(|st| {
+                        let main = st
+                            .config
+                            .as_ref()
+                            .and_then(|c| c.get("main_collective").cloned())
+                            .unwrap_or_else(|| "mcollective".into());
+                        (st.verified, st.serial.clone(), main)
+                    })
+                    .unwrap_or((false, None, "mcollective".into()));
                 let _ = s.reports.send(Report::Provisioned {
                     index: s.spec.index,
                     at: Instant::now(),
                     verified,
                     serial,
                 });
-                let _ = s.stop.send(true);
+                if s.spec.stay {
+                    // up again as a provisioned server in its main collective
+                    if let Ok(mut st) = s.state.lock() {
+                        st.provisioning = false;
+                        st.restarting = false;
+                        st.lock = None;
+                        st.collective = main.clone();
+                    }
+                    let _ = s.resubscribe.send(main);
+                } else {
+                    let _ = s.stop.send(true);
+                }
             } else {
                 // the new configuration does not turn provisioning off: back to waiting
                 if let Ok(mut st) = s.state.lock() {
@@ -608,6 +699,68 @@ impl SimServer {
         });
         to_value(&MessageReply {
             message: format!("Restarting Choria Server after {}s", delay.as_secs()),
+        })
+    }
+}
+
+impl SimServer {
+    fn conn(&self) -> async_nats::Client {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|_| self.nats.clone())
+    }
+
+    /// The connection to use in `collective`: the provisioning one, or a new production
+    /// connection after provisioning.
+    async fn connect_for(&self, collective: &str) -> Result<async_nats::Client, String> {
+        match &self.spec.production {
+            Some(p) if collective != subject::PROVISIONING_COLLECTIVE => {
+                async_nats::ConnectOptions::with_user_and_password(
+                    p.user.clone(),
+                    p.password.clone(),
+                )
+                .name(format!("{} (production)", self.spec.identity))
+                .connect(p.url.clone())
+                .await
+                .map_err(|e| e.to_string())
+            }
+            _ => Ok(self.nats.clone()),
+        }
+    }
+
+    /// Upstream's reprovision: a configuration with provisioning on, then a restart after a
+    /// 2-11 s splay, which brings the server back waiting with no key or certificate.
+    fn reprovision(self: &Arc<Self>) -> Result<Value, (StatusCode, String)> {
+        {
+            let Ok(mut st) = self.state.lock() else {
+                return Err((StatusCode::Aborted, "state poisoned".into()));
+            };
+            if st.restarting {
+                return Err((StatusCode::Aborted, "Restart already scheduled".into()));
+            }
+            st.restarting = true;
+        }
+        let delay = Duration::from_secs(rand::random::<u64>() % 10 + 2);
+        let s = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            s.publish_event_as(EventType::Shutdown, "server").await;
+            if let Ok(mut st) = s.state.lock() {
+                *st = State {
+                    provisioning: true,
+                    collective: subject::PROVISIONING_COLLECTIVE.into(),
+                    seen_first: st.seen_first,
+                    ..Default::default()
+                };
+            }
+            let _ = s.reports.send(Report::Reprovisioning {
+                index: s.spec.index,
+            });
+            let _ = s.resubscribe.send(subject::PROVISIONING_COLLECTIVE.into());
+        });
+        to_value(&MessageReply {
+            message: format!("Restarting after {}s", delay.as_secs()),
         })
     }
 }

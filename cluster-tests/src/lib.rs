@@ -230,6 +230,20 @@ pub struct ClusterMemberSpec {
     pub id: u64,
     pub name: String,
     pub raft_port: u16,
+    /// Where its admin API listens (served when the cluster has an admin CA).
+    pub admin_port: u16,
+}
+
+impl ClusterMemberSpec {
+    /// A member `prov<id>` on free ports.
+    pub fn new(id: u64) -> Self {
+        ClusterMemberSpec {
+            id,
+            name: format!("prov{id}"),
+            raft_port: free_port(),
+            admin_port: free_port(),
+        }
+    }
 }
 
 /// Cluster settings of one provisioner process.
@@ -240,6 +254,13 @@ pub struct ClusterOptions {
     pub claim_lease: String,
     /// Directory made by [`cluster_pki`]: members talk mutual TLS; `None` is plaintext.
     pub tls_dir: Option<PathBuf>,
+    /// Admin CA certificate (from [`admin_pki`]): members serve the admin API with their
+    /// cluster certificate and accept operators from this CA. Needs `tls_dir`.
+    pub admin_ca: Option<PathBuf>,
+    /// `cluster.auto_join`; false makes a new member wait for `admin add-member`.
+    pub auto_join: bool,
+    /// More keys of the `admin` section (indented two spaces).
+    pub admin_extra: String,
 }
 
 /// A cluster CA (`provisioner ca init`) and a certificate for every member
@@ -279,36 +300,137 @@ pub fn cluster_pki(dir: &Path, members: &[ClusterMemberSpec]) -> PathBuf {
     pki
 }
 
+/// An operator of a cluster under test: the admin CA, an operator certificate from it
+/// (`provisioner ca issue-admin`) and the cluster CA the members' certificates come from.
+pub struct Operator {
+    pub admin_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cluster_ca: PathBuf,
+}
+
+/// Makes the admin CA in `dir/admin-ca` (kept when it exists) and an operator `name`.
+pub fn admin_pki(dir: &Path, cluster_pki: &Path, name: &str) -> Operator {
+    let ca_dir = dir.join("admin-ca");
+    let ca_s = ca_dir.display().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("provisioner"))
+            .args(args)
+            .output()
+            .expect("run provisioner ca");
+        assert!(
+            out.status.success(),
+            "provisioner {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    if !ca_dir.join("ca.pem").exists() {
+        run(&["ca", "init", "--dir", &ca_s, "--cn", "Admin CA"]);
+    }
+    let out = dir.join("operators");
+    run(&[
+        "ca",
+        "issue-admin",
+        "--dir",
+        &ca_s,
+        "--name",
+        name,
+        "--out",
+        &out.display().to_string(),
+    ]);
+    Operator {
+        admin_ca: ca_dir.join("ca.pem"),
+        cert: out.join(format!("{name}.pem")),
+        key: out.join(format!("{name}.key")),
+        cluster_ca: cluster_pki.join("ca.pem"),
+    }
+}
+
+impl Operator {
+    /// Runs `provisioner admin ARGS` against `member`'s admin API.
+    pub fn cli(&self, member: &ClusterMemberSpec, args: &[&str]) -> std::process::Output {
+        Command::new(bin("provisioner"))
+            .arg("admin")
+            .arg("--endpoint")
+            .arg(format!("127.0.0.1:{}", member.admin_port))
+            .arg("--server-name")
+            .arg(&member.name)
+            .arg("--ca")
+            .arg(&self.cluster_ca)
+            .arg("--cert")
+            .arg(&self.cert)
+            .arg("--key")
+            .arg(&self.key)
+            .args(args)
+            .env_remove("PROVISIONER_ADMIN_CONFIG")
+            .output()
+            .expect("run provisioner admin")
+    }
+
+    /// Runs `provisioner admin --json ARGS`, requires success and returns the reply.
+    pub fn json(&self, member: &ClusterMemberSpec, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(member, &all);
+        assert!(
+            out.status.success(),
+            "provisioner admin {args:?} exited {:?}: {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "admin {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}
+
 impl ClusterOptions {
     /// Specs for `n` members named `prov1..provN` on free ports.
     pub fn members(n: u64) -> Vec<ClusterMemberSpec> {
-        (1..=n)
-            .map(|id| ClusterMemberSpec {
-                id,
-                name: format!("prov{id}"),
-                raft_port: free_port(),
-            })
-            .collect()
+        (1..=n).map(ClusterMemberSpec::new).collect()
     }
 
     fn yaml(&self, data_dir: &Path) -> String {
+        let me = self.members.iter().find(|m| m.id == self.id);
+        let tls = match (&self.tls_dir, me) {
+            (Some(d), Some(me)) => format!(
+                "  tls:\n    ca: {}\n    cert: {}\n    key: {}\n",
+                d.join("ca.pem").display(),
+                d.join(format!("{}.pem", me.name)).display(),
+                d.join(format!("{}.key", me.name)).display()
+            ),
+            _ => "  insecure_plaintext: true\n".into(),
+        };
         let mut out = format!(
             "data_dir: {}
 cluster:
   id: {}
-  insecure_plaintext: true
-  claim_lease: {}
+{tls}  claim_lease: {}
+  auto_join: {}
   members:
 ",
             data_dir.display(),
             self.id,
-            self.claim_lease
+            self.claim_lease,
+            self.auto_join
         );
         for m in &self.members {
             out.push_str(&format!(
-                "    - {{id: {}, name: {}, raft_addr: \"127.0.0.1:{}\"}}\n",
-                m.id, m.name, m.raft_port
+                "    - {{id: {}, name: {}, raft_addr: \"127.0.0.1:{}\", admin_addr: \"127.0.0.1:{}\"}}\n",
+                m.id, m.name, m.raft_port, m.admin_port
             ));
+        }
+        if let (Some(ca), Some(me)) = (&self.admin_ca, me) {
+            out.push_str(&format!(
+                "admin:\n  listen: \"127.0.0.1:{}\"\n  tls:\n    client_ca: {}\n",
+                me.admin_port,
+                ca.display()
+            ));
+            out.push_str(&self.admin_extra);
         }
         out
     }
@@ -325,6 +447,8 @@ pub struct ProvisionerOptions {
     pub retry_backoff_min: String,
     pub loglevel: String,
     pub cluster: Option<ClusterOptions>,
+    /// More configuration, appended as is.
+    pub extra_yaml: String,
 }
 
 impl Default for ProvisionerOptions {
@@ -343,6 +467,7 @@ impl Default for ProvisionerOptions {
             retry_backoff_min: "5s".into(),
             loglevel: "info".into(),
             cluster: None,
+            extra_yaml: String::new(),
         }
     }
 }
@@ -419,7 +544,8 @@ ca:
                 url = nats.url,
                 ca_cert = ca.0.display(),
                 ca_key = ca.1.display(),
-            );
+            )
+            + &opts.extra_yaml;
         std::fs::write(&config, text).expect("write provisioner config");
         let child = Command::new(bin("provisioner"))
             .arg("run")
@@ -596,6 +722,22 @@ impl FleetProcess {
             summary,
             signer_pub,
         }
+    }
+
+    /// Waits for the summary of a fleet that keeps running (`--stay`) and returns it.
+    pub fn wait_summary(&mut self, timeout: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(v) = std::fs::read_to_string(&self.summary)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                return v;
+            }
+            assert!(self.proc.is_running(), "fleet-sim exited");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("no fleet summary within {timeout:?}");
     }
 
     /// Waits for the fleet to finish and returns its summary.

@@ -38,6 +38,9 @@ fn start_member(
                 members: all.to_vec(),
                 claim_lease: "5s".into(),
                 tls_dir: Some(tls_dir),
+                admin_ca: None,
+                auto_join: true,
+                admin_extra: String::new(),
             }),
             ..Default::default()
         },
@@ -189,11 +192,7 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
     // a fourth member joins the running group: learner, caught up, then voter, with the same
     // ledger, and it takes a share of the work
     let mut four = specs.clone();
-    four.push(ClusterMemberSpec {
-        id: 4,
-        name: "prov4".into(),
-        raft_port: cluster_tests::free_port(),
-    });
+    four.push(ClusterMemberSpec::new(4));
     let mut members = members;
     members.push(start_member(
         dir.path(),

@@ -15,7 +15,7 @@ mod admin;
 mod cluster;
 
 use admin::check_admin;
-pub use admin::{Admin, AdminSection, AdminTlsSection};
+pub use admin::{Admin, AdminSection, AdminTlsSection, ReprovisionSection};
 use cluster::check_cluster;
 pub use cluster::{Cluster, ClusterMember, ClusterSection, ClusterTls};
 

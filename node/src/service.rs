@@ -202,11 +202,28 @@ impl Provisioner {
             m.set_extra(extra.clone());
         }
         if let Some(admin) = &config.admin {
+            let r = &admin.reprovision;
+            let reprovision_nats = if r.servers.is_empty() {
+                nats.clone()
+            } else {
+                async_nats::ConnectOptions::with_user_and_password(
+                    r.user.clone(),
+                    r.password.clone(),
+                )
+                .name(format!("provisioner {} (reprovision)", config.identity))
+                .retry_on_initial_connect()
+                .connect(r.servers.clone())
+                .await
+                .map_err(|e| ServiceError::Connect {
+                    servers: r.servers.clone(),
+                    reason: e.to_string(),
+                })?
+            };
             let reprovision = RpcClient::start(
-                nats.clone(),
+                reprovision_nats,
                 &sender,
                 &config.identity,
-                &admin.reprovision_collective,
+                &r.collective,
                 metrics.clone(),
             )
             .await?;
@@ -331,6 +348,8 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
             .bootstrap(members)
             .await
             .map_err(|e| ServiceError::Cluster(e.to_string()))?;
+    } else if !c.auto_join {
+        tracing::info!("waiting to be added by an operator (auto_join is off)");
     } else {
         // a member that belongs to no group yet asks the others to add it; this is how a new
         // member joins a running group, and a no-op for members of the first configuration

@@ -71,6 +71,19 @@ struct Args {
     /// Write this file once every server is connected and waiting
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Keep servers running after provisioning, as provisioned servers in their main
+    /// collective, until the process is stopped (for reprovisioning)
+    #[arg(long)]
+    stay: bool,
+    /// Write what happens to each server as JSON lines (provisioned, reprovisioning)
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// User provisioned servers connect as (their production account); default: they keep
+    /// the provisioning connection
+    #[arg(long)]
+    production_user: Option<String>,
+    #[arg(long, env = "FLEET_PRODUCTION_PASSWORD", default_value = "")]
+    production_password: String,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +143,12 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             }
             None => None,
         },
+        stay: args.stay,
+        events: args.events.clone(),
+        production: args
+            .production_user
+            .clone()
+            .map(|u| (u, args.production_password.clone())),
         ..Default::default()
     };
     let key_note = if args.key_pool == 0 {
@@ -137,7 +156,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     } else {
         format!("{:?} keys from a pool of {}", args.key_type, args.key_pool)
     };
-    let fleet = Fleet::start(&cfg, &signer).await?;
+    let mut fleet = Fleet::start(&cfg, &signer).await?;
     eprintln!(
         "fleet ready: {} servers waiting in provisioning mode ({key_note})",
         args.servers
@@ -191,6 +210,13 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         && summary.provisioned + summary.shutdowns == summary.healthy
         && summary.faulty_provisioned == 0
         && summary.ddl_violations == 0;
+    if args.stay {
+        eprintln!("servers stay up as provisioned servers; stop with SIGTERM");
+        tokio::select! {
+            _ = fleet.watch() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -3,13 +3,18 @@
 //! certificate". Fleet size comes from `DEMO_SERVERS` (default 500), the number of members from
 //! `DEMO_MEMBERS` (default 3; 1 runs a single provisioner without Raft). Ends with
 //! `provisioned <n>/<m> servers in <s> s (<rate>/min)`.
+//!
+//! A cluster serves the admin API over mTLS; the demo makes an operator certificate and prints
+//! how to point `provisioner admin` at it. `DEMO_HOLD=<seconds>` keeps the cluster and the
+//! (then provisioned) fleet running that long after the run, to try the admin commands, for
+//! example `provisioner admin reprovision --regex '^sim-0000'`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use cluster_tests::{
-    cluster_pki, init_ca, ClusterOptions, FleetOptions, FleetProcess, Nats, ProvisionerOptions,
-    ProvisionerProcess,
+    admin_pki, cluster_pki, init_ca, ClusterOptions, FleetOptions, FleetProcess, Nats,
+    ProvisionerOptions, ProvisionerProcess,
 };
 
 fn positive_env(name: &str, default: usize) -> Result<usize, String> {
@@ -44,6 +49,16 @@ fn main() -> ExitCode {
         }
     };
     let keep = std::env::var("DEMO_KEEP").is_ok();
+    let hold = match std::env::var("DEMO_HOLD") {
+        Ok(v) => match v.parse::<u64>() {
+            Ok(n) => Some(Duration::from_secs(n)),
+            Err(_) => {
+                eprintln!("DEMO_HOLD must be a number of seconds, got {v:?}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => None,
+    };
     eprintln!("demo: work directory {} (logs there)", dir.path().display());
 
     let nats = Nats::start(dir.path());
@@ -51,7 +66,7 @@ fn main() -> ExitCode {
     let ca = init_ca(dir.path());
     eprintln!("demo: CA created at {}", ca.0.display());
 
-    let fleet = FleetProcess::start(
+    let mut fleet = FleetProcess::start(
         dir.path(),
         &nats,
         &ca.0,
@@ -59,12 +74,31 @@ fn main() -> ExitCode {
             servers,
             key_type: std::env::var("DEMO_KEY_TYPE").unwrap_or_else(|_| "p256".into()),
             token: "demo-token".into(),
+            // held fleets stay up as provisioned servers, in the broker's choria account
+            extra: if hold.is_some() {
+                vec![
+                    "--stay".into(),
+                    "--production-user".into(),
+                    "choria".into(),
+                    "--production-password".into(),
+                    nats.creds.choria.clone(),
+                ]
+            } else {
+                vec![]
+            },
             ..Default::default()
         },
         true,
     );
     let specs = ClusterOptions::members(members);
     let tls_dir = (members > 1).then(|| cluster_pki(dir.path(), &specs));
+    let operator = tls_dir
+        .as_ref()
+        .map(|pki| admin_pki(dir.path(), pki, "demo-operator"));
+    let admin_extra = format!(
+        "  reprovision:\n    servers: [\"{}\"]\n    user: choria\n    password: \"{}\"\n",
+        nats.url, nats.creds.choria
+    );
     let provisioners: Vec<ProvisionerProcess> = specs
         .iter()
         .map(|spec| {
@@ -82,6 +116,9 @@ fn main() -> ExitCode {
                         members: specs.clone(),
                         claim_lease: "30s".into(),
                         tls_dir: tls_dir.clone(),
+                        admin_ca: operator.as_ref().map(|o| o.admin_ca.clone()),
+                        auto_join: true,
+                        admin_extra: admin_extra.clone(),
                     }),
                     ..Default::default()
                 },
@@ -95,7 +132,22 @@ fn main() -> ExitCode {
             p.monitor_port
         );
     }
-    let summary = fleet.finish(Duration::from_secs(900));
+    if let (Some(op), Some(first)) = (&operator, specs.first()) {
+        eprintln!("demo: admin API on every member; for example:");
+        eprintln!(
+            "  export PROVISIONER_ADMIN_ENDPOINT=127.0.0.1:{} PROVISIONER_ADMIN_SERVER_NAME={} \\\n    PROVISIONER_ADMIN_CA={} \\\n    PROVISIONER_ADMIN_CERT={} PROVISIONER_ADMIN_KEY={}",
+            first.admin_port,
+            first.name,
+            op.cluster_ca.display(),
+            op.cert.display(),
+            op.key.display()
+        );
+        eprintln!("  provisioner admin status");
+    }
+    let summary = match hold {
+        Some(_) => fleet.wait_summary(Duration::from_secs(900)),
+        None => fleet.finish(Duration::from_secs(900)),
+    };
     let ok = summary["provisioned"] == summary["servers"] && summary["timed_out"] == false;
     if members > 1 {
         for p in &provisioners {
@@ -107,6 +159,10 @@ fn main() -> ExitCode {
                 s["ledger"]["digest"].as_str().unwrap_or("?")
             );
         }
+    }
+    if let Some(h) = hold {
+        eprintln!("demo: holding the cluster and fleet for {} s", h.as_secs());
+        std::thread::sleep(h);
     }
     drop(provisioners);
     if members > 1 {

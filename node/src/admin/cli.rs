@@ -225,8 +225,10 @@ impl From<tonic::Status> for Failure {
             Code::Unavailable | Code::DeadlineExceeded => Exit::Unavailable,
             _ => Exit::Failed,
         };
-        let code = format!("{:?}", s.code()).to_uppercase();
-        Failure::new(exit, format!("{code}: {}", s.message()))
+        Failure::new(
+            exit,
+            format!("{}: {}", super::code_name(s.code()), s.message()),
+        )
     }
 }
 

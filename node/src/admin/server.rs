@@ -145,7 +145,7 @@ impl AdminApi {
         let m = &self.svc().metrics;
         let code = match &r {
             Ok(_) => "ok".to_string(),
-            Err(s) => format!("{:?}", s.code()).to_lowercase(),
+            Err(s) => super::code_name(s.code()).to_lowercase(),
         };
         m.admin_requests
             .with_label_values(&[m.site(), method, &code])
@@ -296,9 +296,15 @@ impl AdminApi {
         })
         .await?;
         tracing::warn!(member = %req.member, drain = req.drain, "drain changed by operator");
-        let settings = self.svc().ledger.settings().await;
+        // committed; this member's replica may apply it a moment later
+        let mut draining = self.svc().ledger.settings().await.draining;
+        if req.drain {
+            draining.insert(req.member);
+        } else {
+            draining.remove(&req.member);
+        }
         Ok(pb::DrainReply {
-            draining: settings.draining.into_iter().collect(),
+            draining: draining.into_iter().collect(),
         })
     }
 
@@ -543,9 +549,8 @@ impl Admin for AdminApi {
             })
             .await?;
             tracing::warn!(paused, operator = %who, "provisioning pause changed by operator");
-            Ok(pb::PauseReply {
-                paused: self.svc().ledger.settings().await.paused,
-            })
+            // committed; this member's replica may apply it a moment later
+            Ok(pb::PauseReply { paused })
         }
         .await;
         self.observe("set_paused", r).map(Response::new)

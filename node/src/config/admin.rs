@@ -14,9 +14,36 @@ pub struct AdminSection {
     /// Address the admin gRPC server binds, `host:port`.
     pub listen: String,
     pub tls: AdminTlsSection,
-    /// Collective provisioned servers answer in; reprovision requests are sent there.
+    #[serde(default)]
+    pub reprovision: ReprovisionSection,
+}
+
+/// Where reprovision requests go: provisioned servers live on the production broker (or
+/// account), not the provisioning one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReprovisionSection {
+    /// Collective provisioned servers answer in.
     #[serde(default = "default_collective")]
-    pub reprovision_collective: String,
+    pub collective: String,
+    /// Broker URLs; default: the provisioning connection is used.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+impl Default for ReprovisionSection {
+    fn default() -> Self {
+        ReprovisionSection {
+            collective: default_collective(),
+            servers: Vec::new(),
+            user: String::new(),
+            password: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,7 +69,7 @@ pub struct Admin {
     pub client_ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    pub reprovision_collective: String,
+    pub reprovision: ReprovisionSection,
 }
 
 pub(super) fn check_admin(
@@ -64,10 +91,16 @@ pub(super) fn check_admin(
         }
         _ => return Err(invalid("admin.tls", "set both cert and key, or neither")),
     };
-    if !proto::subject::is_valid_token(&a.reprovision_collective) {
+    if !proto::subject::is_valid_token(&a.reprovision.collective) {
         return Err(invalid(
-            "admin.reprovision_collective",
-            format!("{:?} is not a valid collective", a.reprovision_collective),
+            "admin.reprovision.collective",
+            format!("{:?} is not a valid collective", a.reprovision.collective),
+        ));
+    }
+    if !a.reprovision.user.is_empty() && a.reprovision.servers.is_empty() {
+        return Err(invalid(
+            "admin.reprovision.servers",
+            "is required when admin.reprovision.user is set",
         ));
     }
     Ok(Admin {
@@ -75,7 +108,7 @@ pub(super) fn check_admin(
         client_ca: a.tls.client_ca,
         cert,
         key,
-        reprovision_collective: a.reprovision_collective,
+        reprovision: a.reprovision,
     })
 }
 
@@ -91,7 +124,8 @@ mod tests {
         let c = parse(&text).unwrap();
         let a = c.admin.unwrap();
         assert_eq!(a.cert, std::path::PathBuf::from("/c/m.pem"));
-        assert_eq!(a.reprovision_collective, "mcollective");
+        assert_eq!(a.reprovision.collective, "mcollective");
+        assert!(a.reprovision.servers.is_empty());
     }
 
     #[test]

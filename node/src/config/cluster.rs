@@ -49,6 +49,14 @@ pub struct ClusterSection {
     /// How long a claimed server stays with its member without news before others may take it.
     #[serde(default = "default_claim_lease")]
     pub claim_lease: String,
+    /// A new member asks the others to add it (as learner, then voter). Off: it waits for an
+    /// operator's `admin add-member` and `admin promote`.
+    #[serde(default = "default_true")]
+    pub auto_join: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +92,7 @@ pub struct Cluster {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub claim_lease: Duration,
+    pub auto_join: bool,
 }
 
 pub(super) fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Cluster, ConfigError> {
@@ -170,6 +179,7 @@ pub(super) fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Clu
         election_timeout,
         claim_lease: parse_duration(&c.claim_lease)
             .map_err(|e| invalid("cluster.claim_lease", e))?,
+        auto_join: c.auto_join,
     })
 }
 

@@ -1,0 +1,548 @@
+//! The admin API and CLI against a real three-member cluster (mTLS between members and for
+//! operators), a real nats-server and a simulated fleet whose servers stay up after
+//! provisioning, so they can be reprovisioned: authentication, pause/resume, drain/undrain,
+//! reprovision by regex and by fact, ledger queries, revocation with the CRL, rebalance, and
+//! membership changes with the quorum check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cluster_tests::{
+    admin_pki, cluster_pki, init_ca, ClusterMemberSpec, ClusterOptions, FleetOptions, FleetProcess,
+    Nats, Operator, ProvisionerOptions, ProvisionerProcess,
+};
+use serde_json::Value;
+use x509_parser::prelude::FromDer;
+
+const SERVERS: usize = 120;
+/// The DDL of `choria_provision#reprovision` needs a non-empty token.
+const TOKEN: &str = "t0ken";
+
+/// What every member of the cluster under test shares.
+struct Site<'a> {
+    dir: &'a Path,
+    nats: &'a Nats,
+    ca: &'a (PathBuf, PathBuf),
+    signer: &'a Path,
+    admin_ca: &'a Path,
+}
+
+fn start_member(
+    site: &Site,
+    spec: &ClusterMemberSpec,
+    all: &[ClusterMemberSpec],
+    auto_join: bool,
+) -> ProvisionerProcess {
+    let Site {
+        dir,
+        nats,
+        ca,
+        signer,
+        admin_ca,
+    } = *site;
+    // provisioned servers live in the broker's choria account, as on a production broker
+    let admin_extra = format!(
+        "  reprovision:\n    servers: [\"{}\"]\n    user: choria\n    password: \"{}\"\n",
+        nats.url, nats.creds.choria
+    );
+    let tls_dir = cluster_pki(dir, all);
+    ProvisionerProcess::start(
+        dir,
+        nats,
+        ca,
+        signer,
+        &ProvisionerOptions {
+            identity: spec.name.clone(),
+            token: TOKEN.into(),
+            // a slow helper and few workers keep the run long enough to pause and drain it
+            workers: 2,
+            helper: format!(
+                "sh -c 'sleep 0.5; exec {} {}'",
+                cluster_tests::python(),
+                cluster_tests::repo_root()
+                    .join("deploy/examples/helper.py")
+                    .display()
+            ),
+            cluster: Some(ClusterOptions {
+                id: spec.id,
+                members: all.to_vec(),
+                claim_lease: "5s".into(),
+                tls_dir: Some(tls_dir),
+                admin_ca: Some(admin_ca.to_path_buf()),
+                auto_join,
+                admin_extra,
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+/// Every record of the ledger as `member` holds it (`admin ledger export`).
+fn ledger(op: &Operator, member: &ClusterMemberSpec) -> Vec<Value> {
+    let out = op.cli(member, &["ledger", "export"]);
+    assert!(
+        out.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("export line is JSON"))
+        .collect()
+}
+
+fn serial(r: &Value) -> Option<String> {
+    r["credential"]["serial"].as_str().map(String::from)
+}
+
+fn issued(records: &[Value]) -> usize {
+    records.iter().filter(|r| serial(r).is_some()).count()
+}
+
+fn issued_by(records: &[Value], member: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r["credential"]["issued_by"] == member)
+        .count()
+}
+
+fn enrolled(records: &[Value]) -> usize {
+    records.iter().filter(|r| r["state"] == "Enrolled").count()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what}: not within {timeout:?}");
+}
+
+/// (identity, event, serial) lines the fleet wrote.
+fn fleet_events(path: &Path) -> Vec<(String, String, Option<String>)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            (
+                v["identity"].as_str().unwrap_or_default().to_string(),
+                v["event"].as_str().unwrap_or_default().to_string(),
+                v["serial"].as_str().map(String::from),
+            )
+        })
+        .collect()
+}
+
+fn crl_serials(path: &Path) -> BTreeSet<String> {
+    let Ok(pem) = std::fs::read(path) else {
+        return BTreeSet::new();
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return BTreeSet::new();
+    };
+    let Ok((_, crl)) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&pem.contents)
+    else {
+        return BTreeSet::new();
+    };
+    crl.iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect()
+}
+
+#[test]
+fn admin_api_drives_a_three_member_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let nats = Nats::start(d);
+    let ca = init_ca(d);
+    let events = d.join("fleet-events.jsonl");
+    let fleet = FleetProcess::start(
+        d,
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: SERVERS,
+            token: TOKEN.into(),
+            timeout_secs: 600,
+            extra: vec![
+                "--stay".into(),
+                "--events".into(),
+                events.display().to_string(),
+                "--production-user".into(),
+                "choria".into(),
+                "--production-password".into(),
+                nats.creds.choria.clone(),
+            ],
+            ..Default::default()
+        },
+        false,
+    );
+    let mut specs = ClusterOptions::members(3);
+    let pki = cluster_pki(d, &specs);
+    let op = admin_pki(d, &pki, "ops-alice");
+    let site = Site {
+        dir: d,
+        nats: &nats,
+        ca: &ca,
+        signer: &fleet.signer_pub,
+        admin_ca: &op.admin_ca,
+    };
+    let mut members: Vec<ProvisionerProcess> = specs
+        .iter()
+        .map(|s| start_member(&site, s, &specs, true))
+        .collect();
+    let (m1, m2) = (specs[0].clone(), specs[1].clone());
+
+    // --- authentication: no certificate, or one from another CA, is UNAUTHENTICATED
+    wait_for("admin API up", Duration::from_secs(60), || {
+        op.cli(&m1, &["status"]).status.success()
+    });
+    let no_cert = std::process::Command::new(cluster_tests::bin("provisioner"))
+        .args(["admin", "--endpoint"])
+        .arg(format!("127.0.0.1:{}", m1.admin_port))
+        .args(["--server-name", &m1.name, "--ca"])
+        .arg(&op.cluster_ca)
+        .arg("status")
+        .env_remove("PROVISIONER_ADMIN_CONFIG")
+        .output()
+        .expect("run admin");
+    assert_eq!(no_cert.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&no_cert.stderr);
+    assert!(err.contains("UNAUTHENTICATED"), "{err}");
+    let other = tempfile::tempdir().expect("tempdir");
+    let stranger = admin_pki(other.path(), &pki, "mallory");
+    let wrong_ca = stranger.cli(&m1, &["pause"]);
+    assert_eq!(wrong_ca.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&wrong_ca.stderr);
+    assert!(err.contains("UNAUTHENTICATED"), "{err}");
+    // and the refused pause did nothing, but was counted
+    assert_eq!(op.json(&m1, &["status"])["paused"], false);
+    assert!(
+        cluster_tests::metric_sum(
+            &members[0].metrics(),
+            "choria_provisioner_admin_requests",
+            "unauthenticated"
+        ) >= 2.0
+    );
+
+    // --- invalid arguments are INVALID_ARGUMENT with a reason, exit 2
+    for args in [
+        &["ledger", "list", "--regex", "("][..],
+        &["ledger", "list", "--state", "nonsense"][..],
+        &["reprovision"][..],
+        &["ledger", "show", "not a name"][..],
+    ] {
+        let out = op.cli(&m1, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("INVALID_ARGUMENT"), "{args:?}: {err}");
+    }
+
+    // --- pause: every member stops issuing within a second; resume continues
+    wait_for("first enrollments", Duration::from_secs(120), || {
+        issued(&ledger(&op, &m1)) >= 10
+    });
+    let paused = op.json(&m2, &["pause"]);
+    assert_eq!(paused["paused"], true);
+    std::thread::sleep(Duration::from_secs(1));
+    let status = op.json(&m1, &["status"]);
+    for m in status["members"].as_array().expect("members") {
+        assert_eq!(m["paused"], true, "{m}");
+    }
+    let at_pause = issued(&ledger(&op, &m1));
+    std::thread::sleep(Duration::from_secs(4));
+    let later = issued(&ledger(&op, &m1));
+    assert_eq!(at_pause, later, "credentials were issued while paused");
+    assert!(
+        later < SERVERS,
+        "the fleet finished before the pause took hold"
+    );
+    let resumed = op.json(&m1, &["resume"]);
+    assert_eq!(resumed["paused"], false);
+
+    // --- drain prov2 while provisioning continues: it issues nothing new, the others finish
+    wait_for("provisioning resumed", Duration::from_secs(60), || {
+        issued(&ledger(&op, &m1)) > later
+    });
+    let drained = op.json(&m1, &["drain", &m2.name]);
+    assert_eq!(drained["draining"], serde_json::json!([m2.name]));
+    // flows prov2 had in flight finish; then its count stays put
+    std::thread::sleep(Duration::from_secs(3));
+    let records = ledger(&op, &m1);
+    let by_m2 = issued_by(&records, &m2.name);
+    let at_drain = issued(&records);
+    assert!(at_drain < SERVERS, "nothing left to move after the drain");
+    wait_for("fleet provisioned", Duration::from_secs(300), || {
+        enrolled(&ledger(&op, &m1)) == SERVERS
+    });
+    let records = ledger(&op, &m1);
+    assert_eq!(
+        issued_by(&records, &m2.name),
+        by_m2,
+        "drained member kept issuing"
+    );
+    let status = op.json(&m1, &["status"]);
+    let m2_status = status["members"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["name"] == m2.name.as_str()).cloned())
+        .expect("prov2 in status");
+    assert_eq!(m2_status["draining"], true);
+    assert_eq!(m2_status["owned"], 0, "a drained member holds no claims");
+    let undrained = op.json(&m1, &["undrain", &m2.name]);
+    assert_eq!(undrained["draining"], serde_json::json!([]));
+
+    // --- ledger queries: list with paging and filters, show with history
+    let page = op.json(&m1, &["ledger", "list", "--page-size", "50"]);
+    assert_eq!(page["records"].as_array().map(Vec::len), Some(50));
+    assert_eq!(page["matched"], SERVERS as u64);
+    let token = page["next_page_token"]
+        .as_str()
+        .expect("next page")
+        .to_string();
+    let page2 = op.json(
+        &m1,
+        &[
+            "ledger",
+            "list",
+            "--page-size",
+            "50",
+            "--page-token",
+            &token,
+        ],
+    );
+    assert!(page2["records"][0]["identity"].as_str() > Some(token.as_str()));
+    let one = op.json(&m1, &["ledger", "list", "--fact", "index=7"]);
+    assert_eq!(one["matched"], 1);
+    assert_eq!(one["records"][0]["identity"], "sim-00007.example.net");
+    let shown = op.json(&m2, &["ledger", "show", "sim-00003.example.net"]);
+    assert_eq!(shown["state"], "enrolled");
+    assert!(shown["history"]
+        .as_array()
+        .is_some_and(|h| h.iter().any(|e| e["event"] == "enrolled")));
+    let missing = op.cli(&m1, &["ledger", "show", "nobody.example.net"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
+
+    // --- reprovision a regex: exactly those servers come back and get new certificates
+    let before: BTreeMap<String, String> = ledger(&op, &m1)
+        .iter()
+        .map(|r| {
+            (
+                r["identity"].as_str().unwrap_or_default().to_string(),
+                serial(r).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let dry = op.json(&m1, &["reprovision", "--fact", "index=7", "--dry-run"]);
+    assert_eq!(dry["counts"], serde_json::json!({"planned": 1}));
+    let targets: BTreeSet<String> = (0..5).map(|i| format!("sim-{i:05}.example.net")).collect();
+    let run = op.json(
+        &m2,
+        &[
+            "reprovision",
+            "--regex",
+            r"^sim-0000[0-4]\.",
+            "--batch",
+            "2",
+            "--rate",
+            "20",
+        ],
+    );
+    assert_eq!(run["counts"], serde_json::json!({"ok": 5}), "{run}");
+    let asked: BTreeSet<String> = run["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["identity"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(asked, targets);
+    wait_for(
+        "reprovisioned servers enrolled again",
+        Duration::from_secs(120),
+        || {
+            let recs = ledger(&op, &m1);
+            recs.iter()
+                .filter(|r| targets.contains(r["identity"].as_str().unwrap_or_default()))
+                .all(|r| {
+                    r["state"] == "Enrolled"
+                        && serial(r).as_ref()
+                            != before.get(r["identity"].as_str().unwrap_or_default())
+                })
+        },
+    );
+    let after = ledger(&op, &m1);
+    let mut superseded = BTreeSet::new();
+    for r in &after {
+        let id = r["identity"].as_str().unwrap_or_default();
+        let old = &before[id];
+        if targets.contains(id) {
+            assert_ne!(
+                serial(r).as_deref(),
+                Some(old.as_str()),
+                "{id} kept its serial"
+            );
+            let revoked = r["revoked"].as_array().expect("revoked list");
+            assert!(
+                revoked.iter().any(|v| v["serial"] == old.as_str()
+                    && v["reason"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("superseded"))),
+                "{id}: old serial not revoked: {r}"
+            );
+            superseded.insert(old.clone());
+        } else {
+            assert_eq!(serial(r).as_deref(), Some(old.as_str()), "{id} changed");
+            assert_eq!(r["revoked"], serde_json::json!([]), "{id}");
+        }
+    }
+    // the simulator's own view: only the targets went back and were provisioned twice (a
+    // server reports itself provisioned after its restart, a moment after the ledger)
+    wait_for(
+        "servers restarted after reprovisioning",
+        Duration::from_secs(30),
+        || {
+            fleet_events(&events)
+                .iter()
+                .filter(|(i, e, _)| e == "provisioned" && targets.contains(i))
+                .count()
+                == 2 * targets.len()
+        },
+    );
+    let ev = fleet_events(&events);
+    let back: BTreeSet<String> = ev
+        .iter()
+        .filter(|(_, e, _)| e == "reprovisioning")
+        .map(|(i, _, _)| i.clone())
+        .collect();
+    assert_eq!(back, targets);
+    let mut provisioned: BTreeMap<&str, Vec<&Option<String>>> = BTreeMap::new();
+    for (i, e, s) in &ev {
+        if e == "provisioned" {
+            provisioned.entry(i).or_default().push(s);
+        }
+    }
+    assert_eq!(provisioned.len(), SERVERS);
+    for (id, serials) in &provisioned {
+        let expect = if targets.contains(*id) { 2 } else { 1 };
+        assert_eq!(serials.len(), expect, "{id}: {serials:?}");
+        let distinct: BTreeSet<_> = serials.iter().collect();
+        assert_eq!(distinct.len(), serials.len(), "{id} got a serial twice");
+    }
+
+    // --- revoke one server: ledger state, and the CRL every member writes lists it
+    let victim = "sim-00010.example.net";
+    let victim_serial = serial(
+        after
+            .iter()
+            .find(|r| r["identity"] == victim)
+            .expect("victim in ledger"),
+    )
+    .expect("victim serial");
+    let revoked = op.json(&m1, &["revoke", victim, "--reason", "key leaked"]);
+    assert_eq!(revoked["serial"], victim_serial.as_str());
+    let shown = op.json(&m1, &["ledger", "show", victim]);
+    assert_eq!(shown["state"], "revoked");
+    assert_eq!(shown["revoked"][0]["reason"], "key leaked");
+    let again = op.cli(&m1, &["revoke", victim]);
+    assert_eq!(again.status.code(), Some(1), "revoking twice must fail");
+    let mut want = superseded.clone();
+    want.insert(victim_serial.clone());
+    for s in &specs {
+        let crl = d.join(format!("{}-data", s.name)).join("crl.pem");
+        wait_for(
+            &format!("CRL of {}", s.name),
+            Duration::from_secs(10),
+            || want.is_subset(&crl_serials(&crl)),
+        );
+    }
+
+    // --- rebalance with everyone live releases nothing and names the live members
+    let rb = op.json(&m1, &["rebalance"]);
+    assert_eq!(rb["live_members"].as_array().map(Vec::len), Some(3), "{rb}");
+
+    // --- membership: a change that would lose the quorum is refused
+    let status = op.json(&m1, &["status"]);
+    let leader_id = status["leader_id"].as_u64().expect("leader");
+    let victim_member = specs
+        .iter()
+        .position(|s| s.id != leader_id)
+        .expect("a follower");
+    let dead = specs[victim_member].clone();
+    members[victim_member].kill();
+    let survivor = specs
+        .iter()
+        .find(|s| s.id != leader_id && s.id != dead.id)
+        .cloned()
+        .expect("another follower");
+    let refused = op.cli(&survivor, &["remove-member", &survivor.id.to_string()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("quorum"),
+        "{err}"
+    );
+    // removing the dead member keeps a healthy quorum of two
+    let removed = op.json(&survivor, &["remove-member", &dead.id.to_string()]);
+    assert_eq!(
+        removed["voters"].as_array().map(Vec::len),
+        Some(2),
+        "{removed}"
+    );
+
+    // a new member that waits for an operator: add as learner, then promote
+    let four = ClusterMemberSpec::new(4);
+    specs.push(four.clone());
+    let _ = cluster_pki(d, &specs);
+    members.push(start_member(&site, &four, &specs, false));
+    let added = op.json(
+        &survivor,
+        &[
+            "add-member",
+            "--id",
+            "4",
+            "--name",
+            &four.name,
+            "--raft-addr",
+            &format!("127.0.0.1:{}", four.raft_port),
+            "--admin-addr",
+            &format!("127.0.0.1:{}", four.admin_port),
+        ],
+    );
+    assert_eq!(added["learners"], serde_json::json!([4]), "{added}");
+    let promoted = op.json(&survivor, &["promote", "4"]);
+    assert_eq!(
+        promoted["voters"].as_array().map(Vec::len),
+        Some(3),
+        "{promoted}"
+    );
+    wait_for(
+        "prov4 healthy with the same ledger",
+        Duration::from_secs(60),
+        || {
+            let s = op.json(&four, &["status"]);
+            let ms = s["members"].as_array().cloned().unwrap_or_default();
+            let digests: BTreeSet<String> = ms
+                .iter()
+                .filter_map(|m| m["ledger_digest"].as_str().map(String::from))
+                .collect();
+            ms.len() == 3
+                && ms
+                    .iter()
+                    .all(|m| m["healthy"] == true && m["voter"] == true)
+                && digests.len() == 1
+        },
+    );
+    // human output works too
+    let table = op.cli(&four, &["members"]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("prov4") && text.contains("leader"), "{text}");
+
+    drop(fleet);
+}
