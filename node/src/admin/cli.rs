@@ -387,39 +387,66 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
                     s.version
                 );
             }
-            let mut t = table(&[
-                "ID",
-                "NAME",
-                "ROLE",
-                "VOTER",
-                "HEALTHY",
-                "LIVE",
-                "DRAINING",
-                "TERM",
-                "APPLIED",
-                "OWNED",
-                "QUEUED",
-                "IN FLIGHT",
-                "RAFT ADDR",
-                "ADMIN ADDR",
-            ]);
+            // status shows the work, members how to reach each member
+            let mut t = if members_only {
+                table(&[
+                    "ID",
+                    "NAME",
+                    "ROLE",
+                    "VOTER",
+                    "HEALTHY",
+                    "TERM",
+                    "APPLIED",
+                    "RAFT ADDR",
+                    "ADMIN ADDR",
+                    "ERROR",
+                ])
+            } else {
+                table(&[
+                    "ID",
+                    "NAME",
+                    "ROLE",
+                    "VOTER",
+                    "HEALTHY",
+                    "LIVE",
+                    "DRAINING",
+                    "PAUSED",
+                    "APPLIED",
+                    "OWNED",
+                    "QUEUED",
+                    "IN FLIGHT",
+                    "RETRY",
+                ])
+            };
             for m in &s.members {
-                t.add_row(vec![
+                let mut row = vec![
                     m.id.to_string(),
                     m.name.clone(),
                     m.role.clone(),
                     yes(m.voter),
                     yes(m.healthy),
-                    yes(m.live),
-                    yes(m.draining),
-                    m.term.to_string(),
-                    m.last_applied.to_string(),
-                    m.owned.to_string(),
-                    m.queued.to_string(),
-                    m.in_flight.to_string(),
-                    m.raft_addr.clone(),
-                    m.admin_addr.clone(),
-                ]);
+                ];
+                if members_only {
+                    row.extend([
+                        m.term.to_string(),
+                        m.last_applied.to_string(),
+                        m.raft_addr.clone(),
+                        m.admin_addr.clone(),
+                        m.error.clone(),
+                    ]);
+                } else {
+                    row.extend([
+                        yes(m.live),
+                        yes(m.draining),
+                        yes(m.paused),
+                        m.last_applied.to_string(),
+                        m.owned.to_string(),
+                        m.queued.to_string(),
+                        m.in_flight.to_string(),
+                        m.waiting_retry.to_string(),
+                    ]);
+                }
+                t.add_row(row);
             }
             println!("{t}");
             if !members_only {
