@@ -4,6 +4,7 @@
 //! `batch_size` at a time and no faster than `rate_per_second`; each result is streamed to
 //! the caller as it comes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,9 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::select::Selector;
-use super::server::{classify, reprovision_limits, AdminContext, Tally};
+use super::server::AdminContext;
 use crate::pipeline::now_ms;
+use crate::rpc::RpcError;
 
 /// Checks the request, picks the servers and starts the run; progress arrives on the
 /// returned channel, which closes when every server has an answer.
@@ -137,4 +139,46 @@ async fn one(
         tracing::warn!(identity, error = %e, "could not record the reprovision result");
     }
     (result, message)
+}
+
+/// How a reprovision request to one server ended.
+fn classify(r: &Result<proto::rpc::RpcReply, RpcError>) -> (&'static str, String) {
+    match r {
+        Ok(reply) => (
+            "ok",
+            reply
+                .data
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        Err(e @ RpcError::Timeout { .. }) => ("no_answer", e.to_string()),
+        Err(e) => ("error", e.to_string()),
+    }
+}
+
+/// Counts of results, for logs.
+type Tally = BTreeMap<&'static str, u64>;
+
+/// Defaults for a reprovision run.
+fn reprovision_limits(req: &pb::ReprovisionRequest) -> Result<(usize, u32, Duration), Status> {
+    let batch = match req.batch_size {
+        0 => 50,
+        n if n > 1000 => return Err(Status::invalid_argument("batch_size is at most 1000")),
+        n => n as usize,
+    };
+    let rate = match req.rate_per_second {
+        0 => 100,
+        n if n > 10_000 => {
+            return Err(Status::invalid_argument("rate_per_second is at most 10000"))
+        }
+        n => n,
+    };
+    let timeout = match req.timeout_seconds {
+        0 => 10,
+        n if n > 300 => return Err(Status::invalid_argument("timeout_seconds is at most 300")),
+        n => n,
+    };
+    Ok((batch, rate, Duration::from_secs(timeout as u64)))
 }

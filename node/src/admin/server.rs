@@ -5,9 +5,7 @@
 //! through the Raft log (forwarded to the leader by the ledger); membership changes are
 //! carried out by the leader, forwarded over the members' own mTLS channel.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use proto::grpc::admin as pb;
@@ -23,7 +21,7 @@ use super::select::{self, Selector};
 use super::tls::{AdminTls, TlsError};
 use crate::config::Admin as AdminConfig;
 use crate::pipeline::{now_ms, Services};
-use crate::rpc::{RpcClient, RpcError};
+use crate::rpc::RpcClient;
 use crate::service::LIVE_WINDOW_MS;
 use crate::VERSION;
 
@@ -636,48 +634,4 @@ impl Admin for AdminApi {
             .map(|serial| pb::RevokeReply { serial });
         self.observe("revoke", r).map(Response::new)
     }
-}
-
-/// How a reprovision request to one server ended.
-pub(super) fn classify(r: &Result<proto::rpc::RpcReply, RpcError>) -> (&'static str, String) {
-    match r {
-        Ok(reply) => (
-            "ok",
-            reply
-                .data
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or_default()
-                .to_string(),
-        ),
-        Err(e @ RpcError::Timeout { .. }) => ("no_answer", e.to_string()),
-        Err(e) => ("error", e.to_string()),
-    }
-}
-
-/// Counts of results, for logs.
-pub(super) type Tally = BTreeMap<&'static str, u64>;
-
-/// Defaults for a reprovision run.
-pub(super) fn reprovision_limits(
-    req: &pb::ReprovisionRequest,
-) -> Result<(usize, u32, Duration), Status> {
-    let batch = match req.batch_size {
-        0 => 50,
-        n if n > 1000 => return Err(Status::invalid_argument("batch_size is at most 1000")),
-        n => n as usize,
-    };
-    let rate = match req.rate_per_second {
-        0 => 100,
-        n if n > 10_000 => {
-            return Err(Status::invalid_argument("rate_per_second is at most 10000"))
-        }
-        n => n,
-    };
-    let timeout = match req.timeout_seconds {
-        0 => 10,
-        n if n > 300 => return Err(Status::invalid_argument("timeout_seconds is at most 300")),
-        n => n,
-    };
-    Ok((batch, rate, Duration::from_secs(timeout as u64)))
 }
