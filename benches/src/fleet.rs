@@ -43,6 +43,10 @@ pub struct FleetConfig {
     /// Credentials provisioned servers use on the broker (user, password); `None` keeps the
     /// provisioning connection.
     pub production: Option<(String, String)>,
+    /// Share of servers (the first ones) that fall back to provisioning mode on their own
+    /// `fall_back_after` after their first provisioning; needs `stay`.
+    pub fall_back: f64,
+    pub fall_back_after: Duration,
 }
 
 impl Default for FleetConfig {
@@ -64,6 +68,8 @@ impl Default for FleetConfig {
             stay: false,
             events: None,
             production: None,
+            fall_back: 0.0,
+            fall_back_after: Duration::from_secs(10),
         }
     }
 }
@@ -167,6 +173,8 @@ impl Fleet {
                 expect_ca: expect_ca.clone(),
                 stay: cfg.stay,
                 production: production.clone(),
+                fall_back_after: ((index as f64) < cfg.fall_back * cfg.servers as f64)
+                    .then_some(cfg.fall_back_after),
             })
             .collect();
         let identities: Vec<String> = specs.iter().map(|s| s.identity.clone()).collect();
@@ -237,6 +245,7 @@ impl Fleet {
                     self.event(index, "provisioned", serial.as_deref())
                 }
                 Report::Reprovisioning { index } => self.event(index, "reprovisioning", None),
+                Report::FellBack { index } => self.event(index, "fell_back", None),
                 Report::Shutdown { index } => self.event(index, "shutdown", None),
                 Report::FirstRequest { .. } | Report::Reconfigured { .. } => {}
             }
@@ -299,6 +308,9 @@ impl Fleet {
                         }
                         Report::Reprovisioning { index } => {
                             self.event(index, "reprovisioning", None);
+                        }
+                        Report::FellBack { index } => {
+                            self.event(index, "fell_back", None);
                         }
                     }
                 }

@@ -75,6 +75,8 @@ pub enum Report {
     Shutdown { index: usize },
     /// A provisioned server was asked to reprovision and is back in provisioning mode.
     Reprovisioning { index: usize },
+    /// A provisioned server went back to provisioning mode by itself.
+    FellBack { index: usize },
 }
 
 /// Everything that makes one server what it is.
@@ -95,6 +97,9 @@ pub struct ServerSpec {
     /// How a provisioned server connects to its production broker; `None` keeps the
     /// provisioning connection (a broker without separate accounts).
     pub production: Option<Arc<Production>>,
+    /// After its first provisioning, fall back to provisioning mode on its own after this
+    /// long (as a server with broken configuration or expired credentials does). Needs `stay`.
+    pub fall_back_after: Option<Duration>,
 }
 
 /// Where provisioned servers connect: the same broker URL with production credentials.
@@ -120,6 +125,8 @@ struct State {
     csr_count: u32,
     /// The collective the server listens in now.
     collective: String,
+    /// It fell back on its own once already.
+    fell_back: bool,
 }
 
 pub struct SimServer {
@@ -685,6 +692,15 @@ impl SimServer {
                         st.collective = main.clone();
                     }
                     let _ = s.resubscribe.send(main);
+                    let first = s.state.lock().map(|st| !st.fell_back).unwrap_or(false);
+                    if let (Some(after), true) = (s.spec.fall_back_after, first) {
+                        s.back_to_provisioning(
+                            after,
+                            Report::FellBack {
+                                index: s.spec.index,
+                            },
+                        );
+                    }
                 } else {
                     let _ = s.stop.send(true);
                 }
@@ -742,6 +758,20 @@ impl SimServer {
             st.restarting = true;
         }
         let delay = Duration::from_secs(rand::random::<u64>() % 10 + 2);
+        self.back_to_provisioning(
+            delay,
+            Report::Reprovisioning {
+                index: self.spec.index,
+            },
+        );
+        to_value(&MessageReply {
+            message: format!("Restarting after {}s", delay.as_secs()),
+        })
+    }
+
+    /// After `delay`, restarts into provisioning mode with no key, certificate or
+    /// configuration, reports `report` and announces itself.
+    fn back_to_provisioning(self: &Arc<Self>, delay: Duration, report: Report) {
         let s = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -751,17 +781,13 @@ impl SimServer {
                     provisioning: true,
                     collective: subject::PROVISIONING_COLLECTIVE.into(),
                     seen_first: st.seen_first,
+                    fell_back: st.fell_back || matches!(report, Report::FellBack { .. }),
                     ..Default::default()
                 };
             }
-            let _ = s.reports.send(Report::Reprovisioning {
-                index: s.spec.index,
-            });
+            let _ = s.reports.send(report);
             let _ = s.resubscribe.send(subject::PROVISIONING_COLLECTIVE.into());
         });
-        to_value(&MessageReply {
-            message: format!("Restarting after {}s", delay.as_secs()),
-        })
     }
 }
 

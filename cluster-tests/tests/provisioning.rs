@@ -345,3 +345,117 @@ fn bad_configuration_is_a_clear_error_at_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// (identity, event, serial) lines a fleet wrote with `--events`.
+fn fleet_events(path: &Path) -> Vec<(String, String, Option<String>)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| {
+            (
+                v["identity"].as_str().unwrap_or_default().to_string(),
+                v["event"].as_str().unwrap_or_default().to_string(),
+                v["serial"].as_str().map(String::from),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn servers_that_fall_back_by_themselves_are_provisioned_again() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nats = Nats::start(d);
+    let ca = init_ca(d);
+    let events = d.join("events.jsonl");
+    // a quarter of the fleet comes back to provisioning mode 18 s after being provisioned,
+    // as servers with a broken configuration or expired credentials do
+    let mut fleet = FleetProcess::start(
+        d,
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: 20,
+            token: "t0ken".into(),
+            timeout_secs: 120,
+            extra: vec![
+                "--stay".into(),
+                "--events".into(),
+                events.display().to_string(),
+                "--fall-back".into(),
+                "0.25".into(),
+                "--fall-back-after".into(),
+                "18".into(),
+            ],
+            ..Default::default()
+        },
+        false,
+    );
+    let mut prov = ProvisionerProcess::start(
+        d,
+        &nats,
+        &ca,
+        &fleet.signer_pub,
+        &ProvisionerOptions {
+            token: "t0ken".into(),
+            ..Default::default()
+        },
+    );
+    let summary = fleet.wait_summary(Duration::from_secs(180));
+    assert_eq!(n(&summary, "provisioned"), 20, "{summary}");
+    let start = std::time::Instant::now();
+    let provisioned = |ev: &[(String, String, Option<String>)]| {
+        ev.iter().filter(|(_, e, _)| e == "provisioned").count()
+    };
+    while provisioned(&fleet_events(&events)) < 25 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "fallen-back servers not provisioned again: {:?}",
+            fleet_events(&events)
+        );
+        assert!(prov.proc.is_running(), "provisioner died");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ev = fleet_events(&events);
+    let fell: std::collections::BTreeSet<&str> = ev
+        .iter()
+        .filter(|(_, e, _)| e == "fell_back")
+        .map(|(i, _, _)| i.as_str())
+        .collect();
+    assert_eq!(fell.len(), 5, "{ev:?}");
+    for i in 0..20 {
+        let id = format!("sim-{i:05}.example.net");
+        let serials: Vec<&Option<String>> = ev
+            .iter()
+            .filter(|(who, e, _)| who == &id && e == "provisioned")
+            .map(|(_, _, s)| s)
+            .collect();
+        let want = if fell.contains(id.as_str()) { 2 } else { 1 };
+        assert_eq!(serials.len(), want, "{id}: {serials:?}");
+        assert!(serials.iter().all(|s| s.is_some()), "{id}: {serials:?}");
+        if want == 2 {
+            assert_ne!(serials[0], serials[1], "{id} got its old serial again");
+        }
+    }
+    // the ledger: one record per server, all enrolled, the replaced credentials revoked
+    let start = std::time::Instant::now();
+    loop {
+        let m = prov.metrics();
+        let enrolled = metric_sum(
+            &m,
+            "choria_provisioner_ledger_records",
+            "state=\"enrolled\"",
+        );
+        let revoked = metric_sum(&m, "choria_provisioner_revoked_credentials", "");
+        if enrolled == 20.0 && revoked == 5.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ledger: enrolled {enrolled}, revoked {revoked}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -359,7 +359,15 @@ impl Ca {
         let params = rcgen::CertificateRevocationListParams {
             this_update: now,
             next_update: now + to_time(next_update)?,
-            crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+            // minimal big-endian bytes: DER integers carry no leading zero bytes
+            crl_number: {
+                let bytes = number.to_be_bytes();
+                let first = bytes
+                    .iter()
+                    .position(|b| *b != 0)
+                    .unwrap_or(bytes.len() - 1);
+                SerialNumber::from_slice(&bytes[first..])
+            },
             issuing_distribution_point: None,
             revoked_certs: certs,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
@@ -586,6 +594,7 @@ mod tests {
             .map(|r| hex::encode(r.raw_serial()))
             .collect();
         assert_eq!(serials, vec!["4a01", "5b02"]);
+        assert_eq!(parsed.crl_number().map(|n| n.to_string()), Some("7".into()));
         assert!(ca
             .crl(&[("zz".into(), 0)], 1, Duration::from_secs(60))
             .is_err());

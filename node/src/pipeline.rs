@@ -87,13 +87,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Provisions one server. Never panics on what the server or helper sends.
-pub async fn provision(svc: &Services, identity: &str) -> Outcome {
-    match claim(svc, identity).await {
+/// Provisions one server, last seen in provisioning mode at `seen_ms` (Unix ms). Never
+/// panics on what the server or helper sends.
+pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome {
+    match claim(svc, identity, seen_ms).await {
         Ok(()) => {}
         Err(skip) => return skip,
     }
-    let (outcome, release) = match run_steps(svc, identity).await {
+    let (outcome, release) = match run_steps(svc, identity, seen_ms).await {
         Ok(Step::Done(digest, facts)) => {
             let cmd = Command::Enrolled {
                 identity: identity.to_string(),
@@ -141,12 +142,13 @@ enum Step {
     Shutdown(String),
 }
 
-async fn claim(svc: &Services, identity: &str) -> Result<(), Outcome> {
+async fn claim(svc: &Services, identity: &str, seen_ms: u64) -> Result<(), Outcome> {
     let now = now_ms();
     let cmd = Command::Claim {
         identity: identity.to_string(),
         member: svc.member.clone(),
         lease_until_ms: now + svc.claim_lease_ms,
+        seen_ms,
         at_ms: now,
     };
     match svc.ledger.propose(cmd).await {
@@ -167,7 +169,7 @@ async fn propose(svc: &Services, cmd: Command) -> Result<(), String> {
     }
 }
 
-async fn run_steps(svc: &Services, identity: &str) -> Result<Step, String> {
+async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step, String> {
     let features = &svc.config.features;
 
     let claims = match (&svc.jwt, features.jwt) {
@@ -271,7 +273,7 @@ async fn run_steps(svc: &Services, identity: &str) -> Result<Step, String> {
     }
     if let Some(c) = &fetched_csr {
         // the claim must outlive the rest of the flow; renew it before issuing
-        claim(svc, identity)
+        claim(svc, identity, seen_ms)
             .await
             .map_err(|o| format!("lost claim before issuing: {o:?}"))?;
         let cred = enroll::enroll(svc, identity, &c.csr, &decision.certificate, &decision.ca)

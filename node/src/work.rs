@@ -33,6 +33,8 @@ struct Entry {
     state: State,
     attempts: u32,
     queued_at: Instant,
+    /// Unix ms when the server was last seen in provisioning mode (discovery or event).
+    seen_ms: u64,
 }
 
 struct Job {
@@ -80,12 +82,19 @@ impl WorkQueue {
         let Ok(mut entries) = self.entries.lock() else {
             return false;
         };
+        let seen = (source != Source::Retry).then(pipeline::now_ms);
         match entries.get_mut(identity) {
             Some(e) if source == Source::Retry && e.state == State::Waiting => {
                 e.state = State::Queued;
                 e.queued_at = Instant::now();
             }
-            Some(_) => return false,
+            Some(e) => {
+                // known already; the sighting is fresh evidence it is waiting
+                if let Some(now) = seen {
+                    e.seen_ms = now;
+                }
+                return false;
+            }
             None => {
                 entries.insert(
                     identity.to_string(),
@@ -93,6 +102,7 @@ impl WorkQueue {
                         state: State::Queued,
                         attempts: 0,
                         queued_at: Instant::now(),
+                        seen_ms: seen.unwrap_or(0),
                     },
                 );
             }
@@ -135,28 +145,29 @@ impl WorkQueue {
         m.set(&m.waiting_nodes, entries.len() as i64);
     }
 
-    /// Marks a job in flight; false when it should not run (stale or gone).
-    fn begin(&self, identity: &str) -> bool {
+    /// Marks a job in flight and returns when the server was last seen; `None` when it
+    /// should not run (stale or gone).
+    fn begin(&self, identity: &str) -> Option<u64> {
         let Ok(mut entries) = self.entries.lock() else {
-            return false;
+            return None;
         };
         let stale_after = self.svc.config.interval * 2;
         let run = match entries.get_mut(identity) {
             Some(e) if e.state == State::Queued && e.queued_at.elapsed() > stale_after => {
                 tracing::warn!(identity, waited = ?e.queued_at.elapsed(), "skipping server that waited too long");
                 entries.remove(identity);
-                false
+                None
             }
             Some(e) if e.state == State::Queued && !self.svc.owns(identity) => {
                 tracing::debug!(identity, "no longer ours after a membership change");
                 entries.remove(identity);
-                false
+                None
             }
             Some(e) if e.state == State::Queued => {
                 e.state = State::InFlight;
-                true
+                Some(e.seen_ms)
             }
-            _ => false,
+            _ => None,
         };
         self.update_gauges(&entries);
         run
@@ -217,14 +228,14 @@ async fn dispatch(q: Arc<WorkQueue>, mut rx: mpsc::UnboundedReceiver<Job>) {
         let Ok(permit) = workers.clone().acquire_owned().await else {
             return;
         };
-        if !q.begin(&job.identity) {
+        let Some(seen_ms) = q.begin(&job.identity) else {
             continue;
-        }
+        };
         let q = q.clone();
         tokio::spawn(async move {
             let m = &q.svc.metrics;
             m.add(&m.busy_workers, 1);
-            let outcome = pipeline::provision(&q.svc, &job.identity).await;
+            let outcome = pipeline::provision(&q.svc, &job.identity, seen_ms).await;
             m.add(&m.busy_workers, -1);
             drop(permit);
             report(&q.svc, &job.identity, &outcome);

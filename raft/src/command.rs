@@ -24,6 +24,10 @@ pub enum Command {
         identity: String,
         member: String,
         lease_until_ms: u64,
+        /// When the server was last seen in provisioning mode (a discovery reply or a startup
+        /// event); evidence that an enrolled server fell back on its own.
+        #[serde(default)]
+        seen_ms: u64,
         at_ms: u64,
     },
     /// A credential was issued for `identity`; applied before the server receives it.

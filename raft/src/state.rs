@@ -9,7 +9,9 @@
 //! The rules:
 //! - a server is worked by at most one member at a time: a claim succeeds when nobody holds a
 //!   live lease on it, or the claimant already holds it;
-//! - an enrolled server is not claimed again (re-enrollment goes through reprovisioning);
+//! - an enrolled server is claimed again only when it was seen in provisioning mode well after
+//!   it was enrolled (it fell back on its own: broken configuration, expired credentials), or
+//!   after an operator's reprovision request;
 //! - a credential is recorded only by the member holding the claim, and a serial number is
 //!   never recorded twice;
 //! - only the owner releases or completes a claim;
@@ -26,6 +28,9 @@ use crate::command::{Command, ReleaseOutcome};
 
 /// Entries kept in a record's history; older ones are dropped.
 pub const HISTORY_LIMIT: usize = 32;
+/// An enrolled server seen in provisioning mode within this long of its last change is still
+/// restarting into its configuration; only later is it a server that fell back.
+pub const REENROLL_SETTLE_MS: u64 = 15_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EnrollState {
@@ -293,8 +298,9 @@ impl LedgerState {
                 identity,
                 member,
                 lease_until_ms,
+                seen_ms,
                 at_ms,
-            } => self.claim(identity, member, *lease_until_ms, *at_ms),
+            } => self.claim(identity, member, *lease_until_ms, *seen_ms, *at_ms),
 
             Command::IssueCredential {
                 identity,
@@ -508,11 +514,16 @@ impl LedgerState {
         identity: &str,
         member: &str,
         lease_until_ms: u64,
+        seen_ms: u64,
         at_ms: u64,
     ) -> Result<(), Rejection> {
+        let mut fell_back = false;
         if let Some(rec) = self.records.get(identity) {
             if rec.state == EnrollState::Enrolled {
-                return Err(Rejection::AlreadyEnrolled);
+                if seen_ms < rec.updated_ms.saturating_add(REENROLL_SETTLE_MS) {
+                    return Err(Rejection::AlreadyEnrolled);
+                }
+                fell_back = true;
             }
             if rec.state == EnrollState::Claimed {
                 if let Some(owner) = &rec.owner {
@@ -549,7 +560,12 @@ impl LedgerState {
         rec.lease_until_ms = lease_until_ms;
         if !renewal {
             rec.attempts += 1;
-            note(rec, at_ms, member, "claimed".into());
+            let event = if fell_back {
+                "claimed: back in provisioning mode after enrollment"
+            } else {
+                "claimed"
+            };
+            note(rec, at_ms, member, event.into());
         }
         Ok(())
     }
@@ -610,6 +626,7 @@ mod tests {
             identity: id.into(),
             member: m.into(),
             lease_until_ms: at + 1000,
+            seen_ms: at,
             at_ms: at,
         }
     }
@@ -851,5 +868,40 @@ mod tests {
         for st in EnrollState::ALL {
             assert_eq!(EnrollState::from_name(st.name()), Some(st));
         }
+    }
+
+    #[test]
+    fn an_enrolled_server_seen_waiting_well_after_enrollment_is_claimed_again() {
+        let mut s = LedgerState::default();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&issue("n1", "a", "01", 1)).unwrap();
+        s.apply(&enrolled("n1", "a", 2)).unwrap();
+        let claim_seen = |seen: u64, at: u64| Command::Claim {
+            identity: "n1".into(),
+            member: "b".into(),
+            lease_until_ms: at + 1000,
+            seen_ms: seen,
+            at_ms: at,
+        };
+        // seen while it was restarting into its configuration: not again
+        assert_eq!(
+            s.apply(&claim_seen(5_000, 60_000)),
+            Err(Rejection::AlreadyEnrolled)
+        );
+        // seen waiting long after: it fell back on its own
+        s.apply(&claim_seen(2 + REENROLL_SETTLE_MS, 60_000))
+            .unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Claimed);
+        assert_eq!(r.attempts, 2);
+        assert!(r
+            .history
+            .last()
+            .unwrap()
+            .event
+            .contains("back in provisioning"));
+        // the new credential supersedes the old one
+        s.apply(&issue("n1", "b", "02", 60_001)).unwrap();
+        assert_eq!(s.record("n1").unwrap().revoked[0].serial, "01");
     }
 }

@@ -550,6 +550,7 @@ mod tests {
             identity: "n1".into(),
             member: "a".into(),
             lease_until_ms: 100,
+            seen_ms: 1,
             at_ms: 1,
         };
         let issue = Command::IssueCredential {

@@ -102,6 +102,7 @@ fn claim(id: &str, member: &str) -> Command {
         identity: id.into(),
         member: member.into(),
         lease_until_ms: u64::MAX / 2,
+        seen_ms: 1,
         at_ms: 1,
     }
 }

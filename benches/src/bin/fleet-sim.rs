@@ -84,10 +84,25 @@ struct Args {
     production_user: Option<String>,
     #[arg(long, env = "FLEET_PRODUCTION_PASSWORD", default_value = "")]
     production_password: String,
+    /// Share of servers that fall back to provisioning mode by themselves after their first
+    /// provisioning (needs --stay)
+    #[arg(long, default_value_t = 0.0)]
+    fall_back: f64,
+    /// Seconds after provisioning when those servers fall back
+    #[arg(long, default_value_t = 10)]
+    fall_back_after: u64,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.fall_back > 0.0 && !args.stay {
+        eprintln!("--fall-back needs --stay (servers must keep running to fall back)");
+        return ExitCode::from(2);
+    }
+    if !(0.0..=1.0).contains(&args.fall_back) {
+        eprintln!("--fall-back is a share between 0 and 1");
+        return ExitCode::from(2);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -145,6 +160,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         },
         stay: args.stay,
         events: args.events.clone(),
+        fall_back: args.fall_back,
+        fall_back_after: Duration::from_secs(args.fall_back_after),
         production: args
             .production_user
             .clone()
