@@ -47,6 +47,8 @@ pub struct FleetConfig {
     /// `fall_back_after` after their first provisioning; needs `stay`.
     pub fall_back: f64,
     pub fall_back_after: Duration,
+    /// Organization Issuer public key servers check server JWTs against.
+    pub expect_issuer: Option<[u8; 32]>,
 }
 
 impl Default for FleetConfig {
@@ -70,6 +72,7 @@ impl Default for FleetConfig {
             production: None,
             fall_back: 0.0,
             fall_back_after: Duration::from_secs(10),
+            expect_issuer: None,
         }
     }
 }
@@ -148,6 +151,7 @@ impl Fleet {
             None
         };
         let expect_ca = cfg.expect_ca.clone().map(Arc::new);
+        let expect_issuer = cfg.expect_issuer.map(Arc::new);
         let production = cfg.production.as_ref().map(|(user, password)| {
             Arc::new(crate::server::Production {
                 url: cfg.nats_url.clone(),
@@ -175,6 +179,7 @@ impl Fleet {
                 production: production.clone(),
                 fall_back_after: ((index as f64) < cfg.fall_back * cfg.servers as f64)
                     .then_some(cfg.fall_back_after),
+                expect_issuer: expect_issuer.clone(),
             })
             .collect();
         let identities: Vec<String> = specs.iter().map(|s| s.identity.clone()).collect();

@@ -100,6 +100,9 @@ pub struct ServerSpec {
     /// After its first provisioning, fall back to provisioning mode on its own after this
     /// long (as a server with broken configuration or expired credentials does). Needs `stay`.
     pub fall_back_after: Option<Duration>,
+    /// When set, the Organization Issuer (ed25519 public key) whose server JWT this server
+    /// accepts in `configure`; the JWT must name this server and its gen25519 key.
+    pub expect_issuer: Option<Arc<[u8; 32]>>,
 }
 
 /// Where provisioned servers connect: the same broker URL with production credentials.
@@ -127,6 +130,8 @@ struct State {
     collective: String,
     /// It fell back on its own once already.
     fell_back: bool,
+    /// The ed25519 key made on `gen25519`.
+    ed_key: Option<ed25519_dalek::SigningKey>,
 }
 
 pub struct SimServer {
@@ -446,6 +451,13 @@ impl SimServer {
                 let args: CsrRequest = parse(&data)?;
                 self.gencsr(args).map_err(|e| (StatusCode::Aborted, e))
             }
+            "gen25519" => {
+                if !provisioning {
+                    return not_provisioning();
+                }
+                let args: proto::agents::Ed25519Request = parse(&data)?;
+                self.gen25519(&args.nonce)
+            }
             "configure" => {
                 if !provisioning {
                     return not_provisioning();
@@ -582,7 +594,7 @@ impl SimServer {
         }
         let mut serial = None;
         let mut verified = false;
-        if let Some(ca) = &self.spec.expect_ca {
+        if let (Some(ca), false) = (&self.spec.expect_ca, args.certificate.is_empty()) {
             if args.ca.trim() != ca.trim() {
                 return refuse("TLS Setup Failed: the CA is not the one this server trusts".into());
             }
@@ -604,6 +616,16 @@ impl SimServer {
                     verified = true;
                 }
                 Err(e) => return refuse(format!("TLS Setup Failed: {e}")),
+            }
+        }
+        if !args.server_jwt.is_empty() {
+            match self.check_server_jwt(&args.server_jwt) {
+                Ok(Some(jti)) => {
+                    serial = Some(jti);
+                    verified = true;
+                }
+                Ok(None) => {}
+                Err(e) => return refuse(format!("invalid server JWT: {e}")),
             }
         }
         let lines = settings.len() + 1;
@@ -720,6 +742,59 @@ impl SimServer {
 }
 
 impl SimServer {
+    /// Upstream's gen25519: a new ed25519 key, and the nonce signed with it.
+    fn gen25519(&self, nonce: &str) -> Result<Value, (StatusCode, String)> {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let reply = proto::agents::Ed25519Reply {
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            directory: "/etc/choria".into(),
+            signature: hex::encode(key.sign(nonce.as_bytes()).to_bytes()),
+        };
+        if let Ok(mut st) = self.state.lock() {
+            st.ed_key = Some(key);
+        }
+        to_value(&reply)
+    }
+
+    /// Checks a server JWT against the expected issuer: EdDSA signature, purpose, this
+    /// server's identity and gen25519 key. `Ok(Some(jti))` when verified, `Ok(None)` when no
+    /// issuer is expected.
+    fn check_server_jwt(&self, jwt: &str) -> Result<Option<String>, String> {
+        let Some(issuer) = &self.spec.expect_issuer else {
+            return Ok(None);
+        };
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        v.set_required_spec_claims(&["exp", "iat"]);
+        let claims = jsonwebtoken::decode::<Value>(
+            jwt,
+            &jsonwebtoken::DecodingKey::from_ed_der(issuer.as_slice()),
+            &v,
+        )
+        .map_err(|e| e.to_string())?
+        .claims;
+        if claims["purpose"] != "choria_server" {
+            return Err(format!("purpose is {}", claims["purpose"]));
+        }
+        if claims["identity"] != self.spec.identity.as_str() {
+            return Err(format!("identity is {}", claims["identity"]));
+        }
+        let mine = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.ed_key
+                    .as_ref()
+                    .map(|k| hex::encode(k.verifying_key().as_bytes()))
+            })
+            .ok_or("no gen25519 key was made")?;
+        if claims["public_key"] != mine.as_str() {
+            return Err("public_key is not this server's key".into());
+        }
+        Ok(claims["jti"].as_str().map(String::from))
+    }
+
     fn conn(&self) -> async_nats::Client {
         self.current
             .lock()

@@ -449,6 +449,9 @@ pub struct ProvisionerOptions {
     pub cluster: Option<ClusterOptions>,
     /// More configuration, appended as is.
     pub extra_yaml: String,
+    /// Organization Issuer seed file: enrolls with the ed25519 feature (server JWTs) instead
+    /// of pki.
+    pub ed25519_issuer: Option<PathBuf>,
 }
 
 impl Default for ProvisionerOptions {
@@ -468,6 +471,7 @@ impl Default for ProvisionerOptions {
             loglevel: "info".into(),
             cluster: None,
             extra_yaml: String::new(),
+            ed25519_issuer: None,
         }
     }
 }
@@ -521,9 +525,7 @@ rpc_timeout: {rpc_timeout}
 retry_backoff_min: {retry_min}
 retry_backoff_max: 30s
 max_attempts: {max_attempts}
-features:
-  pki: true
-  jwt: true
+{features}
 nats:
   servers: ["{url}"]
 ca:
@@ -544,6 +546,13 @@ ca:
                 url = nats.url,
                 ca_cert = ca.0.display(),
                 ca_key = ca.1.display(),
+                features = match &opts.ed25519_issuer {
+                    Some(seed) => format!(
+                        "features:\n  ed25519: true\n  jwt: true\njwt_signing_key: {}",
+                        seed.display()
+                    ),
+                    None => "features:\n  pki: true\n  jwt: true".into(),
+                },
             )
             + &opts.extra_yaml;
         std::fs::write(&config, text).expect("write provisioner config");

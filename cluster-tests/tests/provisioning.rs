@@ -459,3 +459,45 @@ fn servers_that_fall_back_by_themselves_are_provisioned_again() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn an_ed25519_fleet_gets_server_jwts_from_the_organization_issuer() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // the issuer's seed, hex in a file, as upstream keeps it; its public key for the servers
+    let seed = [42u8; 32];
+    let seed_file = d.join("issuer.seed");
+    std::fs::write(&seed_file, hex::encode(seed)).unwrap();
+    let issuer_pub = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    let (summary, prov, _nats) = run_fleet(
+        d,
+        FleetOptions {
+            servers: 40,
+            token: "t0ken".into(),
+            timeout_secs: 120,
+            extra: vec!["--expect-issuer".into(), hex::encode(issuer_pub.as_bytes())],
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            token: "t0ken".into(),
+            ed25519_issuer: Some(seed_file),
+            ..Default::default()
+        },
+    );
+    // every server verified its JWT: issuer signature, purpose, its identity, its own key
+    assert_eq!(n(&summary, "provisioned"), 40, "{summary}");
+    assert_eq!(n(&summary, "verified"), 40, "{summary}");
+    assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
+    assert_eq!(n(&summary, "configure_refused"), 0, "{summary}");
+    assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
+    let m = prov.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "choria_provisioner_ledger_records",
+            "state=\"enrolled\""
+        ),
+        40.0
+    );
+}

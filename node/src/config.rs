@@ -314,6 +314,18 @@ impl Config {
         }
         if features.ed25519 {
             features.jwt = true;
+            if raw.jwt_signing_key.is_empty() {
+                return Err(invalid(
+                    "jwt_signing_key",
+                    "is required with the ed25519 feature (the Organization Issuer's hex seed file)",
+                ));
+            }
+            if !raw.jwt_signing_token.is_empty() {
+                return Err(invalid(
+                    "jwt_signing_token",
+                    "chain issuers are not supported yet; sign with the Organization Issuer's key (jwt_signing_key) alone",
+                ));
+            }
         }
         if features.jwt && raw.jwt_verify_cert.is_empty() {
             return Err(invalid(

@@ -87,7 +87,12 @@ pub async fn enroll(
     }
 }
 
-async fn record(svc: &Services, identity: &str, issued: &Issued) -> Result<(), EnrollError> {
+/// Records an issued credential (certificate or server JWT) under the caller's claim.
+pub(crate) async fn record(
+    svc: &Services,
+    identity: &str,
+    issued: &Issued,
+) -> Result<(), EnrollError> {
     let cmd = Command::IssueCredential {
         identity: identity.to_string(),
         member: svc.member.clone(),

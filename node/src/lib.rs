@@ -2,7 +2,7 @@
 //!
 //! Follow one server top-down: [`discover`] finds it and offers it to the [`work`] queue; a
 //! worker runs the [`pipeline`], which goes through [`jwt`], [`inventory`], [`csr`],
-//! [`helper`], [`enroll`] (with the built-in [`ca`]) and [`configure`], recording each state
+//! [`helper`], [`enroll`] (with the built-in [`ca`], or [`orgissuer`] in ed25519 networks) and [`configure`], recording each state
 //! change in the ledger (the `raft` crate). [`rpc`] carries every request over NATS,
 //! [`metrics`] counts what happens, [`config`] reads the configuration file and [`service`]
 //! starts it all. [`admin`] is the operator API and CLI.
@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
+pub mod orgissuer;
 pub mod pipeline;
 pub mod rpc;
 pub mod service;

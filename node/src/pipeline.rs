@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use proto::agents::ConfigureRequest;
 use raft::{Applied, Command, Ledger, Rejection, ReleaseOutcome};
+use sha2::{Digest, Sha256};
 
 use crate::ca::Ca;
 use crate::config::Config;
@@ -40,6 +41,8 @@ pub struct Services {
     pub logic: Arc<dyn UserLogic>,
     pub ca: Option<Ca>,
     pub jwt: Option<JwtVerifier>,
+    /// Signs server JWTs (feature `ed25519`).
+    pub issuer: Option<crate::orgissuer::OrgIssuer>,
     pub metrics: Arc<Metrics>,
     pub paused: AtomicBool,
     /// Set in a cluster: which servers this member works on.
@@ -185,6 +188,23 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         _ => None,
     };
 
+    let ed_key = match (&svc.issuer, features.ed25519) {
+        (Some(_), true) => match crate::orgissuer::fetch_key(svc, identity).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                if matches!(
+                    e,
+                    crate::orgissuer::IssuerError::BadProof
+                        | crate::orgissuer::IssuerError::Reply(_)
+                ) {
+                    svc.metrics.rejected("ed25519");
+                }
+                return Err(e.to_string());
+            }
+        },
+        _ => None,
+    };
+
     let inventory = inventory::fetch(svc, identity)
         .await
         .map_err(|e| e.to_string())?;
@@ -212,7 +232,7 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
     let request = HelperRequest {
         identity: identity.to_string(),
         csr: fetched_csr.as_ref().map(|c| c.reply.clone()),
-        ed25519_pubkey: None,
+        ed25519_pubkey: ed_key.clone(),
         inventory: inventory.json,
         jwt: claims.map(|c| c.claims),
     };
@@ -282,6 +302,34 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         tracing::info!(identity, serial = %cred.serial, "certificate issued");
         request.certificate = cred.certificate;
         request.ca = cred.ca;
+    } else if let (Some(key), Some(issuer)) = (&ed_key, &svc.issuer) {
+        claim(svc, identity, seen_ms)
+            .await
+            .map_err(|o| format!("lost claim before issuing: {o:?}"))?;
+        let claims = issuer.claims(
+            identity,
+            &key.public_key,
+            &decision.configuration,
+            decision.server_claims.as_ref(),
+            svc.config.server_jwt_validity,
+            (now_ms() / 1000) as i64,
+        );
+        let jwt = issuer.sign(&claims).map_err(|e| e.to_string())?;
+        // the JWT is in the ledger (jti as its serial) before the server sees it
+        let issued = crate::ca::Issued {
+            serial: claims.jti.clone(),
+            fingerprint: hex::encode(Sha256::digest(jwt.as_bytes())),
+            not_after: claims.exp,
+            pem: String::new(),
+        };
+        crate::enroll::record(svc, identity, &issued)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(identity, jti = %claims.jti, "server JWT issued");
+        request.server_jwt = jwt;
+        if request.ssldir.is_empty() {
+            request.ssldir = key.directory.clone();
+        }
     } else if !decision.certificate.is_empty() {
         request.certificate = decision.certificate;
         request.ca = decision.ca;

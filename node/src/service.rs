@@ -60,6 +60,8 @@ pub enum ServiceError {
     Cluster(String),
     #[error("admin API: {0}")]
     Admin(#[from] crate::admin::tls::TlsError),
+    #[error("{0}")]
+    Issuer(#[from] crate::orgissuer::IssuerError),
 }
 
 /// A running provisioner.
@@ -88,6 +90,14 @@ impl Provisioner {
         let ca = match (&config.ca, config.features.pki) {
             (Some(c), true) => Some(Ca::load(&c.cert, &c.key, config.cert_validity)?),
             _ => None,
+        };
+        let issuer = if config.features.ed25519 {
+            let issuer =
+                crate::orgissuer::OrgIssuer::load(std::path::Path::new(&config.jwt_signing_key))?;
+            tracing::info!(issuer = %issuer.public_hex(), "signing server JWTs as Organization Issuer");
+            Some(issuer)
+        } else {
+            None
         };
         let jwt = if config.features.jwt {
             Some(JwtVerifier::from_config(&config.jwt_verify_cert)?)
@@ -149,6 +159,7 @@ impl Provisioner {
             logic,
             ca,
             jwt,
+            issuer,
             metrics: metrics.clone(),
             paused: AtomicBool::new(false),
             shard: config

@@ -91,6 +91,9 @@ struct Args {
     /// Seconds after provisioning when those servers fall back
     #[arg(long, default_value_t = 10)]
     fall_back_after: u64,
+    /// Organization Issuer public key (hex) servers verify server JWTs with
+    #[arg(long)]
+    expect_issuer: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +163,15 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         },
         stay: args.stay,
         events: args.events.clone(),
+        expect_issuer: match &args.expect_issuer {
+            Some(h) => Some(
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| format!("--expect-issuer {h:?} is not a hex ed25519 key"))?,
+            ),
+            None => None,
+        },
         fall_back: args.fall_back,
         fall_back_after: Duration::from_secs(args.fall_back_after),
         production: args

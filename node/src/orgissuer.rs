@@ -1,0 +1,382 @@
+//! Enrollment in Organization Issuer (ed25519) networks: the server makes an ed25519 key on
+//! `choria_provision#gen25519` and proves it by signing our nonce; we sign a server JWT for
+//! that key with the issuer's ed25519 key (`jwt_signing_key`, a file holding the hex seed, as
+//! upstream reads it). The JWT carries upstream's claim names (`identity`, `collectives`,
+//! `permissions`, `ou`, `pub_subjects`, `purpose`, `public_key` and the registered claims), so
+//! Choria parses it as one of its own.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use proto::agents::{Ed25519Reply, Ed25519Request, PROVISION_AGENT};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::pipeline::Services;
+use crate::rpc::RpcError;
+
+/// Upstream's issuer name in server JWTs it signs.
+pub const ISSUER: &str = "Choria Provisioner";
+/// Upstream's `purpose` of a server JWT.
+pub const SERVER_PURPOSE: &str = "choria_server";
+/// Server JWTs shorter than this get the configured validity instead, as upstream does.
+const MIN_VALIDITY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Error)]
+pub enum IssuerError {
+    #[error("jwt_signing_key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("{0}")]
+    Rpc(#[from] RpcError),
+    #[error("gen25519 reply: {0}")]
+    Reply(String),
+    #[error("the server's ed25519 key did not sign our nonce")]
+    BadProof,
+    #[error("cannot sign the server JWT: {0}")]
+    Sign(String),
+}
+
+/// What servers may do beyond the basics (upstream's `ServerPermissions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerPermissions {
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub submission: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub streams: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub governor: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub service_host: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The claims of a server JWT, with upstream's names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerClaims {
+    pub identity: String,
+    pub collectives: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<ServerPermissions>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ou: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pub_subjects: Vec<String>,
+    pub purpose: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
+    pub iss: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// The parts of the helper's `server_claims` that change what we sign.
+#[derive(Debug, Default, Deserialize)]
+struct HelperClaims {
+    #[serde(default)]
+    collectives: Vec<String>,
+    #[serde(default)]
+    ou: String,
+    #[serde(default)]
+    pub_subjects: Vec<String>,
+    #[serde(default)]
+    permissions: Option<ServerPermissions>,
+    #[serde(default)]
+    exp: Option<i64>,
+}
+
+/// The Organization Issuer: signs server JWTs.
+pub struct OrgIssuer {
+    key: SigningKey,
+    encoding: EncodingKey,
+}
+
+impl OrgIssuer {
+    /// Reads the hex seed in `path`.
+    pub fn load(path: &Path) -> Result<OrgIssuer, IssuerError> {
+        let err = |reason: String| IssuerError::Key {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let seed = hex::decode(text.trim()).map_err(|e| err(format!("not a hex seed: {e}")))?;
+        let seed: [u8; 32] = seed
+            .try_into()
+            .map_err(|v: Vec<u8>| err(format!("seed is {} bytes, not 32", v.len())))?;
+        Self::from_seed(&seed).map_err(|e| err(e.to_string()))
+    }
+
+    pub fn from_seed(seed: &[u8; 32]) -> Result<OrgIssuer, IssuerError> {
+        let key = SigningKey::from_bytes(seed);
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| IssuerError::Sign(e.to_string()))?;
+        Ok(OrgIssuer {
+            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            key,
+        })
+    }
+
+    /// The issuer's public key, hex: what servers and brokers are configured to trust.
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// Server claims as upstream builds them: collectives from the configuration
+    /// (`collectives`, or `choria` with the choria security provider, else `mcollective`),
+    /// organization `choria`, `validity`; the helper's `server_claims` override collectives,
+    /// `ou`, `pub_subjects`, `permissions` and the expiry (under an hour means `validity`).
+    pub fn claims(
+        &self,
+        identity: &str,
+        server_key_hex: &str,
+        configuration: &BTreeMap<String, String>,
+        helper_claims: Option<&Value>,
+        validity: Duration,
+        now: i64,
+    ) -> ServerClaims {
+        let mut collectives = vec!["mcollective".to_string()];
+        if configuration
+            .get("plugin.security.provider")
+            .is_some_and(|p| p == "choria")
+        {
+            collectives = vec!["choria".to_string()];
+        }
+        if let Some(c) = configuration.get("collectives") {
+            collectives = c
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        let mut ou = "choria".to_string();
+        let mut pub_subjects = Vec::new();
+        let mut permissions = None;
+        let mut valid_for = validity.as_secs() as i64;
+        let helper: HelperClaims = helper_claims
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        if !helper.ou.is_empty() {
+            ou = helper.ou;
+        }
+        if !helper.collectives.is_empty() {
+            collectives = helper.collectives;
+        }
+        if !helper.pub_subjects.is_empty() {
+            pub_subjects = helper.pub_subjects;
+        }
+        if helper.permissions.is_some() {
+            permissions = helper.permissions;
+        }
+        if let Some(exp) = helper.exp {
+            valid_for = exp - now;
+        }
+        if valid_for <= MIN_VALIDITY.as_secs() as i64 {
+            if helper.exp.is_some() {
+                tracing::warn!(
+                    identity,
+                    "server_claims expiry is under an hour away; using server_jwt_validity"
+                );
+            }
+            valid_for = validity.as_secs() as i64;
+        }
+        ServerClaims {
+            identity: identity.to_string(),
+            collectives,
+            permissions,
+            ou,
+            pub_subjects,
+            purpose: SERVER_PURPOSE.into(),
+            public_key: server_key_hex.to_string(),
+            iss: ISSUER.into(),
+            iat: now,
+            nbf: now,
+            exp: now + valid_for,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Signs `claims` (EdDSA).
+    pub fn sign(&self, claims: &ServerClaims) -> Result<String, IssuerError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some("JWT".into());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| IssuerError::Sign(e.to_string()))
+    }
+}
+
+/// Checks that `reply` proves possession of its key: the signature over `nonce` verifies
+/// with the returned public key. Returns the key.
+pub fn verify_proof(reply: &Ed25519Reply, nonce: &str) -> Result<VerifyingKey, IssuerError> {
+    let pk = hex::decode(&reply.public_key)
+        .map_err(|e| IssuerError::Reply(format!("public_key is not hex: {e}")))?;
+    let pk: [u8; 32] = pk
+        .try_into()
+        .map_err(|v: Vec<u8>| IssuerError::Reply(format!("public_key is {} bytes", v.len())))?;
+    let key = VerifyingKey::from_bytes(&pk)
+        .map_err(|e| IssuerError::Reply(format!("public_key: {e}")))?;
+    let sig = hex::decode(&reply.signature)
+        .map_err(|e| IssuerError::Reply(format!("signature is not hex: {e}")))?;
+    let sig: [u8; 64] = sig
+        .try_into()
+        .map_err(|v: Vec<u8>| IssuerError::Reply(format!("signature is {} bytes", v.len())))?;
+    key.verify_strict(nonce.as_bytes(), &Signature::from_bytes(&sig))
+        .map_err(|_| IssuerError::BadProof)?;
+    Ok(key)
+}
+
+/// Asks the server for a new ed25519 key (`gen25519`) with a fresh nonce and checks its proof.
+pub async fn fetch_key(svc: &Services, identity: &str) -> Result<Ed25519Reply, IssuerError> {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let reply = svc
+        .rpc
+        .call_ok(
+            identity,
+            PROVISION_AGENT,
+            "gen25519",
+            &Ed25519Request {
+                token: svc.config.token.clone(),
+                nonce: nonce.clone(),
+            },
+            svc.config.rpc_timeout,
+            3,
+        )
+        .await?;
+    let out: Ed25519Reply = reply
+        .data_as()
+        .map_err(|e| IssuerError::Reply(e.to_string()))?;
+    verify_proof(&out, &nonce)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Signer;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn issuer() -> OrgIssuer {
+        OrgIssuer::from_seed(&[7u8; 32]).unwrap()
+    }
+
+    #[test]
+    fn server_jwts_verify_with_the_issuer_key_and_carry_upstream_claims() {
+        let iss = issuer();
+        let server = SigningKey::from_bytes(&[9u8; 32]);
+        let server_hex = hex::encode(server.verifying_key().as_bytes());
+        let mut config = BTreeMap::new();
+        config.insert("collectives".to_string(), "lon, ams".to_string());
+        let claims = iss.claims(
+            "n1.example.net",
+            &server_hex,
+            &config,
+            None,
+            Duration::from_secs(86400),
+            1_800_000_000,
+        );
+        let jwt = iss.sign(&claims).unwrap();
+        let issuer_pub = hex::decode(iss.public_hex()).unwrap();
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.validate_exp = false;
+        v.required_spec_claims.clear();
+        let back = jsonwebtoken::decode::<Value>(&jwt, &DecodingKey::from_ed_der(&issuer_pub), &v)
+            .unwrap()
+            .claims;
+        assert_eq!(back["identity"], "n1.example.net");
+        assert_eq!(back["collectives"], serde_json::json!(["lon", "ams"]));
+        assert_eq!(back["purpose"], "choria_server");
+        assert_eq!(back["public_key"], server_hex.as_str());
+        assert_eq!(back["ou"], "choria");
+        assert_eq!(back["iss"], "Choria Provisioner");
+        assert_eq!(back["exp"], 1_800_000_000i64 + 86400);
+        assert!(back.get("permissions").is_none());
+        // another issuer's key does not verify it
+        let other = OrgIssuer::from_seed(&[8u8; 32]).unwrap();
+        let other_pub = hex::decode(other.public_hex()).unwrap();
+        assert!(
+            jsonwebtoken::decode::<Value>(&jwt, &DecodingKey::from_ed_der(&other_pub), &v).is_err()
+        );
+    }
+
+    #[test]
+    fn defaults_and_helper_overrides_follow_upstream() {
+        let iss = issuer();
+        let now = 1_800_000_000;
+        let day = Duration::from_secs(86400);
+        let mut config = BTreeMap::new();
+        let c = iss.claims("n1", "00", &config, None, day, now);
+        assert_eq!(c.collectives, vec!["mcollective"]);
+        config.insert("plugin.security.provider".into(), "choria".into());
+        let c = iss.claims("n1", "00", &config, None, day, now);
+        assert_eq!(c.collectives, vec!["choria"]);
+        let helper = serde_json::json!({
+            "collectives": ["x"], "ou": "acme", "pub_subjects": ["a.b"],
+            "permissions": {"streams": true}, "exp": now + 7200
+        });
+        let c = iss.claims("n1", "00", &config, Some(&helper), day, now);
+        assert_eq!(c.collectives, vec!["x"]);
+        assert_eq!(c.ou, "acme");
+        assert_eq!(c.pub_subjects, vec!["a.b"]);
+        assert!(c.permissions.as_ref().is_some_and(|p| p.streams));
+        assert_eq!(c.exp, now + 7200);
+        // under an hour: the configured validity
+        let short = serde_json::json!({"exp": now + 60});
+        let c = iss.claims("n1", "00", &config, Some(&short), day, now);
+        assert_eq!(c.exp, now + 86400);
+    }
+
+    #[test]
+    fn the_proof_of_possession_must_verify() {
+        let server = SigningKey::from_bytes(&[3u8; 32]);
+        let reply = Ed25519Reply {
+            public_key: hex::encode(server.verifying_key().as_bytes()),
+            directory: "/etc/choria".into(),
+            signature: hex::encode(server.sign(b"nonce-1").to_bytes()),
+        };
+        assert!(verify_proof(&reply, "nonce-1").is_ok());
+        assert!(matches!(
+            verify_proof(&reply, "nonce-2"),
+            Err(IssuerError::BadProof)
+        ));
+        let garbage = Ed25519Reply {
+            public_key: "zz".into(),
+            ..reply.clone()
+        };
+        assert!(matches!(
+            verify_proof(&garbage, "nonce-1"),
+            Err(IssuerError::Reply(_))
+        ));
+        let short_sig = Ed25519Reply {
+            signature: "00".into(),
+            ..reply
+        };
+        assert!(matches!(
+            verify_proof(&short_sig, "nonce-1"),
+            Err(IssuerError::Reply(_))
+        ));
+    }
+
+    #[test]
+    fn seed_files_are_hex_and_32_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("issuer.seed");
+        std::fs::write(&p, hex::encode([5u8; 32]) + "\n").unwrap();
+        assert!(OrgIssuer::load(&p).is_ok());
+        std::fs::write(&p, "nothex").unwrap();
+        assert!(OrgIssuer::load(&p).is_err());
+        std::fs::write(&p, hex::encode([5u8; 16])).unwrap();
+        match OrgIssuer::load(&p) {
+            Err(e) => assert!(e.to_string().contains("16 bytes"), "{e}"),
+            Ok(_) => panic!("a 16-byte seed was accepted"),
+        }
+    }
+}
