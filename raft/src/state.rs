@@ -363,10 +363,7 @@ impl LedgerState {
                 reason,
                 at_ms,
             } => {
-                let rec = self
-                    .records
-                    .get_mut(identity)
-                    .ok_or(Rejection::UnknownServer)?;
+                let rec = self.record_mut(identity)?;
                 let cred = rec.credential.take().ok_or(Rejection::NoCredential)?;
                 let serial = cred.serial.clone();
                 revoke(rec, cred, member, *at_ms, reason.clone());
@@ -388,10 +385,7 @@ impl LedgerState {
                 member,
                 at_ms,
             } => {
-                let rec = self
-                    .records
-                    .get_mut(identity)
-                    .ok_or(Rejection::UnknownServer)?;
+                let rec = self.record_mut(identity)?;
                 if rec.state == EnrollState::Claimed && rec.lease_until_ms > *at_ms {
                     if let Some(owner) = &rec.owner {
                         return Err(Rejection::ClaimedBy {
@@ -413,10 +407,7 @@ impl LedgerState {
                 event,
                 at_ms,
             } => {
-                let rec = self
-                    .records
-                    .get_mut(identity)
-                    .ok_or(Rejection::UnknownServer)?;
+                let rec = self.record_mut(identity)?;
                 note(rec, *at_ms, member, event.clone());
                 Ok(())
             }
@@ -428,10 +419,7 @@ impl LedgerState {
                 reason,
                 at_ms,
             } => {
-                let rec = self
-                    .records
-                    .get_mut(identity)
-                    .ok_or(Rejection::UnknownServer)?;
+                let rec = self.record_mut(identity)?;
                 if rec.state != EnrollState::Claimed || rec.owner.as_deref() != Some(from) {
                     return Err(Rejection::NotOwner {
                         member: from.clone(),
@@ -570,6 +558,12 @@ impl LedgerState {
         Ok(())
     }
 
+    fn record_mut(&mut self, identity: &str) -> Result<&mut Record, Rejection> {
+        self.records
+            .get_mut(identity)
+            .ok_or(Rejection::UnknownServer)
+    }
+
     /// The record of `identity` if `member` holds a live claim on it.
     fn owned_by(
         &mut self,
@@ -577,10 +571,7 @@ impl LedgerState {
         member: &str,
         at_ms: u64,
     ) -> Result<&mut Record, Rejection> {
-        let rec = self
-            .records
-            .get_mut(identity)
-            .ok_or(Rejection::UnknownServer)?;
+        let rec = self.record_mut(identity)?;
         let owns = rec.state == EnrollState::Claimed
             && rec.owner.as_deref() == Some(member)
             && rec.lease_until_ms > at_ms;

@@ -254,13 +254,8 @@ pub fn run(args: AdminArgs) -> ExitCode {
 }
 
 async fn connect(a: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {
-    let file: ClientFile = match a.client_config.clone().or_else(default_client_file) {
-        Some(p) if p.exists() || a.client_config.is_some() => {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| Failure::new(Exit::Usage, format!("{}: {e}", p.display())))?;
-            serde_yaml::from_str(&text)
-                .map_err(|e| Failure::new(Exit::Usage, format!("{}: {e}", p.display())))?
-        }
+    let file = match a.client_config.clone().or_else(default_client_file) {
+        Some(p) if p.exists() || a.client_config.is_some() => read_client_file(&p)?,
         _ => ClientFile::default(),
     };
     let need = |v: Option<PathBuf>, what: &str| {
@@ -331,6 +326,12 @@ async fn connect(a: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {
     Ok(AdminClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
 }
 
+fn read_client_file(p: &Path) -> Result<ClientFile, Failure> {
+    let bad = |e: String| Failure::new(Exit::Usage, format!("{}: {e}", p.display()));
+    let text = std::fs::read_to_string(p).map_err(|e| bad(e.to_string()))?;
+    serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))
+}
+
 fn default_client_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/provisioner/admin.yaml"))
 }
@@ -346,13 +347,13 @@ fn ms_to_time(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+    rfc3339(time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+fn rfc3339(t: Option<time::OffsetDateTime>) -> Option<String> {
+    t?.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 fn table(header: &[&str]) -> Table {
@@ -722,12 +723,7 @@ fn show_record(r: &pb::Record) {
     if let Some(c) = &r.credential {
         println!("serial:        {}", c.serial);
         println!("fingerprint:   {}", c.fingerprint);
-        let exp = time::OffsetDateTime::from_unix_timestamp(c.not_after)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
+        let exp = rfc3339(time::OffsetDateTime::from_unix_timestamp(c.not_after).ok())
             .unwrap_or_default();
         println!("expires:       {exp}");
         println!(
@@ -825,4 +821,34 @@ async fn reprovision(
         .iter()
         .any(|r| r.result != "ok" && r.result != "planned");
     Ok(if failed { Exit::Partial } else { Exit::Ok })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_files_that_are_not_the_expected_yaml_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("admin.yaml");
+        for bad in [
+            "endpoint: [unclosed",
+            "nonsense_key: 1\n",
+            "\u{0}\u{1}garbage",
+            "- a\n- b\n",
+        ] {
+            std::fs::write(&p, bad).unwrap();
+            let Err(err) = read_client_file(&p) else {
+                panic!("garbage accepted: {bad:?}");
+            };
+            assert_eq!(err.exit, Exit::Usage, "{bad:?}");
+            assert!(err.message.contains("admin.yaml"), "{}", err.message);
+        }
+        assert!(read_client_file(&dir.path().join("missing.yaml")).is_err());
+        std::fs::write(&p, "endpoint: 10.0.0.1:7101\nca: /c/ca.pem\n").unwrap();
+        let Ok(ok) = read_client_file(&p) else {
+            panic!("a valid file was refused");
+        };
+        assert_eq!(ok.endpoint.as_deref(), Some("10.0.0.1:7101"));
+    }
 }

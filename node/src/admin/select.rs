@@ -223,6 +223,7 @@ pub fn ledger_facts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn rec(id: &str, state: EnrollState, facts: &[(&str, &str)]) -> Record {
         let mut r: Record = serde_json::from_value(serde_json::json!({
@@ -312,5 +313,13 @@ mod tests {
         assert_eq!(some.len(), 1);
         let tiny = ledger_facts(&facts, None, 2);
         assert_eq!(tiny.len(), 1);
+        // facts that are not an object keep nothing
+        for garbage in [
+            serde_json::json!("text"),
+            serde_json::json!([1, 2]),
+            Value::Null,
+        ] {
+            assert!(ledger_facts(&garbage, None, 1024).is_empty());
+        }
     }
 }
