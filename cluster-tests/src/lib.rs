@@ -263,21 +263,39 @@ pub struct ClusterOptions {
     pub admin_extra: String,
 }
 
+/// Runs `provisioner ARGS` (a `ca` command) and requires it to succeed.
+fn run(args: &[&str]) {
+    let out = Command::new(bin("provisioner"))
+        .args(args)
+        .output()
+        .expect("run provisioner ca");
+    assert!(
+        out.status.success(),
+        "provisioner {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// (identity, event, serial) lines a fleet wrote with `--events`.
+pub fn fleet_events(path: &Path) -> Vec<(String, String, Option<String>)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["identity"].as_str().unwrap_or_default().to_string(),
+                v["event"].as_str().unwrap_or_default().to_string(),
+                v["serial"].as_str().map(String::from),
+            )
+        })
+        .collect()
+}
+
 /// A cluster CA (`provisioner ca init`) and a certificate for every member
 /// (`provisioner ca issue-member`), in `dir/cluster-pki`; what exists already is kept.
 pub fn cluster_pki(dir: &Path, members: &[ClusterMemberSpec]) -> PathBuf {
     let pki = dir.join("cluster-pki");
-    let run = |args: &[&str]| {
-        let out = Command::new(bin("provisioner"))
-            .args(args)
-            .output()
-            .expect("run provisioner ca");
-        assert!(
-            out.status.success(),
-            "provisioner {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let pki_s = pki.display().to_string();
     if !pki.join("ca.pem").exists() {
         run(&["ca", "init", "--dir", &pki_s, "--cn", "Cluster CA"]);
@@ -313,17 +331,6 @@ pub struct Operator {
 pub fn admin_pki(dir: &Path, cluster_pki: &Path, name: &str) -> Operator {
     let ca_dir = dir.join("admin-ca");
     let ca_s = ca_dir.display().to_string();
-    let run = |args: &[&str]| {
-        let out = Command::new(bin("provisioner"))
-            .args(args)
-            .output()
-            .expect("run provisioner ca");
-        assert!(
-            out.status.success(),
-            "provisioner {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     if !ca_dir.join("ca.pem").exists() {
         run(&["ca", "init", "--dir", &ca_s, "--cn", "Admin CA"]);
     }

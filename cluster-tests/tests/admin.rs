@@ -122,22 +122,6 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     panic!("{what}: not within {timeout:?}");
 }
 
-/// (identity, event, serial) lines the fleet wrote.
-fn fleet_events(path: &Path) -> Vec<(String, String, Option<String>)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| {
-            (
-                v["identity"].as_str().unwrap_or_default().to_string(),
-                v["event"].as_str().unwrap_or_default().to_string(),
-                v["serial"].as_str().map(String::from),
-            )
-        })
-        .collect()
-}
-
 fn crl_serials(path: &Path) -> BTreeSet<String> {
     let Ok(pem) = std::fs::read(path) else {
         return BTreeSet::new();
@@ -407,14 +391,14 @@ fn admin_api_drives_a_three_member_cluster() {
         "servers restarted after reprovisioning",
         Duration::from_secs(30),
         || {
-            fleet_events(&events)
+            cluster_tests::fleet_events(&events)
                 .iter()
                 .filter(|(i, e, _)| e == "provisioned" && targets.contains(i))
                 .count()
                 == 2 * targets.len()
         },
     );
-    let ev = fleet_events(&events);
+    let ev = cluster_tests::fleet_events(&events);
     let back: BTreeSet<String> = ev
         .iter()
         .filter(|(_, e, _)| e == "reprovisioning")

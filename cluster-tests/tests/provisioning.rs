@@ -346,22 +346,6 @@ fn bad_configuration_is_a_clear_error_at_start() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// (identity, event, serial) lines a fleet wrote with `--events`.
-fn fleet_events(path: &Path) -> Vec<(String, String, Option<String>)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| {
-            (
-                v["identity"].as_str().unwrap_or_default().to_string(),
-                v["event"].as_str().unwrap_or_default().to_string(),
-                v["serial"].as_str().map(String::from),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn servers_that_fall_back_by_themselves_are_provisioned_again() {
     let _g = serial();
@@ -409,16 +393,16 @@ fn servers_that_fall_back_by_themselves_are_provisioned_again() {
     let provisioned = |ev: &[(String, String, Option<String>)]| {
         ev.iter().filter(|(_, e, _)| e == "provisioned").count()
     };
-    while provisioned(&fleet_events(&events)) < 25 {
+    while provisioned(&cluster_tests::fleet_events(&events)) < 25 {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "fallen-back servers not provisioned again: {:?}",
-            fleet_events(&events)
+            cluster_tests::fleet_events(&events)
         );
         assert!(prov.proc.is_running(), "provisioner died");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let ev = fleet_events(&events);
+    let ev = cluster_tests::fleet_events(&events);
     let fell: std::collections::BTreeSet<&str> = ev
         .iter()
         .filter(|(_, e, _)| e == "fell_back")

@@ -77,8 +77,16 @@ fn configure(req: &HelperRequest) -> Result<HelperResponse, HelperError> {
     })
 }
 
-#[test]
-fn helper_defer_and_shutdown_are_retried_and_recorded() {
+/// A broker, a waiting fleet of `servers` and a provisioner running `logic` in this process.
+struct Run {
+    rt: tokio::runtime::Runtime,
+    prov: Provisioner,
+    fleet: FleetProcess,
+    _nats: Nats,
+    _dir: tempfile::TempDir,
+}
+
+fn start(servers: usize, extra_yaml: &str, logic: Arc<dyn UserLogic>) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let ca = init_ca(dir.path());
@@ -87,14 +95,14 @@ fn helper_defer_and_shutdown_are_retried_and_recorded() {
         &nats,
         &ca.0,
         &FleetOptions {
-            servers: 6,
+            servers,
             timeout_secs: 120,
             ..Default::default()
         },
         false,
     );
     let yaml = format!(
-        "identity: lib.example.net\nbroker_provisioning_password: \"{}\"\njwt_verify_cert: {}\nfeatures: {{pki: true, jwt: true}}\nnats: {{servers: [\"{}\"]}}\nca: {{cert: {}, key: {}}}\nretry_backoff_min: 1s\nretry_backoff_max: 2s\n",
+        "identity: lib.example.net\nbroker_provisioning_password: \"{}\"\njwt_verify_cert: {}\nfeatures: {{pki: true, jwt: true}}\nnats: {{servers: [\"{}\"]}}\nca: {{cert: {}, key: {}}}\n{extra_yaml}",
         nats.creds.provisioner,
         fleet.signer_pub.display(),
         nats.url,
@@ -102,13 +110,37 @@ fn helper_defer_and_shutdown_are_retried_and_recorded() {
         ca.1.display()
     );
     let config = Config::parse(&yaml, std::path::Path::new("inline.yaml")).unwrap();
+    // no helper program: the compiled-in logic decides
+    assert!(config.helper.is_empty());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let prov = rt
+        .block_on(Provisioner::start(config, Some(logic), None))
+        .unwrap();
+    Run {
+        rt,
+        prov,
+        fleet,
+        _nats: nats,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn helper_defer_and_shutdown_are_retried_and_recorded() {
     let logic = Arc::new(Picky {
         deferred: AtomicUsize::new(0),
     });
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let prov = rt
-        .block_on(Provisioner::start(config, Some(logic.clone()), None))
-        .unwrap();
+    let Run {
+        rt,
+        prov,
+        fleet,
+        _nats,
+        _dir,
+    } = start(
+        6,
+        "retry_backoff_min: 1s\nretry_backoff_max: 2s\n",
+        logic.clone(),
+    );
     let summary = fleet.finish(Duration::from_secs(180));
     // five configured (one after two deferrals), one shut down by the simulator's own count
     assert_eq!(summary["provisioned"], 5, "{summary}");
@@ -147,38 +179,16 @@ fn helper_defer_and_shutdown_are_retried_and_recorded() {
 
 #[test]
 fn compiled_in_user_logic_provisions_servers() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path());
-    let ca = init_ca(dir.path());
-    let fleet = FleetProcess::start(
-        dir.path(),
-        &nats,
-        &ca.0,
-        &FleetOptions {
-            servers: 12,
-            timeout_secs: 120,
-            ..Default::default()
-        },
-        false,
-    );
-    let yaml = format!(
-        "identity: lib.example.net\nbroker_provisioning_password: \"{}\"\njwt_verify_cert: {}\nfeatures: {{pki: true, jwt: true}}\nnats: {{servers: [\"{}\"]}}\nca: {{cert: {}, key: {}}}\n",
-        nats.creds.provisioner,
-        fleet.signer_pub.display(),
-        nats.url,
-        ca.0.display(),
-        ca.1.display()
-    );
-    let config = Config::parse(&yaml, std::path::Path::new("inline.yaml")).unwrap();
-    assert!(config.helper.is_empty());
     let logic = Arc::new(Logic {
         calls: AtomicUsize::new(0),
     });
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let prov = rt
-        .block_on(Provisioner::start(config, Some(logic.clone()), None))
-        .unwrap();
+    let Run {
+        rt,
+        prov,
+        fleet,
+        _nats,
+        _dir,
+    } = start(12, "", logic.clone());
     let summary = fleet.finish(Duration::from_secs(180));
     assert_eq!(summary["provisioned"], 12, "{summary}");
     assert_eq!(summary["verified"], 12, "{summary}");

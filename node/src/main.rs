@@ -133,16 +133,9 @@ fn main() -> ExitCode {
                     ip,
                     validity,
                 },
-        } => {
-            let validity = match parse_duration(&validity) {
-                Ok(v) => v,
-                Err(e) => return usage(&format!("--validity: {e}")),
-            };
-            let issued = ca::Ca::load(&dir.join(ca::CERT_FILE), &dir.join(ca::KEY_FILE), validity)
-                .and_then(|c| c.issue_member(&name, &dns, &ip))
-                .and_then(|(cert, key)| ca::write_member(&out, &name, &cert, &key));
-            report("ca issue-member", "member", issued)
-        }
+        } => issue("member", &dir, &name, &out, &validity, |c| {
+            c.issue_member(&name, &dns, &ip)
+        }),
         Cmd::Ca {
             command:
                 CaCmd::IssueAdmin {
@@ -151,16 +144,9 @@ fn main() -> ExitCode {
                     out,
                     validity,
                 },
-        } => {
-            let validity = match parse_duration(&validity) {
-                Ok(v) => v,
-                Err(e) => return usage(&format!("--validity: {e}")),
-            };
-            let issued = ca::Ca::load(&dir.join(ca::CERT_FILE), &dir.join(ca::KEY_FILE), validity)
-                .and_then(|c| c.issue_admin(&name))
-                .and_then(|(cert, key)| ca::write_member(&out, &name, &cert, &key));
-            report("ca issue-admin", "admin", issued)
-        }
+        } => issue("admin", &dir, &name, &out, &validity, |c| {
+            c.issue_admin(&name)
+        }),
         Cmd::Admin(args) => node::admin::cli::run(args),
         Cmd::Completions { shell } => {
             clap_complete::generate(
@@ -173,6 +159,26 @@ fn main() -> ExitCode {
         }
         Cmd::Run { config } => run(config),
     }
+}
+
+/// Loads the CA in `dir`, issues a certificate with `make` and writes it to `out` as NAME.pem
+/// and NAME.key (0600).
+fn issue(
+    what: &str,
+    dir: &std::path::Path,
+    name: &str,
+    out: &std::path::Path,
+    validity: &str,
+    make: impl FnOnce(&ca::Ca) -> Result<(String, String), ca::CaError>,
+) -> ExitCode {
+    let validity = match parse_duration(validity) {
+        Ok(v) => v,
+        Err(e) => return usage(&format!("--validity: {e}")),
+    };
+    let issued = ca::Ca::load(&dir.join(ca::CERT_FILE), &dir.join(ca::KEY_FILE), validity)
+        .and_then(|c| make(&c))
+        .and_then(|(cert, key)| ca::write_member(out, name, &cert, &key));
+    report(&format!("ca issue-{what}"), what, issued)
 }
 
 fn usage(msg: &str) -> ExitCode {
