@@ -301,19 +301,45 @@ fn broker_keeps_waiting_servers_away_from_anonymous_and_other_accounts() {
 
         let mut outside = outsider.subscribe("provisioning.>").await.unwrap();
         let mut inside = provisioner.subscribe("provisioning.reply.>").await.unwrap();
-        outsider.flush().await.unwrap();
-        provisioner.flush().await.unwrap();
-        server
-            .publish("provisioning.reply.x.y", "hello".into())
+        // async-nats' flush does not wait for the broker to process the SUB, so publish
+        // until the subscriber sees one: the broker registers each connection's SUB on
+        // its own schedule
+        let mut got = None;
+        for _ in 0..50 {
+            server
+                .publish("provisioning.reply.x.y", "hello".into())
+                .await
+                .unwrap();
+            server.flush().await.unwrap();
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(200), inside.next()).await
+            {
+                got = Some(m);
+                break;
+            }
+        }
+        assert!(
+            got.is_some(),
+            "provisioner did not see the reply within 10 s"
+        );
+        // the outsider's SUB is live once its own publish comes back (one connection is
+        // processed in order); from then on a leak would deliver the server's messages
+        outsider
+            .publish("provisioning.self", "mine".into())
             .await
             .unwrap();
-        server.flush().await.unwrap();
-
-        let got = tokio::time::timeout(Duration::from_secs(2), inside.next()).await;
+        let own = tokio::time::timeout(Duration::from_secs(10), outside.next()).await;
         assert!(
-            matches!(got, Ok(Some(_))),
-            "provisioner did not see the reply"
+            matches!(&own, Ok(Some(m)) if m.subject.as_str() == "provisioning.self"),
+            "the outsider's own subscription did not work: {own:?}"
         );
+        for _ in 0..5 {
+            server
+                .publish("provisioning.reply.x.y", "again".into())
+                .await
+                .unwrap();
+        }
+        server.flush().await.unwrap();
         let leaked = tokio::time::timeout(Duration::from_millis(500), outside.next()).await;
         assert!(leaked.is_err(), "another account saw provisioning traffic");
     });
