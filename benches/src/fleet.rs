@@ -49,6 +49,20 @@ pub struct FleetConfig {
     pub fall_back_after: Duration,
     /// Organization Issuer public key servers check server JWTs against.
     pub expect_issuer: Option<[u8; 32]>,
+    /// Servers speak protocol v2 (their provisioning JWT says `v2`), as in Organization
+    /// Issuer networks.
+    pub protocol_v2: bool,
+}
+
+impl FleetConfig {
+    /// The protocol the servers speak.
+    pub fn protocol(&self) -> proto::wire::Version {
+        if self.protocol_v2 {
+            proto::wire::Version::V2
+        } else {
+            proto::wire::Version::V1
+        }
+    }
 }
 
 impl Default for FleetConfig {
@@ -73,6 +87,7 @@ impl Default for FleetConfig {
             fall_back: 0.0,
             fall_back_after: Duration::from_secs(10),
             expect_issuer: None,
+            protocol_v2: false,
         }
     }
 }
@@ -109,6 +124,12 @@ pub struct Summary {
     pub lock_conflicts: u64,
     pub bad_tokens: u64,
     pub configure_refused: u64,
+    /// Requests in the protocol version the servers do not speak.
+    pub wrong_protocol: u64,
+    /// v2 requests whose caller JWT or signature did not verify.
+    pub bad_signatures: u64,
+    /// The protocol the servers speak.
+    pub protocol: &'static str,
     pub timed_out: bool,
 }
 
@@ -129,6 +150,7 @@ pub struct Fleet {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     key_type: KeyType,
     key_pool: usize,
+    protocol: proto::wire::Version,
     identities: Vec<String>,
     events: Option<std::io::BufWriter<std::fs::File>>,
     stay: bool,
@@ -141,12 +163,16 @@ impl Fleet {
     /// Connects and starts every server; returns once all are subscribed and announced.
     pub async fn start(cfg: &FleetConfig, signer: &JwtSigner) -> Result<Fleet, String> {
         let keys = KeySource::new(cfg.key_type, cfg.key_pool)?;
-        let good_jwt = signer.provisioning_jwt(&cfg.token, &cfg.nats_url)?;
+        let good_jwt = signer.provisioning_jwt(&cfg.token, &cfg.nats_url, cfg.protocol_v2)?;
         let faults: Vec<Option<Fault>> = (0..cfg.servers)
             .map(|i| cfg.faults.assign(i, cfg.servers))
             .collect();
         let bad_jwt = if faults.contains(&Some(Fault::BadJwt)) {
-            Some(JwtSigner::generate()?.provisioning_jwt(&cfg.token, &cfg.nats_url)?)
+            Some(JwtSigner::generate()?.provisioning_jwt(
+                &cfg.token,
+                &cfg.nats_url,
+                cfg.protocol_v2,
+            )?)
         } else {
             None
         };
@@ -180,6 +206,7 @@ impl Fleet {
                 fall_back_after: ((index as f64) < cfg.fall_back * cfg.servers as f64)
                     .then_some(cfg.fall_back_after),
                 expect_issuer: expect_issuer.clone(),
+                protocol: cfg.protocol(),
             })
             .collect();
         let identities: Vec<String> = specs.iter().map(|s| s.identity.clone()).collect();
@@ -218,6 +245,7 @@ impl Fleet {
             tasks,
             key_type: cfg.key_type,
             key_pool: cfg.key_pool,
+            protocol: cfg.protocol(),
             identities,
             events,
             stay: cfg.stay,
@@ -379,6 +407,9 @@ impl Fleet {
             lock_conflicts: c.lock_conflicts.load(Ordering::Relaxed),
             bad_tokens: c.bad_tokens.load(Ordering::Relaxed),
             configure_refused: c.configure_refused.load(Ordering::Relaxed),
+            wrong_protocol: c.wrong_protocol.load(Ordering::Relaxed),
+            bad_signatures: c.bad_signatures.load(Ordering::Relaxed),
+            protocol: self.protocol.name(),
             timed_out,
         };
         if !self.stay {

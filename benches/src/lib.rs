@@ -6,7 +6,7 @@
 //! peer: a protocol mistake in the provisioner shows up here instead of being shared.
 //!
 //! [`server`] is one simulated server, [`keys`] its key and CSR making, [`signer`] the test
-//! signer of provisioning JWTs, [`faults`] the failure injection, and [`fleet`] starts many
+//! signer of provisioning JWTs, [`trust`] what a secure server checks of issuer-signed JWTs, [`faults`] the failure injection, and [`fleet`] starts many
 //! servers and reports what happened to them.
 
 pub mod faults;
@@ -14,3 +14,4 @@ pub mod fleet;
 pub mod keys;
 pub mod server;
 pub mod signer;
+pub mod trust;

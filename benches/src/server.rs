@@ -24,7 +24,8 @@ use proto::agents::{
 };
 use proto::lifecycle::{Event, EventType, PROVISION_MODE_COMPONENT};
 use proto::rpc::{RpcReply, RpcRequest, StatusCode};
-use proto::v1::{self, IncomingRequest};
+use proto::v1;
+use proto::wire::{self, Incoming, Version};
 use proto::{subject, ProtoError};
 use rcgen::KeyPair;
 use serde_json::{json, Value};
@@ -55,6 +56,10 @@ pub struct Counters {
     /// `configure` requests refused (bad certificate, bad config...).
     pub configure_refused: AtomicU64,
     pub configures: AtomicU64,
+    /// Requests in the protocol version the server does not speak.
+    pub wrong_protocol: AtomicU64,
+    /// v2 requests whose caller JWT or signature did not verify.
+    pub bad_signatures: AtomicU64,
 }
 
 /// What happens to a server, reported to the fleet.
@@ -103,6 +108,9 @@ pub struct ServerSpec {
     /// When set, the Organization Issuer (ed25519 public key) whose server JWT this server
     /// accepts in `configure`; the JWT must name this server and its gen25519 key.
     pub expect_issuer: Option<Arc<[u8; 32]>>,
+    /// The protocol the server speaks (v2 when its provisioning JWT says `v2`). With an
+    /// expected issuer, v2 requests must carry a caller JWT from it and verify.
+    pub protocol: Version,
 }
 
 /// Where provisioned servers connect: the same broker URL with production credentials.
@@ -254,13 +262,31 @@ impl SimServer {
     }
 
     async fn handle(self: &Arc<Self>, payload: &[u8]) {
-        let incoming = match v1::decode_request(payload) {
+        let incoming = match wire::decode_request(payload) {
             Ok(r) => r,
             Err(_) => {
                 self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
+        if incoming.version != self.spec.protocol {
+            self.counters.wrong_protocol.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let (Version::V2, Some(org)) = (incoming.version, &self.spec.expect_issuer) {
+            let checked = crate::trust::verify_caller(
+                incoming.caller_jwt.as_deref().unwrap_or_default(),
+                &incoming.request.envelope.callerid,
+                &incoming.signed,
+                &incoming.signature,
+                org,
+            );
+            if let Err(e) = checked {
+                self.counters.bad_signatures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(identity = %self.spec.identity, error = %e, "refusing a v2 request");
+                return;
+            }
+        }
         let env = &incoming.request.envelope;
         if incoming.request.is_expired(proto::unix_now()) {
             self.counters.expired.fetch_add(1, Ordering::Relaxed);
@@ -307,7 +333,7 @@ impl SimServer {
             }
         };
         let reply = v1::Reply::new(env, &self.spec.identity, &body);
-        if let Ok(bytes) = reply.encode() {
+        if let Ok(bytes) = wire::encode_reply(self.spec.protocol, &reply) {
             let _ = self.conn().publish(reply_to, bytes.into()).await;
         }
     }
@@ -325,7 +351,7 @@ impl SimServer {
         }
     }
 
-    async fn rpc(self: &Arc<Self>, incoming: &IncomingRequest) -> RpcReply {
+    async fn rpc(self: &Arc<Self>, incoming: &Incoming) -> RpcReply {
         let env = &incoming.request.envelope;
         let req = match RpcRequest::from_json(&incoming.request.body()) {
             Ok(r) => r,
@@ -757,25 +783,14 @@ impl SimServer {
         to_value(&reply)
     }
 
-    /// Checks a server JWT against the expected issuer: EdDSA signature, purpose, this
-    /// server's identity and gen25519 key. `Ok(Some(jti))` when verified, `Ok(None)` when no
+    /// Checks a server JWT against the expected issuer (directly or through a chain issuer):
+    /// EdDSA signature, purpose, this server's identity and gen25519 key. `Ok(Some(jti))` when verified, `Ok(None)` when no
     /// issuer is expected.
     fn check_server_jwt(&self, jwt: &str) -> Result<Option<String>, String> {
         let Some(issuer) = &self.spec.expect_issuer else {
             return Ok(None);
         };
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-        v.set_required_spec_claims(&["exp", "iat"]);
-        let claims = jsonwebtoken::decode::<Value>(
-            jwt,
-            &jsonwebtoken::DecodingKey::from_ed_der(issuer.as_slice()),
-            &v,
-        )
-        .map_err(|e| e.to_string())?
-        .claims;
-        if claims["purpose"] != "choria_server" {
-            return Err(format!("purpose is {}", claims["purpose"]));
-        }
+        let claims = crate::trust::verify_jwt(jwt, issuer, "choria_server")?;
         if claims["identity"] != self.spec.identity.as_str() {
             return Err(format!("identity is {}", claims["identity"]));
         }

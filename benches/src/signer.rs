@@ -42,13 +42,14 @@ impl JwtSigner {
         &self.public_pem
     }
 
-    /// A provisioning token as `choria jwt prov` makes them.
-    pub fn provisioning_jwt(&self, token: &str, urls: &str) -> Result<String, String> {
+    /// A provisioning token as `choria jwt prov` makes them; `v2` is its `--protocol-v2`
+    /// (servers built with it speak protocol v2 while provisioning).
+    pub fn provisioning_jwt(&self, token: &str, urls: &str, v2: bool) -> Result<String, String> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let claims = json!({
+        let mut claims = json!({
             "cht": token,
             "chs": false,
             "chu": urls,
@@ -62,6 +63,9 @@ impl JwtSigner {
             "nbf": now,
             "jti": uuid_like(),
         });
+        if v2 {
+            claims["v2"] = true.into();
+        }
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
             .map_err(|e| e.to_string())
     }

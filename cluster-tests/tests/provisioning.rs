@@ -470,34 +470,88 @@ fn servers_that_fall_back_by_themselves_are_provisioned_again() {
     }
 }
 
-#[test]
-fn an_ed25519_fleet_gets_server_jwts_from_the_organization_issuer() {
+/// A chain issuer's client JWT as `choria jwt client ... --issuer` makes it: signed by the
+/// Organization Issuer, with `tcs` = its signature of `<jti>.<public key>`. Built by hand here
+/// so the test shares no code with the provisioner.
+fn chain_issuer_token(
+    org: &ed25519_dalek::SigningKey,
+    chain: &ed25519_dalek::SigningKey,
+) -> String {
+    use base64::Engine;
+    use ed25519_dalek::Signer;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jti = "2a1f0c9d7e3b4a5f8e6d1c2b3a4f5e6d";
+    let pk = hex::encode(chain.verifying_key().as_bytes());
+    let tcs = hex::encode(org.sign(format!("{jti}.{pk}").as_bytes()).to_bytes());
+    let claims = serde_json::json!({
+        "callerid": "choria=provisioner_signer", "purpose": "choria_client_id",
+        "public_key": pk, "tcs": tcs, "jti": jti, "ou": "choria",
+        "iss": format!("I-{}", hex::encode(org.verifying_key().as_bytes())),
+        "iat": now, "nbf": now, "exp": now + 30 * 86400,
+        "permissions": {"provisioner": true, "fleet_management": true},
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = org.sign(signing_input.as_bytes());
+    format!("{signing_input}.{}", b64(&sig.to_bytes()))
+}
+
+/// An Organization Issuer fleet speaking protocol v2: signed by the issuer's own seed, or by
+/// a chain issuer (`jwt_signing_token`) when `chained`.
+fn ed25519_fleet(chained: bool) {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // the issuer's seed, hex in a file, as upstream keeps it; its public key for the servers
-    let seed = [42u8; 32];
-    let seed_file = d.join("issuer.seed");
-    std::fs::write(&seed_file, hex::encode(seed)).unwrap();
-    let issuer_pub = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    let org = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    let seed_file = d.join("signer.seed");
+    let mut extra_yaml = String::new();
+    if chained {
+        let chain = ed25519_dalek::SigningKey::from_bytes(&[43u8; 32]);
+        std::fs::write(&seed_file, hex::encode(chain.to_bytes())).unwrap();
+        let token = d.join("signer.jwt");
+        std::fs::write(&token, chain_issuer_token(&org, &chain)).unwrap();
+        extra_yaml = format!("jwt_signing_token: {}\n", token.display());
+    } else {
+        std::fs::write(&seed_file, hex::encode(org.to_bytes())).unwrap();
+    }
     let (summary, prov, _nats) = run_fleet(
         d,
         FleetOptions {
             servers: 40,
             token: "t0ken".into(),
             timeout_secs: 120,
-            extra: vec!["--expect-issuer".into(), hex::encode(issuer_pub.as_bytes())],
+            extra: vec![
+                "--protocol-v2".into(),
+                "--expect-issuer".into(),
+                hex::encode(org.verifying_key().as_bytes()),
+            ],
             ..Default::default()
         },
         ProvisionerOptions {
             token: "t0ken".into(),
             ed25519_issuer: Some(seed_file),
+            extra_yaml,
             ..Default::default()
         },
     );
-    // every server verified its JWT: issuer signature, purpose, its identity, its own key
+    // every server verified its JWT: the issuer's signature (through the chain when chained),
+    // purpose, its identity, its own key
     assert_eq!(n(&summary, "provisioned"), 40, "{summary}");
     assert_eq!(n(&summary, "verified"), 40, "{summary}");
+    assert_eq!(summary["protocol"], "v2", "{summary}");
+    // every request came in v2 with a caller JWT from the issuer and a valid signature
+    assert_eq!(n(&summary, "wrong_protocol"), 0, "{summary}");
+    assert_eq!(n(&summary, "bad_signatures"), 0, "{summary}");
+    assert_eq!(n(&summary, "bad_requests"), 0, "{summary}");
+    assert!(n(&summary, "requests") >= 40 * 4, "{summary}");
     assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
     assert_eq!(n(&summary, "configure_refused"), 0, "{summary}");
     assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
@@ -510,4 +564,14 @@ fn an_ed25519_fleet_gets_server_jwts_from_the_organization_issuer() {
         ),
         40.0
     );
+}
+
+#[test]
+fn an_ed25519_fleet_speaks_v2_and_gets_server_jwts_from_the_organization_issuer() {
+    ed25519_fleet(false);
+}
+
+#[test]
+fn a_chain_issuer_signs_server_jwts_that_verify_with_the_organization_key() {
+    ed25519_fleet(true);
 }

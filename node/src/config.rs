@@ -317,13 +317,7 @@ impl Config {
             if raw.jwt_signing_key.is_empty() {
                 return Err(invalid(
                     "jwt_signing_key",
-                    "is required with the ed25519 feature (the Organization Issuer's hex seed file)",
-                ));
-            }
-            if !raw.jwt_signing_token.is_empty() {
-                return Err(invalid(
-                    "jwt_signing_token",
-                    "chain issuers are not supported yet; sign with the Organization Issuer's key (jwt_signing_key) alone",
+                    "is required with the ed25519 feature (the hex seed of the Organization Issuer, or of the chain issuer named by jwt_signing_token)",
                 ));
             }
         }

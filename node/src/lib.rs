@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod ca;
+pub mod caller;
 pub mod config;
 pub mod configure;
 pub mod csr;

@@ -1,9 +1,17 @@
 //! Enrollment in Organization Issuer (ed25519) networks: the server makes an ed25519 key on
 //! `choria_provision#gen25519` and proves it by signing our nonce; we sign a server JWT for
-//! that key with the issuer's ed25519 key (`jwt_signing_key`, a file holding the hex seed, as
-//! upstream reads it). The JWT carries upstream's claim names (`identity`, `collectives`,
-//! `permissions`, `ou`, `pub_subjects`, `purpose`, `public_key` and the registered claims), so
-//! Choria parses it as one of its own.
+//! that key with `jwt_signing_key` (a file holding the hex seed, as upstream reads it). The
+//! JWT carries upstream's claim names (`identity`, `collectives`, `permissions`, `ou`,
+//! `pub_subjects`, `purpose`, `public_key` and the registered claims), so Choria parses it as
+//! one of its own.
+//!
+//! Two ways to hold the right to sign, as upstream: the seed is the Organization Issuer's own,
+//! or it belongs to a chain issuer whose client JWT (`jwt_signing_token`) the Organization
+//! Issuer signed (`tcs`). In the chain case every server JWT names the chain issuer
+//! (`iss` = `C-<its id>.<its public key>`), carries the chain (`tcs` = the issuer's `tcs`, a
+//! dot, and our signature of `<jwt id>.<issuer tcs>`), and expires no later than the chain
+//! issuer (`issexp`), so a verifier holding only the Organization Issuer's public key can
+//! check the whole chain.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -39,6 +47,8 @@ pub enum IssuerError {
     BadProof,
     #[error("cannot sign the server JWT: {0}")]
     Sign(String),
+    #[error("the chain issuer's token (jwt_signing_token) expired at {0}")]
+    ChainExpired(i64),
 }
 
 /// What servers may do beyond the basics (upstream's `ServerPermissions`).
@@ -77,6 +87,99 @@ pub struct ServerClaims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
+    /// The chain issuer's expiry (chain mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issexp: Option<i64>,
+    /// The trust chain signature (chain mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcs: Option<String>,
+}
+
+/// The issuer fields of a token signed in chain mode.
+struct Chained {
+    iss: String,
+    issexp: i64,
+    exp: i64,
+    tcs: String,
+}
+
+/// Upstream's `purpose` of a client JWT.
+pub const CLIENT_PURPOSE: &str = "choria_client_id";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientPermissions {
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fleet_management: bool,
+}
+
+/// The claims of a client JWT, with upstream's names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientClaims {
+    pub callerid: String,
+    pub purpose: String,
+    pub ou: String,
+    pub public_key: String,
+    pub permissions: ClientPermissions,
+    pub iss: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issexp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcs: Option<String>,
+}
+
+/// What a chain issuer's client JWT (`jwt_signing_token`) tells us.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChainIssuer {
+    /// The token itself: also our caller JWT in protocol v2 requests.
+    #[serde(skip)]
+    pub token: String,
+    pub jti: String,
+    pub public_key: String,
+    pub tcs: String,
+    pub exp: i64,
+    #[serde(default)]
+    pub callerid: String,
+}
+
+impl ChainIssuer {
+    /// Reads the token in `path` (unverified: it is ours, and whoever verifies what we sign
+    /// checks its chain) and checks it can issue with the key whose public half is `pk_hex`.
+    pub fn load(path: &Path, pk_hex: &str) -> Result<ChainIssuer, IssuerError> {
+        let err = |reason: String| IssuerError::Key {
+            path: path.display().to_string(),
+            reason,
+        };
+        let token = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let token = token.trim().to_string();
+        let payload = token
+            .split('.')
+            .nth(1)
+            .ok_or_else(|| err("not a JWT".into()))?;
+        use base64::Engine;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .map_err(|_| err("the JWT's claims are not base64url".into()))?;
+        let mut ci: ChainIssuer = serde_json::from_slice(&json)
+            .map_err(|e| err(format!("needs jti, public_key, tcs and exp claims: {e}")))?;
+        if ci.tcs.is_empty() {
+            return Err(err("no Trust Chain Signature (tcs) claim: the Organization Issuer did not make it an issuer".into()));
+        }
+        if ci.jti.is_empty() {
+            return Err(err("no jti claim".into()));
+        }
+        if ci.public_key != pk_hex {
+            return Err(err(format!(
+                "its public_key {} is not the key of jwt_signing_key ({pk_hex})",
+                ci.public_key
+            )));
+        }
+        ci.token = token;
+        Ok(ci)
+    }
 }
 
 /// The parts of the helper's `server_claims` that change what we sign.
@@ -94,13 +197,33 @@ struct HelperClaims {
     exp: Option<i64>,
 }
 
-/// The Organization Issuer: signs server JWTs.
+/// Signs server JWTs: as the Organization Issuer, or as a chain issuer.
 pub struct OrgIssuer {
     key: SigningKey,
     encoding: EncodingKey,
+    chain: Option<ChainIssuer>,
 }
 
 impl OrgIssuer {
+    /// Reads the hex seed in `key`, and the chain issuer's token in `token` when given.
+    pub fn load_with_chain(key: &Path, token: Option<&Path>) -> Result<OrgIssuer, IssuerError> {
+        let mut issuer = Self::load(key)?;
+        if let Some(token) = token {
+            issuer.chain = Some(ChainIssuer::load(token, &issuer.public_hex())?);
+        }
+        Ok(issuer)
+    }
+
+    /// The chain issuer we sign as, if any.
+    pub fn chain(&self) -> Option<&ChainIssuer> {
+        self.chain.as_ref()
+    }
+
+    /// The signing key (also our caller key in protocol v2 requests).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// Reads the hex seed in `path`.
     pub fn load(path: &Path) -> Result<OrgIssuer, IssuerError> {
         let err = |reason: String| IssuerError::Key {
@@ -123,6 +246,7 @@ impl OrgIssuer {
         Ok(OrgIssuer {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             key,
+            chain: None,
         })
     }
 
@@ -143,7 +267,7 @@ impl OrgIssuer {
         helper_claims: Option<&Value>,
         validity: Duration,
         now: i64,
-    ) -> ServerClaims {
+    ) -> Result<ServerClaims, IssuerError> {
         let mut collectives = vec!["mcollective".to_string()];
         if configuration
             .get("plugin.security.provider")
@@ -189,7 +313,7 @@ impl OrgIssuer {
             }
             valid_for = validity.as_secs() as i64;
         }
-        ServerClaims {
+        let mut claims = ServerClaims {
             identity: identity.to_string(),
             collectives,
             permissions,
@@ -202,11 +326,72 @@ impl OrgIssuer {
             nbf: now,
             exp: now + valid_for,
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            issexp: None,
+            tcs: None,
+        };
+        if let Some(chain) = self.chained(&claims.jti, claims.exp, now)? {
+            claims.iss = chain.iss;
+            claims.issexp = Some(chain.issexp);
+            claims.exp = chain.exp;
+            claims.tcs = Some(chain.tcs);
         }
+        Ok(claims)
+    }
+
+    /// In chain mode, the issuer fields of a token with id `jti` expiring at `exp`.
+    fn chained(&self, jti: &str, exp: i64, now: i64) -> Result<Option<Chained>, IssuerError> {
+        let Some(ci) = &self.chain else {
+            return Ok(None);
+        };
+        if ci.exp <= now {
+            return Err(IssuerError::ChainExpired(ci.exp));
+        }
+        use ed25519_dalek::Signer;
+        let sig = self.key.sign(format!("{jti}.{}", ci.tcs).as_bytes());
+        Ok(Some(Chained {
+            iss: format!("C-{}.{}", ci.jti, ci.public_key),
+            issexp: ci.exp,
+            exp: exp.min(ci.exp),
+            tcs: format!("{}.{}", ci.tcs, hex::encode(sig.to_bytes())),
+        }))
+    }
+
+    /// A client JWT for `callerid` holding `public_key`, valid `validity` from `now`: our
+    /// caller identity in protocol v2 requests, chained like server JWTs in chain mode.
+    pub fn client_claims(
+        &self,
+        callerid: &str,
+        public_key: &VerifyingKey,
+        validity: Duration,
+        now: i64,
+    ) -> Result<ClientClaims, IssuerError> {
+        let mut claims = ClientClaims {
+            callerid: callerid.to_string(),
+            purpose: CLIENT_PURPOSE.into(),
+            ou: "choria".into(),
+            public_key: hex::encode(public_key.as_bytes()),
+            permissions: ClientPermissions {
+                fleet_management: true,
+            },
+            iss: ISSUER.into(),
+            iat: now,
+            nbf: now,
+            exp: now + validity.as_secs() as i64,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            issexp: None,
+            tcs: None,
+        };
+        if let Some(chain) = self.chained(&claims.jti, claims.exp, now)? {
+            claims.iss = chain.iss;
+            claims.issexp = Some(chain.issexp);
+            claims.exp = chain.exp;
+            claims.tcs = Some(chain.tcs);
+        }
+        Ok(claims)
     }
 
     /// Signs `claims` (EdDSA).
-    pub fn sign(&self, claims: &ServerClaims) -> Result<String, IssuerError> {
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, IssuerError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some("JWT".into());
         jsonwebtoken::encode(&header, claims, &self.encoding)
@@ -275,14 +460,16 @@ mod tests {
         let server_hex = hex::encode(server.verifying_key().as_bytes());
         let mut config = BTreeMap::new();
         config.insert("collectives".to_string(), "lon, ams".to_string());
-        let claims = iss.claims(
-            "n1.example.net",
-            &server_hex,
-            &config,
-            None,
-            Duration::from_secs(86400),
-            1_800_000_000,
-        );
+        let claims = iss
+            .claims(
+                "n1.example.net",
+                &server_hex,
+                &config,
+                None,
+                Duration::from_secs(86400),
+                1_800_000_000,
+            )
+            .unwrap();
         let jwt = iss.sign(&claims).unwrap();
         let issuer_pub = hex::decode(iss.public_hex()).unwrap();
         let mut v = Validation::new(Algorithm::EdDSA);
@@ -313,16 +500,18 @@ mod tests {
         let now = 1_800_000_000;
         let day = Duration::from_secs(86400);
         let mut config = BTreeMap::new();
-        let c = iss.claims("n1", "00", &config, None, day, now);
+        let c = iss.claims("n1", "00", &config, None, day, now).unwrap();
         assert_eq!(c.collectives, vec!["mcollective"]);
         config.insert("plugin.security.provider".into(), "choria".into());
-        let c = iss.claims("n1", "00", &config, None, day, now);
+        let c = iss.claims("n1", "00", &config, None, day, now).unwrap();
         assert_eq!(c.collectives, vec!["choria"]);
         let helper = serde_json::json!({
             "collectives": ["x"], "ou": "acme", "pub_subjects": ["a.b"],
             "permissions": {"streams": true}, "exp": now + 7200
         });
-        let c = iss.claims("n1", "00", &config, Some(&helper), day, now);
+        let c = iss
+            .claims("n1", "00", &config, Some(&helper), day, now)
+            .unwrap();
         assert_eq!(c.collectives, vec!["x"]);
         assert_eq!(c.ou, "acme");
         assert_eq!(c.pub_subjects, vec!["a.b"]);
@@ -330,7 +519,9 @@ mod tests {
         assert_eq!(c.exp, now + 7200);
         // under an hour: the configured validity
         let short = serde_json::json!({"exp": now + 60});
-        let c = iss.claims("n1", "00", &config, Some(&short), day, now);
+        let c = iss
+            .claims("n1", "00", &config, Some(&short), day, now)
+            .unwrap();
         assert_eq!(c.exp, now + 86400);
     }
 
@@ -363,6 +554,107 @@ mod tests {
             verify_proof(&short_sig, "nonce-1"),
             Err(IssuerError::Reply(_))
         ));
+    }
+
+    #[test]
+    fn chain_mode_names_the_chain_issuer_and_chains_the_signature() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("signer.seed");
+        std::fs::write(&seed, hex::encode([6u8; 32])).unwrap();
+        let signer_pk = hex::encode(
+            SigningKey::from_bytes(&[6u8; 32])
+                .verifying_key()
+                .as_bytes(),
+        );
+        let token_file = dir.path().join("signer.jwt");
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let write_token = |claims: serde_json::Value| {
+            std::fs::write(
+                &token_file,
+                format!(
+                    "{}.{}.sig",
+                    b64(serde_json::json!({"alg": "EdDSA"})),
+                    b64(claims)
+                ),
+            )
+            .unwrap();
+        };
+        let now = 1_800_000_000;
+        write_token(
+            serde_json::json!({"jti": "ci1", "public_key": signer_pk, "tcs": "aabb", "exp": now + 86400, "callerid": "choria=signer"}),
+        );
+        let iss = OrgIssuer::load_with_chain(&seed, Some(&token_file)).unwrap();
+        let c = iss
+            .claims(
+                "n1",
+                "00",
+                &BTreeMap::new(),
+                None,
+                Duration::from_secs(365 * 86400),
+                now,
+            )
+            .unwrap();
+        assert_eq!(c.iss, format!("C-ci1.{signer_pk}"));
+        assert_eq!(c.issexp, Some(now + 86400));
+        // no later than the chain issuer
+        assert_eq!(c.exp, now + 86400);
+        let tcs = c.tcs.clone().unwrap();
+        let (org_part, ours) = tcs.split_once('.').unwrap();
+        assert_eq!(org_part, "aabb");
+        let sig = Signature::from_slice(&hex::decode(ours).unwrap()).unwrap();
+        SigningKey::from_bytes(&[6u8; 32])
+            .verifying_key()
+            .verify_strict(format!("{}.aabb", c.jti).as_bytes(), &sig)
+            .unwrap();
+        // the same for our caller JWT
+        let cc = iss
+            .client_claims(
+                "choria=p",
+                &SigningKey::from_bytes(&[1u8; 32]).verifying_key(),
+                Duration::from_secs(3600),
+                now,
+            )
+            .unwrap();
+        assert_eq!(cc.iss, c.iss);
+        assert!(cc.tcs.unwrap().starts_with("aabb."));
+        // an expired chain issuer signs nothing
+        assert!(matches!(
+            iss.claims(
+                "n1",
+                "00",
+                &BTreeMap::new(),
+                None,
+                Duration::from_secs(86400),
+                now + 86400
+            ),
+            Err(IssuerError::ChainExpired(_))
+        ));
+        // tokens that cannot issue are refused at load, naming the problem
+        for (claims, want) in [
+            (
+                serde_json::json!({"jti": "x", "public_key": signer_pk, "tcs": "", "exp": 1}),
+                "tcs",
+            ),
+            (
+                serde_json::json!({"jti": "x", "public_key": "11", "tcs": "aa", "exp": 1}),
+                "not the key",
+            ),
+            (
+                serde_json::json!({"jti": "x", "public_key": signer_pk}),
+                "needs jti",
+            ),
+        ] {
+            write_token(claims);
+            match OrgIssuer::load_with_chain(&seed, Some(&token_file)) {
+                Err(e) => assert!(e.to_string().contains(want), "{e}"),
+                Ok(_) => panic!("accepted a token without {want}"),
+            }
+        }
+        std::fs::write(&token_file, "garbage").unwrap();
+        assert!(OrgIssuer::load_with_chain(&seed, Some(&token_file)).is_err());
     }
 
     #[test]

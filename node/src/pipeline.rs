@@ -42,7 +42,7 @@ pub struct Services {
     pub ca: Option<Ca>,
     pub jwt: Option<JwtVerifier>,
     /// Signs server JWTs (feature `ed25519`).
-    pub issuer: Option<crate::orgissuer::OrgIssuer>,
+    pub issuer: Option<Arc<crate::orgissuer::OrgIssuer>>,
     pub metrics: Arc<Metrics>,
     pub paused: AtomicBool,
     /// Set in a cluster: which servers this member works on.
@@ -306,14 +306,16 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         claim(svc, identity, seen_ms)
             .await
             .map_err(|o| format!("lost claim before issuing: {o:?}"))?;
-        let claims = issuer.claims(
-            identity,
-            &key.public_key,
-            &decision.configuration,
-            decision.server_claims.as_ref(),
-            svc.config.server_jwt_validity,
-            (now_ms() / 1000) as i64,
-        );
+        let claims = issuer
+            .claims(
+                identity,
+                &key.public_key,
+                &decision.configuration,
+                decision.server_claims.as_ref(),
+                svc.config.server_jwt_validity,
+                (now_ms() / 1000) as i64,
+            )
+            .map_err(|e| e.to_string())?;
         let jwt = issuer.sign(&claims).map_err(|e| e.to_string())?;
         // the JWT is in the ledger (jti as its serial) before the server sees it
         let issued = crate::ca::Issued {

@@ -14,7 +14,7 @@ use base64::Engine;
 use futures::StreamExt;
 use proto::rpc::{RpcReply, RpcRequest, StatusCode};
 use proto::v1::{self, Filter, Reply, Request, RequestSigner};
-use proto::{subject, ProtoError};
+use proto::{subject, v2, wire, ProtoError};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -76,7 +76,25 @@ pub struct RpcClient {
     collective: String,
     pending: Pending,
     metrics: Arc<Metrics>,
-    signer: Arc<dyn RequestSigner>,
+    protocol: Protocol,
+}
+
+/// The protocol requests go out in, with what signs them: v1 in x509 networks, v2 (signed
+/// by our caller key, carrying our caller JWT) in Organization Issuer networks, as upstream
+/// picks it from the security technology. Replies of either version are accepted.
+#[derive(Clone)]
+pub enum Protocol {
+    V1(Arc<dyn RequestSigner>),
+    V2(Arc<dyn v2::Signer>),
+}
+
+impl Protocol {
+    pub fn version(&self) -> wire::Version {
+        match self {
+            Protocol::V1(_) => wire::Version::V1,
+            Protocol::V2(_) => wire::Version::V2,
+        }
+    }
 }
 
 /// Removes a request's reply route when the request ends, however it ends.
@@ -121,7 +139,7 @@ impl RpcClient {
             collective: collective.to_string(),
             pending: pending.clone(),
             metrics: metrics.clone(),
-            signer: Arc::new(v1::Insecure),
+            protocol: Protocol::V1(Arc::new(v1::Insecure)),
         };
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
@@ -132,9 +150,14 @@ impl RpcClient {
         Ok(client)
     }
 
-    /// Replaces the request signer (protocol security is off for provisioning by default).
-    pub fn with_signer(mut self, signer: Arc<dyn RequestSigner>) -> Self {
-        self.signer = signer;
+    /// The protocol requests go out in.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol.clone()
+    }
+
+    /// Sets the protocol and signer (v1 with protocol security off by default).
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
         self
     }
 
@@ -166,12 +189,16 @@ impl RpcClient {
 
     async fn publish(&self, rpc: &str, subject: String, req: &Request) -> Result<(), RpcError> {
         let reply_to = format!("{}.{}", self.reply_prefix, req.envelope.requestid);
-        let bytes = req
-            .encode(&reply_to, &self.sender, self.signer.as_ref())
-            .map_err(|e| RpcError::Publish {
-                rpc: rpc.to_string(),
-                reason: e.to_string(),
-            })?;
+        let encoded = match &self.protocol {
+            Protocol::V1(signer) => req.encode(&reply_to, &self.sender, signer.as_ref()),
+            Protocol::V2(signer) => {
+                v2::encode_request(req, &reply_to, &self.sender, signer.as_ref())
+            }
+        };
+        let bytes = encoded.map_err(|e| RpcError::Publish {
+            rpc: rpc.to_string(),
+            reason: e.to_string(),
+        })?;
         self.nats
             .publish(subject, bytes.into())
             .await
@@ -349,8 +376,8 @@ impl RpcClient {
 
 /// Hands one reply message to the request waiting for it.
 fn route_reply(pending: &Pending, metrics: &Metrics, subject: &str, payload: &[u8]) {
-    let reply = match v1::decode_reply(payload) {
-        Ok(r) => r,
+    let reply = match wire::decode_reply(payload) {
+        Ok((_, r)) => r,
         Err(e) => {
             metrics.bad_message("reply");
             tracing::warn!(subject, error = %e, "dropping a reply that does not decode");

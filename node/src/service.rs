@@ -92,10 +92,21 @@ impl Provisioner {
             _ => None,
         };
         let issuer = if config.features.ed25519 {
-            let issuer =
-                crate::orgissuer::OrgIssuer::load(std::path::Path::new(&config.jwt_signing_key))?;
-            tracing::info!(issuer = %issuer.public_hex(), "signing server JWTs as Organization Issuer");
-            Some(issuer)
+            let token = (!config.jwt_signing_token.is_empty())
+                .then(|| std::path::Path::new(&config.jwt_signing_token));
+            let issuer = crate::orgissuer::OrgIssuer::load_with_chain(
+                std::path::Path::new(&config.jwt_signing_key),
+                token,
+            )?;
+            match issuer.chain() {
+                Some(ci) => {
+                    tracing::info!(chain_issuer = %ci.jti, key = %issuer.public_hex(), "signing server JWTs as a chain issuer")
+                }
+                None => {
+                    tracing::info!(issuer = %issuer.public_hex(), "signing server JWTs as Organization Issuer")
+                }
+            }
+            Some(Arc::new(issuer))
         } else {
             None
         };
@@ -143,6 +154,19 @@ impl Provisioner {
             metrics.clone(),
         )
         .await?;
+        // Organization Issuer networks speak protocol v2, as upstream's do
+        let rpc = match &issuer {
+            Some(issuer) => {
+                let signer =
+                    crate::caller::CallerSigner::new(issuer.clone(), &format!("choria={sender}"))?;
+                tracing::info!(
+                    caller = signer.callerid(),
+                    "speaking protocol v2 with a signed caller JWT"
+                );
+                rpc.with_protocol(crate::rpc::Protocol::V2(Arc::new(signer)))
+            }
+            None => rpc,
+        };
 
         let logic = logic.unwrap_or_else(|| {
             Arc::new(ExternalHelper::new(
@@ -237,7 +261,8 @@ impl Provisioner {
                 &r.collective,
                 metrics.clone(),
             )
-            .await?;
+            .await?
+            .with_protocol(services.rpc.protocol());
             let ctx = Arc::new(AdminContext {
                 svc: services.clone(),
                 member: member.clone(),

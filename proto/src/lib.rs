@@ -1,7 +1,8 @@
 //! Every wire format the provisioner speaks, and nothing else.
 //!
 //! Read it next to upstream's JSON schemas: [`v1`] holds the five layers of Choria protocol
-//! version 1 (transport, secure request, request, secure reply, reply), [`rpc`] the MCollective
+//! version 1 (transport, secure request, request, secure reply, reply), [`v2`] those of
+//! version 2 and [`wire`] which version a message speaks, [`rpc`] the MCollective
 //! SimpleRPC body carried inside them, [`subject`] the NATS subjects they travel on,
 //! [`lifecycle`] the events servers publish, [`ddl`] the agent interfaces (inputs and their
 //! validation) and [`agents`] the typed inputs and outputs of the `choria_provision` and
@@ -19,6 +20,8 @@ pub mod lifecycle;
 pub mod rpc;
 pub mod subject;
 pub mod v1;
+pub mod v2;
+pub mod wire;
 
 pub use error::ProtoError;
 

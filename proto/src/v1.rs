@@ -365,6 +365,14 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply, ProtoError> {
 }
 
 fn decode_transport(bytes: &[u8]) -> Result<Transport, ProtoError> {
+    check_size(bytes)?;
+    let transport: Transport = decode_json(Layer::Transport, bytes)?;
+    check_protocol(Layer::Transport, TRANSPORT_V1, &transport.protocol)?;
+    Ok(transport)
+}
+
+/// Refuses a message over [`MAX_MESSAGE_BYTES`] before any parsing.
+pub(crate) fn check_size(bytes: &[u8]) -> Result<(), ProtoError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(ProtoError::invalid(
             Layer::Transport,
@@ -375,12 +383,14 @@ fn decode_transport(bytes: &[u8]) -> Result<Transport, ProtoError> {
             ),
         ));
     }
-    let transport: Transport = decode_json(Layer::Transport, bytes)?;
-    check_protocol(Layer::Transport, TRANSPORT_V1, &transport.protocol)?;
-    Ok(transport)
+    Ok(())
 }
 
-fn check_protocol(layer: Layer, expected: &'static str, got: &str) -> Result<(), ProtoError> {
+pub(crate) fn check_protocol(
+    layer: Layer,
+    expected: &'static str,
+    got: &str,
+) -> Result<(), ProtoError> {
     if got != expected {
         return Err(ProtoError::WrongProtocol {
             layer,
@@ -391,7 +401,7 @@ fn check_protocol(layer: Layer, expected: &'static str, got: &str) -> Result<(),
     Ok(())
 }
 
-fn check_request_id(layer: Layer, id: &str) -> Result<(), ProtoError> {
+pub(crate) fn check_request_id(layer: Layer, id: &str) -> Result<(), ProtoError> {
     if id.len() != 32 {
         return Err(ProtoError::invalid(
             layer,
@@ -402,16 +412,23 @@ fn check_request_id(layer: Layer, id: &str) -> Result<(), ProtoError> {
     Ok(())
 }
 
-fn decode_b64(layer: Layer, field: &'static str, s: &str) -> Result<Vec<u8>, ProtoError> {
+pub(crate) fn decode_b64(
+    layer: Layer,
+    field: &'static str,
+    s: &str,
+) -> Result<Vec<u8>, ProtoError> {
     B64.decode(s.as_bytes())
         .map_err(|_| ProtoError::Base64 { layer, field })
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(layer: Layer, b: &[u8]) -> Result<T, ProtoError> {
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    layer: Layer,
+    b: &[u8],
+) -> Result<T, ProtoError> {
     serde_json::from_slice(b).map_err(|source| ProtoError::Json { layer, source })
 }
 
-fn encode_json<T: Serialize>(layer: Layer, v: &T) -> Result<Vec<u8>, ProtoError> {
+pub(crate) fn encode_json<T: Serialize>(layer: Layer, v: &T) -> Result<Vec<u8>, ProtoError> {
     serde_json::to_vec(v).map_err(|source| ProtoError::Encode { layer, source })
 }
 

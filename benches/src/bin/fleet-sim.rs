@@ -94,6 +94,10 @@ struct Args {
     /// Organization Issuer public key (hex) servers verify server JWTs with
     #[arg(long)]
     expect_issuer: Option<String>,
+    /// Servers speak Choria protocol v2 (Organization Issuer networks); with
+    /// --expect-issuer they also verify every request's caller JWT and signature
+    #[arg(long)]
+    protocol_v2: bool,
 }
 
 fn main() -> ExitCode {
@@ -172,6 +176,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             ),
             None => None,
         },
+        protocol_v2: args.protocol_v2,
         fall_back: args.fall_back,
         fall_back_after: Duration::from_secs(args.fall_back_after),
         production: args

@@ -1,0 +1,105 @@
+//! What a Choria Server in an Organization Issuer network checks, written from upstream's
+//! rules (choria-io/tokens) and not shared with the provisioner, so a mistake there is caught
+//! here: JWTs signed by the issuer directly or through a chain issuer, and the caller JWT and
+//! signature of protocol v2 requests.
+
+use base64::Engine;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde_json::Value;
+
+/// Verifies `token` (EdDSA) as issued, directly or through a chain, by the Organization
+/// Issuer `org`, with the purpose `purpose`; returns its claims.
+///
+/// A chained token names its issuer `C-<chain issuer id>.<chain issuer key>` and carries
+/// `tcs` = `<org signature of "id.key">.<chain issuer signature of "jti.<org signature>">`;
+/// it is then signed by the chain issuer's key and may not outlive it (`issexp`).
+pub fn verify_jwt(token: &str, org: &[u8; 32], purpose: &str) -> Result<Value, String> {
+    let payload = token.split('.').nth(1).ok_or("not a JWT")?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| "claims are not base64url")?;
+    let claims: Value = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+    let iss = claims["iss"].as_str().unwrap_or_default();
+    let signer: [u8; 32] = match iss.strip_prefix("C-") {
+        Some(chain) => {
+            let (id, key_hex) = chain.split_once('.').ok_or("chain issuer is not id.key")?;
+            let key = hex32(key_hex)?;
+            let tcs = claims["tcs"].as_str().ok_or("chained token without tcs")?;
+            let (org_sig, chain_sig) = tcs.split_once('.').ok_or("tcs is not org.chain")?;
+            verify(org, format!("{id}.{key_hex}").as_bytes(), org_sig)
+                .map_err(|e| format!("chain issuer not signed by the organization issuer: {e}"))?;
+            let jti = claims["jti"].as_str().ok_or("no jti")?;
+            verify(&key, format!("{jti}.{org_sig}").as_bytes(), chain_sig)
+                .map_err(|e| format!("chain signature: {e}"))?;
+            let issexp = claims["issexp"]
+                .as_i64()
+                .ok_or("chained token without issexp")?;
+            if issexp < unix_now() {
+                return Err("the chain issuer expired".into());
+            }
+            key
+        }
+        None => *org,
+    };
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_required_spec_claims(&["exp", "iat"]);
+    let claims =
+        jsonwebtoken::decode::<Value>(token, &jsonwebtoken::DecodingKey::from_ed_der(&signer), &v)
+            .map_err(|e| e.to_string())?
+            .claims;
+    if claims["purpose"] != purpose {
+        return Err(format!("purpose is {}, not {purpose}", claims["purpose"]));
+    }
+    Ok(claims)
+}
+
+/// What a secure server checks of a v2 request: the caller JWT verifies with the issuer,
+/// has fleet management rights and names the request's caller, and its key signed the
+/// request.
+pub fn verify_caller(
+    caller_jwt: &str,
+    callerid: &str,
+    signed: &[u8],
+    signature: &[u8],
+    org: &[u8; 32],
+) -> Result<(), String> {
+    let claims = verify_jwt(caller_jwt, org, "choria_client_id")?;
+    if claims["callerid"] != callerid {
+        return Err(format!(
+            "request caller {callerid} is not the JWT's {}",
+            claims["callerid"]
+        ));
+    }
+    if claims["permissions"]["fleet_management"] != true {
+        return Err("the caller has no fleet management right".into());
+    }
+    let key = hex32(claims["public_key"].as_str().ok_or("no public_key")?)?;
+    let sig = Signature::from_slice(signature).map_err(|_| "signature is not 64 bytes")?;
+    VerifyingKey::from_bytes(&key)
+        .map_err(|e| e.to_string())?
+        .verify_strict(signed, &sig)
+        .map_err(|_| "the request signature does not verify".to_string())
+}
+
+fn verify(key: &[u8; 32], msg: &[u8], sig_hex: &str) -> Result<(), String> {
+    let sig = hex::decode(sig_hex).map_err(|_| "signature is not hex")?;
+    let sig = Signature::from_slice(&sig).map_err(|_| "signature is not 64 bytes")?;
+    VerifyingKey::from_bytes(key)
+        .map_err(|e| e.to_string())?
+        .verify_strict(msg, &sig)
+        .map_err(|_| "does not verify".to_string())
+}
+
+fn hex32(s: &str) -> Result<[u8; 32], String> {
+    hex::decode(s)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| format!("{s:?} is not a hex ed25519 key"))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

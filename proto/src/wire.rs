@@ -1,0 +1,131 @@
+//! Which protocol version a message speaks, and decoding either.
+//!
+//! Upstream picks the version from the security technology: x509 networks speak v1,
+//! Organization Issuer (ed25519) networks speak v2. A receiver tells them apart by the
+//! transport's `protocol`.
+
+use serde::Deserialize;
+
+use crate::error::{Layer, ProtoError};
+use crate::{v1, v2};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+}
+
+/// A request as a server receives it, whichever version it came in.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub version: Version,
+    pub request: v1::Request,
+    pub reply_to: Option<String>,
+    pub sender: Option<String>,
+    /// v2 only: the caller's JWT, the signature and the request JSON it covers.
+    pub caller_jwt: Option<String>,
+    pub signature: Vec<u8>,
+    pub signed: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    protocol: String,
+}
+
+/// The version of a published message, from its transport's `protocol`.
+pub fn version_of(bytes: &[u8]) -> Result<Version, ProtoError> {
+    v1::check_size(bytes)?;
+    let peek: Peek = v1::decode_json(Layer::Transport, bytes)?;
+    match peek.protocol.as_str() {
+        v1::TRANSPORT_V1 => Ok(Version::V1),
+        v2::TRANSPORT_V2 => Ok(Version::V2),
+        other => Err(ProtoError::WrongProtocol {
+            layer: Layer::Transport,
+            expected: "choria:transport:1 or io.choria.protocol.v2.transport",
+            got: other.chars().take(64).collect(),
+        }),
+    }
+}
+
+/// Decodes a request of either version.
+pub fn decode_request(bytes: &[u8]) -> Result<Incoming, ProtoError> {
+    match version_of(bytes)? {
+        Version::V1 => {
+            let r = v1::decode_request(bytes)?;
+            Ok(Incoming {
+                version: Version::V1,
+                request: r.request,
+                reply_to: r.reply_to,
+                sender: r.sender,
+                caller_jwt: None,
+                signature: Vec::new(),
+                signed: Vec::new(),
+            })
+        }
+        Version::V2 => {
+            let r = v2::decode_request(bytes)?;
+            Ok(Incoming {
+                version: Version::V2,
+                request: r.request,
+                reply_to: r.reply_to,
+                sender: r.sender,
+                caller_jwt: Some(r.secure.caller),
+                signature: r.signature,
+                signed: r.signed,
+            })
+        }
+    }
+}
+
+/// Decodes a reply of either version into the neutral form.
+pub fn decode_reply(bytes: &[u8]) -> Result<(Version, v1::Reply), ProtoError> {
+    match version_of(bytes)? {
+        Version::V1 => Ok((Version::V1, v1::decode_reply(bytes)?)),
+        Version::V2 => Ok((Version::V2, v2::decode_reply(bytes)?)),
+    }
+}
+
+/// Encodes a reply in `version`.
+pub fn encode_reply(version: Version, reply: &v1::Reply) -> Result<Vec<u8>, ProtoError> {
+    match version {
+        Version::V1 => reply.encode(),
+        Version::V2 => v2::encode_reply(reply),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_told_apart_and_unknown_ones_refused() {
+        let r = v1::Request::new(
+            "rpcutil",
+            "provisioning",
+            "choria=p",
+            "p",
+            60,
+            v1::Filter::default(),
+            b"{}",
+        );
+        let reply = v1::Reply::new(&r.envelope, "n1", b"{}");
+        for v in [Version::V1, Version::V2] {
+            let bytes = encode_reply(v, &reply).unwrap();
+            let (got, back) = decode_reply(&bytes).unwrap();
+            assert_eq!(got, v);
+            assert_eq!(back.message, "{}");
+        }
+        assert!(version_of(br#"{"protocol":"choria:transport:9"}"#).is_err());
+        assert!(version_of(b"not json").is_err());
+    }
+}
