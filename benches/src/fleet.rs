@@ -128,6 +128,10 @@ pub struct Summary {
     pub wrong_protocol: u64,
     /// v2 requests whose caller JWT or signature did not verify.
     pub bad_signatures: u64,
+    /// Configurations that came with policies, which the servers stored.
+    pub policies_stored: u64,
+    /// Private keys delivered encrypted, decrypted and matching the certificate.
+    pub keys_delivered: u64,
     /// The protocol the servers speak.
     pub protocol: &'static str,
     pub timed_out: bool,
@@ -409,6 +413,8 @@ impl Fleet {
             configure_refused: c.configure_refused.load(Ordering::Relaxed),
             wrong_protocol: c.wrong_protocol.load(Ordering::Relaxed),
             bad_signatures: c.bad_signatures.load(Ordering::Relaxed),
+            policies_stored: c.policies_stored.load(Ordering::Relaxed),
+            keys_delivered: c.keys_delivered.load(Ordering::Relaxed),
             protocol: self.protocol.name(),
             timed_out,
         };

@@ -5,12 +5,13 @@
 //! It depends only on `proto`, never on the provisioner's crates, so it is an independent
 //! peer: a protocol mistake in the provisioner shows up here instead of being shared.
 //!
-//! [`server`] is one simulated server, [`keys`] its key and CSR making, [`signer`] the test
+//! [`server`] is one simulated server, [`keys`] its key and CSR making, [`keyrecv`] its side of private key transport, [`signer`] the test
 //! signer of provisioning JWTs, [`trust`] what a secure server checks of issuer-signed JWTs, [`faults`] the failure injection, and [`fleet`] starts many
 //! servers and reports what happened to them.
 
 pub mod faults;
 pub mod fleet;
+pub mod keyrecv;
 pub mod keys;
 pub mod server;
 pub mod signer;

@@ -60,6 +60,10 @@ pub struct Counters {
     pub wrong_protocol: AtomicU64,
     /// v2 requests whose caller JWT or signature did not verify.
     pub bad_signatures: AtomicU64,
+    /// Configurations that came with policies, which the server stored.
+    pub policies_stored: AtomicU64,
+    /// Private keys delivered encrypted, decrypted and matching the certificate.
+    pub keys_delivered: AtomicU64,
 }
 
 /// What happens to a server, reported to the fleet.
@@ -140,6 +144,10 @@ struct State {
     fell_back: bool,
     /// The ed25519 key made on `gen25519`.
     ed_key: Option<ed25519_dalek::SigningKey>,
+    /// The X25519 secret offered with `jwt`, for a delivered private key.
+    ecdh: Option<x25519_dalek::StaticSecret>,
+    /// Policies written by `configure` (file name to content).
+    policies: BTreeMap<String, String>,
 }
 
 pub struct SimServer {
@@ -465,9 +473,13 @@ impl SimServer {
                     return not_provisioning();
                 }
                 let _: TokenRequest = parse(&data)?;
+                let (secret, ecdh_public) = crate::keyrecv::offer();
+                if let Ok(mut st) = self.state.lock() {
+                    st.ecdh = Some(secret);
+                }
                 to_value(&JwtReply {
                     jwt: self.spec.jwt.clone(),
-                    ecdh_public: hex::encode(rand::random::<[u8; 32]>()),
+                    ecdh_public,
                 })
             }
             "gencsr" => {
@@ -601,8 +613,21 @@ impl SimServer {
         if !args.key.is_empty() && args.ecdh_public.is_empty() {
             return refuse("EDCH Public Key not supplied while providing a private key".into());
         }
+        // a delivered key replaces the one made on gencsr, as upstream writes it over it
+        let mut delivered = None;
         if !args.key.is_empty() {
-            return refuse("TLS Setup Failed: private key delivery is not simulated".into());
+            let secret = self.state.lock().ok().and_then(|s| s.ecdh.clone());
+            let Some(secret) = secret else {
+                return refuse("could not decrypt private key: private key not set".into());
+            };
+            let der = match crate::keyrecv::receive(&args.key, &secret, &args.ecdh_public) {
+                Ok(d) => d,
+                Err(e) => return refuse(format!("could not decrypt private key: {e}")),
+            };
+            match KeyPair::try_from(der.as_slice()) {
+                Ok(k) => delivered = Some(k.public_key_raw().to_vec()),
+                Err(e) => return refuse(format!("the delivered key is not a private key: {e}")),
+            }
         }
         let settings: BTreeMap<String, String> = match serde_json::from_str(&args.config) {
             Ok(s) => s,
@@ -626,11 +651,12 @@ impl SimServer {
             }
         }
         if !args.certificate.is_empty() && !args.ssldir.is_empty() && !args.ca.is_empty() {
-            let key_raw = self
-                .state
-                .lock()
-                .ok()
-                .and_then(|s| s.key.as_ref().map(|k| k.public_key_raw().to_vec()));
+            let key_raw = delivered.clone().or_else(|| {
+                self.state
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.key.as_ref().map(|k| k.public_key_raw().to_vec()))
+            });
             match verify_certificate(
                 &args.certificate,
                 &args.ca,
@@ -661,6 +687,19 @@ impl SimServer {
             };
             st.config = Some(settings);
             st.certificate = Some(args.certificate);
+            st.policies = args
+                .action_policies
+                .into_iter()
+                .chain(args.opa_policies)
+                .collect();
+            if !st.policies.is_empty() {
+                self.counters
+                    .policies_stored
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if delivered.is_some() {
+                self.counters.keys_delivered.fetch_add(1, Ordering::Relaxed);
+            }
             st.serial = serial;
             st.verified = verified;
             st.configure_count += 1;

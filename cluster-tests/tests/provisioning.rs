@@ -129,6 +129,55 @@ printf '%s' "$input" | exec {python} {example}
     script.display().to_string()
 }
 
+/// The external-CA helper example makes each server's key and certificate with openssl; the
+/// key reaches the server only encrypted for it (X25519 + AES-256-CBC), and the server
+/// decrypts it, finds it matches its certificate, and stores the helper's action policy.
+#[test]
+fn keys_from_the_helper_travel_encrypted_and_policies_reach_the_servers() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // run_fleet makes the CA here; the helper signs with the same one the servers trust
+    let (ca_cert, ca_key) = (d.join("ca/ca.pem"), d.join("ca/ca.key"));
+    let policy = d.join("default.policy");
+    std::fs::write(&policy, "policy default deny\nallow * * * *\n").unwrap();
+    let helper = format!(
+        "/usr/bin/env EXTERNAL_CA_CERT={} EXTERNAL_CA_KEY={} EXTERNAL_CA_MAKE_KEYS=1 ACTION_POLICY_FILE={} {} {}",
+        ca_cert.display(),
+        ca_key.display(),
+        policy.display(),
+        cluster_tests::python(),
+        cluster_tests::repo_root()
+            .join("deploy/examples/helper-external-ca.py")
+            .display()
+    );
+    let (summary, _prov, _nats) = run_fleet(
+        d,
+        FleetOptions {
+            servers: 12,
+            token: "t0ken".into(),
+            timeout_secs: 120,
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            token: "t0ken".into(),
+            helper,
+            workers: 4,
+            ..Default::default()
+        },
+    );
+    assert_eq!(n(&summary, "provisioned"), 12, "{summary}");
+    // the certificate chains to the CA, names the server and matches the delivered key
+    assert_eq!(n(&summary, "verified"), 12, "{summary}");
+    assert_eq!(n(&summary, "keys_delivered"), 12, "{summary}");
+    assert_eq!(n(&summary, "policies_stored"), 12, "{summary}");
+    assert_eq!(n(&summary, "configure_refused"), 0, "{summary}");
+    assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
+    // no private key in clear in the provisioner's log
+    let log = std::fs::read_to_string(d.join("prov1.example.net.log")).unwrap();
+    assert!(!log.contains("PRIVATE KEY"), "a private key was logged");
+}
+
 #[test]
 fn misbehaving_servers_and_helpers_do_not_affect_the_rest() {
     let _g = serial();
@@ -539,6 +588,15 @@ fn ed25519_fleet(chained: bool) {
             token: "t0ken".into(),
             ed25519_issuer: Some(seed_file),
             extra_yaml,
+            // the documented example helper for these networks
+            helper: format!(
+                "/usr/bin/env ISSUER_PUBLIC={} {} {}",
+                hex::encode(org.verifying_key().as_bytes()),
+                cluster_tests::python(),
+                cluster_tests::repo_root()
+                    .join("deploy/examples/helper-ed25519.py")
+                    .display()
+            ),
             ..Default::default()
         },
     );

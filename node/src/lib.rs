@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod helper;
 pub mod inventory;
 pub mod jwt;
+pub mod keywrap;
 pub mod logging;
 pub mod metrics;
 pub mod orgissuer;

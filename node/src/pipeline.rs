@@ -175,9 +175,14 @@ async fn propose(svc: &Services, cmd: Command) -> Result<(), String> {
 async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step, String> {
     let features = &svc.config.features;
 
+    // the server's X25519 key comes with its JWT; it is needed only to deliver a private key
+    let mut server_ecdh = String::new();
     let claims = match (&svc.jwt, features.jwt) {
         (Some(verifier), true) => match jwt::fetch_and_verify(svc, verifier, identity).await {
-            Ok(j) => Some(j.claims),
+            Ok(j) => {
+                server_ecdh = j.ecdh_public;
+                Some(j.claims)
+            }
             Err(e) => {
                 if matches!(e, FetchJwtError::Invalid(_)) {
                     svc.metrics.rejected("jwt");
@@ -266,11 +271,18 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         svc.metrics.inc(&svc.metrics.helper_errors);
         return Err("helper returned an empty configuration".into());
     }
-    if !decision.key.is_empty() {
-        return Err(
-            "helper returned a private key; encrypted key delivery is not supported yet".into(),
-        );
-    }
+    // a private key from the helper travels only encrypted for this server
+    let wrapped = if decision.key.is_empty() {
+        None
+    } else {
+        match crate::keywrap::wrap(&decision.key, &server_ecdh) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                svc.metrics.inc(&svc.metrics.helper_errors);
+                return Err(format!("cannot deliver the helper's key: {e}"));
+            }
+        }
+    };
     if !decision.upgrade.is_empty() {
         tracing::warn!(identity, version = %decision.upgrade, "helper asked for an upgrade; upgrades are not supported yet, provisioning as is");
     }
@@ -286,6 +298,10 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         opa_policies: decision.opa_policies,
         ..Default::default()
     };
+    if let Some(w) = wrapped {
+        request.key = w.pem;
+        request.ecdh_public = w.ecdh_public;
+    }
 
     // a pause that came while the helper ran stops the flow before anything is issued
     if svc.is_paused() {
