@@ -52,6 +52,10 @@ pub struct FleetConfig {
     /// Servers speak protocol v2 (their provisioning JWT says `v2`), as in Organization
     /// Issuer networks.
     pub protocol_v2: bool,
+    /// Share of servers that may update their version while provisioning.
+    pub upgradable: f64,
+    /// The release repository upgradable servers can update from.
+    pub upgrade_repository: Option<String>,
 }
 
 impl FleetConfig {
@@ -88,6 +92,8 @@ impl Default for FleetConfig {
             fall_back_after: Duration::from_secs(10),
             expect_issuer: None,
             protocol_v2: false,
+            upgradable: 0.0,
+            upgrade_repository: None,
         }
     }
 }
@@ -128,6 +134,9 @@ pub struct Summary {
     pub wrong_protocol: u64,
     /// v2 requests whose caller JWT or signature did not verify.
     pub bad_signatures: u64,
+    /// Servers that updated their version while provisioning, and the versions they got.
+    pub upgraded: usize,
+    pub upgraded_to: Vec<String>,
     /// Configurations that came with policies, which the servers stored.
     pub policies_stored: u64,
     /// Private keys delivered encrypted, decrypted and matching the certificate.
@@ -182,6 +191,7 @@ impl Fleet {
         };
         let expect_ca = cfg.expect_ca.clone().map(Arc::new);
         let expect_issuer = cfg.expect_issuer.map(Arc::new);
+        let upgrade_repository = cfg.upgrade_repository.clone().map(Arc::new);
         let production = cfg.production.as_ref().map(|(user, password)| {
             Arc::new(crate::server::Production {
                 url: cfg.nats_url.clone(),
@@ -211,6 +221,8 @@ impl Fleet {
                     .then_some(cfg.fall_back_after),
                 expect_issuer: expect_issuer.clone(),
                 protocol: cfg.protocol(),
+                upgradable: (index as f64) < cfg.upgradable * cfg.servers as f64,
+                upgrade_repository: upgrade_repository.clone(),
             })
             .collect();
         let identities: Vec<String> = specs.iter().map(|s| s.identity.clone()).collect();
@@ -284,6 +296,7 @@ impl Fleet {
                 Report::Reprovisioning { index } => self.event(index, "reprovisioning", None),
                 Report::FellBack { index } => self.event(index, "fell_back", None),
                 Report::Shutdown { index } => self.event(index, "shutdown", None),
+                Report::Upgraded { index, .. } => self.event(index, "upgraded", None),
                 Report::FirstRequest { .. } | Report::Reconfigured { .. } => {}
             }
         }
@@ -299,6 +312,7 @@ impl Fleet {
         let mut latencies = Vec::new();
         let (mut provisioned, mut verified, mut faulty_provisioned) = (0, 0, 0);
         let (mut reconfigured, mut shutdowns) = (HashSet::new(), 0);
+        let mut upgraded: Vec<(usize, String)> = Vec::new();
         let mut serials: HashMap<String, usize> = HashMap::new();
         let wall = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -345,6 +359,10 @@ impl Fleet {
                         }
                         Report::Reprovisioning { index } => {
                             self.event(index, "reprovisioning", None);
+                        }
+                        Report::Upgraded { index, version } => {
+                            self.event(index, "upgraded", None);
+                            upgraded.push((index, version));
                         }
                         Report::FellBack { index } => {
                             self.event(index, "fell_back", None);
@@ -413,6 +431,13 @@ impl Fleet {
             configure_refused: c.configure_refused.load(Ordering::Relaxed),
             wrong_protocol: c.wrong_protocol.load(Ordering::Relaxed),
             bad_signatures: c.bad_signatures.load(Ordering::Relaxed),
+            upgraded: upgraded.len(),
+            upgraded_to: {
+                let mut v: Vec<String> = upgraded.into_iter().map(|(_, v)| v).collect();
+                v.sort();
+                v.dedup();
+                v
+            },
             policies_stored: c.policies_stored.load(Ordering::Relaxed),
             keys_delivered: c.keys_delivered.load(Ordering::Relaxed),
             protocol: self.protocol.name(),

@@ -86,6 +86,8 @@ pub enum Report {
     Reprovisioning { index: usize },
     /// A provisioned server went back to provisioning mode by itself.
     FellBack { index: usize },
+    /// The server updated its version and came back to provisioning mode.
+    Upgraded { index: usize, version: String },
 }
 
 /// Everything that makes one server what it is.
@@ -115,6 +117,10 @@ pub struct ServerSpec {
     /// The protocol the server speaks (v2 when its provisioning JWT says `v2`). With an
     /// expected issuer, v2 requests must carry a caller JWT from it and verify.
     pub protocol: Version,
+    /// The server may update its version during provisioning (`upgradable` in inventory).
+    pub upgradable: bool,
+    /// The release repository the server can update from; others fail like a bad download.
+    pub upgrade_repository: Option<Arc<String>>,
 }
 
 /// Where provisioned servers connect: the same broker URL with production credentials.
@@ -148,6 +154,8 @@ struct State {
     ecdh: Option<x25519_dalek::StaticSecret>,
     /// Policies written by `configure` (file name to content).
     policies: BTreeMap<String, String>,
+    /// The Choria version running now (changed by `release_update`).
+    version: String,
 }
 
 pub struct SimServer {
@@ -192,6 +200,7 @@ impl SimServer {
         let subs = subscribe(&nats, &spec.identity, subject::PROVISIONING_COLLECTIVE).await?;
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let (resubscribe, mut moves) = mpsc::unbounded_channel::<String>();
+        let version = spec.version.clone();
         let server = Arc::new(SimServer {
             spec,
             current: Mutex::new(nats.clone()),
@@ -199,6 +208,7 @@ impl SimServer {
             state: Mutex::new(State {
                 provisioning: true,
                 collective: subject::PROVISIONING_COLLECTIVE.into(),
+                version,
                 ..Default::default()
             }),
             counters,
@@ -407,12 +417,16 @@ impl SimServer {
             agents: AGENTS.iter().map(|s| s.to_string()).collect(),
             facts: json!({"simulated": true, "index": self.spec.index}),
             classes: vec![],
-            version: self.spec.version.clone(),
+            version: self
+                .state
+                .lock()
+                .map(|s| s.version.clone())
+                .unwrap_or_default(),
             main_collective: subject::PROVISIONING_COLLECTIVE.into(),
             collectives: vec![subject::PROVISIONING_COLLECTIVE.into()],
             data_plugins: vec![],
             machines: json!([]),
-            upgradable: false,
+            upgradable: self.spec.upgradable,
         };
         serde_json::to_value(inv).unwrap_or(Value::Null)
     }
@@ -533,8 +547,63 @@ impl SimServer {
                 }
                 self.reprovision()
             }
+            "release_update" => {
+                if !provisioning {
+                    return Err((
+                        StatusCode::Aborted,
+                        "Cannot update a server that is not in provisioning mode".into(),
+                    ));
+                }
+                let args: proto::agents::ReleaseUpdateRequest = parse(&data)?;
+                self.release_update(args)
+            }
             _ => Err((StatusCode::Aborted, format!("{action} is not simulated"))),
         }
+    }
+
+    /// Upstream's release_update: fetch the release (here: only from the repository the
+    /// server can reach), then restart into provisioning mode running it, after 2 s.
+    fn release_update(
+        self: &Arc<Self>,
+        args: proto::agents::ReleaseUpdateRequest,
+    ) -> Result<Value, (StatusCode, String)> {
+        if !self.spec.upgradable {
+            return Err((
+                StatusCode::Aborted,
+                "Version updates is not enabled in the configuration".into(),
+            ));
+        }
+        let reachable = self
+            .spec
+            .upgrade_repository
+            .as_deref()
+            .is_some_and(|r| *r == args.repository);
+        if !reachable || args.version.is_empty() {
+            return Err((
+                StatusCode::Aborted,
+                format!(
+                    "Update to version {} failed, release rolled back: cannot fetch it from {}",
+                    args.version, args.repository
+                ),
+            ));
+        }
+        let s = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            s.publish_event(EventType::Shutdown).await;
+            if let Ok(mut st) = s.state.lock() {
+                st.version = args.version.clone();
+                st.lock = None;
+            }
+            let _ = s.reports.send(Report::Upgraded {
+                index: s.spec.index,
+                version: args.version,
+            });
+            s.publish_event(EventType::Startup).await;
+        });
+        to_value(&MessageReply {
+            message: "Restarting Choria Server after 2s".into(),
+        })
     }
 
     /// Upstream's lock: held by one sender.caller for two minutes, extended on use.
@@ -911,6 +980,7 @@ impl SimServer {
                     collective: subject::PROVISIONING_COLLECTIVE.into(),
                     seen_first: st.seen_first,
                     fell_back: st.fell_back || matches!(report, Report::FellBack { .. }),
+                    version: st.version.clone(),
                     ..Default::default()
                 };
             }

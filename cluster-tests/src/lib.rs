@@ -459,6 +459,8 @@ pub struct ProvisionerOptions {
     /// Organization Issuer seed file: enrolls with the ed25519 feature (server JWTs) instead
     /// of pki.
     pub ed25519_issuer: Option<PathBuf>,
+    /// Turns on `features.upgrades`.
+    pub upgrades: bool,
 }
 
 impl Default for ProvisionerOptions {
@@ -479,6 +481,7 @@ impl Default for ProvisionerOptions {
             cluster: None,
             extra_yaml: String::new(),
             ed25519_issuer: None,
+            upgrades: false,
         }
     }
 }
@@ -559,6 +562,10 @@ ca:
                         seed.display()
                     ),
                     None => "features:\n  pki: true\n  jwt: true".into(),
+                } + if opts.upgrades {
+                    "\n  upgrades: true"
+                } else {
+                    ""
                 },
             )
             + &opts.extra_yaml;

@@ -178,6 +178,76 @@ fn keys_from_the_helper_travel_encrypted_and_policies_reach_the_servers() {
     assert!(!log.contains("PRIVATE KEY"), "a private key was logged");
 }
 
+/// The helper asks for version 0.30.0: upgradable servers get `release_update` from the
+/// repository, restart into provisioning mode at the new version and are provisioned then;
+/// the others fail to update and, upgrades being optional, are provisioned as they are.
+#[test]
+fn upgradable_servers_are_updated_then_provisioned_and_the_rest_as_they_are() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = "https://releases.example.net/choria";
+    let helper = format!(
+        "/usr/bin/env UPGRADE_TO=0.30.0 {} {}",
+        cluster_tests::python(),
+        cluster_tests::repo_root()
+            .join("deploy/examples/helper.py")
+            .display()
+    );
+    let (summary, prov, _nats) = run_fleet(
+        dir.path(),
+        FleetOptions {
+            servers: 10,
+            token: "t0ken".into(),
+            timeout_secs: 120,
+            extra: vec![
+                "--upgradable".into(),
+                "0.6".into(),
+                "--upgrade-repository".into(),
+                repo.into(),
+            ],
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            token: "t0ken".into(),
+            helper,
+            upgrades: true,
+            extra_yaml: format!("upgrades_repository: {repo}\nupgrades_optional: true\n"),
+            ..Default::default()
+        },
+    );
+    assert_eq!(n(&summary, "provisioned"), 10, "{summary}");
+    assert_eq!(n(&summary, "verified"), 10, "{summary}");
+    assert_eq!(n(&summary, "upgraded"), 6, "{summary}");
+    assert_eq!(
+        summary["upgraded_to"],
+        serde_json::json!(["0.30.0"]),
+        "{summary}"
+    );
+    assert_eq!(n(&summary, "reconfigured"), 0, "{summary}");
+    let m = prov.metrics();
+    let upgrades = |result: &str| {
+        metric_sum(
+            &m,
+            "choria_provisioner_upgrades",
+            &format!("result=\"{result}\""),
+        )
+    };
+    // six updates started; each of those servers came back at 0.30.0 and needed no more
+    assert_eq!(upgrades("started"), 6.0, "{m}");
+    assert_eq!(upgrades("current"), 6.0, "{m}");
+    // the four that cannot update were provisioned as they are
+    assert_eq!(upgrades("skipped"), 4.0, "{m}");
+    assert_eq!(upgrades("failed"), 0.0, "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "choria_provisioner_ledger_records",
+            "state=\"enrolled\""
+        ),
+        10.0
+    );
+}
+
 #[test]
 fn misbehaving_servers_and_helpers_do_not_affect_the_rest() {
     let _g = serial();

@@ -3,7 +3,9 @@
 
 The provisioner runs this once per server. Input (JSON): identity, csr (with ssldir when the pki
 feature is on), ed25519_pubkey, inventory (a JSON string) and jwt (verified claims). Output
-(JSON): see docs/helper.md. Only the standard library is used.
+(JSON): see docs/helper.md. With UPGRADE_TO set, it asks for every server to run that Choria
+version (the provisioner's `upgrades` feature updates those that can). Only the standard
+library is used.
 """
 import json
 import os
@@ -46,7 +48,10 @@ def main():
     }
 
     # With no certificate/ca in the answer the provisioner's built-in CA signs the CSR.
-    print(json.dumps({"defer": False, "msg": "configured", "configuration": configuration}))
+    answer = {"defer": False, "msg": "configured", "configuration": configuration}
+    if os.environ.get("UPGRADE_TO"):
+        answer["upgrade"] = os.environ["UPGRADE_TO"]
+    print(json.dumps(answer))
     return 0
 
 

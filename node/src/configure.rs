@@ -47,6 +47,35 @@ pub async fn restart(svc: &Services, identity: &str) -> Result<(), RpcError> {
         .map(|_| ())
 }
 
+/// Asks the server to update itself to `version` from `repository`; it restarts into
+/// provisioning mode with the new version.
+pub async fn release_update(
+    svc: &Services,
+    identity: &str,
+    repository: &str,
+    version: &str,
+) -> Result<(), RpcError> {
+    let req = proto::agents::ReleaseUpdateRequest {
+        token: svc.config.token.clone(),
+        repository: repository.to_string(),
+        version: version.to_string(),
+    };
+    // the server downloads and checks the release before it answers
+    svc.rpc
+        .call_ok(
+            identity,
+            PROVISION_AGENT,
+            "release_update",
+            &req,
+            svc.config
+                .rpc_timeout
+                .max(std::time::Duration::from_secs(60)),
+            1,
+        )
+        .await
+        .map(|_| ())
+}
+
 pub async fn shutdown(svc: &Services, identity: &str) -> Result<(), RpcError> {
     let req = TokenRequest {
         token: svc.config.token.clone(),

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub waiting_nodes: IntGaugeVec,
     pub helper_shutdown_requests: IntCounterVec,
     pub deferred: IntCounterVec,
+    /// Version updates, by result: started, current (already at the version), skipped
+    /// (failed but upgrades are optional), failed.
+    pub upgrades: IntCounterVec,
     /// Messages off the wire that could not be decoded, by kind (reply, event, ...).
     pub bad_messages: IntCounterVec,
     /// Servers refused for a reason (jwt, csr_signature, csr_cn, csr_denied, ...).
@@ -153,6 +156,11 @@ impl Metrics {
                 "choria_provisioner_deferred",
                 "How many times provisioning of a node was deferred for a later retry",
                 site_l,
+            ),
+            upgrades: counter(
+                "choria_provisioner_upgrades",
+                "Server version updates asked for by the helper, by result",
+                &["site", "result"],
             ),
             bad_messages: counter(
                 "choria_provisioner_bad_messages",

@@ -81,6 +81,8 @@ pub enum Outcome {
     Failed(String),
     /// Shut down on the helper's request.
     Shutdown,
+    /// Asked to update to this version; it comes back to provisioning mode afterwards.
+    Upgrading(String),
 }
 
 pub fn now_ms() -> u64 {
@@ -118,6 +120,10 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
             ReleaseOutcome::Deferred { reason },
         ),
         Ok(Step::Shutdown(reason)) => (Outcome::Shutdown, ReleaseOutcome::Shutdown { reason }),
+        Ok(Step::Upgrading { from, to }) => (
+            Outcome::Upgrading(to.clone()),
+            ReleaseOutcome::Upgrading { from, to },
+        ),
         Err(reason) => (
             Outcome::Failed(reason.clone()),
             ReleaseOutcome::Failed { reason },
@@ -135,6 +141,82 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
     outcome
 }
 
+/// The helper asked for version `to`. With the upgrades feature, an upgradable server at
+/// another version gets `release_update` from `upgrades_repository` and comes back to
+/// provisioning mode with the new version, to be provisioned then (`Some(Upgrading)`). A
+/// server at that version already is provisioned as is (`None`). A failed update is an error,
+/// or with `upgrades_optional` a warning and the server is provisioned as is, as upstream.
+async fn upgrade(
+    svc: &Services,
+    identity: &str,
+    inventory: &proto::agents::InventoryReply,
+    to: &str,
+) -> Result<Option<Step>, String> {
+    let cfg = &svc.config;
+    let result = |r: &str| {
+        svc.metrics
+            .upgrades
+            .with_label_values(&[svc.metrics.site(), r])
+            .inc();
+    };
+    if !cfg.features.upgrades {
+        tracing::warn!(
+            identity,
+            version = to,
+            "helper asked for an upgrade but the upgrades feature is off; provisioning as is"
+        );
+        return Ok(None);
+    }
+    let from = inventory.version.trim();
+    let attempt = async {
+        if cfg.upgrades_repository.is_empty() {
+            return Err("upgrades_repository is not configured".to_string());
+        }
+        if from.is_empty() {
+            return Err("the inventory has no version".to_string());
+        }
+        if !inventory.upgradable {
+            return Err("the server does not support upgrades".to_string());
+        }
+        if same_version(from, to) {
+            return Ok(false);
+        }
+        tracing::warn!(identity, from, to, "updating the server's version");
+        configure::release_update(svc, identity, &cfg.upgrades_repository, to)
+            .await
+            .map(|_| true)
+            .map_err(|e| e.to_string())
+    };
+    match attempt.await {
+        Ok(true) => {
+            result("started");
+            Ok(Some(Step::Upgrading {
+                from: from.to_string(),
+                to: to.to_string(),
+            }))
+        }
+        Ok(false) => {
+            result("current");
+            Ok(None)
+        }
+        Err(e) if cfg.upgrades_optional => {
+            result("skipped");
+            tracing::warn!(identity, to, error = %e, "could not upgrade; upgrades are optional, provisioning as is");
+            Ok(None)
+        }
+        Err(e) => {
+            result("failed");
+            Err(format!("upgrade to {to} failed: {e}"))
+        }
+    }
+}
+
+/// Versions compare equal without a leading `v` and surrounding space (`v0.29.4` is `0.29.4`).
+fn same_version(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.trim().trim_start_matches('v').to_string();
+    norm(a) == norm(b)
+}
+
 /// Most bytes of facts kept in the ledger per server.
 const LEDGER_FACTS_BUDGET: usize = 2048;
 
@@ -143,6 +225,10 @@ enum Step {
     Done(String, std::collections::BTreeMap<String, String>),
     Deferred(String),
     Shutdown(String),
+    Upgrading {
+        from: String,
+        to: String,
+    },
 }
 
 async fn claim(svc: &Services, identity: &str, seen_ms: u64) -> Result<(), Outcome> {
@@ -271,6 +357,12 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         svc.metrics.inc(&svc.metrics.helper_errors);
         return Err("helper returned an empty configuration".into());
     }
+    if !decision.upgrade.is_empty() {
+        if let Some(step) = upgrade(svc, identity, &inventory.parsed, &decision.upgrade).await? {
+            return Ok(step);
+        }
+    }
+
     // a private key from the helper travels only encrypted for this server
     let wrapped = if decision.key.is_empty() {
         None
@@ -283,9 +375,6 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
             }
         }
     };
-    if !decision.upgrade.is_empty() {
-        tracing::warn!(identity, version = %decision.upgrade, "helper asked for an upgrade; upgrades are not supported yet, provisioning as is");
-    }
 
     let config_json = serde_json::to_string(&decision.configuration)
         .map_err(|e| format!("cannot encode configuration: {e}"))?;
@@ -360,4 +449,14 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         .await
         .map_err(|e| e.to_string())?;
     Ok(Step::Done(digest, facts))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_compare_without_a_leading_v() {
+        assert!(super::same_version("0.29.4", "v0.29.4"));
+        assert!(super::same_version(" 0.29.4", "0.29.4 "));
+        assert!(!super::same_version("0.29.4", "0.30.0"));
+    }
 }

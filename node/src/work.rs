@@ -209,7 +209,11 @@ impl WorkQueue {
                     wait.min(cfg.retry_backoff_max.as_millis() as u64),
                 ))
             }
-            Outcome::Provisioned | Outcome::Skipped(_) | Outcome::Shutdown => {
+            // an upgrading server announces itself again when it is back with its new version
+            Outcome::Provisioned
+            | Outcome::Skipped(_)
+            | Outcome::Shutdown
+            | Outcome::Upgrading(_) => {
                 entries.remove(identity);
                 None
             }
@@ -268,6 +272,11 @@ fn report(svc: &Services, identity: &str, outcome: &Outcome) {
             tracing::error!(identity, error = why, "could not provision");
         }
         Outcome::Shutdown => tracing::warn!(identity, "shut down"),
+        Outcome::Upgrading(to) => tracing::info!(
+            identity,
+            to,
+            "upgrading; it is provisioned when it comes back"
+        ),
     }
 }
 

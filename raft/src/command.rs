@@ -15,6 +15,8 @@ pub enum ReleaseOutcome {
     Shutdown { reason: String },
     /// The owner gave the server up without an outcome (it vanished, or the member stops).
     Abandoned,
+    /// The server was asked to update its version; it comes back to provisioning mode.
+    Upgrading { from: String, to: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

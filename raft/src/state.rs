@@ -43,10 +43,12 @@ pub enum EnrollState {
     Reprovisioning,
     /// An operator revoked its credential.
     Revoked,
+    /// Asked to update its Choria version; it comes back to provisioning mode after.
+    Upgrading,
 }
 
 impl EnrollState {
-    pub const ALL: [EnrollState; 7] = [
+    pub const ALL: [EnrollState; 8] = [
         EnrollState::Claimed,
         EnrollState::Enrolled,
         EnrollState::Deferred,
@@ -54,6 +56,7 @@ impl EnrollState {
         EnrollState::Shutdown,
         EnrollState::Reprovisioning,
         EnrollState::Revoked,
+        EnrollState::Upgrading,
     ];
 
     /// Lower-case name, as in metrics labels and the admin API.
@@ -66,6 +69,7 @@ impl EnrollState {
             EnrollState::Shutdown => "shutdown",
             EnrollState::Reprovisioning => "reprovisioning",
             EnrollState::Revoked => "revoked",
+            EnrollState::Upgrading => "upgrading",
         }
     }
 
@@ -481,6 +485,11 @@ impl LedgerState {
                     ReleaseOutcome::Shutdown { reason } => {
                         (EnrollState::Shutdown, None, format!("shut down: {reason}"))
                     }
+                    ReleaseOutcome::Upgrading { from, to } => (
+                        EnrollState::Upgrading,
+                        None,
+                        format!("upgrading from {from} to {to}"),
+                    ),
                     ReleaseOutcome::Abandoned => (
                         EnrollState::Failed,
                         Some("abandoned".into()),
@@ -697,6 +706,36 @@ mod tests {
         // a repeated completion is rejected and changes nothing
         assert!(s.apply(&enrolled("n1", "a", 4)).is_err());
         assert_eq!(s.record("n1").unwrap().updated_ms, 2);
+    }
+
+    #[test]
+    fn an_upgrading_server_is_recorded_and_can_be_claimed_when_it_is_back() {
+        let mut s = LedgerState::default();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&Command::Release {
+            identity: "n1".into(),
+            member: "a".into(),
+            outcome: ReleaseOutcome::Upgrading {
+                from: "0.29.4".into(),
+                to: "0.30.0".into(),
+            },
+            at_ms: 1,
+        })
+        .unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Upgrading);
+        assert_eq!(r.owner, None);
+        assert!(r
+            .history
+            .iter()
+            .any(|h| h.event.contains("upgrading from 0.29.4 to 0.30.0")));
+        assert_eq!(
+            EnrollState::from_name("upgrading"),
+            Some(EnrollState::Upgrading)
+        );
+        // back at the new version, any member may take it
+        s.apply(&claim("n1", "b", 2)).unwrap();
+        assert_eq!(s.record("n1").unwrap().owner.as_deref(), Some("b"));
     }
 
     #[test]

@@ -98,6 +98,13 @@ struct Args {
     /// --expect-issuer they also verify every request's caller JWT and signature
     #[arg(long)]
     protocol_v2: bool,
+    /// Share of servers that may update their Choria version while provisioning
+    /// (`upgradable` in their inventory)
+    #[arg(long, default_value_t = 0.0)]
+    upgradable: f64,
+    /// The release repository upgradable servers can update from
+    #[arg(long)]
+    upgrade_repository: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -177,6 +184,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             None => None,
         },
         protocol_v2: args.protocol_v2,
+        upgradable: args.upgradable,
+        upgrade_repository: args.upgrade_repository.clone(),
         fall_back: args.fall_back,
         fall_back_after: Duration::from_secs(args.fall_back_after),
         production: args
