@@ -1,6 +1,6 @@
-//! The test signer of provisioning JWTs: an RSA key that signs each simulated server's
-//! `provisioning.jwt` (RS256, upstream's claims), and whose public key the provisioner is
-//! configured to trust.
+//! The test signer of provisioning JWTs: an RSA key (RS256) or, as in Organization Issuer
+//! networks, an ed25519 key (EdDSA) that signs each simulated server's `provisioning.jwt`
+//! with upstream's claims, and whose public key the provisioner is configured to trust.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
@@ -10,6 +10,7 @@ use serde_json::json;
 pub struct JwtSigner {
     key: EncodingKey,
     public_pem: String,
+    algorithm: Algorithm,
 }
 
 impl JwtSigner {
@@ -34,7 +35,27 @@ impl JwtSigner {
             .to_public_key_pem(LineEnding::LF)
             .map_err(|e| e.to_string())?;
         let key = EncodingKey::from_rsa_pem(private.as_bytes()).map_err(|e| e.to_string())?;
-        Ok(JwtSigner { key, public_pem })
+        Ok(JwtSigner {
+            key,
+            public_pem,
+            algorithm: Algorithm::RS256,
+        })
+    }
+
+    /// An EdDSA signer from an ed25519 seed (an Organization Issuer's).
+    pub fn from_ed25519_seed(seed: &[u8; 32]) -> Result<Self, String> {
+        use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let key = ed25519_dalek::SigningKey::from_bytes(seed);
+        let der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+        let public_pem = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| e.to_string())?;
+        Ok(JwtSigner {
+            key: EncodingKey::from_ed_der(der.as_bytes()),
+            public_pem,
+            algorithm: Algorithm::EdDSA,
+        })
     }
 
     /// The public key as a PEM `PUBLIC KEY`, for the provisioner's `jwt_verify_cert`.
@@ -66,7 +87,7 @@ impl JwtSigner {
         if v2 {
             claims["v2"] = true.into();
         }
-        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, &self.key)
             .map_err(|e| e.to_string())
     }
 }

@@ -647,10 +647,13 @@ fn ed25519_fleet(chained: bool) {
             servers: 40,
             token: "t0ken".into(),
             timeout_secs: 120,
+            // provisioning JWTs signed by the Organization Issuer too (EdDSA), as there
             extra: vec![
                 "--protocol-v2".into(),
                 "--expect-issuer".into(),
                 hex::encode(org.verifying_key().as_bytes()),
+                "--jwt-signer-seed".into(),
+                hex::encode(org.to_bytes()),
             ],
             ..Default::default()
         },

@@ -40,6 +40,10 @@ struct Args {
     /// PKCS#8 PEM RSA key signing the servers' provisioning JWTs (made up when absent)
     #[arg(long)]
     jwt_signer_key: Option<PathBuf>,
+    /// Sign provisioning JWTs with EdDSA using this ed25519 seed (hex), as Organization
+    /// Issuer networks do, instead of an RSA key
+    #[arg(long, conflicts_with = "jwt_signer_key")]
+    jwt_signer_seed: Option<String>,
     /// Write the JWT signer's public key here (the provisioner's jwt_verify_cert)
     #[arg(long)]
     write_signer_pub: Option<PathBuf>,
@@ -141,11 +145,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode, String> {
-    let signer = match &args.jwt_signer_key {
-        Some(p) => JwtSigner::from_pem(
+    let signer = match (&args.jwt_signer_key, &args.jwt_signer_seed) {
+        (Some(p), _) => JwtSigner::from_pem(
             &std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
         )?,
-        None => JwtSigner::generate()?,
+        (None, Some(h)) => JwtSigner::from_ed25519_seed(
+            &hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| "--jwt-signer-seed is not a hex ed25519 seed".to_string())?,
+        )?,
+        (None, None) => JwtSigner::generate()?,
     };
     if let Some(p) = &args.write_signer_pub {
         std::fs::write(p, signer.public_pem()).map_err(|e| format!("{}: {e}", p.display()))?;
