@@ -1,0 +1,277 @@
+//! What a simulated server does with credentials: the key and CSR it makes on `gencsr`, the
+//! ed25519 key it makes on `gen25519`, and everything it checks on `configure` (certificate
+//! chain, names and key, server JWT, a delivered private key, policies) before it writes its
+//! configuration.
+
+use super::*;
+use crate::keys;
+
+impl SimServer {
+    pub(super) fn gencsr(&self, args: CsrRequest) -> Result<Value, String> {
+        let key = self.spec.keys.key()?;
+        let cn = if args.cn.is_empty() {
+            self.spec.identity.clone()
+        } else {
+            args.cn
+        };
+        let mut subject = Subject {
+            cn,
+            country: args.country,
+            locality: args.locality,
+            organization: args.organization,
+            organizational_unit: args.organizational_unit,
+            state: args.state,
+            sans: vec![],
+        };
+        let count = {
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| "state poisoned".to_string())?;
+            st.csr_count += 1;
+            st.csr_count
+        };
+        let mut pem = None;
+        if self.spec.fault == Some(Fault::BadCsr) {
+            match (self.spec.index + count as usize) % 3 {
+                0 => subject.cn = format!("impostor.{}", self.spec.identity),
+                1 => subject.sans = vec!["admin.privileged.choria".into()],
+                _ => pem = Some(corrupt(&keys::csr(&key, &subject)?)?),
+            }
+        }
+        let pem = match pem {
+            Some(p) => p,
+            None => keys::csr(&key, &subject)?,
+        };
+        let public_key = key.public_key_pem();
+        if let Ok(mut st) = self.state.lock() {
+            st.key = Some(key);
+        }
+        to_value(&CsrReply {
+            csr: pem,
+            public_key,
+            ssldir: SSL_DIR.into(),
+        })
+        .map_err(|(_, m)| m)
+    }
+
+    pub(super) async fn configure(
+        &self,
+        args: ConfigureRequest,
+    ) -> Result<Value, (StatusCode, String)> {
+        let refuse = |msg: String| {
+            self.counters
+                .configure_refused
+                .fetch_add(1, Ordering::Relaxed);
+            Err((StatusCode::Aborted, msg))
+        };
+        if args.config.is_empty() {
+            return refuse("Did not receive any configuration to write, cannot write a empty configuration file".into());
+        }
+        if !args.key.is_empty() && args.ecdh_public.is_empty() {
+            return refuse("EDCH Public Key not supplied while providing a private key".into());
+        }
+        // a delivered key replaces the one made on gencsr, as upstream writes it over it
+        let mut delivered = None;
+        if !args.key.is_empty() {
+            let secret = self.state.lock().ok().and_then(|s| s.ecdh.clone());
+            let Some(secret) = secret else {
+                return refuse("could not decrypt private key: private key not set".into());
+            };
+            let der = match crate::keyrecv::receive(&args.key, &secret, &args.ecdh_public) {
+                Ok(d) => d,
+                Err(e) => return refuse(format!("could not decrypt private key: {e}")),
+            };
+            match KeyPair::try_from(der.as_slice()) {
+                Ok(k) => delivered = Some(k.public_key_raw().to_vec()),
+                Err(e) => return refuse(format!("the delivered key is not a private key: {e}")),
+            }
+        }
+        let settings: BTreeMap<String, String> = match serde_json::from_str(&args.config) {
+            Ok(s) => s,
+            Err(e) => return refuse(format!("Could not decode configuration data: {e}")),
+        };
+        for (k, suffix) in args
+            .action_policies
+            .keys()
+            .map(|k| (k, ".policy"))
+            .chain(args.opa_policies.keys().map(|k| (k, ".rego")))
+        {
+            if !k.ends_with(suffix) {
+                return refuse(format!("expected {k:?} to have {suffix} extension"));
+            }
+        }
+        let mut serial = None;
+        let mut verified = false;
+        if let (Some(ca), false) = (&self.spec.expect_ca, args.certificate.is_empty()) {
+            if args.ca.trim() != ca.trim() {
+                return refuse("TLS Setup Failed: the CA is not the one this server trusts".into());
+            }
+        }
+        if !args.certificate.is_empty() && !args.ssldir.is_empty() && !args.ca.is_empty() {
+            let key_raw = delivered.clone().or_else(|| {
+                self.state
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.key.as_ref().map(|k| k.public_key_raw().to_vec()))
+            });
+            match verify_certificate(
+                &args.certificate,
+                &args.ca,
+                key_raw.as_deref(),
+                &self.spec.identity,
+            ) {
+                Ok(s) => {
+                    serial = Some(s);
+                    verified = true;
+                }
+                Err(e) => return refuse(format!("TLS Setup Failed: {e}")),
+            }
+        }
+        if !args.server_jwt.is_empty() {
+            match self.check_server_jwt(&args.server_jwt) {
+                Ok(Some(jti)) => {
+                    serial = Some(jti);
+                    verified = true;
+                }
+                Ok(None) => {}
+                Err(e) => return refuse(format!("invalid server JWT: {e}")),
+            }
+        }
+        let lines = settings.len() + 1;
+        let again = {
+            let Ok(mut st) = self.state.lock() else {
+                return refuse("state poisoned".into());
+            };
+            st.config = Some(settings);
+            st.certificate = Some(args.certificate);
+            st.policies = args
+                .action_policies
+                .into_iter()
+                .chain(args.opa_policies)
+                .collect();
+            if !st.policies.is_empty() {
+                self.counters
+                    .policies_stored
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if delivered.is_some() {
+                self.counters.keys_delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            st.serial = serial;
+            st.verified = verified;
+            st.configure_count += 1;
+            st.configure_count > 1
+        };
+        self.counters.configures.fetch_add(1, Ordering::Relaxed);
+        if again {
+            let _ = self.reports.send(Report::Reconfigured {
+                index: self.spec.index,
+            });
+        }
+        self.publish_event(EventType::Provisioned).await;
+        to_value(&MessageReply {
+            message: format!("Wrote {lines} lines to {CONFIG_FILE}"),
+        })
+    }
+
+    /// Upstream's gen25519: a new ed25519 key, and the nonce signed with it.
+    pub(super) fn gen25519(&self, nonce: &str) -> Result<Value, (StatusCode, String)> {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let reply = proto::agents::Ed25519Reply {
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            directory: "/etc/choria".into(),
+            signature: hex::encode(key.sign(nonce.as_bytes()).to_bytes()),
+        };
+        if let Ok(mut st) = self.state.lock() {
+            st.ed_key = Some(key);
+        }
+        to_value(&reply)
+    }
+
+    /// Checks a server JWT against the expected issuer (directly or through a chain issuer):
+    /// EdDSA signature, purpose, this server's identity and gen25519 key. `Ok(Some(jti))` when verified, `Ok(None)` when no
+    /// issuer is expected.
+    pub(super) fn check_server_jwt(&self, jwt: &str) -> Result<Option<String>, String> {
+        let Some(issuer) = &self.spec.expect_issuer else {
+            return Ok(None);
+        };
+        let claims = crate::trust::verify_jwt(jwt, issuer, "choria_server")?;
+        if claims["identity"] != self.spec.identity.as_str() {
+            return Err(format!("identity is {}", claims["identity"]));
+        }
+        let mine = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.ed_key
+                    .as_ref()
+                    .map(|k| hex::encode(k.verifying_key().as_bytes()))
+            })
+            .ok_or("no gen25519 key was made")?;
+        if claims["public_key"] != mine.as_str() {
+            return Err("public_key is not this server's key".into());
+        }
+        Ok(claims["jti"].as_str().map(String::from))
+    }
+}
+
+/// Flips one bit of the CSR's signature so it no longer verifies.
+fn corrupt(pem: &str) -> Result<String, String> {
+    let (_, block) = parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let mut der = block.contents;
+    if let Some(last) = der.last_mut() {
+        *last ^= 0x01;
+    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let mut out = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE REQUEST-----\n");
+    Ok(out)
+}
+
+/// Checks a delivered certificate as a server that will use it for mTLS needs it: signed by
+/// the delivered CA, for this identity, currently valid, and for the key made on `gencsr`.
+/// Returns the certificate's serial (hex).
+pub fn verify_certificate(
+    cert_pem: &str,
+    ca_pem: &str,
+    key_raw: Option<&[u8]>,
+    identity: &str,
+) -> Result<String, String> {
+    let (_, ca_block) = parse_x509_pem(ca_pem.as_bytes()).map_err(|e| format!("CA: {e}"))?;
+    let ca = ca_block.parse_x509().map_err(|e| format!("CA: {e}"))?;
+    let (_, leaf_block) =
+        parse_x509_pem(cert_pem.as_bytes()).map_err(|e| format!("certificate: {e}"))?;
+    let leaf = leaf_block
+        .parse_x509()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if leaf.issuer() != ca.subject() {
+        return Err("certificate was not issued by the given CA".into());
+    }
+    leaf.verify_signature(Some(ca.public_key()))
+        .map_err(|e| format!("certificate signature does not verify with the CA: {e}"))?;
+    if !leaf.validity().is_valid() {
+        return Err("certificate is not valid now".into());
+    }
+    let cn = leaf
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default();
+    if cn != identity {
+        return Err(format!("certificate is for {cn:?}, not {identity:?}"));
+    }
+    let key = key_raw.ok_or("no key was made with gencsr")?;
+    if leaf.public_key().subject_public_key.data.as_ref() != key {
+        return Err("certificate does not match the private key".into());
+    }
+    Ok(hex::encode(leaf.raw_serial()))
+}
