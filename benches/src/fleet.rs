@@ -119,7 +119,9 @@ pub struct Summary {
     pub seconds: f64,
     pub rate_per_minute: f64,
     pub latency_p50_ms: u64,
+    pub latency_p90_ms: u64,
     pub latency_p95_ms: u64,
+    pub latency_p99_ms: u64,
     pub latency_max_ms: u64,
     pub key_type: KeyType,
     pub key_pool: usize,
@@ -144,6 +146,8 @@ pub struct Summary {
     /// The protocol the servers speak.
     pub protocol: &'static str,
     pub timed_out: bool,
+    /// The simulator's own CPU and peak memory (filled in by the binary at the end).
+    pub sim_usage: Option<crate::usage::Usage>,
 }
 
 impl Summary {
@@ -418,7 +422,9 @@ impl Fleet {
                 0.0
             },
             latency_p50_ms: pct(0.5),
+            latency_p90_ms: pct(0.9),
             latency_p95_ms: pct(0.95),
+            latency_p99_ms: pct(0.99),
             latency_max_ms: latencies.last().copied().unwrap_or(0),
             key_type: self.key_type,
             key_pool: self.key_pool,
@@ -442,6 +448,7 @@ impl Fleet {
             keys_delivered: c.keys_delivered.load(Ordering::Relaxed),
             protocol: self.protocol.name(),
             timed_out,
+            sim_usage: None,
         };
         if !self.stay {
             for t in &self.tasks {

@@ -6,7 +6,7 @@
 //! peer: a protocol mistake in the provisioner shows up here instead of being shared.
 //!
 //! [`server`] is one simulated server, [`keys`] its key and CSR making, [`keyrecv`] its side of private key transport, [`signer`] the test
-//! signer of provisioning JWTs, [`trust`] what a secure server checks of issuer-signed JWTs, [`faults`] the failure injection, and [`fleet`] starts many
+//! signer of provisioning JWTs, [`trust`] what a secure server checks of issuer-signed JWTs, [`usage`] what a process cost, [`faults`] the failure injection, and [`fleet`] starts many
 //! servers and reports what happened to them.
 
 pub mod faults;
@@ -16,3 +16,4 @@ pub mod keys;
 pub mod server;
 pub mod signer;
 pub mod trust;
+pub mod usage;

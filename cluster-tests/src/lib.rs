@@ -444,6 +444,7 @@ cluster:
 }
 
 /// Settings of one provisioner process.
+#[derive(Clone)]
 pub struct ProvisionerOptions {
     pub identity: String,
     pub helper: String,
@@ -773,4 +774,39 @@ impl FleetProcess {
         let text = std::fs::read_to_string(&self.summary).expect("fleet summary");
         serde_json::from_str(&text).expect("fleet summary is JSON")
     }
+}
+
+/// A local cluster of `members` provisioner processes (one without Raft when `members` is 1),
+/// mutual TLS between members; each member gets `base` with its identity and cluster section.
+/// `admin` is the admin CA and extra `admin` keys, to serve the admin API.
+pub fn start_members(
+    dir: &Path,
+    nats: &Nats,
+    ca: &(PathBuf, PathBuf),
+    jwt_signer_pub: &Path,
+    members: u64,
+    base: &ProvisionerOptions,
+    admin: Option<(PathBuf, String)>,
+) -> Vec<ProvisionerProcess> {
+    let specs = ClusterOptions::members(members);
+    let tls_dir = (members > 1).then(|| cluster_pki(dir, &specs));
+    specs
+        .iter()
+        .map(|spec| {
+            let opts = ProvisionerOptions {
+                identity: spec.name.clone(),
+                cluster: (members > 1).then(|| ClusterOptions {
+                    id: spec.id,
+                    members: specs.clone(),
+                    claim_lease: "30s".into(),
+                    tls_dir: tls_dir.clone(),
+                    admin_ca: admin.as_ref().map(|a| a.0.clone()),
+                    auto_join: true,
+                    admin_extra: admin.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
+                }),
+                ..base.clone()
+            };
+            ProvisionerProcess::start(dir, nats, ca, jwt_signer_pub, &opts)
+        })
+        .collect()
 }

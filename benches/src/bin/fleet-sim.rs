@@ -231,7 +231,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         None
     };
     let mut last_print = 0.0f64;
-    let summary = fleet
+    let mut summary = fleet
         .wait(
             Duration::from_secs(args.timeout),
             |(done, healthy, secs)| match &bar {
@@ -250,6 +250,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    summary.sim_usage = fleet::usage::own();
     if let Some(p) = &args.summary {
         let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
         std::fs::write(p, json).map_err(|e| format!("{}: {e}", p.display()))?;

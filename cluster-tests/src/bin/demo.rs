@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cluster_tests::{
-    admin_pki, cluster_pki, init_ca, ClusterOptions, FleetOptions, FleetProcess, Nats,
-    ProvisionerOptions, ProvisionerProcess,
+    admin_pki, cluster_pki, init_ca, start_members, ClusterOptions, FleetOptions, FleetProcess,
+    Nats, ProvisionerOptions,
 };
 
 fn positive_env(name: &str, default: usize) -> Result<usize, String> {
@@ -99,32 +99,21 @@ fn main() -> ExitCode {
         "  reprovision:\n    servers: [\"{}\"]\n    user: choria\n    password: \"{}\"\n",
         nats.url, nats.creds.choria
     );
-    let provisioners: Vec<ProvisionerProcess> = specs
-        .iter()
-        .map(|spec| {
-            ProvisionerProcess::start(
-                dir.path(),
-                &nats,
-                &ca,
-                &fleet.signer_pub,
-                &ProvisionerOptions {
-                    identity: spec.name.clone(),
-                    token: "demo-token".into(),
-                    workers: 64,
-                    cluster: (members > 1).then(|| ClusterOptions {
-                        id: spec.id,
-                        members: specs.clone(),
-                        claim_lease: "30s".into(),
-                        tls_dir: tls_dir.clone(),
-                        admin_ca: operator.as_ref().map(|o| o.admin_ca.clone()),
-                        auto_join: true,
-                        admin_extra: admin_extra.clone(),
-                    }),
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
+    let provisioners = start_members(
+        dir.path(),
+        &nats,
+        &ca,
+        &fleet.signer_pub,
+        members,
+        &ProvisionerOptions {
+            token: "demo-token".into(),
+            workers: 64,
+            ..Default::default()
+        },
+        operator
+            .as_ref()
+            .map(|o| (o.admin_ca.clone(), admin_extra.clone())),
+    );
     for p in &provisioners {
         eprintln!(
             "demo: provisioner {} started (http://127.0.0.1:{}/metrics and /status)",

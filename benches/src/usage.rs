@@ -1,0 +1,75 @@
+//! What a process cost: CPU seconds (user + system) and peak resident memory, read from
+//! Linux's `/proc` (the benchmark harness reads members by pid, the simulator itself).
+
+/// CPU and memory used by one process so far.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Usage {
+    pub cpu_s: f64,
+    /// CPU of children the process has waited for (a member's helper runs).
+    pub children_cpu_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// `/proc` reports CPU times in USER_HZ ticks, 100 per second on Linux.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The usage of process `pid`, or `None` when it is gone or `/proc` is not readable.
+pub fn of(pid: u32) -> Option<Usage> {
+    read(&format!("/proc/{pid}"))
+}
+
+/// This process's own usage.
+pub fn own() -> Option<Usage> {
+    read("/proc/self")
+}
+
+fn read(dir: &str) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let cutime: f64 = fields.get(13)?.parse().ok()?;
+    let cstime: f64 = fields.get(14)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Usage {
+        cpu_s: (utime + stime) / TICKS_PER_SECOND,
+        children_cpu_s: (cutime + cstime) / TICKS_PER_SECOND,
+        peak_rss_mb: hwm_kb / 1024.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_usage_grows_with_work() {
+        let before = super::own().unwrap();
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = super::own().unwrap();
+        assert!(after.cpu_s > before.cpu_s, "{before:?} {after:?}");
+        assert!(after.peak_rss_mb > 1.0);
+        assert!(super::of(u32::MAX).is_none());
+        // a child's CPU counts once it is waited for
+        let child = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(child.success());
+        assert!(super::own().unwrap().children_cpu_s > 0.0);
+    }
+}
