@@ -810,3 +810,17 @@ pub fn start_members(
         })
         .collect()
 }
+
+/// A `builtin_helper` section configuring servers as `deploy/examples/helper.py` does, for
+/// runs without a helper process.
+pub const BUILTIN_HELPER_YAML: &str = r#"builtin_helper:
+  configuration:
+    identity: "{identity}"
+    loglevel: info
+    plugin.choria.server.provision: "false"
+    plugin.choria.middleware_hosts: "nats://broker.example.net:4222"
+    plugin.security.provider: file
+    plugin.security.file.certificate: "{ssldir}/certificate.pem"
+    plugin.security.file.key: "{ssldir}/private.pem"
+    plugin.security.file.ca: "{ssldir}/ca.pem"
+"#;

@@ -25,6 +25,15 @@ fn n(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("summary has no {key}: {v}"))
 }
 
+/// Ledger records in state enrolled, from a member's metrics text.
+fn enrolled(metrics: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "choria_provisioner_ledger_records",
+        "state=\"enrolled\"",
+    )
+}
+
 fn run_fleet(
     dir: &Path,
     fleet_opts: FleetOptions,
@@ -238,14 +247,36 @@ fn upgradable_servers_are_updated_then_provisioned_and_the_rest_as_they_are() {
     // the four that cannot update were provisioned as they are
     assert_eq!(upgrades("skipped"), 4.0, "{m}");
     assert_eq!(upgrades("failed"), 0.0, "{m}");
-    assert_eq!(
-        metric_sum(
-            &m,
-            "choria_provisioner_ledger_records",
-            "state=\"enrolled\""
-        ),
-        10.0
+    assert_eq!(enrolled(&m), 10.0, "{m}");
+}
+
+/// `builtin_helper` instead of a helper program: every server gets the configured template
+/// with its identity and ssl directory filled in.
+#[test]
+fn the_builtin_helper_configures_servers_without_a_helper_process() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, prov, _nats) = run_fleet(
+        dir.path(),
+        FleetOptions {
+            servers: 30,
+            token: "t0ken".into(),
+            timeout_secs: 120,
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            token: "t0ken".into(),
+            helper: String::new(),
+            extra_yaml: cluster_tests::BUILTIN_HELPER_YAML.into(),
+            ..Default::default()
+        },
     );
+    assert_eq!(n(&summary, "provisioned"), 30, "{summary}");
+    assert_eq!(n(&summary, "verified"), 30, "{summary}");
+    assert_eq!(n(&summary, "configure_refused"), 0, "{summary}");
+    let m = prov.metrics();
+    assert_eq!(metric_sum(&m, "choria_provisioner_helper_errors", ""), 0.0);
+    assert_eq!(enrolled(&m), 30.0, "{m}");
 }
 
 #[test]
@@ -687,14 +718,7 @@ fn ed25519_fleet(chained: bool) {
     assert_eq!(n(&summary, "configure_refused"), 0, "{summary}");
     assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
     let m = prov.metrics();
-    assert_eq!(
-        metric_sum(
-            &m,
-            "choria_provisioner_ledger_records",
-            "state=\"enrolled\""
-        ),
-        40.0
-    );
+    assert_eq!(enrolled(&m), 40.0, "{m}");
 }
 
 #[test]

@@ -115,6 +115,8 @@ struct RawConfig {
     #[serde(default)]
     helper: String,
     #[serde(default)]
+    builtin_helper: Option<crate::template::BuiltinHelper>,
+    #[serde(default)]
     token: String,
     #[serde(default)]
     site: String,
@@ -235,6 +237,8 @@ pub struct Config {
     pub loglevel: String,
     pub log_format: LogFormat,
     pub helper: Vec<String>,
+    /// Compiled-in user logic from the configuration, instead of a helper program.
+    pub builtin_helper: Option<crate::template::BuiltinHelper>,
     pub token: String,
     pub site: String,
     pub monitor_port: u16,
@@ -349,6 +353,15 @@ impl Config {
         // service refuses to start with neither
         let helper = shell_words::split(&raw.helper)
             .map_err(|e| invalid("helper", format!("cannot parse command: {e}")))?;
+        if let Some(b) = &raw.builtin_helper {
+            if !helper.is_empty() {
+                return Err(invalid(
+                    "builtin_helper",
+                    "set either helper or builtin_helper, not both",
+                ));
+            }
+            b.check().map_err(|e| invalid("builtin_helper", e))?;
+        }
 
         let nats = raw
             .nats
@@ -482,6 +495,7 @@ impl Config {
             loglevel: raw.loglevel,
             log_format,
             helper,
+            builtin_helper: raw.builtin_helper,
             token: raw.token,
             site: raw.site,
             monitor_port: raw.monitor_port,
@@ -640,6 +654,10 @@ nats:
             (format!("{MINIMAL}\nworkers: -1\n"), "workers"),
             (format!("{MINIMAL}\nlog_format: xml\n"), "log_format"),
             (format!("{MINIMAL}\nmax_attempts: 0\n"), "max_attempts"),
+            (
+                format!("{MINIMAL}\nbuiltin_helper: {{configuration: {{identity: x}}}}\n"),
+                "builtin_helper",
+            ),
             (
                 "helper: x\nnats: {servers: [a]}\n".to_string(),
                 "broker_provisioning_password",

@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod rpc;
 pub mod service;
 pub mod shard;
+pub mod template;
 pub mod work;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

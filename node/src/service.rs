@@ -80,6 +80,12 @@ impl Provisioner {
         logic: Option<Arc<dyn UserLogic>>,
         ledger: Option<Arc<dyn Ledger>>,
     ) -> Result<Provisioner, ServiceError> {
+        let logic = logic.or_else(|| {
+            config
+                .builtin_helper
+                .clone()
+                .map(|b| Arc::new(b) as Arc<dyn UserLogic>)
+        });
         if logic.is_none() && config.helper.is_empty() {
             return Err(ServiceError::NoHelper);
         }

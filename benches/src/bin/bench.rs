@@ -14,6 +14,15 @@ use clap::{Parser, ValueEnum};
 use cluster_tests::{init_ca, start_members, FleetOptions, FleetProcess, Nats, ProvisionerOptions};
 use serde_json::{json, Value};
 
+/// Who decides each server's configuration.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Logic {
+    /// `builtin_helper`: compiled-in, no process per server
+    Builtin,
+    /// `deploy/examples/helper.py`, a Python process per server
+    Python,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Scenario {
     Throughput,
@@ -37,6 +46,9 @@ struct Args {
     /// Concurrent provisioning flows per member
     #[arg(long, default_value_t = 64)]
     workers: usize,
+    /// User logic
+    #[arg(long, value_enum, default_value = "builtin")]
+    logic: Logic,
     /// Where to write `{"runs": [...]}`
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -99,10 +111,19 @@ fn run(args: &Args, members: u64) -> Result<Value, String> {
         &ca,
         &fleet.signer_pub,
         members,
-        &ProvisionerOptions {
-            token: "bench-token".into(),
-            workers: args.workers,
-            ..Default::default()
+        &match args.logic {
+            Logic::Builtin => ProvisionerOptions {
+                token: "bench-token".into(),
+                workers: args.workers,
+                helper: String::new(),
+                extra_yaml: cluster_tests::BUILTIN_HELPER_YAML.into(),
+                ..Default::default()
+            },
+            Logic::Python => ProvisionerOptions {
+                token: "bench-token".into(),
+                workers: args.workers,
+                ..Default::default()
+            },
         },
         None,
     );
@@ -130,7 +151,10 @@ fn run(args: &Args, members: u64) -> Result<Value, String> {
         "p99_ms": n("latency_p99_ms"),
         "stall_ms": Value::Null,
         "helper_delay_ms": 0,
-        "helper": "deploy/examples/helper.py",
+        "helper": match args.logic {
+            Logic::Builtin => "builtin",
+            Logic::Python => "deploy/examples/helper.py",
+        },
         "member_cpu_s": usage.iter().map(|u| u.cpu_s).sum::<f64>(),
         "helper_cpu_s": usage.iter().map(|u| u.children_cpu_s).sum::<f64>(),
         "sim_cpu_s": summary["sim_usage"]["cpu_s"],
