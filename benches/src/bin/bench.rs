@@ -27,6 +27,9 @@ enum Logic {
 enum Scenario {
     Throughput,
     Scaling,
+    /// The Python helper forked per server, then again with `--helper-delay-ms` added to
+    /// each run (a slow CA or CMDB)
+    Helper,
 }
 
 #[derive(Parser)]
@@ -49,6 +52,9 @@ struct Args {
     /// User logic
     #[arg(long, value_enum, default_value = "builtin")]
     logic: Logic,
+    /// Delay added to each helper run in the `helper` scenario
+    #[arg(long, default_value_t = 100)]
+    helper_delay_ms: u64,
     /// Where to write `{"runs": [...]}`
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -56,17 +62,22 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let members: Vec<u64> = match args.scenario {
-        Scenario::Throughput => vec![args.members],
-        Scenario::Scaling => vec![1, 3, 5],
+    // (members, logic, helper delay) of each run
+    let plan: Vec<(u64, Logic, u64)> = match args.scenario {
+        Scenario::Throughput => vec![(args.members, args.logic, 0)],
+        Scenario::Scaling => [1, 3, 5].map(|m| (m, args.logic, 0)).to_vec(),
+        Scenario::Helper => vec![
+            (args.members, Logic::Python, 0),
+            (args.members, Logic::Python, args.helper_delay_ms),
+        ],
     };
     let mut runs = Vec::new();
-    for m in members {
+    for (m, logic, delay) in plan {
         eprintln!(
-            "bench: {:?} with {m} member(s), {} servers",
+            "bench: {:?} with {m} member(s), {} servers, {logic:?} logic, helper delay {delay} ms",
             args.scenario, args.servers
         );
-        match run(&args, m) {
+        match run(&args, m, logic, delay) {
             Ok(r) => runs.push(r),
             Err(e) => {
                 eprintln!("bench: run failed: {e}");
@@ -85,7 +96,7 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(args: &Args, members: u64) -> Result<Value, String> {
+fn run(args: &Args, members: u64, logic: Logic, delay_ms: u64) -> Result<Value, String> {
     let dir = tempfile::Builder::new()
         .prefix("provisioner-bench-")
         .tempdir()
@@ -111,7 +122,7 @@ fn run(args: &Args, members: u64) -> Result<Value, String> {
         &ca,
         &fleet.signer_pub,
         members,
-        &match args.logic {
+        &match logic {
             Logic::Builtin => ProvisionerOptions {
                 token: "bench-token".into(),
                 workers: args.workers,
@@ -119,11 +130,25 @@ fn run(args: &Args, members: u64) -> Result<Value, String> {
                 extra_yaml: cluster_tests::BUILTIN_HELPER_YAML.into(),
                 ..Default::default()
             },
-            Logic::Python => ProvisionerOptions {
-                token: "bench-token".into(),
-                workers: args.workers,
-                ..Default::default()
-            },
+            Logic::Python => {
+                let base = ProvisionerOptions::default();
+                // the delay runs inside the helper's own process, as a slow lookup would
+                let helper = if delay_ms > 0 {
+                    format!(
+                        "/bin/sh -c 'sleep {}; exec {}'",
+                        delay_ms as f64 / 1000.0,
+                        base.helper
+                    )
+                } else {
+                    base.helper.clone()
+                };
+                ProvisionerOptions {
+                    token: "bench-token".into(),
+                    workers: args.workers,
+                    helper,
+                    ..base
+                }
+            }
         },
         None,
     );
@@ -150,8 +175,8 @@ fn run(args: &Args, members: u64) -> Result<Value, String> {
         "p90_ms": n("latency_p90_ms"),
         "p99_ms": n("latency_p99_ms"),
         "stall_ms": Value::Null,
-        "helper_delay_ms": 0,
-        "helper": match args.logic {
+        "helper_delay_ms": delay_ms,
+        "helper": match logic {
             Logic::Builtin => "builtin",
             Logic::Python => "deploy/examples/helper.py",
         },
