@@ -49,7 +49,7 @@ fn mint(
 ) -> Result<(String, i64), IssuerError> {
     let claims =
         issuer.client_claims(callerid, &key.verifying_key(), VALIDITY, proto::unix_now())?;
-    Ok((issuer.sign(&claims)?, claims.exp))
+    Ok((issuer.sign(&claims)?, claims.reg.exp))
 }
 
 impl v2::Signer for CallerSigner {

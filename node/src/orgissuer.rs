@@ -82,6 +82,13 @@ pub struct ServerClaims {
     pub purpose: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub public_key: String,
+    #[serde(flatten)]
+    pub reg: Registered,
+}
+
+/// The registered claims every token we sign carries, and the chain fields in chain mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
     pub iss: String,
     pub iat: i64,
     pub nbf: i64,
@@ -93,14 +100,6 @@ pub struct ServerClaims {
     /// The trust chain signature (chain mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcs: Option<String>,
-}
-
-/// The issuer fields of a token signed in chain mode.
-struct Chained {
-    iss: String,
-    issexp: i64,
-    exp: i64,
-    tcs: String,
 }
 
 /// Upstream's `purpose` of a client JWT.
@@ -120,15 +119,8 @@ pub struct ClientClaims {
     pub ou: String,
     pub public_key: String,
     pub permissions: ClientPermissions,
-    pub iss: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub jti: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issexp: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcs: Option<String>,
+    #[serde(flatten)]
+    pub reg: Registered,
 }
 
 /// What a chain issuer's client JWT (`jwt_signing_token`) tells us.
@@ -313,7 +305,7 @@ impl OrgIssuer {
             }
             valid_for = validity.as_secs() as i64;
         }
-        let mut claims = ServerClaims {
+        Ok(ServerClaims {
             identity: identity.to_string(),
             collectives,
             permissions,
@@ -321,6 +313,15 @@ impl OrgIssuer {
             pub_subjects,
             purpose: SERVER_PURPOSE.into(),
             public_key: server_key_hex.to_string(),
+            reg: self.registered(valid_for, now)?,
+        })
+    }
+
+    /// The registered claims of a new token valid `valid_for` seconds from `now`: issued by
+    /// us directly, or in chain mode naming the chain issuer, capped by its expiry, with the
+    /// chain signature.
+    fn registered(&self, valid_for: i64, now: i64) -> Result<Registered, IssuerError> {
+        let mut reg = Registered {
             iss: ISSUER.into(),
             iat: now,
             nbf: now,
@@ -329,31 +330,18 @@ impl OrgIssuer {
             issexp: None,
             tcs: None,
         };
-        if let Some(chain) = self.chained(&claims.jti, claims.exp, now)? {
-            claims.iss = chain.iss;
-            claims.issexp = Some(chain.issexp);
-            claims.exp = chain.exp;
-            claims.tcs = Some(chain.tcs);
+        if let Some(ci) = &self.chain {
+            if ci.exp <= now {
+                return Err(IssuerError::ChainExpired(ci.exp));
+            }
+            use ed25519_dalek::Signer;
+            let sig = self.key.sign(format!("{}.{}", reg.jti, ci.tcs).as_bytes());
+            reg.iss = format!("C-{}.{}", ci.jti, ci.public_key);
+            reg.issexp = Some(ci.exp);
+            reg.exp = reg.exp.min(ci.exp);
+            reg.tcs = Some(format!("{}.{}", ci.tcs, hex::encode(sig.to_bytes())));
         }
-        Ok(claims)
-    }
-
-    /// In chain mode, the issuer fields of a token with id `jti` expiring at `exp`.
-    fn chained(&self, jti: &str, exp: i64, now: i64) -> Result<Option<Chained>, IssuerError> {
-        let Some(ci) = &self.chain else {
-            return Ok(None);
-        };
-        if ci.exp <= now {
-            return Err(IssuerError::ChainExpired(ci.exp));
-        }
-        use ed25519_dalek::Signer;
-        let sig = self.key.sign(format!("{jti}.{}", ci.tcs).as_bytes());
-        Ok(Some(Chained {
-            iss: format!("C-{}.{}", ci.jti, ci.public_key),
-            issexp: ci.exp,
-            exp: exp.min(ci.exp),
-            tcs: format!("{}.{}", ci.tcs, hex::encode(sig.to_bytes())),
-        }))
+        Ok(reg)
     }
 
     /// A client JWT for `callerid` holding `public_key`, valid `validity` from `now`: our
@@ -365,7 +353,7 @@ impl OrgIssuer {
         validity: Duration,
         now: i64,
     ) -> Result<ClientClaims, IssuerError> {
-        let mut claims = ClientClaims {
+        Ok(ClientClaims {
             callerid: callerid.to_string(),
             purpose: CLIENT_PURPOSE.into(),
             ou: "choria".into(),
@@ -373,21 +361,8 @@ impl OrgIssuer {
             permissions: ClientPermissions {
                 fleet_management: true,
             },
-            iss: ISSUER.into(),
-            iat: now,
-            nbf: now,
-            exp: now + validity.as_secs() as i64,
-            jti: uuid::Uuid::new_v4().simple().to_string(),
-            issexp: None,
-            tcs: None,
-        };
-        if let Some(chain) = self.chained(&claims.jti, claims.exp, now)? {
-            claims.iss = chain.iss;
-            claims.issexp = Some(chain.issexp);
-            claims.exp = chain.exp;
-            claims.tcs = Some(chain.tcs);
-        }
-        Ok(claims)
+            reg: self.registered(validity.as_secs() as i64, now)?,
+        })
     }
 
     /// Signs `claims` (EdDSA).
@@ -516,13 +491,13 @@ mod tests {
         assert_eq!(c.ou, "acme");
         assert_eq!(c.pub_subjects, vec!["a.b"]);
         assert!(c.permissions.as_ref().is_some_and(|p| p.streams));
-        assert_eq!(c.exp, now + 7200);
+        assert_eq!(c.reg.exp, now + 7200);
         // under an hour: the configured validity
         let short = serde_json::json!({"exp": now + 60});
         let c = iss
             .claims("n1", "00", &config, Some(&short), day, now)
             .unwrap();
-        assert_eq!(c.exp, now + 86400);
+        assert_eq!(c.reg.exp, now + 86400);
     }
 
     #[test]
@@ -597,17 +572,17 @@ mod tests {
                 now,
             )
             .unwrap();
-        assert_eq!(c.iss, format!("C-ci1.{signer_pk}"));
-        assert_eq!(c.issexp, Some(now + 86400));
+        assert_eq!(c.reg.iss, format!("C-ci1.{signer_pk}"));
+        assert_eq!(c.reg.issexp, Some(now + 86400));
         // no later than the chain issuer
-        assert_eq!(c.exp, now + 86400);
-        let tcs = c.tcs.clone().unwrap();
+        assert_eq!(c.reg.exp, now + 86400);
+        let tcs = c.reg.tcs.clone().unwrap();
         let (org_part, ours) = tcs.split_once('.').unwrap();
         assert_eq!(org_part, "aabb");
         let sig = Signature::from_slice(&hex::decode(ours).unwrap()).unwrap();
         SigningKey::from_bytes(&[6u8; 32])
             .verifying_key()
-            .verify_strict(format!("{}.aabb", c.jti).as_bytes(), &sig)
+            .verify_strict(format!("{}.aabb", c.reg.jti).as_bytes(), &sig)
             .unwrap();
         // the same for our caller JWT
         let cc = iss
@@ -618,8 +593,8 @@ mod tests {
                 now,
             )
             .unwrap();
-        assert_eq!(cc.iss, c.iss);
-        assert!(cc.tcs.unwrap().starts_with("aabb."));
+        assert_eq!(cc.reg.iss, c.reg.iss);
+        assert!(cc.reg.tcs.unwrap().starts_with("aabb."));
         // an expired chain issuer signs nothing
         assert!(matches!(
             iss.claims(

@@ -424,15 +424,15 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         let jwt = issuer.sign(&claims).map_err(|e| e.to_string())?;
         // the JWT is in the ledger (jti as its serial) before the server sees it
         let issued = crate::ca::Issued {
-            serial: claims.jti.clone(),
+            serial: claims.reg.jti.clone(),
             fingerprint: hex::encode(Sha256::digest(jwt.as_bytes())),
-            not_after: claims.exp,
+            not_after: claims.reg.exp,
             pem: String::new(),
         };
         crate::enroll::record(svc, identity, &issued)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(identity, jti = %claims.jti, "server JWT issued");
+        tracing::info!(identity, jti = %claims.reg.jti, "server JWT issued");
         request.server_jwt = jwt;
         if request.ssldir.is_empty() {
             request.ssldir = key.directory.clone();

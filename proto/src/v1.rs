@@ -433,10 +433,11 @@ pub(crate) fn encode_json<T: Serialize>(layer: Layer, v: &T) -> Result<Vec<u8>, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> Request {
+    /// A `choria_provision#jwt` request, the fixture of the protocol tests.
+    pub(crate) fn sample() -> Request {
         Request::new(
             "choria_provision",
             "provisioning",

@@ -341,6 +341,7 @@ fn now_nanos() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::v1::tests::sample;
 
     struct Fixed;
     impl Signer for Fixed {
@@ -350,18 +351,6 @@ mod tests {
         fn sign(&self, request_json: &[u8]) -> Vec<u8> {
             Sha256::digest(request_json).to_vec()
         }
-    }
-
-    fn sample() -> v1::Request {
-        v1::Request::new(
-            "choria_provision",
-            "provisioning",
-            "choria=provisioner",
-            "prov1",
-            60,
-            Filter::agent("choria_provision"),
-            br#"{"agent":"choria_provision","action":"jwt","data":{}}"#,
-        )
     }
 
     #[test]
