@@ -77,3 +77,26 @@ pub fn receive(pem: &str, ours: &StaticSecret, theirs_hex: &str) -> Result<Vec<u
         .decrypt_padded_vec_mut::<Pkcs7>(&ct)
         .map_err(|_| "could not decrypt the key (wrong secret?)".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn garbage_is_refused_not_decrypted() {
+        let (ours, _) = super::offer();
+        let (_, theirs) = super::offer();
+        let enc = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00112233445566778899aabbccddeeff\n\nAAAAAAAAAAAAAAAAAAAAAA==\n-----END RSA PRIVATE KEY-----\n";
+        for (pem, key) in [
+            ("", theirs.as_str()),
+            ("not a pem at all", theirs.as_str()),
+            (
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                theirs.as_str(),
+            ),
+            (&enc.replace("AES-256-CBC", "DES-CBC"), theirs.as_str()),
+            (&enc.replace("00112233", "zz"), theirs.as_str()),
+            (enc, "not hex"),
+        ] {
+            assert!(super::receive(pem, &ours, key).is_err(), "accepted {pem:?}");
+        }
+    }
+}

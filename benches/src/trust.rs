@@ -103,3 +103,29 @@ fn unix_now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    #[test]
+    fn garbage_and_forged_tokens_are_refused() {
+        let org = [7u8; 32];
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let forged_chain = format!(
+            "e30.{}.c2ln",
+            b64(
+                serde_json::json!({"iss": format!("C-x.{}", "11".repeat(32)), "tcs": "aa.bb", "jti": "j", "issexp": 1})
+            )
+        );
+        for token in ["", "a", "a.%%%.c", "e30.e30.c2ln", forged_chain.as_str()] {
+            assert!(
+                super::verify_jwt(token, &org, "choria_server").is_err(),
+                "{token}"
+            );
+        }
+        assert!(super::verify_caller("a.b.c", "choria=x", b"{}", &[0u8; 64], &org).is_err());
+    }
+}
