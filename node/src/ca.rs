@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -217,10 +217,11 @@ impl Ca {
         &self.cert_pem
     }
 
-    /// Signs a checked CSR for `identity`.
-    pub fn sign(&self, csr_pem: &str, identity: &str) -> Result<Issued, CaError> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CaError::Sign(format!("CSR: {e}")))?;
+    /// Signs a certificate for `identity` with the public key of a CSR that
+    /// [`crate::csr::validate`] checked (its `spki_der`).
+    pub fn sign(&self, spki_der: &[u8], identity: &str) -> Result<Issued, CaError> {
+        let public_key = SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| CaError::Sign(format!("CSR public key: {e}")))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, identity);
@@ -244,9 +245,8 @@ impl Ca {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + to_time(self.validity)?;
         let not_after = params.not_after.unix_timestamp();
-        csr.params = params;
-        let cert = csr
-            .signed_by(&self.issuer, &self.key)
+        let cert = params
+            .signed_by(&public_key, &self.issuer, &self.key)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(Issued {
             fingerprint: hex::encode(Sha256::digest(cert.der())),
@@ -428,11 +428,50 @@ mod tests {
     use super::*;
     use x509_parser::prelude::*;
 
-    fn csr(cn: &str) -> String {
+    /// The checked public key of a fresh P-256 CSR for `cn`.
+    fn csr(cn: &str) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.serialize_request(&key).unwrap().pem().unwrap()
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        crate::csr::validate(&pem, cn, &[]).unwrap().spki_der
+    }
+
+    #[test]
+    fn rsa_csrs_from_openssl_are_signed_with_their_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = init(
+            dir.path(),
+            "CA",
+            KeyType::EcdsaP256,
+            Duration::from_secs(86400),
+            false,
+        )
+        .unwrap();
+        let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=n1.example.net",
+            ])
+            .arg("-keyout")
+            .arg(dir.path().join("k.pem"))
+            .output()
+            .expect("openssl is installed (scripts/setup)");
+        assert!(out.status.success(), "{out:?}");
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let v = crate::csr::validate(&pem, "n1.example.net", &[]).unwrap();
+        let issued = ca.sign(&v.spki_der, "n1.example.net").unwrap();
+        verify_chain(ca.cert_pem(), &issued.pem, "n1.example.net");
+        let (_, leaf) = parse_x509_pem(issued.pem.as_bytes()).unwrap();
+        let leaf = leaf.parse_x509().unwrap();
+        assert_eq!(leaf.public_key().raw, &v.spki_der[..]);
+        assert!(ca.sign(b"not a key", "n1.example.net").is_err());
     }
 
     fn verify_chain(ca_pem: &str, leaf_pem: &str, identity: &str) {

@@ -58,6 +58,9 @@ impl CsrError {
 #[derive(Debug, Clone)]
 pub struct ValidCsr {
     pub pem: String,
+    /// The requested public key (DER SubjectPublicKeyInfo), signed into the certificate
+    /// without parsing and verifying the CSR a second time.
+    pub spki_der: Vec<u8>,
     pub common_name: String,
     pub dns_names: Vec<String>,
 }
@@ -121,6 +124,7 @@ pub fn validate(pem: &str, identity: &str, deny: &[Regex]) -> Result<ValidCsr, C
 
     Ok(ValidCsr {
         pem: pem.to_string(),
+        spki_der: csr.certification_request_info.subject_pki.raw.to_vec(),
         common_name,
         dns_names,
     })

@@ -65,7 +65,7 @@ pub async fn enroll(
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let issued = ca.sign(&csr.pem, identity)?;
+                let issued = ca.sign(&csr.spki_der, identity)?;
                 match record(svc, identity, &issued).await {
                     Ok(()) => {
                         return Ok(Credential {
