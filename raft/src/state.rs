@@ -314,6 +314,12 @@ impl LedgerState {
                 not_after,
                 at_ms,
             } => {
+                let event = format!("credential issued, serial {serial}");
+                if self.serials.get(serial) == Some(identity)
+                    && self.replayed(identity, member, *at_ms, &event)
+                {
+                    return Ok(());
+                }
                 if let Some(other) = self.serials.get(serial) {
                     return Err(Rejection::SerialInUse {
                         identity: other.clone(),
@@ -333,12 +339,7 @@ impl LedgerState {
                     issued_by: member.clone(),
                     issued_at_ms: *at_ms,
                 });
-                note(
-                    rec,
-                    *at_ms,
-                    member,
-                    format!("credential issued, serial {serial}"),
-                );
+                note(rec, *at_ms, member, event);
                 self.serials.insert(serial.clone(), identity.clone());
                 Ok(())
             }
@@ -350,6 +351,9 @@ impl LedgerState {
                 facts,
                 at_ms,
             } => {
+                if self.replayed(identity, member, *at_ms, "enrolled") {
+                    return Ok(());
+                }
                 let rec = self.owned_by(identity, member, *at_ms)?;
                 rec.state = EnrollState::Enrolled;
                 rec.owner = None;
@@ -470,7 +474,6 @@ impl LedgerState {
                 outcome,
                 at_ms,
             } => {
-                let rec = self.owned_by(identity, member, *at_ms)?;
                 let (state, error, event) = match outcome {
                     ReleaseOutcome::Deferred { reason } => (
                         EnrollState::Deferred,
@@ -496,6 +499,10 @@ impl LedgerState {
                         "abandoned".into(),
                     ),
                 };
+                if self.replayed(identity, member, *at_ms, &event) {
+                    return Ok(());
+                }
+                let rec = self.owned_by(identity, member, *at_ms)?;
                 rec.state = state;
                 rec.owner = None;
                 rec.lease_until_ms = 0;
@@ -574,6 +581,17 @@ impl LedgerState {
     }
 
     /// The record of `identity` if `member` holds a live claim on it.
+    /// Whether this command was applied already: a proposal is sent again when the leader
+    /// that took it died before answering, and its first copy may have committed. The record's
+    /// last history line is then exactly the one the command wrote (same member, time and
+    /// event); nothing else can touch a record while its owner waits for the answer.
+    fn replayed(&self, identity: &str, member: &str, at_ms: u64, event: &str) -> bool {
+        self.records
+            .get(identity)
+            .and_then(|r| r.history.last())
+            .is_some_and(|h| h.at_ms == at_ms && h.member == member && h.event == event)
+    }
+
     fn owned_by(
         &mut self,
         identity: &str,
@@ -650,6 +668,51 @@ mod tests {
             facts: BTreeMap::new(),
             at_ms: at,
         }
+    }
+
+    #[test]
+    fn a_command_sent_again_after_it_committed_changes_nothing_and_succeeds() {
+        let mut s = LedgerState::default();
+        for cmd in [claim("n1", "a", 0), issue("n1", "a", "01", 10)] {
+            s.apply(&cmd).unwrap();
+            s.apply(&cmd).unwrap();
+        }
+        let before = s.record("n1").unwrap().clone();
+        s.apply(&issue("n1", "a", "01", 10)).unwrap();
+        assert_eq!(s.record("n1").unwrap(), &before);
+        // the serial is still refused to anyone else, and again later
+        assert!(matches!(
+            s.apply(&issue("n2", "a", "01", 11)),
+            Err(Rejection::SerialInUse { .. })
+        ));
+        assert!(matches!(
+            s.apply(&issue("n1", "a", "01", 12)),
+            Err(Rejection::SerialInUse { .. })
+        ));
+        s.apply(&enrolled("n1", "a", 20)).unwrap();
+        let done = s.record("n1").unwrap().clone();
+        s.apply(&enrolled("n1", "a", 20)).unwrap();
+        assert_eq!(s.record("n1").unwrap(), &done);
+        // a new enrollment without a claim is still refused
+        assert!(matches!(
+            s.apply(&enrolled("n1", "a", 21)),
+            Err(Rejection::NotOwner { .. })
+        ));
+        // a release sent twice
+        s.apply(&claim("n3", "a", 0)).unwrap();
+        let release = Command::Release {
+            identity: "n3".into(),
+            member: "a".into(),
+            outcome: ReleaseOutcome::Deferred {
+                reason: "later".into(),
+            },
+            at_ms: 5,
+        };
+        s.apply(&release).unwrap();
+        let released = s.record("n3").unwrap().clone();
+        s.apply(&release).unwrap();
+        assert_eq!(s.record("n3").unwrap(), &released);
+        assert_eq!(released.state, EnrollState::Deferred);
     }
 
     #[test]

@@ -577,8 +577,27 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(res[1].results, vec![Applied::Ok, Applied::Ok]);
-            // a second claim on the same serial is rejected by the rules, through the store
-            let dup = entry(3, vec![issue.clone()]);
+            // the same serial issued again later is rejected by the rules, through the store
+            let Command::IssueCredential {
+                identity,
+                member,
+                serial,
+                fingerprint,
+                not_after,
+                ..
+            } = issue.clone()
+            else {
+                unreachable!()
+            };
+            let again = Command::IssueCredential {
+                identity,
+                member,
+                serial,
+                fingerprint,
+                not_after,
+                at_ms: 3,
+            };
+            let dup = entry(3, vec![again]);
             let res = store.apply_to_state_machine(&[dup]).await.unwrap();
             assert!(matches!(res[0].results[0], Applied::Rejected(_)));
         }
