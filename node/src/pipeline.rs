@@ -6,8 +6,15 @@
 //! 4. [`csr`](crate::csr): fetch and check its CSR (feature `pki`);
 //! 5. [`helper`](crate::helper): ask user logic for its configuration or a decision;
 //! 6. [`enroll`](crate::enroll): issue or accept its certificate, recorded in the ledger first;
-//! 7. [`configure`](crate::configure): configure and restart it;
-//! 8. mark it enrolled in the ledger.
+//! 7. [`configure`](crate::configure): configure it;
+//! 8. mark it enrolled in the ledger;
+//! 9. restart it into its configuration.
+//!
+//! The ledger learns of the enrollment before the server restarts, as it learns of a
+//! credential before the server receives it: a member killed at any point leaves no server
+//! running in production that the ledger does not show enrolled. Killed between 8 and 9, the
+//! server stays in provisioning mode, enrolled in the ledger, and the next discovery finds it
+//! there and provisions it again (as a server that fell back).
 //!
 //! Every way out of this function releases the claim with an outcome the work queue acts on.
 
@@ -108,12 +115,26 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
                 facts,
                 at_ms: now_ms(),
             };
-            if let Err(reason) = propose(svc, cmd).await {
-                // the server is configured; the ledger will learn it when the claim expires
-                // and the server is gone from provisioning mode
-                tracing::error!(identity, %reason, "could not record enrollment");
+            match propose(svc, cmd).await {
+                Ok(()) => {
+                    // the ledger shows it enrolled (and unowned) now; a server that does not
+                    // restart stays in provisioning mode and the next discovery finds it there
+                    if let Err(e) = configure::restart(svc, identity).await {
+                        tracing::error!(identity, error = %e, "enrolled but the restart failed");
+                        return Outcome::Failed(format!("restart: {e}"));
+                    }
+                    return Outcome::Provisioned;
+                }
+                Err(reason) => {
+                    // not restarted: it stays in provisioning mode and is tried again
+                    let reason = format!("could not record enrollment: {reason}");
+                    tracing::error!(identity, %reason, "server configured but not restarted");
+                    (
+                        Outcome::Failed(reason.clone()),
+                        ReleaseOutcome::Failed { reason },
+                    )
+                }
             }
-            return Outcome::Provisioned;
         }
         Ok(Step::Deferred(reason)) => (
             Outcome::Deferred(reason.clone()),
@@ -221,7 +242,7 @@ fn same_version(a: &str, b: &str) -> bool {
 const LEDGER_FACTS_BUDGET: usize = 2048;
 
 enum Step {
-    /// Configured: the configuration digest and the facts to keep.
+    /// Configured (not yet restarted): the configuration digest and the facts to keep.
     Done(String, std::collections::BTreeMap<String, String>),
     Deferred(String),
     Shutdown(String),
@@ -443,9 +464,6 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
     }
 
     let digest = configure::configure(svc, identity, &request)
-        .await
-        .map_err(|e| e.to_string())?;
-    configure::restart(svc, identity)
         .await
         .map_err(|e| e.to_string())?;
     Ok(Step::Done(digest, facts))

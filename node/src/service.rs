@@ -289,6 +289,17 @@ impl Provisioner {
             services.clone(),
             rediscover.clone(),
         )));
+        // a server this member enrolled just before it stopped may not have restarted: it
+        // waits in provisioning mode, and counts as fallen back only after the settle time;
+        // look again then rather than a whole interval later
+        let again = rediscover.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(
+                raft::state::REENROLL_SETTLE_MS + 1_000,
+            ))
+            .await;
+            again.notify_one();
+        }));
         tasks.push(tokio::spawn(discover::run_discovery(
             services.clone(),
             queue.clone(),
