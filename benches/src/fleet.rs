@@ -1,8 +1,14 @@
 //! A fleet of simulated servers: starts them, follows what happens to each, and sums it up.
 //!
-//! Timing starts at the first provisioning request any server receives (the provisioner
-//! getting to work) and ends when the last healthy server has restarted out of provisioning
-//! mode, so provisioner start-up is not counted and each server's restart splay is.
+//! A fleet either waits in full when the provisioner starts (timing starts at the first
+//! provisioning request any server receives, so provisioner start-up is not counted), or
+//! arrives at a fixed rate (timing starts at the first arrival, and each server's latency
+//! counts from its own startup event).
+//!
+//! A server is done, for timing, when it accepts `restart` into a configuration with
+//! provisioning off: the provisioner's work is over then. Its restart delay (2 s or more,
+//! as upstream's agent) is the server's own and is reported apart (`ready_*`); the run ends
+//! when the last healthy server has restarted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -56,6 +62,12 @@ pub struct FleetConfig {
     pub upgradable: f64,
     /// The release repository upgradable servers can update from.
     pub upgrade_repository: Option<String>,
+    /// Servers arrive (connect, subscribe, announce) at this many per second instead of
+    /// all waiting from the start.
+    pub arrival_rate: Option<f64>,
+    /// Arrivals begin once this file exists (the harness writes it when the provisioners
+    /// are ready), so no server arrives before anyone listens.
+    pub arrive_after: Option<std::path::PathBuf>,
 }
 
 impl FleetConfig {
@@ -94,6 +106,8 @@ impl Default for FleetConfig {
             protocol_v2: false,
             upgradable: 0.0,
             upgrade_repository: None,
+            arrival_rate: None,
+            arrive_after: None,
         }
     }
 }
@@ -111,8 +125,11 @@ pub struct Summary {
     pub verified: usize,
     /// Faulty servers that got provisioned anyway (must be 0).
     pub faulty_provisioned: usize,
-    /// Servers configured more than once.
+    /// Servers configured more than once before their restart (a provisioner redoing an
+    /// unfinished flow, e.g. after it was killed between configure and restart).
     pub reconfigured: usize,
+    /// Servers that restarted out of provisioning mode more than once (provisioned twice).
+    pub provisioned_twice: usize,
     /// Serials delivered to more than one server.
     pub duplicate_serials: usize,
     pub shutdowns: usize,
@@ -123,6 +140,16 @@ pub struct Summary {
     pub latency_p95_ms: u64,
     pub latency_p99_ms: u64,
     pub latency_max_ms: u64,
+    /// From the same start to the server back up out of provisioning mode (its restart
+    /// delay included).
+    pub ready_p50_ms: u64,
+    pub ready_p99_ms: u64,
+    /// Wall-clock time (Unix ms) timing started at.
+    pub start_unix_ms: u64,
+    /// When each server was done, in ms since the start, sorted (the run's timeline).
+    pub timeline_ms: Vec<u64>,
+    /// Servers arrived at this rate per second (`None`: all waited from the start).
+    pub arrival_rate: Option<f64>,
     pub key_type: KeyType,
     pub key_pool: usize,
     pub requests: u64,
@@ -161,6 +188,12 @@ impl Summary {
 }
 
 pub struct Fleet {
+    /// Servers connected but not yet started, in arrival order (arrival-rate mode).
+    pending: Vec<(ServerSpec, async_nats::Client)>,
+    arrival_rate: Option<f64>,
+    arrive_after: Option<std::path::PathBuf>,
+    /// Handles of servers started by the arrival task.
+    arrived: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     counters: Arc<Counters>,
     reports: mpsc::UnboundedReceiver<Report>,
     faults: Vec<Option<Fault>>,
@@ -171,6 +204,8 @@ pub struct Fleet {
     identities: Vec<String>,
     events: Option<std::io::BufWriter<std::fs::File>>,
     stay: bool,
+    /// Kept for servers that arrive later.
+    tx: mpsc::UnboundedSender<Report>,
 }
 
 /// Progress while waiting: (provisioned, healthy, seconds since the first request).
@@ -237,9 +272,8 @@ impl Fleet {
             None => None,
         };
 
-        let started: Vec<Result<tokio::task::JoinHandle<()>, String>> =
+        let connected: Vec<Result<(ServerSpec, async_nats::Client), String>> =
             futures::stream::iter(specs.into_iter().map(|spec| {
-                let (counters, tx) = (counters.clone(), tx.clone());
                 let opts = async_nats::ConnectOptions::with_user_and_password(
                     cfg.user.clone(),
                     cfg.password.clone(),
@@ -251,14 +285,34 @@ impl Fleet {
                         .connect(url)
                         .await
                         .map_err(|e| format!("{}: connect: {e}", spec.identity))?;
-                    SimServer::start(spec, nats, counters, tx).await
+                    Ok((spec, nats))
                 }
             }))
-            .buffer_unordered(cfg.connect_concurrency.max(1))
+            .buffered(cfg.connect_concurrency.max(1))
             .collect()
             .await;
-        let tasks = started.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let connected = connected.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let (tasks, pending) = if cfg.arrival_rate.is_some() {
+            (Vec::new(), connected)
+        } else {
+            let started: Vec<Result<tokio::task::JoinHandle<()>, String>> =
+                futures::stream::iter(connected.into_iter().map(|(spec, nats)| {
+                    SimServer::start(spec, nats, counters.clone(), tx.clone())
+                }))
+                .buffer_unordered(cfg.connect_concurrency.max(1))
+                .collect()
+                .await;
+            (
+                started.into_iter().collect::<Result<Vec<_>, _>>()?,
+                Vec::new(),
+            )
+        };
         Ok(Fleet {
+            pending,
+            arrival_rate: cfg.arrival_rate,
+            arrive_after: cfg.arrive_after.clone(),
+            arrived: Arc::default(),
+            tx,
             counters,
             reports: rx,
             faults,
@@ -270,6 +324,38 @@ impl Fleet {
             events,
             stay: cfg.stay,
         })
+    }
+
+    /// Starts the pending servers at the arrival rate, in the background.
+    fn start_arrivals(&mut self) {
+        let (Some(rate), false) = (self.arrival_rate, self.pending.is_empty()) else {
+            return;
+        };
+        let pending = std::mem::take(&mut self.pending);
+        let (counters, tx, arrived) =
+            (self.counters.clone(), self.tx.clone(), self.arrived.clone());
+        let go = self.arrive_after.clone();
+        tokio::spawn(async move {
+            if let Some(go) = go {
+                while !go.exists() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let t0 = tokio::time::Instant::now();
+            for (i, (spec, nats)) in pending.into_iter().enumerate() {
+                let at = t0 + Duration::from_secs_f64(i as f64 / rate.max(0.001));
+                tokio::time::sleep_until(at).await;
+                let identity = spec.identity.clone();
+                match SimServer::start(spec, nats, counters.clone(), tx.clone()).await {
+                    Ok(h) => {
+                        if let Ok(mut a) = arrived.lock() {
+                            a.push(h);
+                        }
+                    }
+                    Err(e) => tracing::warn!(%identity, error = %e, "server failed to start"),
+                }
+            }
+        });
     }
 
     /// Appends one event line for server `index` to the events file, if any.
@@ -301,7 +387,10 @@ impl Fleet {
                 Report::FellBack { index } => self.event(index, "fell_back", None),
                 Report::Shutdown { index } => self.event(index, "shutdown", None),
                 Report::Upgraded { index, .. } => self.event(index, "upgraded", None),
-                Report::FirstRequest { .. } | Report::Reconfigured { .. } => {}
+                Report::Arrived { .. }
+                | Report::FirstRequest { .. }
+                | Report::Configured { .. }
+                | Report::Reconfigured { .. } => {}
             }
         }
     }
@@ -310,12 +399,17 @@ impl Fleet {
     /// the first provisioning request, calling `progress` about once a second.
     pub async fn wait(&mut self, timeout: Duration, mut progress: impl FnMut(Progress)) -> Summary {
         let healthy = self.faults.iter().filter(|f| f.is_none()).count();
+        let arrivals = self.arrival_rate.is_some();
+        self.start_arrivals();
         let mut first: Option<Instant> = None;
         let mut last_done: Option<Instant> = None;
         let mut started_at: HashMap<usize, Instant> = HashMap::new();
+        let mut configured_at: HashMap<usize, Instant> = HashMap::new();
         let mut latencies = Vec::new();
+        let mut ready = Vec::new();
         let (mut provisioned, mut verified, mut faulty_provisioned) = (0, 0, 0);
         let (mut reconfigured, mut shutdowns) = (HashSet::new(), 0);
+        let (mut restarted, mut provisioned_twice) = (HashSet::new(), HashSet::new());
         let mut upgraded: Vec<(usize, String)> = Vec::new();
         let mut serials: HashMap<String, usize> = HashMap::new();
         let wall = Instant::now();
@@ -332,13 +426,33 @@ impl Fleet {
                 r = self.reports.recv() => {
                     let Some(r) = r else { break };
                     match r {
-                        Report::FirstRequest { index, at } => {
+                        Report::Arrived { index, at } if arrivals => {
                             first.get_or_insert(at);
                             started_at.insert(index, at);
+                        }
+                        Report::FirstRequest { index, at } if !arrivals => {
+                            first.get_or_insert(at);
+                            started_at.entry(index).or_insert(at);
+                        }
+                        Report::Arrived { .. } | Report::FirstRequest { .. } => {}
+                        Report::Configured { index, at } => {
+                            if self.faults[index].is_none() && !configured_at.contains_key(&index) {
+                                configured_at.insert(index, at);
+                                self.event(index, "configured", None);
+                                if let Some(t) = started_at.get(&index) {
+                                    latencies.push(at.duration_since(*t).as_millis() as u64);
+                                }
+                            }
                         }
                         Report::Provisioned { index, at, verified: v, serial } => {
                             if self.faults[index].is_some() {
                                 faulty_provisioned += 1;
+                                continue;
+                            }
+                            if !restarted.insert(index) {
+                                // again: a fallen-back or reprovisioned server, or a duplicate
+                                self.event(index, "provisioned", serial.as_deref());
+                                provisioned_twice.insert(index);
                                 continue;
                             }
                             provisioned += 1;
@@ -350,7 +464,7 @@ impl Fleet {
                                 *serials.entry(s).or_default() += 1;
                             }
                             if let Some(t) = started_at.get(&index) {
-                                latencies.push(at.duration_since(*t).as_millis() as u64);
+                                ready.push(at.duration_since(*t).as_millis() as u64);
                             }
                             last_done = Some(at);
                         }
@@ -362,6 +476,8 @@ impl Fleet {
                             shutdowns += 1;
                         }
                         Report::Reprovisioning { index } => {
+                            // asked to provision again: its next restart is no duplicate
+                            restarted.remove(&index);
                             self.event(index, "reprovisioning", None);
                         }
                         Report::Upgraded { index, version } => {
@@ -369,6 +485,7 @@ impl Fleet {
                             upgraded.push((index, version));
                         }
                         Report::FellBack { index } => {
+                            restarted.remove(&index);
                             self.event(index, "fell_back", None);
                         }
                     }
@@ -379,23 +496,25 @@ impl Fleet {
                 }
             }
         }
-        let seconds = match (first, last_done) {
-            (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
-            _ => 0.0,
+        let _ = last_done;
+        let mut timeline: Vec<u64> = match first {
+            Some(f) => configured_at
+                .values()
+                .map(|t| t.saturating_duration_since(f).as_millis() as u64)
+                .collect(),
+            None => Vec::new(),
         };
+        timeline.sort_unstable();
+        let done = timeline.len();
+        let seconds = timeline.last().map(|ms| *ms as f64 / 1000.0).unwrap_or(0.0);
         progress((
             provisioned,
             healthy,
             first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0),
         ));
         latencies.sort_unstable();
-        let pct = |p: f64| -> u64 {
-            if latencies.is_empty() {
-                return 0;
-            }
-            let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-            latencies[i.min(latencies.len() - 1)]
-        };
+        ready.sort_unstable();
+        let pct = |p: f64| percentile(&latencies, p);
         let mut fault_counts = HashMap::new();
         for f in self.faults.iter().flatten() {
             let name = serde_json::to_value(f)
@@ -413,11 +532,12 @@ impl Fleet {
             verified,
             faulty_provisioned,
             reconfigured: reconfigured.len(),
+            provisioned_twice: provisioned_twice.len(),
             duplicate_serials: serials.values().filter(|n| **n > 1).count(),
             shutdowns,
             seconds,
             rate_per_minute: if seconds > 0.0 {
-                provisioned as f64 / seconds * 60.0
+                done as f64 / seconds * 60.0
             } else {
                 0.0
             },
@@ -426,6 +546,11 @@ impl Fleet {
             latency_p95_ms: pct(0.95),
             latency_p99_ms: pct(0.99),
             latency_max_ms: latencies.last().copied().unwrap_or(0),
+            ready_p50_ms: percentile(&ready, 0.5),
+            ready_p99_ms: percentile(&ready, 0.99),
+            start_unix_ms: first.map(unix_ms).unwrap_or(0),
+            timeline_ms: timeline,
+            arrival_rate: self.arrival_rate,
             key_type: self.key_type,
             key_pool: self.key_pool,
             requests: c.requests.load(Ordering::Relaxed),
@@ -454,7 +579,27 @@ impl Fleet {
             for t in &self.tasks {
                 t.abort();
             }
+            if let Ok(a) = self.arrived.lock() {
+                a.iter().for_each(|t| t.abort());
+            }
         }
         summary
     }
+}
+
+/// The `p` quantile of sorted values (nearest rank), 0 for none.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Wall-clock milliseconds of a monotonic instant (for lining up with other processes).
+fn unix_ms(at: Instant) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(at.elapsed()).as_millis() as u64
 }

@@ -72,8 +72,13 @@ pub struct Counters {
 /// What happens to a server, reported to the fleet.
 #[derive(Debug, Clone)]
 pub enum Report {
+    /// The server announced itself in provisioning mode (its startup event).
+    Arrived { index: usize, at: Instant },
     /// The first provisioning request reached the server.
     FirstRequest { index: usize, at: Instant },
+    /// The provisioner's work is done: the server accepted `restart` into a configuration
+    /// with provisioning off, and restarts after its own delay.
+    Configured { index: usize, at: Instant },
     /// The server restarted out of provisioning mode.
     Provisioned {
         index: usize,
@@ -220,6 +225,10 @@ impl SimServer {
             resubscribe,
         });
         let _ = server.nats.flush().await;
+        let _ = server.reports.send(Report::Arrived {
+            index: server.spec.index,
+            at: Instant::now(),
+        });
         server.publish_event(EventType::Startup).await;
 
         Ok(tokio::spawn(async move {
@@ -652,6 +661,12 @@ impl SimServer {
             st.restarting = true;
             setting
         };
+        if provision_setting.as_deref() == Some("false") {
+            let _ = self.reports.send(Report::Configured {
+                index: self.spec.index,
+                at: Instant::now(),
+            });
+        }
         let splay = args.splay.filter(|s| *s > 0).unwrap_or(10);
         let delay = Duration::from_secs(rand::random::<u64>() % splay + 2);
         let s = self.clone();

@@ -141,6 +141,13 @@ pub struct Nats {
     _proc: Proc,
 }
 
+impl Nats {
+    /// The broker's process id (to read its CPU use).
+    pub fn pid(&self) -> u32 {
+        self._proc.child.id()
+    }
+}
+
 /// The broker configuration: the provisioner and the waiting servers share the
 /// `provisioning` account, each user limited to the subjects its role needs; the `choria`
 /// account cannot see provisioning traffic; there is no anonymous access.
@@ -614,6 +621,27 @@ ca:
     pub fn kill(&mut self) {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
+    }
+
+    /// Starts the (killed) member again with the same configuration and data directory, as
+    /// systemd's restart would; its log continues in the same file.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        let log = |ext: &str| -> Stdio {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(self.config.with_extension(ext))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null())
+        };
+        self.proc.child = Command::new(bin("provisioner"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(log("out"))
+            .stderr(log("log"))
+            .spawn()?;
+        Ok(())
     }
 
     /// The Prometheus text from `/metrics`, or "" when it cannot be read.

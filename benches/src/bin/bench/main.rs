@@ -1,10 +1,14 @@
 //! The benchmark harness: sets everything up on loopback (nats-server, a CA, provisioner
 //! members as processes, the fleet simulator), runs a scenario, tears it down, and reports
-//! each run as a row of a table and an object of `{"runs": [...]}` in a JSON file.
+//! each run as a row of a table, an object of `{"runs": [...]}` in a JSON file, and a line
+//! of an SVG plot of servers provisioned over time.
 //!
-//! Scenarios so far: `throughput` (a fleet waiting, `--members` members active) and `scaling`
-//! (the same fleet with 1, 3 and 5 members). Member CPU and peak memory are read from
-//! `/proc` while the members still run; the simulator reports its own.
+//! Member CPU and peak memory are read from `/proc` while the members still run; the
+//! simulator reports its own. A server counts as provisioned, for timing, when it accepts
+//! `restart` into its new configuration (see `fleet::fleet`).
+
+mod failover;
+mod plot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,32 +19,40 @@ use cluster_tests::{init_ca, start_members, FleetOptions, FleetProcess, Nats, Pr
 use serde_json::{json, Value};
 
 /// Who decides each server's configuration.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Logic {
     /// `builtin_helper`: compiled-in, no process per server
     Builtin,
     /// `deploy/examples/helper.py`, a Python process per server
     Python,
+    /// `deploy/examples/helper.sh`, a POSIX shell process per server (builtins only)
+    Shell,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 enum Scenario {
+    /// The fleet waiting when the members start, `--members` members
     Throughput,
+    /// The same fleet with 1, 3 and 5 members
     Scaling,
-    /// The Python helper forked per server, then again with `--helper-delay-ms` added to
-    /// each run (a slow CA or CMDB)
+    /// kill -9 the Raft leader at 30 % and a follower at 60 % (each started again 2 s later)
+    Failover,
+    /// A throughput run to find capacity, then servers arriving at half of it
+    Latency,
+    /// An external helper forked per server (Python, or the shell one with `--logic shell`),
+    /// then again with `--helper-delay-ms` (default 100) added to each run (a slow CA or CMDB)
     Helper,
 }
 
 #[derive(Parser)]
-#[command(about = "Measures provisioning: servers/minute, latency, CPU and memory")]
+#[command(about = "Measures provisioning: servers/minute, latency, failover, CPU and memory")]
 struct Args {
     #[arg(value_enum)]
     scenario: Scenario,
-    /// Simulated servers waiting in provisioning mode
+    /// Simulated servers
     #[arg(long, default_value_t = 1000)]
     servers: usize,
-    /// Members for `throughput`
+    /// Members for `throughput`, `failover`, `latency` and `helper`
     #[arg(long, default_value_t = 3)]
     members: u64,
     /// Key type the servers make (p256, rsa2048...)
@@ -52,58 +64,202 @@ struct Args {
     /// User logic
     #[arg(long, value_enum, default_value = "builtin")]
     logic: Logic,
-    /// Delay added to each helper run in the `helper` scenario
-    #[arg(long, default_value_t = 100)]
-    helper_delay_ms: u64,
+    /// Delay added to each helper run: the second run of `helper`, and every run of the
+    /// other scenarios with `--logic python`
+    #[arg(long)]
+    helper_delay_ms: Option<u64>,
+    /// `latency`: servers arrive at this many per second instead of half the measured
+    /// capacity
+    #[arg(long)]
+    arrival_rate: Option<f64>,
     /// Where to write `{"runs": [...]}`
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
+    /// Where to draw this invocation's runs, servers provisioned over time (SVG); default:
+    /// `--out` with `.svg`
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Add this invocation's runs to those already in `--out` instead of replacing them
+    #[arg(long)]
+    append: bool,
+    /// Keep each run's work directory (configs, logs, data) and print where it is
+    #[arg(long)]
+    keep: bool,
+}
+
+/// What one run does.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    members: u64,
+    logic: Logic,
+    delay_ms: u64,
+    arrival_rate: Option<f64>,
+    kill: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // (members, logic, helper delay) of each run
-    let plan: Vec<(u64, Logic, u64)> = match args.scenario {
-        Scenario::Throughput => vec![(args.members, args.logic, 0)],
-        Scenario::Scaling => [1, 3, 5].map(|m| (m, args.logic, 0)).to_vec(),
+    if args.members == 0 || (args.scenario == Scenario::Failover && args.members < 3) {
+        eprintln!("bench: --members must be at least 1 (3 for failover)");
+        return ExitCode::from(2);
+    }
+    let one = Plan {
+        members: args.members,
+        logic: args.logic,
+        delay_ms: args.helper_delay_ms.unwrap_or(0),
+        arrival_rate: None,
+        kill: false,
+    };
+    // the helper scenario runs an external helper: Python unless `--logic shell`
+    let external = match args.logic {
+        Logic::Builtin => Logic::Python,
+        other => other,
+    };
+    let mut plan: Vec<Plan> = match args.scenario {
+        Scenario::Throughput | Scenario::Latency => vec![one],
+        Scenario::Scaling => [1, 3, 5].map(|m| Plan { members: m, ..one }).to_vec(),
+        Scenario::Failover => vec![Plan { kill: true, ..one }],
         Scenario::Helper => vec![
-            (args.members, Logic::Python, 0),
-            (args.members, Logic::Python, args.helper_delay_ms),
+            Plan {
+                logic: external,
+                delay_ms: 0,
+                ..one
+            },
+            Plan {
+                logic: external,
+                delay_ms: args.helper_delay_ms.unwrap_or(100),
+                ..one
+            },
         ],
     };
+    if let (Scenario::Latency, Some(rate)) = (args.scenario, args.arrival_rate) {
+        plan = vec![Plan {
+            arrival_rate: Some(rate),
+            ..one
+        }];
+    }
     let mut runs = Vec::new();
-    for (m, logic, delay) in plan {
+    let mut i = 0;
+    while i < plan.len() {
+        let p = plan[i];
         eprintln!(
-            "bench: {:?} with {m} member(s), {} servers, {logic:?} logic, helper delay {delay} ms",
-            args.scenario, args.servers
+            "bench: {:?} with {} member(s), {} servers, {:?} logic, helper delay {} ms{}",
+            args.scenario,
+            p.members,
+            args.servers,
+            p.logic,
+            p.delay_ms,
+            p.arrival_rate
+                .map(|r| format!(", arriving at {r:.1}/s"))
+                .unwrap_or_default()
         );
-        match run(&args, m, logic, delay) {
-            Ok(r) => runs.push(r),
+        match run(&args, p) {
+            Ok(r) => {
+                // the latency scenario's second run: half the capacity just measured
+                if args.scenario == Scenario::Latency && p.arrival_rate.is_none() {
+                    let per_s = r["servers_per_minute"].as_f64().unwrap_or(0.0) / 60.0;
+                    if per_s > 0.0 {
+                        plan.push(Plan {
+                            arrival_rate: Some(per_s / 2.0),
+                            ..p
+                        });
+                    }
+                }
+                runs.push(r)
+            }
             Err(e) => {
                 eprintln!("bench: run failed: {e}");
                 return ExitCode::FAILURE;
             }
         }
+        i += 1;
     }
     print_table(&runs);
-    let doc = json!({ "runs": runs });
+    let mut all = runs.clone();
+    if args.append {
+        let earlier: Vec<Value> = std::fs::read_to_string(&args.out)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["runs"].as_array().cloned())
+            .unwrap_or_default();
+        all = earlier.into_iter().chain(all).collect();
+    }
+    let doc = json!({ "runs": all });
     let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
     if let Err(e) = std::fs::write(&args.out, text + "\n") {
         eprintln!("bench: cannot write {}: {e}", args.out.display());
         return ExitCode::FAILURE;
     }
     eprintln!("bench: wrote {}", args.out.display());
+    let plot = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("svg"));
+    let title = format!("{} servers, {:?}", args.servers, args.scenario).to_lowercase();
+    match plot::draw(&runs, &title, &plot) {
+        Ok(()) => eprintln!("bench: drew {}", plot.display()),
+        Err(e) => {
+            eprintln!("bench: cannot draw {}: {e}", plot.display());
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
 }
 
-fn run(args: &Args, members: u64, logic: Logic, delay_ms: u64) -> Result<Value, String> {
+/// The provisioner options for a run's user logic.
+fn options(args: &Args, logic: Logic, delay_ms: u64) -> ProvisionerOptions {
+    match logic {
+        Logic::Builtin => ProvisionerOptions {
+            token: "bench-token".into(),
+            workers: args.workers,
+            helper: String::new(),
+            extra_yaml: cluster_tests::BUILTIN_HELPER_YAML.into(),
+            ..Default::default()
+        },
+        Logic::Python | Logic::Shell => {
+            let base = ProvisionerOptions::default();
+            let program = match logic {
+                Logic::Shell => cluster_tests::repo_root()
+                    .join("deploy/examples/helper.sh")
+                    .display()
+                    .to_string(),
+                _ => base.helper.clone(),
+            };
+            // the delay runs inside the helper's own process, as a slow lookup would
+            let helper = if delay_ms > 0 {
+                format!(
+                    "/bin/sh -c 'sleep {}; exec {}'",
+                    delay_ms as f64 / 1000.0,
+                    program
+                )
+            } else {
+                program
+            };
+            ProvisionerOptions {
+                token: "bench-token".into(),
+                workers: args.workers,
+                helper,
+                ..base
+            }
+        }
+    }
+}
+
+fn run(args: &Args, plan: Plan) -> Result<Value, String> {
     let dir = tempfile::Builder::new()
         .prefix("provisioner-bench-")
         .tempdir()
         .map_err(|e| format!("work directory: {e}"))?;
     let nats = Nats::start(dir.path());
     let ca = init_ca(dir.path());
-    let fleet = FleetProcess::start(
+    let events = dir.path().join("fleet-events.jsonl");
+    let mut extra = vec!["--events".to_string(), events.display().to_string()];
+    let go = dir.path().join("arrive");
+    if let Some(rate) = plan.arrival_rate {
+        extra.extend(["--arrival-rate".to_string(), rate.to_string()]);
+        extra.extend(["--arrive-after".to_string(), go.display().to_string()]);
+    }
+    let mut fleet = FleetProcess::start(
         dir.path(),
         &nats,
         &ca.0,
@@ -112,116 +268,158 @@ fn run(args: &Args, members: u64, logic: Logic, delay_ms: u64) -> Result<Value, 
             key_type: args.key_type.clone(),
             token: "bench-token".into(),
             timeout_secs: 900,
-            ..Default::default()
+            extra,
         },
         true,
     );
-    let provisioners = start_members(
+    let mut provisioners = start_members(
         dir.path(),
         &nats,
         &ca,
         &fleet.signer_pub,
-        members,
-        &match logic {
-            Logic::Builtin => ProvisionerOptions {
-                token: "bench-token".into(),
-                workers: args.workers,
-                helper: String::new(),
-                extra_yaml: cluster_tests::BUILTIN_HELPER_YAML.into(),
-                ..Default::default()
-            },
-            Logic::Python => {
-                let base = ProvisionerOptions::default();
-                // the delay runs inside the helper's own process, as a slow lookup would
-                let helper = if delay_ms > 0 {
-                    format!(
-                        "/bin/sh -c 'sleep {}; exec {}'",
-                        delay_ms as f64 / 1000.0,
-                        base.helper
-                    )
-                } else {
-                    base.helper.clone()
-                };
-                ProvisionerOptions {
-                    token: "bench-token".into(),
-                    workers: args.workers,
-                    helper,
-                    ..base
-                }
-            }
-        },
+        plan.members,
+        &options(args, plan.logic, plan.delay_ms),
         None,
     );
+    if plan.arrival_rate.is_some() {
+        // servers arrive once every member listens, as into a running cluster
+        for p in &mut provisioners {
+            p.wait_ready(Duration::from_secs(120));
+        }
+        std::fs::write(&go, "go\n").map_err(|e| format!("{}: {e}", go.display()))?;
+    }
+    let kills = if plan.kill {
+        failover::drive(&events, args.servers, &mut provisioners, &mut fleet)
+    } else {
+        Vec::new()
+    };
     let summary = fleet.finish(Duration::from_secs(960));
+    if args.keep {
+        eprintln!("bench: work directory kept: {}", dir.path().display());
+    }
     // read the members while they run: /proc forgets a process once it is reaped
     let usage: Vec<fleet::usage::Usage> = provisioners
         .iter()
         .filter_map(|p| fleet::usage::of(p.proc.child.id()))
         .collect();
+    let ledger = ledger_check(&provisioners);
     drop(provisioners);
+    if args.keep {
+        let _ = dir.keep();
+    }
     let n = |k: &str| summary[k].as_u64().unwrap_or(0);
     let servers = n("servers");
     let provisioned = n("provisioned");
+    let timeline: Vec<u64> = summary["timeline_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let kills = failover::stalls(&kills, n("start_unix_ms"), &timeline);
+    let stall = kills.iter().filter_map(|k| k["stall_ms"].as_u64()).max();
     Ok(json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
-        "members": members,
+        "members": plan.members,
         "servers": servers,
         "provisioned": provisioned,
-        "duplicates": n("reconfigured") + n("duplicate_serials"),
+        // provisioned twice, or one serial delivered to two servers
+        "duplicates": n("provisioned_twice") + n("duplicate_serials"),
+        // configured again before the restart: a flow redone after a kill
+        "reconfigured": n("reconfigured"),
         "lost": servers.saturating_sub(provisioned + n("shutdowns")),
         "elapsed_s": summary["seconds"],
         "servers_per_minute": summary["rate_per_minute"],
         "p50_ms": n("latency_p50_ms"),
         "p90_ms": n("latency_p90_ms"),
         "p99_ms": n("latency_p99_ms"),
-        "stall_ms": Value::Null,
-        "helper_delay_ms": delay_ms,
-        "helper": match logic {
+        "ready_p50_ms": n("ready_p50_ms"),
+        "ready_p99_ms": n("ready_p99_ms"),
+        "stall_ms": stall,
+        "kills": kills,
+        "arrival_rate": plan.arrival_rate,
+        "helper_delay_ms": plan.delay_ms,
+        "helper": match plan.logic {
             Logic::Builtin => "builtin",
             Logic::Python => "deploy/examples/helper.py",
+            Logic::Shell => "deploy/examples/helper.sh",
         },
         "member_cpu_s": usage.iter().map(|u| u.cpu_s).sum::<f64>(),
         "helper_cpu_s": usage.iter().map(|u| u.children_cpu_s).sum::<f64>(),
         "sim_cpu_s": summary["sim_usage"]["cpu_s"],
+        "nats_cpu_s": fleet::usage::of(nats.pid()).map(|u| u.cpu_s),
         "peak_rss_mb": usage.iter().map(|u| u.peak_rss_mb).fold(0.0, f64::max),
         "key_type": args.key_type,
         "enrollment": "x509",
+        "verified": n("verified"),
+        "ledger": ledger,
         "timed_out": summary["timed_out"],
+        "timeline_ms": timeline,
     }))
+}
+
+/// What the members' ledgers say at the end: enrolled records per live member and whether
+/// their digests agree (`null` where a member did not answer).
+/// Followers may be a moment behind, so this asks again for up to 10 s.
+fn ledger_check(members: &[cluster_tests::ProvisionerProcess]) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let statuses: Vec<Value> = members.iter().map(|m| m.status()).collect();
+        let enrolled: Vec<Value> = statuses
+            .iter()
+            .map(|s| s["ledger"]["by_state"]["enrolled"].clone())
+            .collect();
+        let digests: Vec<&Value> = statuses.iter().map(|s| &s["ledger"]["digest"]).collect();
+        let agree =
+            digests.windows(2).all(|w| w[0] == w[1]) && !digests.iter().any(|d| d.is_null());
+        if agree || start.elapsed() > Duration::from_secs(10) {
+            return json!({ "enrolled": enrolled, "digests_agree": agree });
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn print_table(runs: &[Value]) {
     println!(
-        "{:<11} {:>7} {:>7} {:>11} {:>9} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8} {:>7}",
+        "{:<11} {:>7} {:>7} {:>11} {:>5} {:>5} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>9} {:>7} {:>7} {:>7}",
         "scenario",
         "members",
         "servers",
         "provisioned",
+        "lost",
+        "dupes",
         "per min",
         "p50 ms",
         "p90 ms",
         "p99 ms",
+        "stall ms",
         "cpu s",
         "helper s",
         "sim s",
+        "nats s",
         "rss MB"
     );
     for r in runs {
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         let u = |k: &str| r[k].as_u64().unwrap_or(0);
         println!(
-            "{:<11} {:>7} {:>7} {:>11} {:>9.0} {:>7} {:>7} {:>7} {:>7.1} {:>9.1} {:>8.1} {:>7.0}",
+            "{:<11} {:>7} {:>7} {:>11} {:>5} {:>5} {:>9.0} {:>7} {:>7} {:>7} {:>8} {:>7.1} {:>9.1} {:>7.1} {:>7.1} {:>7.0}",
             r["scenario"].as_str().unwrap_or("?"),
             u("members"),
             u("servers"),
             u("provisioned"),
+            u("lost"),
+            u("duplicates"),
             f("servers_per_minute"),
             u("p50_ms"),
             u("p90_ms"),
             u("p99_ms"),
+            r["stall_ms"]
+                .as_u64()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
             f("member_cpu_s"),
             f("helper_cpu_s"),
             f("sim_cpu_s"),
+            f("nats_cpu_s"),
             f("peak_rss_mb"),
         );
     }

@@ -1,0 +1,227 @@
+//! Criterion micro-benchmarks of the provisioner's hot paths, one per step a server costs:
+//! Choria envelopes (v1 and v2) encoded and decoded, a CSR checked and signed by the built-in
+//! CA, provisioning JWTs verified and server JWTs signed, a batch of ledger commands applied
+//! to the RocksDB state machine, and a ledger lookup.
+//!
+//! Run with `cargo bench -p provisioner-benches --bench hot_paths`. These may use the
+//! provisioner's crates: only the fleet simulator must stay independent of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftStorage};
+use proto::v1::{Filter, Insecure, Reply, Request};
+use raft::command::Command;
+use raft::types::{Batch, TypeConfig};
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/../../shared/choria/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn request() -> Request {
+    Request::new(
+        "choria_provision",
+        "provisioning",
+        "choria=provisioner",
+        "prov1",
+        60,
+        Filter::agent("choria_provision"),
+        br#"{"agent":"choria_provision","action":"gencsr","data":{"token":"t0ken","cn":"sim-00001.example.net","C":"","L":"","O":"","OU":"","ST":""}}"#,
+    )
+}
+
+fn envelopes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("envelope");
+    let req = request();
+    let reply_to = "provisioning.reply.prov1.0123456789abcdef";
+    g.bench_function("v1 request encode", |b| {
+        b.iter(|| req.encode(reply_to, "prov1", &Insecure))
+    });
+    let bytes = req.encode(reply_to, "prov1", &Insecure).unwrap_or_default();
+    g.bench_function("v1 request decode", |b| {
+        b.iter(|| proto::wire::decode_request(&bytes))
+    });
+    let body = br#"{"statuscode":0,"statusmsg":"OK","data":{"csr":"-----BEGIN CERTIFICATE REQUEST-----\nMIIB...\n-----END CERTIFICATE REQUEST-----\n","ssldir":"/etc/choria/ssl"}}"#;
+    let reply = Reply::new(&req.envelope, "sim-00001.example.net", body);
+    g.bench_function("v1 reply encode", |b| b.iter(|| reply.encode()));
+    let reply_bytes = reply.encode().unwrap_or_default();
+    g.bench_function("v1 reply decode", |b| {
+        b.iter(|| proto::wire::decode_reply(&reply_bytes))
+    });
+
+    let issuer = match node::orgissuer::OrgIssuer::from_seed(&[7; 32]) {
+        Ok(i) => Arc::new(i),
+        Err(e) => panic!("issuer: {e}"),
+    };
+    let signer = match node::caller::CallerSigner::new(issuer, "choria=bench") {
+        Ok(s) => s,
+        Err(e) => panic!("caller: {e}"),
+    };
+    g.bench_function("v2 request encode (signed)", |b| {
+        b.iter(|| proto::v2::encode_request(&req, reply_to, "prov1", &signer))
+    });
+    let v2 = proto::v2::encode_request(&req, reply_to, "prov1", &signer).unwrap_or_default();
+    g.bench_function("v2 request decode", |b| {
+        b.iter(|| proto::wire::decode_request(&v2))
+    });
+    g.finish();
+}
+
+fn csr(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let validity = Duration::from_secs(30 * 86_400);
+    let (cert, key) = node::ca::init(
+        dir.path(),
+        "bench CA",
+        node::ca::KeyType::EcdsaP256,
+        validity,
+        false,
+    )
+    .unwrap_or_else(|e| panic!("ca: {e}"));
+    let ca = node::ca::Ca::load(&cert, &key, validity).unwrap_or_else(|e| panic!("ca: {e}"));
+    let identity = "sim-00001.example.net";
+    let csr_pem = {
+        let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+        let mut params = rcgen::CertificateParams::new(vec![identity.to_string()])
+            .unwrap_or_else(|e| panic!("params: {e}"));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, identity);
+        params
+            .serialize_request(&key)
+            .and_then(|r| r.pem())
+            .unwrap_or_else(|e| panic!("csr: {e}"))
+    };
+    let mut g = c.benchmark_group("x509");
+    g.bench_function("CSR validate (P-256)", |b| {
+        b.iter(|| node::csr::validate(&csr_pem, identity, &[]))
+    });
+    g.bench_function("CSR validate + sign (P-256 CA)", |b| {
+        b.iter(|| {
+            node::csr::validate(&csr_pem, identity, &[])
+                .ok()
+                .map(|v| ca.sign(&v.spki_der, identity))
+        })
+    });
+    g.finish();
+}
+
+fn jwt(c: &mut Criterion) {
+    let mut g = c.benchmark_group("jwt");
+    let verifier = node::jwt::JwtVerifier::from_pem(fixture("provisioning-signer.pem").as_bytes())
+        .unwrap_or_else(|e| panic!("verifier: {e}"));
+    let token = fixture("provisioning.jwt");
+    g.bench_function("provisioning JWT verify (RS256 fixture)", |b| {
+        b.iter(|| verifier.verify(token.trim()))
+    });
+    let issuer =
+        node::orgissuer::OrgIssuer::from_seed(&[9; 32]).unwrap_or_else(|e| panic!("issuer: {e}"));
+    let config: BTreeMap<String, String> =
+        [("plugin.security.provider".to_string(), "choria".to_string())].into();
+    let server_key = hex::encode([3u8; 32]);
+    g.bench_function("server JWT claims + sign (EdDSA)", |b| {
+        b.iter(|| {
+            issuer
+                .claims(
+                    "sim-00001.example.net",
+                    &server_key,
+                    &config,
+                    None,
+                    Duration::from_secs(86_400),
+                    1_800_000_000,
+                )
+                .ok()
+                .map(|claims| issuer.sign(&claims))
+        })
+    });
+    g.finish();
+}
+
+/// The three commands one provisioned server costs, for server `i`.
+fn server_commands(i: usize, at_ms: u64) -> Vec<Command> {
+    let identity = format!("sim-{i:06}.example.net");
+    vec![
+        Command::Claim {
+            identity: identity.clone(),
+            member: "prov1".into(),
+            lease_until_ms: at_ms + 30_000,
+            seen_ms: at_ms,
+            at_ms,
+        },
+        Command::IssueCredential {
+            identity: identity.clone(),
+            member: "prov1".into(),
+            serial: format!("{i:032x}"),
+            fingerprint: format!("{i:064x}"),
+            not_after: 1_900_000_000,
+            at_ms,
+        },
+        Command::Enrolled {
+            identity,
+            member: "prov1".into(),
+            config_digest: "0".repeat(64),
+            facts: BTreeMap::new(),
+            at_ms,
+        },
+    ]
+}
+
+fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch { commands }),
+    }
+}
+
+fn state_machine(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut store = raft::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store: {e}"));
+    let mut g = c.benchmark_group("state machine");
+    // 64 servers' commands in one entry, as a busy leader batches them
+    const SERVERS: usize = 64;
+    g.throughput(Throughput::Elements(SERVERS as u64));
+    let mut next = 0usize;
+    let mut index = 0u64;
+    g.bench_function("apply batch of 64 servers (192 commands, RocksDB)", |b| {
+        b.iter_batched(
+            || {
+                index += 1;
+                let cmds = (next..next + SERVERS)
+                    .flat_map(|i| server_commands(i, 1_700_000_000_000))
+                    .collect();
+                next += SERVERS;
+                [entry(index, cmds)]
+            },
+            |entries| rt.block_on(store.apply_to_state_machine(&entries)).is_ok(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("ledger");
+    let mut ledger = raft::state::LedgerState::default();
+    const RECORDS: usize = 100_000;
+    for i in 0..RECORDS {
+        for cmd in server_commands(i, 1_700_000_000_000) {
+            let _ = ledger.apply(&cmd);
+        }
+    }
+    let mut i = 0usize;
+    g.bench_function("lookup one identity of 100,000", |b| {
+        b.iter(|| {
+            i = (i + 7919) % RECORDS;
+            ledger.record(&format!("sim-{i:06}.example.net")).is_some()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, envelopes, csr, jwt, state_machine);
+criterion_main!(benches);

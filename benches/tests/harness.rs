@@ -1,0 +1,130 @@
+//! The benchmark harness itself, run small: each scenario it reports on must produce the
+//! numbers BENCHMARKS.md is built from. These check what the runs report, not how fast.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(dir: &Path, args: &[&str]) -> Vec<Value> {
+    let out = dir.join("runs.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run bench");
+    assert!(status.success(), "bench {args:?}: {status}");
+    assert!(
+        out.with_extension("svg").exists(),
+        "no plot for bench {args:?}"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("results"))
+        .expect("results are JSON");
+    doc["runs"].as_array().expect("runs").clone()
+}
+
+fn n(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"))
+}
+
+const KEYS: &[&str] = &[
+    "scenario",
+    "members",
+    "servers",
+    "provisioned",
+    "duplicates",
+    "lost",
+    "elapsed_s",
+    "servers_per_minute",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "stall_ms",
+    "helper_delay_ms",
+    "member_cpu_s",
+    "sim_cpu_s",
+    "peak_rss_mb",
+    "key_type",
+    "enrollment",
+];
+
+#[test]
+fn throughput_with_the_shell_helper_reports_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = bench(
+        dir.path(),
+        &[
+            "throughput",
+            "--servers",
+            "40",
+            "--members",
+            "1",
+            "--logic",
+            "shell",
+        ],
+    );
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    for k in KEYS {
+        assert!(r.get(k).is_some(), "no {k} in {r}");
+    }
+    assert_eq!(n(r, "provisioned"), 40, "{r}");
+    assert_eq!(n(r, "verified"), 40, "{r}");
+    assert_eq!(n(r, "lost"), 0, "{r}");
+    assert_eq!(n(r, "duplicates"), 0, "{r}");
+    assert_eq!(r["timeline_ms"].as_array().map(Vec::len), Some(40), "{r}");
+    assert!(r["servers_per_minute"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(n(r, "p50_ms") <= n(r, "p99_ms"), "{r}");
+    assert!(
+        r["helper_cpu_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "helpers ran: {r}"
+    );
+    assert_eq!(r["ledger"]["enrolled"], serde_json::json!([40]), "{r}");
+}
+
+#[test]
+fn failover_kills_the_leader_then_a_follower_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = bench(dir.path(), &["failover", "--servers", "300"]);
+    let r = &runs[0];
+    assert_eq!(n(r, "members"), 3);
+    let kills = r["kills"].as_array().expect("kills");
+    assert_eq!(kills.len(), 2, "{r}");
+    assert_eq!(kills[0]["role"], "leader", "{r}");
+    assert_eq!(kills[1]["role"], "follower", "{r}");
+    assert_ne!(kills[0]["killed"], kills[1]["killed"], "{r}");
+    assert!(r["stall_ms"].is_u64(), "{r}");
+    assert_eq!(n(r, "provisioned"), 300, "{r}");
+    assert_eq!(n(r, "lost"), 0, "{r}");
+    assert_eq!(n(r, "duplicates"), 0, "{r}");
+    assert_eq!(r["ledger"]["digests_agree"], true, "{r}");
+    assert_eq!(
+        r["ledger"]["enrolled"],
+        serde_json::json!([300, 300, 300]),
+        "{r}"
+    );
+}
+
+#[test]
+fn latency_runs_servers_arriving_at_a_fixed_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = bench(
+        dir.path(),
+        &[
+            "latency",
+            "--servers",
+            "60",
+            "--members",
+            "1",
+            "--arrival-rate",
+            "30",
+        ],
+    );
+    assert_eq!(runs.len(), 1, "an explicit rate skips the capacity run");
+    let r = &runs[0];
+    assert_eq!(r["arrival_rate"].as_f64(), Some(30.0), "{r}");
+    assert_eq!(n(r, "provisioned"), 60, "{r}");
+    // 60 servers arriving at 30/s take about two seconds to arrive
+    assert!(r["elapsed_s"].as_f64().unwrap_or(0.0) >= 1.9, "{r}");
+}
