@@ -77,7 +77,7 @@ pub fn drive(
             if done(events) as f64 >= share * servers as f64 {
                 let leader = leader(members, &alive);
                 let victim = match (*role, leader) {
-                    ("leader", Some(l)) => Some(l as usize - 1),
+                    ("leader", Some(l)) => (l as usize).checked_sub(1),
                     ("follower", Some(l)) => (0..members.len())
                         .find(|i| alive[*i] && *i as u64 + 1 != l && members.len() > 1),
                     _ => None,
