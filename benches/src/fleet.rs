@@ -410,13 +410,15 @@ impl Fleet {
         let (mut provisioned, mut verified, mut faulty_provisioned) = (0, 0, 0);
         let (mut reconfigured, mut shutdowns) = (HashSet::new(), 0);
         let (mut restarted, mut provisioned_twice) = (HashSet::new(), HashSet::new());
+        // servers provisioned at least once: the run waits for every healthy one
+        let mut done_once: HashSet<usize> = HashSet::new();
         let mut upgraded: Vec<(usize, String)> = Vec::new();
         let mut serials: HashMap<String, usize> = HashMap::new();
         let wall = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut timed_out = false;
 
-        while provisioned + shutdowns < healthy {
+        while done_once.len() + shutdowns < healthy {
             let deadline = first.unwrap_or(wall) + timeout;
             if Instant::now() > deadline {
                 timed_out = true;
@@ -463,7 +465,8 @@ impl Fleet {
                             if let Some(s) = serial {
                                 *serials.entry(s).or_default() += 1;
                             }
-                            if let Some(t) = started_at.get(&index) {
+                            // timed from its first arrival: only its first provisioning
+                            if let (true, Some(t)) = (done_once.insert(index), started_at.get(&index)) {
                                 ready.push(at.duration_since(*t).as_millis() as u64);
                             }
                             last_done = Some(at);

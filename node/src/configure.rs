@@ -29,6 +29,10 @@ pub async fn configure(
 }
 
 /// Asks the server to restart into its new configuration within a second of splay.
+///
+/// One try, answered within [`RESTART_WITHIN`]: the ledger shows the server enrolled and
+/// unowned by now, and once the settle time has passed another member may take it over as
+/// fallen back; a restart sent after that could boot it into a credential that was replaced.
 pub async fn restart(svc: &Services, identity: &str) -> Result<(), RpcError> {
     let req = RestartRequest {
         token: svc.config.token.clone(),
@@ -40,12 +44,16 @@ pub async fn restart(svc: &Services, identity: &str) -> Result<(), RpcError> {
             PROVISION_AGENT,
             "restart",
             &req,
-            svc.config.rpc_timeout,
-            3,
+            svc.config.rpc_timeout.min(RESTART_WITHIN),
+            1,
         )
         .await
         .map(|_| ())
 }
+
+/// Well inside the ledger's settle time for enrolled servers seen in provisioning mode.
+pub const RESTART_WITHIN: std::time::Duration =
+    std::time::Duration::from_millis(raft::state::REENROLL_SETTLE_MS / 3);
 
 /// Asks the server to update itself to `version` from `repository`; it restarts into
 /// provisioning mode with the new version.

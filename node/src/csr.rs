@@ -2,9 +2,10 @@
 //! (`choria_provision#gencsr`) and check it before anything signs it.
 //!
 //! A CSR is accepted when it is a PEM `CERTIFICATE REQUEST`, its self-signature verifies (the
-//! server holds the key), its one common name is the server's identity, and neither the
-//! common name nor any requested DNS name matches the deny list (upstream's defaults refuse
-//! names that would pose as privileged clients).
+//! server holds the key) with SHA-256 or stronger (RSA, ECDSA) or Ed25519, an RSA key has at
+//! least 2048 bits, its key is one the CA can sign for, its one common name is the server's
+//! identity, and neither the common name nor any requested DNS name matches the deny list
+//! (upstream's defaults refuse names that would pose as privileged clients).
 
 use proto::agents::{CsrReply, CsrRequest, PROVISION_AGENT};
 use regex::Regex;
@@ -15,6 +16,19 @@ use crate::pipeline::Services;
 use crate::rpc::RpcError;
 
 const MAX_CSR_BYTES: usize = 64 * 1024;
+/// Smallest RSA key signed, in bits.
+const MIN_RSA_BITS: usize = 2048;
+/// Signature algorithms a CSR may use: sha256/384/512WithRSAEncryption,
+/// ecdsa-with-SHA256/384/512 and Ed25519. SHA-1 is refused, as Go's x509 (upstream) does.
+const SIGNATURE_OIDS: &[&str] = &[
+    "1.2.840.113549.1.1.11",
+    "1.2.840.113549.1.1.12",
+    "1.2.840.113549.1.1.13",
+    "1.2.840.10045.4.3.2",
+    "1.2.840.10045.4.3.3",
+    "1.2.840.10045.4.3.4",
+    "1.3.101.112",
+];
 
 #[derive(Debug, Error)]
 pub enum CsrError {
@@ -30,6 +44,8 @@ pub enum CsrError {
     Der(String),
     #[error("CSR signature does not verify: {0}")]
     Signature(String),
+    #[error("CSR key or signature algorithm refused: {0}")]
+    WeakKey(String),
     #[error("CSR has no common name")]
     NoCommonName,
     #[error("CSR has more than one common name")]
@@ -47,6 +63,7 @@ impl CsrError {
             CsrError::Rpc(_) | CsrError::Reply(_) => "csr_rpc",
             CsrError::Empty | CsrError::Pem(_) | CsrError::Der(_) => "csr_malformed",
             CsrError::Signature(_) => "csr_signature",
+            CsrError::WeakKey(_) => "csr_weak_key",
             CsrError::NoCommonName | CsrError::SeveralCommonNames => "csr_cn",
             CsrError::CommonNameMismatch { .. } => "csr_cn",
             CsrError::Denied { .. } => "csr_denied",
@@ -79,8 +96,24 @@ pub fn validate(pem: &str, identity: &str, deny: &[Regex]) -> Result<ValidCsr, C
     }
     let (_, csr) = X509CertificationRequest::from_der(&block.contents)
         .map_err(|e| CsrError::Der(e.to_string()))?;
+    let alg = csr.signature_algorithm.algorithm.to_id_string();
+    if !SIGNATURE_OIDS.contains(&alg.as_str()) {
+        return Err(CsrError::WeakKey(format!("signature algorithm {alg}")));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    if let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() {
+        if rsa.key_size() < MIN_RSA_BITS {
+            return Err(CsrError::WeakKey(format!(
+                "RSA key of {} bits, {MIN_RSA_BITS} at least",
+                rsa.key_size()
+            )));
+        }
+    }
     csr.verify_signature()
         .map_err(|e| CsrError::Signature(e.to_string()))?;
+    // the CA signs this key as it is; a key it cannot describe is refused here, not later
+    rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
+        .map_err(|e| CsrError::WeakKey(format!("public key: {e}")))?;
 
     let subject = &csr.certification_request_info.subject;
     let mut cns = subject.iter_common_name();
@@ -124,7 +157,7 @@ pub fn validate(pem: &str, identity: &str, deny: &[Regex]) -> Result<ValidCsr, C
 
     Ok(ValidCsr {
         pem: pem.to_string(),
-        spki_der: csr.certification_request_info.subject_pki.raw.to_vec(),
+        spki_der: spki.raw.to_vec(),
         common_name,
         dns_names,
     })
@@ -184,6 +217,46 @@ mod tests {
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    /// A CSR made by `openssl req` with `args` (key and digest) for `cn`.
+    fn openssl_csr(cn: &str, args: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-new", "-nodes", "-subj", &format!("/CN={cn}")])
+            .args(args)
+            .arg("-keyout")
+            .arg(dir.path().join("k.pem"))
+            .output()
+            .expect("openssl is installed (scripts/setup)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn sha1_signatures_and_short_rsa_keys_are_refused() {
+        let id = "n1.example.net";
+        let sha1 = openssl_csr(id, &["-newkey", "rsa:2048", "-sha1"]);
+        let e = validate(&sha1, id, &[]).unwrap_err();
+        assert!(matches!(e, CsrError::WeakKey(_)), "{e}");
+        assert_eq!(e.reason(), "csr_weak_key");
+        let short = openssl_csr(id, &["-newkey", "rsa:1024", "-sha256"]);
+        let e = validate(&short, id, &[]).unwrap_err();
+        assert!(e.to_string().contains("1024 bits"), "{e}");
+        for ok in [
+            &["-newkey", "rsa:2048", "-sha256"][..],
+            &[
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-sha384",
+            ],
+            &["-newkey", "ed25519"],
+        ] {
+            let pem = openssl_csr(id, ok);
+            validate(&pem, id, &[]).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
     }
 
     #[test]

@@ -580,11 +580,12 @@ impl LedgerState {
             .ok_or(Rejection::UnknownServer)
     }
 
-    /// The record of `identity` if `member` holds a live claim on it.
     /// Whether this command was applied already: a proposal is sent again when the leader
     /// that took it died before answering, and its first copy may have committed. The record's
     /// last history line is then exactly the one the command wrote (same member, time and
-    /// event); nothing else can touch a record while its owner waits for the answer.
+    /// event). Should another command (an operator's) land in between, the copy is judged
+    /// like any late command and refused, as before; the flow then ends as failed and the
+    /// server is picked up again.
     fn replayed(&self, identity: &str, member: &str, at_ms: u64, event: &str) -> bool {
         self.records
             .get(identity)
@@ -592,6 +593,7 @@ impl LedgerState {
             .is_some_and(|h| h.at_ms == at_ms && h.member == member && h.event == event)
     }
 
+    /// The record of `identity` if `member` holds a live claim on it.
     fn owned_by(
         &mut self,
         identity: &str,

@@ -132,9 +132,10 @@ pub fn stalls(kills: &[Kill], start_unix_ms: u64, timeline: &[u64]) -> Vec<Value
                 stall = stall.max(t - last);
                 last = t;
             }
-            if last == at {
-                // nothing done in the window at all
-                stall = end - at;
+            if last == at || i + 1 < kills.len() {
+                // nothing done in the window at all, or nothing from the last one to the next
+                // kill (the window ends there, not at a server done)
+                stall = stall.max(end - last);
             }
             json!({"killed": k.member, "role": k.role, "at_ms": at, "stall_ms": stall})
         })
@@ -175,5 +176,8 @@ mod tests {
         );
         let s = stalls(&[kill(100), kill(600)], 1_000, &[50, 700]);
         assert_eq!(s[0]["stall_ms"], 500);
+        // one server done just after the kill, then nothing until the next kill
+        let s = stalls(&[kill(100), kill(600)], 1_000, &[50, 110, 700, 710]);
+        assert_eq!(s[0]["stall_ms"], 490);
     }
 }
