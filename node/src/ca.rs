@@ -437,34 +437,25 @@ mod tests {
         crate::csr::validate(&pem, cn, &[]).unwrap().spki_der
     }
 
-    #[test]
-    fn rsa_csrs_from_openssl_are_signed_with_their_own_key() {
+    /// A new P-256 CA named `name` in a temporary directory (kept while the test runs).
+    fn test_ca(name: &str) -> (tempfile::TempDir, Ca) {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = init(
             dir.path(),
-            "CA",
+            name,
             KeyType::EcdsaP256,
             Duration::from_secs(86400),
             false,
         )
         .unwrap();
         let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
-        let out = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=n1.example.net",
-            ])
-            .arg("-keyout")
-            .arg(dir.path().join("k.pem"))
-            .output()
-            .expect("openssl is installed (scripts/setup)");
-        assert!(out.status.success(), "{out:?}");
-        let pem = String::from_utf8(out.stdout).unwrap();
+        (dir, ca)
+    }
+
+    #[test]
+    fn rsa_csrs_from_openssl_are_signed_with_their_own_key() {
+        let (_dir, ca) = test_ca("CA");
+        let pem = crate::csr::tests::openssl_csr("n1.example.net", &["-newkey", "rsa:2048"]);
         let v = crate::csr::validate(&pem, "n1.example.net", &[]).unwrap();
         let issued = ca.sign(&v.spki_der, "n1.example.net").unwrap();
         verify_chain(ca.cert_pem(), &issued.pem, "n1.example.net");
@@ -508,16 +499,7 @@ mod tests {
 
     #[test]
     fn member_certificates_name_the_member() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = init(
-            dir.path(),
-            "Cluster CA",
-            KeyType::EcdsaP256,
-            Duration::from_secs(86400),
-            false,
-        )
-        .unwrap();
-        let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
+        let (dir, ca) = test_ca("Cluster CA");
         let (pem, key_pem) = ca
             .issue_member(
                 "prov1",
@@ -538,16 +520,7 @@ mod tests {
 
     #[test]
     fn serials_differ() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = init(
-            dir.path(),
-            "CA",
-            KeyType::EcdsaP256,
-            Duration::from_secs(86400),
-            false,
-        )
-        .unwrap();
-        let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
+        let (_dir, ca) = test_ca("CA");
         let c = csr("n1");
         let a = ca.sign(&c, "n1").unwrap();
         let b = ca.sign(&c, "n1").unwrap();
@@ -596,16 +569,7 @@ mod tests {
 
     #[test]
     fn admin_certificates_and_crls() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = init(
-            dir.path(),
-            "Test CA",
-            KeyType::EcdsaP256,
-            Duration::from_secs(86400),
-            false,
-        )
-        .unwrap();
-        let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
+        let (_dir, ca) = test_ca("Test CA");
         let (cert, _key) = ca.issue_admin("ops-alice").unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
         let x = pem.parse_x509().unwrap();

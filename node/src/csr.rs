@@ -196,7 +196,7 @@ pub async fn fetch_and_validate(svc: &Services, identity: &str) -> Result<Fetche
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::DEFAULT_DENY_LIST;
 
@@ -220,7 +220,7 @@ mod tests {
     }
 
     /// A CSR made by `openssl req` with `args` (key and digest) for `cn`.
-    fn openssl_csr(cn: &str, args: &[&str]) -> String {
+    pub(crate) fn openssl_csr(cn: &str, args: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new("openssl")
             .args(["req", "-new", "-nodes", "-subj", &format!("/CN={cn}")])

@@ -578,23 +578,12 @@ mod tests {
                 .unwrap();
             assert_eq!(res[1].results, vec![Applied::Ok, Applied::Ok]);
             // the same serial issued again later is rejected by the rules, through the store
-            let Command::IssueCredential {
-                identity,
-                member,
-                serial,
-                fingerprint,
-                not_after,
-                ..
-            } = issue.clone()
-            else {
-                unreachable!()
-            };
             let again = Command::IssueCredential {
-                identity,
-                member,
-                serial,
-                fingerprint,
-                not_after,
+                identity: "n1".into(),
+                member: "a".into(),
+                serial: "0a".into(),
+                fingerprint: "ff".into(),
+                not_after: 9,
                 at_ms: 3,
             };
             let dup = entry(3, vec![again]);
