@@ -1,8 +1,9 @@
 //! The admin API and CLI against a real three-member cluster (mTLS between members and for
 //! operators), a real nats-server and a simulated fleet whose servers stay up after
 //! provisioning, so they can be reprovisioned: authentication, pause/resume, drain/undrain,
-//! reprovision by regex and by fact, ledger queries, revocation with the CRL, rebalance, and
-//! membership changes with the quorum check.
+//! reprovision by regex and by fact, ledger queries, revocation with the CRL, rebalance,
+//! membership changes with the quorum check, and a forced removal that waits for its quorum
+//! and leaves the removed (still running) member unable to write.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,9 @@ use serde_json::Value;
 use x509_parser::prelude::FromDer;
 
 const SERVERS: usize = 120;
+
+/// The tests here each run a cluster with forked helpers; one at a time on two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The DDL of `choria_provision#reprovision` needs a non-empty token.
 const TOKEN: &str = "t0ken";
 
@@ -141,6 +145,7 @@ fn crl_serials(path: &Path) -> BTreeSet<String> {
 
 #[test]
 fn admin_api_drives_a_three_member_cluster() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let nats = Nats::start(d);
@@ -529,4 +534,170 @@ fn admin_api_drives_a_three_member_cluster() {
     assert!(text.contains("prov4") && text.contains("leader"), "{text}");
 
     drop(fleet);
+}
+
+#[test]
+fn a_forced_removal_waits_for_the_quorum_and_the_removed_member_writes_nothing() {
+    const FLEET: usize = 200;
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let nats = Nats::start(d);
+    let ca = init_ca(d);
+    let fleet = FleetProcess::start(
+        d,
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: FLEET,
+            token: TOKEN.into(),
+            timeout_secs: 600,
+            ..Default::default()
+        },
+        false,
+    );
+    let specs = ClusterOptions::members(3);
+    let pki = cluster_pki(d, &specs);
+    let op = admin_pki(d, &pki, "ops-bob");
+    let site = Site {
+        dir: d,
+        nats: &nats,
+        ca: &ca,
+        signer: &fleet.signer_pub,
+        admin_ca: &op.admin_ca,
+    };
+    let mut members: Vec<ProvisionerProcess> = specs
+        .iter()
+        .map(|s| start_member(&site, s, &specs, true))
+        .collect();
+    let m1 = specs[0].clone();
+    wait_for("some servers enrolled", Duration::from_secs(90), || {
+        op.cli(&m1, &["--json", "status"]).status.success() && enrolled(&ledger(&op, &m1)) >= 20
+    });
+
+    // the leader stays; one follower dies, the other is removed by force
+    let leader_id = op.json(&m1, &["status"])["leader_id"]
+        .as_u64()
+        .expect("leader");
+    let leader = specs
+        .iter()
+        .find(|s| s.id == leader_id)
+        .cloned()
+        .expect("leader spec");
+    let followers: Vec<usize> = (0..specs.len())
+        .filter(|i| specs[*i].id != leader_id)
+        .collect();
+    let (dead_i, gone_i) = (followers[0], followers[1]);
+    let gone = specs[gone_i].clone();
+    members[dead_i].kill();
+
+    // without force: the voters left would have no quorum now (prov-dead is down)
+    let refused = op.cli(&leader, &["remove-member", &gone.id.to_string()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    eprintln!("remove-member {} (not forced): {err}", gone.id);
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("quorum"),
+        "{err}"
+    );
+    assert_eq!(voters(&op.json(&leader, &["status"])).len(), 3);
+
+    // with force the change is made, but it cannot commit until the dead member is back: the
+    // call gives up, the change does not
+    let forced = op.cli(
+        &leader,
+        &[
+            "--timeout",
+            "5",
+            "remove-member",
+            "--force",
+            &gone.id.to_string(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&forced.stderr).contains("DEADLINE_EXCEEDED"));
+    assert_eq!(
+        forced.status.code(),
+        Some(5),
+        "a forced removal without a quorum must wait: {}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    eprintln!(
+        "remove-member --force {}: {}",
+        gone.id,
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    members[dead_i].restart().expect("restart the dead member");
+    let mut removed_at_ms = 0;
+    wait_for(
+        "the forced removal committed",
+        Duration::from_secs(60),
+        || {
+            let out = op.cli(&leader, &["--json", "status"]);
+            let Ok(s) = serde_json::from_slice::<Value>(&out.stdout) else {
+                return false;
+            };
+            removed_at_ms = unix_ms();
+            voters(&s) == BTreeSet::from([leader_id, specs[dead_i].id])
+        },
+    );
+
+    // the fleet is finished by the two members left; the removed one keeps running
+    let summary = fleet.finish(Duration::from_secs(300));
+    assert_eq!(summary["provisioned"], FLEET as u64, "{summary}");
+    assert_eq!(summary["duplicate_serials"], 0, "{summary}");
+    assert!(
+        members[gone_i].proc.is_running(),
+        "the removed member crashed"
+    );
+    let records = ledger(&op, &leader);
+    assert_eq!(records.len(), FLEET);
+    let late: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| {
+            r["history"].as_array().is_some_and(|h| {
+                h.iter().any(|h| {
+                    h["member"] == gone.name.as_str() && h["at_ms"].as_u64() > Some(removed_at_ms)
+                })
+            })
+        })
+        .filter_map(|r| r["identity"].as_str())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the removed member wrote about these servers after its removal: {late:?}"
+    );
+    assert!(
+        issued_by(&records, &gone.name) < FLEET,
+        "the removed member issued everything"
+    );
+    let log =
+        std::fs::read_to_string(members[gone_i].config.with_extension("log")).unwrap_or_default();
+    assert!(
+        log.contains("heartbeat refused"),
+        "the removed member never noticed"
+    );
+    // the two members agree
+    wait_for("the members agree", Duration::from_secs(30), || {
+        ledger(&op, &leader) == ledger(&op, &specs[dead_i])
+    });
+}
+
+/// Ids of the voters in a `status` reply.
+fn voters(status: &Value) -> BTreeSet<u64> {
+    status["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| m["voter"] == true)
+                .filter_map(|m| m["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use raft::member::{MemberConfig, RaftMember, RaftSettings};
 use raft::replicated::RaftLedger;
 use raft::types::Member;
-use raft::{Command, EnrollState, Ledger, LocalLedger};
+use raft::{Applied, Command, EnrollState, Ledger, LocalLedger};
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -438,8 +438,14 @@ async fn housekeeping(
                 };
                 // in the background: a heartbeat must not hold up the live-set refresh
                 tokio::spawn(async move {
-                    if let Err(e) = ledger.propose(cmd).await {
-                        tracing::warn!(error = %e, "heartbeat not committed");
+                    match ledger.propose(cmd).await {
+                        Ok(Applied::Rejected(r)) => {
+                            // removed from the group: its peers stop counting it live and
+                            // take its servers; it keeps running for an operator to stop
+                            tracing::warn!(reason = %r, "heartbeat refused; taking no servers");
+                        }
+                        Ok(Applied::Ok) => {}
+                        Err(e) => tracing::warn!(error = %e, "heartbeat not committed"),
                     }
                 });
                 last_beat = Some(tokio::time::Instant::now());

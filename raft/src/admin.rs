@@ -65,6 +65,19 @@ pub enum ChangeError {
     Unavailable(String),
 }
 
+/// Runs a membership change to its end on its own task: an operator's call that times out or
+/// is cancelled must not leave the group in the joint configuration half way.
+async fn detached<F, E>(change: F) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::spawn(async move { change.await.map_err(|e| e.to_string()) }).await {
+        Ok(r) => r,
+        Err(e) => Err(format!("membership change task failed: {e}")),
+    }
+}
+
 /// Everything a member's gRPC service needs beyond Raft itself.
 pub struct PeerContext {
     pub id: NodeId,
@@ -145,11 +158,11 @@ impl PeerContext {
                 }
                 let mut after = voters.clone();
                 after.insert(id);
-                self.check_quorum(&after, false).await?;
-                self.raft
-                    .change_membership(after, false)
+                self.check_quorum(&voters, &after, false).await?;
+                let raft = self.raft.clone();
+                detached(async move { raft.change_membership(after, false).await.map(|_| ()) })
                     .await
-                    .map_err(|e| raft_err(e.to_string()))?;
+                    .map_err(raft_err)?;
                 format!("{id} is a voter")
             }
             MembershipChange::Remove { id, force } => {
@@ -157,20 +170,25 @@ impl PeerContext {
                     return Err(ChangeError::Invalid(format!("{id} is not a member")));
                 }
                 let mut after = voters.clone();
-                if after.remove(&id) {
+                let voter = after.remove(&id);
+                if voter {
                     if after.is_empty() {
                         return Err(ChangeError::Invalid("cannot remove the last voter".into()));
                     }
-                    self.check_quorum(&after, force).await?;
-                    self.raft
-                        .change_membership(after, false)
-                        .await
-                        .map_err(|e| raft_err(e.to_string()))?;
+                    self.check_quorum(&voters, &after, force).await?;
                 }
-                self.raft
-                    .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
-                    .await
-                    .map_err(|e| raft_err(e.to_string()))?;
+                let raft = self.raft.clone();
+                detached(async move {
+                    if voter {
+                        raft.change_membership(after, false).await?;
+                    }
+                    // once not a voter, dropping it from the nodes removes the learner too
+                    raft.change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
+                        .await
+                        .map(|_| ())
+                })
+                .await
+                .map_err(raft_err)?;
                 format!("{id} removed")
             }
         };
@@ -188,8 +206,24 @@ impl PeerContext {
         })
     }
 
-    /// Refuses `after` as the voter set unless a majority of it answers a peek now.
-    async fn check_quorum(&self, after: &BTreeSet<NodeId>, force: bool) -> Result<(), ChangeError> {
+    /// Refuses to go from voters `before` to `after` unless a majority of each answers a peek
+    /// now: the joint configuration in between commits only with both majorities, and until
+    /// it does the group takes no writes. With `force` the check is skipped and the change
+    /// waits for the majorities to come back.
+    async fn check_quorum(
+        &self,
+        before: &BTreeSet<NodeId>,
+        after: &BTreeSet<NodeId>,
+        force: bool,
+    ) -> Result<(), ChangeError> {
+        if force {
+            tracing::warn!(
+                ?before,
+                ?after,
+                "membership change forced: quorum check skipped"
+            );
+            return Ok(());
+        }
         let nodes = self
             .raft
             .metrics()
@@ -197,11 +231,9 @@ impl PeerContext {
             .membership_config
             .membership()
             .clone();
-        let mut healthy = 0usize;
-        let mut down = Vec::new();
-        for id in after {
+        let mut down = BTreeSet::new();
+        for id in before.union(after) {
             if *id == self.id {
-                healthy += 1;
                 continue;
             }
             let ok = match nodes.get_node(id) {
@@ -210,19 +242,21 @@ impl PeerContext {
                     .is_ok_and(|r| r.is_ok()),
                 None => false,
             };
-            if ok {
-                healthy += 1;
-            } else {
-                down.push(*id);
+            if !ok {
+                down.insert(*id);
             }
         }
-        let quorum = after.len() / 2 + 1;
-        if healthy < quorum && !force {
-            return Err(ChangeError::Quorum(format!(
-                "after the change {healthy} of {} voters would be healthy (unreachable: {down:?}); \
-                 a quorum needs {quorum}; use force to do it anyway",
-                after.len()
-            )));
+        for (when, set) in [("now", before), ("after the change", after)] {
+            let healthy = set.iter().filter(|id| !down.contains(id)).count();
+            let quorum = set.len() / 2 + 1;
+            if healthy < quorum {
+                return Err(ChangeError::Quorum(format!(
+                    "{when} {healthy} of {} voters are healthy (unreachable: {down:?}); \
+                     the change commits only with a quorum of {quorum} there; \
+                     use force to wait for it",
+                    set.len()
+                )));
+            }
         }
         Ok(())
     }

@@ -118,4 +118,26 @@ impl Command {
             | Command::Rebalance { .. } => None,
         }
     }
+
+    /// The member that proposes the command, when it acts as one; such commands are refused
+    /// once that member has left the group. An operator's command names `member/operator`,
+    /// and its member part counts. Cluster settings name no actor: an operator may still
+    /// undrain a member that is gone.
+    pub fn actor(&self) -> Option<&str> {
+        let named = match self {
+            Command::Claim { member, .. }
+            | Command::IssueCredential { member, .. }
+            | Command::Enrolled { member, .. }
+            | Command::Release { member, .. }
+            | Command::Heartbeat { member, .. }
+            | Command::Revoke { member, .. }
+            | Command::RequestReprovision { member, .. }
+            | Command::Note { member, .. }
+            | Command::Reassign { member, .. } => Some(member),
+            Command::SetPaused { .. } | Command::SetDraining { .. } | Command::Rebalance { .. } => {
+                None
+            }
+        };
+        named.map(|m: &String| m.split_once('/').map_or(m.as_str(), |(member, _)| member))
+    }
 }

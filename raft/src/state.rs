@@ -20,7 +20,7 @@
 //!   CRL is made from these);
 //! - an operator's reprovision request makes an enrolled server claimable again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +146,8 @@ pub enum Rejection {
     SerialInUse { identity: String },
     /// The server has no credential to revoke.
     NoCredential,
+    /// The proposing member is not (or no longer) in the group's membership.
+    NotAMember { member: String },
 }
 
 impl std::fmt::Display for Rejection {
@@ -159,6 +161,7 @@ impl std::fmt::Display for Rejection {
             Rejection::UnknownServer => f.write_str("unknown server"),
             Rejection::SerialInUse { identity } => write!(f, "serial already issued to {identity}"),
             Rejection::NoCredential => f.write_str("no credential to revoke"),
+            Rejection::NotAMember { member } => write!(f, "{member} is not a member of the group"),
         }
     }
 }
@@ -239,6 +242,14 @@ impl LedgerState {
     /// Last heartbeat of every member that ever sent one.
     pub fn heartbeats(&self) -> &BTreeMap<String, u64> {
         &self.heartbeats
+    }
+
+    /// Forgets the heartbeats of members not in `names` (they left the group), so nobody counts
+    /// them live until their window runs out.
+    pub fn retain_heartbeats(&mut self, names: &BTreeSet<String>) -> bool {
+        let before = self.heartbeats.len();
+        self.heartbeats.retain(|m, _| names.contains(m));
+        self.heartbeats.len() != before
     }
 
     /// Members that take work: a heartbeat within `window_ms` of `now_ms` and not draining;

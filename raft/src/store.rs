@@ -17,7 +17,7 @@
 // own helpers would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -37,7 +37,7 @@ use tokio::sync::RwLock;
 
 use crate::command::Command;
 use crate::ledger::Applied;
-use crate::state::{LedgerState, Record};
+use crate::state::{LedgerState, Record, Rejection};
 use crate::types::{BatchResult, Member, NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -114,6 +114,16 @@ impl std::fmt::Display for Corrupt {
 }
 
 impl std::error::Error for Corrupt {}
+
+/// Names of the group's members, voters and learners (unnamed nodes, as openraft's storage
+/// suite makes, are left out).
+fn member_names(m: &StoredMembership<NodeId, Member>) -> BTreeSet<String> {
+    m.membership()
+        .nodes()
+        .map(|(_, n)| n.name.clone())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
 
 fn sm_json<T: Serialize + ?Sized>(v: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(v).map_err(sm_write)
@@ -413,6 +423,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         let serials_cf = self.cf(CF_SERIALS)?;
         let mut out = Vec::with_capacity(entries.len());
         let mut meta_changed = false;
+        let mut names = member_names(&sm.membership);
         for entry in entries {
             sm.last_applied = Some(entry.log_id);
             let mut results = Vec::new();
@@ -420,7 +431,19 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(b) => {
                     for cmd in &b.commands {
-                        let applied = match sm.ledger.apply(cmd) {
+                        // a removed member may still be running; what it proposes is refused
+                        // (with no named members yet, as in storage tests, everything goes)
+                        let outsider = cmd
+                            .actor()
+                            .filter(|a| !names.is_empty() && !names.contains(*a));
+                        let applied = match outsider.map_or_else(
+                            || sm.ledger.apply(cmd),
+                            |a| {
+                                Err(Rejection::NotAMember {
+                                    member: a.to_string(),
+                                })
+                            },
+                        ) {
                             Ok(()) => {
                                 if cmd.identity().is_none() {
                                     // heartbeats and cluster settings
@@ -453,6 +476,10 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                 }
                 EntryPayload::Membership(m) => {
                     sm.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    names = member_names(&sm.membership);
+                    if sm.ledger.retain_heartbeats(&names) {
+                        meta_changed = true;
+                    }
                 }
             }
             out.push(BatchResult { results });
@@ -514,7 +541,7 @@ mod tests {
     use openraft::storage::Adaptor;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::{CommittedLeaderId, Membership};
-    use std::collections::BTreeSet;
+    use std::collections::BTreeMap;
 
     type LogStore = Adaptor<TypeConfig, Arc<Store>>;
     type SmStore = Adaptor<TypeConfig, Arc<Store>>;
@@ -601,5 +628,79 @@ mod tests {
         drop(sm);
         let logs = store.try_get_log_entries(1..).await.unwrap();
         assert_eq!(logs.len(), 2);
+    }
+
+    fn membership(index: u64, names: &[&str]) -> Entry<TypeConfig> {
+        let nodes: BTreeMap<NodeId, Member> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let m = Member {
+                    name: n.to_string(),
+                    ..Default::default()
+                };
+                (i as NodeId + 1, m)
+            })
+            .collect();
+        let voters = nodes.keys().copied().collect::<BTreeSet<_>>();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_proposes_nothing_and_is_no_longer_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let beat = |member: &str, at_ms| Command::Heartbeat {
+            member: member.into(),
+            at_ms,
+        };
+        let claim = |identity: &str, member: &str| Command::Claim {
+            identity: identity.into(),
+            member: member.into(),
+            lease_until_ms: 100_000,
+            seen_ms: 1,
+            at_ms: 2,
+        };
+        let note = |member: &str| Command::Note {
+            identity: "n3".into(),
+            member: member.into(),
+            event: "looked at".into(),
+            at_ms: 3,
+        };
+        let entries = [
+            membership(1, &["a", "b"]),
+            entry(2, vec![beat("a", 1), beat("b", 1), claim("n1", "b")]),
+            membership(3, &["a"]),
+            entry(4, vec![claim("n2", "b"), beat("b", 5), claim("n3", "a")]),
+            // an operator's command counts as its member's
+            entry(5, vec![note("a/ops"), note("b/ops")]),
+        ];
+        let res = store.apply_to_state_machine(&entries).await.unwrap();
+        assert_eq!(res[1].results, vec![Applied::Ok; 3]);
+        let not_b = Applied::Rejected(Rejection::NotAMember { member: "b".into() });
+        assert_eq!(
+            res[3].results,
+            vec![not_b.clone(), not_b.clone(), Applied::Ok]
+        );
+        assert_eq!(res[4].results, vec![Applied::Ok, not_b]);
+        let sm = store.state().await;
+        assert_eq!(sm.ledger.live_members(5, 10), vec!["a".to_string()]);
+        assert!(sm.ledger.record("n2").is_none());
+        assert_eq!(
+            sm.ledger
+                .record("n3")
+                .and_then(|r| r.owner.clone())
+                .as_deref(),
+            Some("a")
+        );
+        drop(sm);
+        // the refusal and the forgotten heartbeat survive a restart
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let sm = store.state().await;
+        assert_eq!(sm.ledger.live_members(5, 10), vec!["a".to_string()]);
     }
 }

@@ -222,9 +222,17 @@ impl From<tonic::Status> for Failure {
         let exit = match s.code() {
             Code::InvalidArgument => Exit::Usage,
             Code::Unauthenticated | Code::PermissionDenied => Exit::Unauthenticated,
-            Code::Unavailable | Code::DeadlineExceeded => Exit::Unavailable,
+            // tonic reports its own client timeout as CANCELLED
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Exit::Unavailable,
             _ => Exit::Failed,
         };
+        if s.code() == Code::Cancelled && s.message().contains("Timeout expired") {
+            return Failure::new(
+                exit,
+                "DEADLINE_EXCEEDED: no answer within --timeout; the cluster may still carry \
+                 the call out (check with status)",
+            );
+        }
         Failure::new(
             exit,
             format!("{}: {}", super::code_name(s.code()), s.message()),
