@@ -389,9 +389,12 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
             heartbeat_ms: heartbeat,
             election_min_ms: election,
             election_max_ms: election * 2,
+            snapshot_every: c.snapshot_every,
+            keep_logs: c.snapshot_keep_logs,
             ..Default::default()
         },
         tls,
+        source_ip: c.source_ip,
     })
     .await
     .map_err(|e| ServiceError::Cluster(e.to_string()))?;

@@ -67,6 +67,8 @@ pub struct MemberConfig {
     pub settings: RaftSettings,
     /// Mutual TLS between members; `None` is plaintext, for development only.
     pub tls: Option<Tls>,
+    /// Address connections to peers leave from; the system picks when `None`.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// A running member.
@@ -98,7 +100,7 @@ impl RaftMember {
         }
         .validate()
         .map_err(|e| MemberError::Config(e.to_string()))?;
-        let network = Network::new(cfg.tls.clone());
+        let network = Network::new(cfg.tls.clone()).with_source_ip(cfg.source_ip);
         let (log, sm) = Adaptor::new(store.clone());
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await

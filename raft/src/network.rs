@@ -95,11 +95,29 @@ impl Tls {
     }
 }
 
+/// How long a joining member waits for a peer's answer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a membership change forwarded to the leader may take (adding a learner waits for
+/// it to catch up).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A call to a peer, bounded: a peer behind a partition never answers, not even with an error.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
 /// Builds gRPC clients to peers; channels are shared per address and reconnect lazily.
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Option<Tls>,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl Network {
@@ -108,7 +126,15 @@ impl Network {
         Network {
             channels: Arc::default(),
             tls,
+            source_ip: None,
         }
+    }
+
+    /// Connections to peers leave from `ip` (a multi-homed host, or firewall rules that
+    /// know members by address).
+    pub fn with_source_ip(mut self, ip: Option<std::net::IpAddr>) -> Self {
+        self.source_ip = ip;
+        self
     }
 
     /// A client for `peer` (its member name is checked against its certificate).
@@ -121,13 +147,28 @@ impl Network {
             return Ok(RaftClient::new(c.clone()));
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
+        // keep-alive pings find a connection whose packets vanish (a partition sends no
+        // reset), so the channel reconnects instead of waiting on it for ever
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.client(&peer.name))?;
         }
-        let channel = endpoint.connect_lazy();
+        let channel = match self.source_ip {
+            None => endpoint.connect_lazy(),
+            Some(ip) => {
+                let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(Duration::from_secs(2)));
+                http.set_local_address(Some(ip));
+                endpoint.connect_with_connector_lazy(http)
+            }
+        };
         channels.insert(key, channel.clone());
         Ok(RaftClient::new(channel))
     }
@@ -141,7 +182,7 @@ impl Network {
     ) -> Result<Result<(), String>, String> {
         let mut client = self.client(peer).map_err(|e| e.to_string())?;
         let payload = encode(req).map_err(|e| e.to_string())?;
-        let reply = client.join(payload).await.map_err(|e| e.to_string())?;
+        let reply = within(JOIN_TIMEOUT, client.join(payload)).await?;
         decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
@@ -150,7 +191,7 @@ impl Network {
         let mut client = self.client(peer).map_err(|e| e.to_string())?;
         let mut req = Request::new(encode(&()).map_err(|e| e.to_string())?);
         req.set_timeout(crate::admin::PEEK_TIMEOUT);
-        let reply = client.peek(req).await.map_err(|e| e.to_string())?;
+        let reply = within(crate::admin::PEEK_TIMEOUT, client.peek(req)).await?;
         decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
@@ -162,15 +203,21 @@ impl Network {
     ) -> Result<Result<MembershipOutcome, ChangeError>, String> {
         let mut client = self.client(leader).map_err(|e| e.to_string())?;
         let req = encode(change).map_err(|e| e.to_string())?;
-        let reply = client.membership(req).await.map_err(|e| e.to_string())?;
+        let reply = within(MEMBERSHIP_TIMEOUT, client.membership(req)).await?;
         decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 
-    /// Sends a batch of commands to `leader` to commit.
-    pub async fn forward(&self, leader: &Member, batch: &Batch) -> Result<ForwardResult, String> {
+    /// Sends a batch of commands to `leader` to commit, waiting at most `limit`. A batch
+    /// whose answer was lost may still commit; the ledger answers a replay as a success.
+    pub async fn forward(
+        &self,
+        leader: &Member,
+        batch: &Batch,
+        limit: Duration,
+    ) -> Result<ForwardResult, String> {
         let mut client = self.client(leader).map_err(|e| e.to_string())?;
         let req = encode(batch).map_err(|e| e.to_string())?;
-        let reply = client.forward(req).await.map_err(|e| e.to_string())?;
+        let reply = within(limit, client.forward(req)).await?;
         decode(reply.get_ref()).map_err(|e| e.to_string())
     }
 }
@@ -295,6 +342,25 @@ impl RaftGrpc {
             .get_node(&join.id)
             .is_some()
         {
+            // it asks because its log is empty; if it held entries before, its data is gone
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&join.id).cloned().flatten())
+                .map(|l| l.index);
+            if let Some(index) = matched.filter(|i| *i > 0) {
+                tracing::error!(
+                    id = join.id,
+                    member = %join.member,
+                    had_up_to = index,
+                    "a member came back with an empty log: its data is lost; remove it \
+                     (provisioner admin remove-member) and it rejoins as a learner"
+                );
+                return Err(format!(
+                    "this member held the log up to {index} and lost it; an operator must \
+                     remove it from the group before it can join again"
+                ));
+            }
             return Ok(());
         }
         tracing::info!(id = join.id, member = %join.member, "member joining");

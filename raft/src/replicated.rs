@@ -25,6 +25,9 @@ pub const MAX_BATCH: usize = 512;
 const IN_FLIGHT: usize = 4;
 /// How long a proposal may wait for a leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// One try at forwarding to the leader; shorter than an election, so a batch sent to a leader
+/// that has just been cut off is tried again at the next one.
+const FORWARD_ATTEMPT: Duration = Duration::from_secs(3);
 
 type Reply = oneshot::Sender<Result<Applied, LedgerError>>;
 
@@ -92,13 +95,23 @@ async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, String>
     let mut last_error = String::from("no leader");
     while tokio::time::Instant::now() < deadline {
         let leader = member.leader();
+        // every attempt is bounded: a leader cut off from the others never answers
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let outcome = match &leader {
-            Some((id, _)) if *id == member.id => member
-                .raft
-                .client_write(batch.clone())
+            Some((id, _)) if *id == member.id => {
+                match tokio::time::timeout(left, member.raft.client_write(batch.clone())).await {
+                    Ok(r) => r.map(|r| r.data),
+                    Err(_) => {
+                        last_error = format!("not committed within {PROPOSE_TIMEOUT:?}");
+                        break;
+                    }
+                }
+            }
+            Some((_, node)) => match member
+                .network
+                .forward(node, &batch, left.min(FORWARD_ATTEMPT))
                 .await
-                .map(|r| r.data),
-            Some((_, node)) => match member.network.forward(node, &batch).await {
+            {
                 Ok(r) => r,
                 Err(e) => {
                     last_error = e;

@@ -514,6 +514,12 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         incoming.membership = meta.last_membership.clone();
         let mut sm = self.sm.write().await;
         self.write_whole_state_machine(&incoming)?;
+        tracing::info!(
+            last_log = ?meta.last_log_id.map(|l| l.index),
+            records = incoming.ledger.len(),
+            bytes = data.len(),
+            "installed a snapshot from the leader"
+        );
         *sm = incoming;
         drop(sm);
         self.put_json_synced(

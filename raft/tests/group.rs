@@ -79,6 +79,7 @@ async fn start(id: u64, me: &Member, dir: &std::path::Path, pki: &Pki) -> Arc<Ra
             data_dir: dir.join(format!("m{id}")),
             settings: settings(),
             tls: Some(pki.tls(&me.name)),
+            source_ip: None,
         })
         .await
         .unwrap(),
@@ -136,17 +137,29 @@ async fn three_members_agree_and_survive_restart() {
     let other = Pki::new();
     let stranger = raft::network::Network::new(Some(other.tls("m1")));
     let probe = raft::types::Batch::default();
-    assert!(stranger.forward(&nodes[&1], &probe).await.is_err());
+    assert!(stranger
+        .forward(&nodes[&1], &probe, Duration::from_secs(5))
+        .await
+        .is_err());
     let plain = raft::network::Network::new(None);
-    assert!(plain.forward(&nodes[&1], &probe).await.is_err());
+    assert!(plain
+        .forward(&nodes[&1], &probe, Duration::from_secs(5))
+        .await
+        .is_err());
     // and one with a certificate for the wrong name cannot pose as a member
     let misnamed = Member {
         name: "m9".into(),
         ..nodes[&1].clone()
     };
     let member_net = raft::network::Network::new(Some(pki.tls("m2")));
-    assert!(member_net.forward(&misnamed, &probe).await.is_err());
-    assert!(member_net.forward(&nodes[&1], &probe).await.is_ok());
+    assert!(member_net
+        .forward(&misnamed, &probe, Duration::from_secs(5))
+        .await
+        .is_err());
+    assert!(member_net
+        .forward(&nodes[&1], &probe, Duration::from_secs(5))
+        .await
+        .is_ok());
 
     // proposals from every member, concurrently, so followers forward and batches form
     let ledgers: Vec<_> = members.iter().map(|m| RaftLedger::new(m.clone())).collect();

@@ -53,6 +53,23 @@ pub struct ClusterSection {
     /// operator's `admin add-member` and `admin promote`.
     #[serde(default = "default_true")]
     pub auto_join: bool,
+    /// Address connections to other members leave from (a multi-homed host, or firewall
+    /// rules that know members by address); the system picks when unset.
+    #[serde(default)]
+    pub source_ip: Option<String>,
+    /// A snapshot of the state machine is taken after this many log entries.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, for members that lag a little.
+    #[serde(default = "default_snapshot_keep_logs")]
+    pub snapshot_keep_logs: u64,
+}
+
+fn default_snapshot_every() -> u64 {
+    10_000
+}
+fn default_snapshot_keep_logs() -> u64 {
+    1_000
 }
 
 fn default_true() -> bool {
@@ -93,6 +110,9 @@ pub struct Cluster {
     pub election_timeout: Duration,
     pub claim_lease: Duration,
     pub auto_join: bool,
+    pub source_ip: Option<std::net::IpAddr>,
+    pub snapshot_every: u64,
+    pub snapshot_keep_logs: u64,
 }
 
 pub(super) fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Cluster, ConfigError> {
@@ -169,6 +189,17 @@ pub(super) fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Clu
             "must be at least three heartbeats",
         ));
     }
+    let source_ip = c
+        .source_ip
+        .as_deref()
+        .map(|ip| {
+            ip.parse()
+                .map_err(|e| invalid("cluster.source_ip", format!("{ip:?}: {e}")))
+        })
+        .transpose()?;
+    if c.snapshot_every == 0 {
+        return Err(invalid("cluster.snapshot_every", "must be at least 1"));
+    }
     Ok(Cluster {
         id: c.id,
         name: c.name,
@@ -180,6 +211,9 @@ pub(super) fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Clu
         claim_lease: parse_duration(&c.claim_lease)
             .map_err(|e| invalid("cluster.claim_lease", e))?,
         auto_join: c.auto_join,
+        source_ip,
+        snapshot_every: c.snapshot_every,
+        snapshot_keep_logs: c.snapshot_keep_logs,
     })
 }
 
@@ -207,6 +241,14 @@ cluster:
         assert_eq!(cl.raft_listen.port(), 7002);
         assert_eq!(cl.name, "provisioner");
         assert_eq!(cl.claim_lease, Duration::from_secs(30));
+        assert_eq!((cl.source_ip, cl.snapshot_every), (None, 10_000));
+        let tuned = parse(&format!(
+            "{MINIMAL}{CLUSTER}  source_ip: 127.0.0.12\n  snapshot_every: 50\n"
+        ))
+        .unwrap();
+        let cl = tuned.cluster.as_ref().unwrap();
+        assert_eq!(cl.source_ip, "127.0.0.12".parse().ok());
+        assert_eq!(cl.snapshot_every, 50);
 
         let cases = [
             (CLUSTER.replace("data_dir: /var/lib/p\n", ""), "data_dir"),
@@ -223,6 +265,14 @@ cluster:
             (CLUSTER.replace("127.0.0.1:7002", "nowhere"), "raft_listen"),
             (format!("{CLUSTER}identity: other\n"), "identity"),
             (format!("{CLUSTER}  bogus: 1\n"), "bogus"),
+            (
+                format!("{CLUSTER}  source_ip: 127.0.0\n"),
+                "cluster.source_ip",
+            ),
+            (
+                format!("{CLUSTER}  snapshot_every: 0\n"),
+                "cluster.snapshot_every",
+            ),
         ];
         for (text, key) in cases {
             let err = match parse(&format!("{MINIMAL}{text}")) {
