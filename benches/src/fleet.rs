@@ -387,6 +387,9 @@ impl Fleet {
                 Report::FellBack { index } => self.event(index, "fell_back", None),
                 Report::Shutdown { index } => self.event(index, "shutdown", None),
                 Report::Upgraded { index, .. } => self.event(index, "upgraded", None),
+                Report::Delivered { index, serial } => {
+                    self.event(index, "delivered", Some(&serial))
+                }
                 Report::Arrived { .. }
                 | Report::FirstRequest { .. }
                 | Report::Configured { .. }
@@ -437,6 +440,9 @@ impl Fleet {
                             started_at.entry(index).or_insert(at);
                         }
                         Report::Arrived { .. } | Report::FirstRequest { .. } => {}
+                        Report::Delivered { index, serial } => {
+                            self.event(index, "delivered", Some(&serial));
+                        }
                         Report::Configured { index, at } => {
                             if self.faults[index].is_none() && !configured_at.contains_key(&index) {
                                 configured_at.insert(index, at);

@@ -86,6 +86,8 @@ pub enum Report {
         verified: bool,
         serial: Option<String>,
     },
+    /// `configure` delivered a credential that verified (certificate serial or JWT id).
+    Delivered { index: usize, serial: String },
     /// The server was configured again after it had been configured before.
     Reconfigured { index: usize },
     /// The server shut down on request.

@@ -4,7 +4,11 @@
 //! holding the provisioner and the waiting servers, a separate `choria` account, no anonymous
 //! access); [`init_ca`] and [`ProvisionerProcess`] run the `provisioner` binary; [`FleetProcess`]
 //! runs `fleet-sim`. Every process is killed when its handle is dropped, and logs to a file in
-//! the run's directory.
+//! the run's directory. [`checker`] holds a run's ledgers against what the fleet saw;
+//! [`netfault`] cuts the network between members.
+
+pub mod checker;
+pub mod netfault;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -139,6 +143,7 @@ pub struct Nats {
     pub url: String,
     pub creds: Credentials,
     _proc: Proc,
+    dir: PathBuf,
 }
 
 impl Nats {
@@ -146,6 +151,32 @@ impl Nats {
     pub fn pid(&self) -> u32 {
         self._proc.child.id()
     }
+
+    /// Kills the broker with SIGKILL; every connection drops at once.
+    pub fn kill(&mut self) {
+        let _ = self._proc.child.kill();
+        let _ = self._proc.child.wait();
+    }
+
+    /// Starts the (killed) broker again on the same port with the same configuration.
+    pub fn restart(&mut self) {
+        self._proc.child = spawn_nats(&self.dir);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "nats-server did not start again on port {}",
+            self.port
+        );
+    }
+}
+
+fn spawn_nats(dir: &Path) -> Child {
+    Command::new("nats-server")
+        .arg("-c")
+        .arg(dir.join("nats.conf"))
+        .stdout(log_file(dir, "nats.log"))
+        .stderr(log_file(dir, "nats.err"))
+        .spawn()
+        .expect("nats-server is not installed (apt-get install nats-server)")
 }
 
 /// The broker configuration: the provisioner and the waiting servers share the
@@ -191,13 +222,7 @@ impl Nats {
         let creds = Credentials::random();
         let conf = dir.join("nats.conf");
         std::fs::write(&conf, nats_config(port, &creds)).expect("write nats.conf");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(log_file(dir, "nats.log"))
-            .stderr(log_file(dir, "nats.err"))
-            .spawn()
-            .expect("nats-server is not installed (apt-get install nats-server)");
+        let child = spawn_nats(dir);
         let proc = Proc {
             child,
             name: "nats-server".into(),
@@ -211,6 +236,7 @@ impl Nats {
             url: format!("nats://127.0.0.1:{port}"),
             creds,
             _proc: proc,
+            dir: dir.to_path_buf(),
         }
     }
 }
@@ -268,6 +294,8 @@ pub struct ClusterOptions {
     pub auto_join: bool,
     /// More keys of the `admin` section (indented two spaces).
     pub admin_extra: String,
+    /// More keys of the `cluster` section (indented two spaces).
+    pub cluster_extra: String,
 }
 
 /// Runs `provisioner ARGS` (a `ca` command) and requires it to succeed.
@@ -425,12 +453,13 @@ cluster:
   id: {}
 {tls}  claim_lease: {}
   auto_join: {}
-  members:
+{}  members:
 ",
             data_dir.display(),
             self.id,
             self.claim_lease,
-            self.auto_join
+            self.auto_join,
+            self.cluster_extra
         );
         for m in &self.members {
             out.push_str(&format!(
@@ -831,6 +860,7 @@ pub fn start_members(
                     admin_ca: admin.as_ref().map(|a| a.0.clone()),
                     auto_join: true,
                     admin_extra: admin.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
+                    cluster_extra: String::new(),
                 }),
                 ..base.clone()
             };

@@ -76,6 +76,7 @@ fn start_member(
                 admin_ca: Some(admin_ca.to_path_buf()),
                 auto_join,
                 admin_extra,
+                cluster_extra: String::new(),
             }),
             ..Default::default()
         },

@@ -41,6 +41,7 @@ fn start_member(
                 admin_ca: None,
                 auto_join: true,
                 admin_extra: String::new(),
+                cluster_extra: String::new(),
             }),
             ..Default::default()
         },

@@ -139,6 +139,7 @@ impl SimServer {
             }
         }
         let lines = settings.len() + 1;
+        let delivered_serial = serial.clone();
         let again = {
             let Ok(mut st) = self.state.lock() else {
                 return refuse("state poisoned".into());
@@ -164,6 +165,12 @@ impl SimServer {
             st.configure_count > 1
         };
         self.counters.configures.fetch_add(1, Ordering::Relaxed);
+        if let Some(serial) = delivered_serial {
+            let _ = self.reports.send(Report::Delivered {
+                index: self.spec.index,
+                serial,
+            });
+        }
         if again {
             let _ = self.reports.send(Report::Reconfigured {
                 index: self.spec.index,
