@@ -68,6 +68,25 @@ pub struct FleetConfig {
     /// Arrivals begin once this file exists (the harness writes it when the provisioners
     /// are ready), so no server arrives before anyone listens.
     pub arrive_after: Option<std::path::PathBuf>,
+    /// The broker's CA: provisioning JWTs say `chs: true`, and servers whose JWT says so
+    /// connect over TLS checked against it.
+    pub nats_ca: Option<std::path::PathBuf>,
+}
+
+/// The `chs` claim of a provisioning JWT: whether the server provisions over TLS. Read as a
+/// server reads its own token, without checking the signature.
+pub fn jwt_secure(jwt: &str) -> bool {
+    use base64::Engine;
+    jwt.split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c["chs"].as_bool())
+        .unwrap_or(false)
 }
 
 impl FleetConfig {
@@ -107,6 +126,7 @@ impl Default for FleetConfig {
             upgradable: 0.0,
             upgrade_repository: None,
             arrival_rate: None,
+            nats_ca: None,
             arrive_after: None,
         }
     }
@@ -215,7 +235,10 @@ impl Fleet {
     /// Connects and starts every server; returns once all are subscribed and announced.
     pub async fn start(cfg: &FleetConfig, signer: &JwtSigner) -> Result<Fleet, String> {
         let keys = KeySource::new(cfg.key_type, cfg.key_pool)?;
-        let good_jwt = signer.provisioning_jwt(&cfg.token, &cfg.nats_url, cfg.protocol_v2)?;
+        let secure = cfg.nats_ca.is_some();
+        let good_jwt =
+            signer.provisioning_jwt(&cfg.token, &cfg.nats_url, cfg.protocol_v2, secure)?;
+        let tls_ca = cfg.nats_ca.clone().filter(|_| jwt_secure(&good_jwt));
         let faults: Vec<Option<Fault>> = (0..cfg.servers)
             .map(|i| cfg.faults.assign(i, cfg.servers))
             .collect();
@@ -224,6 +247,7 @@ impl Fleet {
                 &cfg.token,
                 &cfg.nats_url,
                 cfg.protocol_v2,
+                secure,
             )?)
         } else {
             None
@@ -236,6 +260,7 @@ impl Fleet {
                 url: cfg.nats_url.clone(),
                 user: user.clone(),
                 password: password.clone(),
+                tls_ca: cfg.nats_ca.clone(),
             })
         });
         let counters = Arc::new(Counters::default());
@@ -274,11 +299,14 @@ impl Fleet {
 
         let connected: Vec<Result<(ServerSpec, async_nats::Client), String>> =
             futures::stream::iter(specs.into_iter().map(|spec| {
-                let opts = async_nats::ConnectOptions::with_user_and_password(
+                let mut opts = async_nats::ConnectOptions::with_user_and_password(
                     cfg.user.clone(),
                     cfg.password.clone(),
                 )
                 .name(spec.identity.clone());
+                if let Some(ca) = &tls_ca {
+                    opts = opts.require_tls(true).add_root_certificates(ca.clone());
+                }
                 let url = cfg.nats_url.clone();
                 async move {
                     let nats = opts

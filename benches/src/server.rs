@@ -139,6 +139,8 @@ pub struct Production {
     pub url: String,
     pub user: String,
     pub password: String,
+    /// The broker's CA when it runs TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -743,14 +745,15 @@ impl SimServer {
     async fn connect_for(&self, collective: &str) -> Result<async_nats::Client, String> {
         match &self.spec.production {
             Some(p) if collective != subject::PROVISIONING_COLLECTIVE => {
-                async_nats::ConnectOptions::with_user_and_password(
+                let mut opts = async_nats::ConnectOptions::with_user_and_password(
                     p.user.clone(),
                     p.password.clone(),
                 )
-                .name(format!("{} (production)", self.spec.identity))
-                .connect(p.url.clone())
-                .await
-                .map_err(|e| e.to_string())
+                .name(format!("{} (production)", self.spec.identity));
+                if let Some(ca) = &p.tls_ca {
+                    opts = opts.require_tls(true).add_root_certificates(ca.clone());
+                }
+                opts.connect(p.url.clone()).await.map_err(|e| e.to_string())
             }
             _ => Ok(self.nats.clone()),
         }

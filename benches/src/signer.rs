@@ -64,15 +64,22 @@ impl JwtSigner {
     }
 
     /// A provisioning token as `choria jwt prov` makes them; `v2` is its `--protocol-v2`
-    /// (servers built with it speak protocol v2 while provisioning).
-    pub fn provisioning_jwt(&self, token: &str, urls: &str, v2: bool) -> Result<String, String> {
+    /// (servers built with it speak protocol v2 while provisioning), `secure` its `chs`
+    /// (provisioning over TLS).
+    pub fn provisioning_jwt(
+        &self,
+        token: &str,
+        urls: &str,
+        v2: bool,
+        secure: bool,
+    ) -> Result<String, String> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let mut claims = json!({
             "cht": token,
-            "chs": false,
+            "chs": secure,
             "chu": urls,
             "chpd": true,
             "extensions": null,

@@ -216,12 +216,112 @@ accounts {{
     )
 }
 
+/// The broker's TLS material: a CA and a certificate for 127.0.0.1 and localhost.
+pub struct BrokerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a broker CA and server certificate with openssl in `dir/broker-tls`.
+pub fn broker_pki(dir: &Path) -> BrokerTls {
+    let d = dir.join("broker-tls");
+    std::fs::create_dir_all(&d).expect("mkdir broker-tls");
+    let f = |n: &str| d.join(n).display().to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is not installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &f("ca.key"),
+        "-out",
+        &f("ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Broker CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &f("broker.key"),
+        "-out",
+        &f("broker.csr"),
+        "-subj",
+        "/CN=broker",
+    ]);
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write san.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &f("broker.csr"),
+        "-CA",
+        &f("ca.pem"),
+        "-CAkey",
+        &f("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &f("broker.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &f("san.ext"),
+    ]);
+    BrokerTls {
+        ca: d.join("ca.pem"),
+        cert: d.join("broker.pem"),
+        key: d.join("broker.key"),
+    }
+}
+
 impl Nats {
     pub fn start(dir: &Path) -> Nats {
+        Nats::start_with(dir, None)
+    }
+
+    /// A broker that accepts TLS connections only, with `tls`'s certificate.
+    pub fn start_tls(dir: &Path, tls: &BrokerTls) -> Nats {
+        Nats::start_with(dir, Some(tls))
+    }
+
+    fn start_with(dir: &Path, tls: Option<&BrokerTls>) -> Nats {
         let port = free_port();
         let creds = Credentials::random();
         let conf = dir.join("nats.conf");
-        std::fs::write(&conf, nats_config(port, &creds)).expect("write nats.conf");
+        let mut text = nats_config(port, &creds);
+        if let Some(t) = tls {
+            text += &format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 5\n}}\n",
+                t.cert.display(),
+                t.key.display()
+            );
+        }
+        std::fs::write(&conf, text).expect("write nats.conf");
         let child = spawn_nats(dir);
         let proc = Proc {
             child,
@@ -498,6 +598,8 @@ pub struct ProvisionerOptions {
     pub ed25519_issuer: Option<PathBuf>,
     /// Turns on `features.upgrades`.
     pub upgrades: bool,
+    /// The broker's CA: the provisioner connects over TLS (`nats.tls.ca`).
+    pub nats_tls_ca: Option<PathBuf>,
 }
 
 impl Default for ProvisionerOptions {
@@ -519,6 +621,7 @@ impl Default for ProvisionerOptions {
             extra_yaml: String::new(),
             ed25519_issuer: None,
             upgrades: false,
+            nats_tls_ca: None,
         }
     }
 }
@@ -575,7 +678,7 @@ max_attempts: {max_attempts}
 {features}
 nats:
   servers: ["{url}"]
-ca:
+{nats_tls}ca:
   cert: {ca_cert}
   key: {ca_key}
   validity: 30d
@@ -591,6 +694,11 @@ ca:
                 retry_min = opts.retry_backoff_min,
                 max_attempts = opts.max_attempts,
                 url = nats.url,
+                nats_tls = opts
+                    .nats_tls_ca
+                    .as_ref()
+                    .map(|ca| format!("  tls:\n    ca: {}\n", ca.display()))
+                    .unwrap_or_default(),
                 ca_cert = ca.0.display(),
                 ca_key = ca.1.display(),
                 features = match &opts.ed25519_issuer {

@@ -73,6 +73,48 @@ pub struct NatsSection {
     /// Upstream logs in as `provisioner`.
     #[serde(default = "default_nats_user")]
     pub user: String,
+    /// TLS to the broker, as production brokers run it; required then.
+    #[serde(default)]
+    pub tls: Option<NatsTls>,
+}
+
+/// TLS to a NATS broker: the CA its certificate is checked against, and optionally a client
+/// certificate when the broker asks for one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTls {
+    pub ca: PathBuf,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl NatsTls {
+    /// Refuses a half-given client certificate, and files that cannot be read.
+    pub(crate) fn check(&self, key: &'static str) -> Result<(), ConfigError> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(invalid(key, "cert and key go together"));
+        }
+        for f in [Some(&self.ca), self.cert.as_ref(), self.key.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::metadata(f).map_err(|e| invalid(key, format!("{}: {e}", f.display())))?;
+        }
+        Ok(())
+    }
+
+    /// `opts` with TLS required and these certificates.
+    pub fn apply(&self, opts: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        let opts = opts
+            .require_tls(true)
+            .add_root_certificates(self.ca.clone());
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => opts.add_client_certificate(c.clone(), k.clone()),
+            _ => opts,
+        }
+    }
 }
 
 fn default_nats_user() -> String {
@@ -369,6 +411,9 @@ impl Config {
         if nats.servers.is_empty() {
             return Err(invalid("nats.servers", "needs at least one broker URL"));
         }
+        if let Some(tls) = &nats.tls {
+            tls.check("nats.tls")?;
+        }
         if raw.broker_provisioning_password.is_empty() {
             return Err(invalid(
                 "broker_provisioning_password",
@@ -603,6 +648,35 @@ nats:
 
     pub(super) fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn nats_tls_needs_readable_files_and_a_whole_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let with = |tls: &str| {
+            parse(&MINIMAL.replace(
+                "  servers: [nats://127.0.0.1:4222]\n",
+                &format!("  servers: [tls://127.0.0.1:4222]\n  tls: {tls}\n"),
+            ))
+        };
+        let ok = with(&format!("{{ca: {}}}", ca.display())).unwrap();
+        assert_eq!(ok.nats.tls.map(|t| t.ca), Some(ca.clone()));
+        for (tls, why) in [
+            (
+                "{ca: /nonexistent/ca.pem}".to_string(),
+                "/nonexistent/ca.pem",
+            ),
+            (
+                format!("{{ca: {}, cert: {}}}", ca.display(), ca.display()),
+                "go together",
+            ),
+            (format!("{{ca: {}, bogus: 1}}", ca.display()), "bogus"),
+        ] {
+            let err = with(&tls).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(why), "{tls}: {err}");
+        }
     }
 
     #[test]

@@ -132,18 +132,41 @@ impl Provisioner {
                 (None, None) => (Arc::new(LocalLedger::new()), None),
             };
 
-        let nats = async_nats::ConnectOptions::with_user_and_password(
-            config.nats.user.clone(),
-            config.broker_provisioning_password.clone(),
-        )
-        .name(format!("provisioner {}", config.identity))
-        .retry_on_initial_connect()
-        .connect(config.nats.servers.clone())
-        .await
-        .map_err(|e| ServiceError::Connect {
-            servers: config.nats.servers.clone(),
-            reason: e.to_string(),
-        })?;
+        let make_opts = {
+            let config = config.clone();
+            move || {
+                let opts = async_nats::ConnectOptions::with_user_and_password(
+                    config.nats.user.clone(),
+                    config.broker_provisioning_password.clone(),
+                )
+                .name(format!("provisioner {}", config.identity));
+                match &config.nats.tls {
+                    Some(tls) => tls.apply(opts),
+                    None => opts,
+                }
+            }
+        };
+        // the client retries on its own but only says "IO error"; one plain attempt first
+        // says why the broker cannot be used (refused, TLS, credentials)
+        tokio::spawn(probe_broker(make_opts(), config.nats.servers.clone()));
+        let nats = make_opts()
+            .retry_on_initial_connect()
+            .event_callback(|e| async move {
+                match e {
+                    async_nats::Event::Disconnected => tracing::warn!("broker connection lost"),
+                    async_nats::Event::Connected => tracing::info!("broker connected"),
+                    async_nats::Event::ClientError(e) => {
+                        tracing::warn!(error = %e, "broker connection failed")
+                    }
+                    other => tracing::info!(event = %other, "broker"),
+                }
+            })
+            .connect(config.nats.servers.clone())
+            .await
+            .map_err(|e| ServiceError::Connect {
+                servers: config.nats.servers.clone(),
+                reason: e.to_string(),
+            })?;
 
         // a cluster's members all speak as the cluster, so a server's provisioning lock is not
         // tied to one member
@@ -247,18 +270,21 @@ impl Provisioner {
             let reprovision_nats = if r.servers.is_empty() {
                 nats.clone()
             } else {
-                async_nats::ConnectOptions::with_user_and_password(
+                let mut opts = async_nats::ConnectOptions::with_user_and_password(
                     r.user.clone(),
                     r.password.clone(),
                 )
                 .name(format!("provisioner {} (reprovision)", config.identity))
-                .retry_on_initial_connect()
-                .connect(r.servers.clone())
-                .await
-                .map_err(|e| ServiceError::Connect {
-                    servers: r.servers.clone(),
-                    reason: e.to_string(),
-                })?
+                .retry_on_initial_connect();
+                if let Some(tls) = &r.tls {
+                    opts = tls.apply(opts);
+                }
+                opts.connect(r.servers.clone())
+                    .await
+                    .map_err(|e| ServiceError::Connect {
+                        servers: r.servers.clone(),
+                        reason: e.to_string(),
+                    })?
             };
             let reprovision = RpcClient::start(
                 reprovision_nats,
@@ -417,6 +443,18 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
         member.join_in_background(peers);
     }
     Ok(member)
+}
+
+/// One connection attempt without retries, to log why the broker cannot be reached.
+async fn probe_broker(opts: async_nats::ConnectOptions, servers: Vec<String>) {
+    match opts.connect(servers.clone()).await {
+        Ok(c) => drop(c),
+        Err(e) => tracing::error!(
+            ?servers,
+            error = %e,
+            "cannot connect to the broker; retrying in the background"
+        ),
+    }
 }
 
 /// Once a second: heartbeat (clustered), refresh the live members and every gauge; a change of

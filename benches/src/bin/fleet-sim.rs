@@ -76,6 +76,10 @@ struct Args {
     /// Servers accept only this CA certificate (PEM file) in configure
     #[arg(long)]
     expect_ca: Option<PathBuf>,
+    /// The broker's CA (PEM file): provisioning JWTs say `chs: true` and servers connect
+    /// over TLS checked against it
+    #[arg(long)]
+    nats_ca: Option<PathBuf>,
     /// Write this file once every server is connected and waiting
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -202,6 +206,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         },
         stay: args.stay,
         events: args.events.clone(),
+        nats_ca: args.nats_ca.clone(),
         expect_issuer: match &args.expect_issuer {
             Some(h) => Some(
                 hex::decode(h)

@@ -33,6 +33,9 @@ pub struct ReprovisionSection {
     pub user: String,
     #[serde(default)]
     pub password: String,
+    /// TLS to those brokers.
+    #[serde(default)]
+    pub tls: Option<super::NatsTls>,
 }
 
 impl Default for ReprovisionSection {
@@ -42,6 +45,7 @@ impl Default for ReprovisionSection {
             servers: Vec::new(),
             user: String::new(),
             password: String::new(),
+            tls: None,
         }
     }
 }
@@ -102,6 +106,15 @@ pub(super) fn check_admin(
             "admin.reprovision.servers",
             "is required when admin.reprovision.user is set",
         ));
+    }
+    if let Some(tls) = &a.reprovision.tls {
+        if a.reprovision.servers.is_empty() {
+            return Err(invalid(
+                "admin.reprovision.tls",
+                "needs admin.reprovision.servers (the provisioning connection has nats.tls)",
+            ));
+        }
+        tls.check("admin.reprovision.tls")?;
     }
     Ok(Admin {
         listen,
