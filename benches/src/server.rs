@@ -470,7 +470,10 @@ impl SimServer {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        if !self.spec.token.is_empty() && token != self.spec.token {
+        // in constant time, as a real agent should: the time taken says nothing of the token
+        let matches: bool =
+            subtle::ConstantTimeEq::ct_eq(token.as_bytes(), self.spec.token.as_bytes()).into();
+        if !self.spec.token.is_empty() && !matches {
             self.counters.bad_tokens.fetch_add(1, Ordering::Relaxed);
             return RpcReply::error(
                 action,

@@ -62,7 +62,8 @@ fn start(setup: Setup) -> Site {
         &FleetOptions {
             servers: setup.servers,
             token: "t0ken".into(),
-            timeout_secs: 600,
+            // from the first arrival: the whole arrival span plus time to finish
+            timeout_secs: (setup.servers as f64 / setup.arrival_rate) as u64 + 300,
             extra: vec![
                 "--events".into(),
                 events.display().to_string(),

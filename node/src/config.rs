@@ -651,6 +651,15 @@ nats:
     }
 
     #[test]
+    fn deeply_nested_yaml_is_an_error_not_a_crash() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let text = format!("{MINIMAL}cert_deny_list: {deep}\n");
+        assert!(parse(&text).is_err());
+        let mapping = "{a: ".repeat(50_000) + "1" + &"}".repeat(50_000);
+        assert!(parse(&format!("{MINIMAL}builtin_helper: {mapping}\n")).is_err());
+    }
+
+    #[test]
     fn nats_tls_needs_readable_files_and_a_whole_client_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");

@@ -126,11 +126,14 @@ impl ExternalHelper {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
+            // its own process group, so a timeout also ends what it started
+            .process_group(0)
             .spawn()
             .map_err(|e| HelperError::Start {
                 program: program.clone(),
                 reason: e.to_string(),
             })?;
+        let mut group = GroupKill(child.id().and_then(|p| i32::try_from(p).ok()));
 
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -159,11 +162,20 @@ impl ExternalHelper {
                 Ok::<_, HelperError>(buf)
             };
             let read_err = async {
-                let mut buf = Vec::new();
-                if let Some(err) = stderr {
-                    let _ = err.take(64 * 1024).read_to_end(&mut buf).await;
+                // keep the start, drain the rest: a helper blocked on a full stderr pipe
+                // would otherwise only end at the timeout
+                let mut kept = Vec::new();
+                if let Some(mut err) = stderr {
+                    let mut chunk = vec![0u8; 8192];
+                    while let Ok(n) = err.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let room = (64 * 1024usize).saturating_sub(kept.len()).min(n);
+                        kept.extend_from_slice(&chunk[..room]);
+                    }
                 }
-                buf
+                kept
             };
             let ((), out, err) = tokio::join!(feed, read_out, read_err);
             let out = out?;
@@ -186,10 +198,31 @@ impl ExternalHelper {
             }
             Ok(out)
         };
-        // on timeout the child is dropped and killed (kill_on_drop)
-        tokio::time::timeout(self.timeout, work)
+        // on timeout the child is dropped and killed (kill_on_drop), its group with it
+        let result = tokio::time::timeout(self.timeout, work)
             .await
-            .map_err(|_| HelperError::Timeout(self.timeout))?
+            .map_err(|_| HelperError::Timeout(self.timeout))?;
+        if result.is_ok() {
+            // it exited by itself; its group id may be reused from now on
+            group.0 = None;
+        }
+        result
+    }
+}
+
+/// Kills a helper's process group when dropped: a helper that hangs in a child of its own
+/// (a shell script waiting on a command) leaves nothing running after its timeout.
+struct GroupKill(Option<i32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.filter(|p| *p > 1) {
+            // SAFETY: killpg takes plain integers and touches no memory; a group that is gone
+            // already gives ESRCH, which is fine
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
     }
 }
 
@@ -271,6 +304,17 @@ mod tests {
             ("nonstring", r#"echo '{"configuration":{"a":1}}'"#, |e| {
                 matches!(e, HelperError::Decode(_))
             }),
+            (
+                "megabytes",
+                "head -c 8000000 /dev/zero | tr '\\0' 'a'",
+                |e| matches!(e, HelperError::TooLarge(_)),
+            ),
+            // a flood on stderr is drained, so the exit is seen, not a timeout
+            (
+                "stderr_flood",
+                "head -c 8000000 /dev/zero | tr '\\0' 'e' >&2; exit 4",
+                |e| matches!(e, HelperError::Exit { stderr, .. } if stderr.len() <= STDERR_EXCERPT),
+            ),
         ];
         for (name, body, check) in cases {
             let p = script(d.path(), name, body);
@@ -287,6 +331,46 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(missing, HelperError::Start { .. }));
+    }
+
+    #[test]
+    fn deeply_nested_output_is_a_decode_error() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        let in_field = format!(r#"{{"configuration":{{}},"server_claims":{deep}}}"#);
+        for out in [deep.as_str(), in_field.as_str()] {
+            assert!(matches!(
+                parse_response(out.as_bytes()),
+                Err(HelperError::Decode(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_helper_leaves_no_children_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("child.pid");
+        let p = script(
+            d.path(),
+            "forks",
+            &format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+        );
+        let err = helper(p, 500, 1024).decide(&request()).await.unwrap_err();
+        assert!(matches!(err, HelperError::Timeout(_)), "{err}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pid.trim()));
+        // killed at once; the poll only waits for the kernel to reap it
+        let mut gone = false;
+        for _ in 0..50 {
+            let zombie_or_gone = std::fs::read_to_string(proc_dir.join("stat"))
+                .map(|st| st.split(' ').nth(2) == Some("Z"))
+                .unwrap_or(true);
+            if zombie_or_gone {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "the helper's child {} is still running", pid.trim());
     }
 
     #[test]
