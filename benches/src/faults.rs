@@ -15,6 +15,10 @@ pub enum Fault {
     BadCsr,
     /// Holds a provisioning JWT signed by a key the provisioner does not trust.
     BadJwt,
+    /// Answers every RPC request as another server would (another `senderid`).
+    WrongSender,
+    /// Sends its previous reply (an old request id) before each real one: a replay.
+    Replay,
 }
 
 /// Shares of the fleet (0.0 to 1.0) given each fault.
@@ -24,11 +28,14 @@ pub struct FaultShares {
     pub garbage: f64,
     pub bad_csr: f64,
     pub bad_jwt: f64,
+    pub wrong_sender: f64,
+    pub replay: f64,
 }
 
 impl FaultShares {
     /// The fault of server `index` of `total`: the first servers get faults, in the order
-    /// timeout, garbage, bad CSR, bad JWT, each for its share of the fleet.
+    /// timeout, garbage, bad CSR, bad JWT, wrong sender, replay, each for its share of the
+    /// fleet.
     pub fn assign(&self, index: usize, total: usize) -> Option<Fault> {
         let mut start = 0usize;
         for (share, fault) in [
@@ -36,6 +43,8 @@ impl FaultShares {
             (self.garbage, Fault::Garbage),
             (self.bad_csr, Fault::BadCsr),
             (self.bad_jwt, Fault::BadJwt),
+            (self.wrong_sender, Fault::WrongSender),
+            (self.replay, Fault::Replay),
         ] {
             let n = (share.clamp(0.0, 1.0) * total as f64).round() as usize;
             if index >= start && index < start + n {

@@ -168,6 +168,8 @@ struct State {
     policies: BTreeMap<String, String>,
     /// The Choria version running now (changed by `release_update`).
     version: String,
+    /// The last reply sent (a `Replay` server sends it again)
+    last_reply: Option<Vec<u8>>,
 }
 
 pub struct SimServer {
@@ -366,8 +368,22 @@ impl SimServer {
                 }
             }
         };
-        let reply = v1::Reply::new(env, &self.spec.identity, &body);
+        let sender = match self.spec.fault {
+            Some(Fault::WrongSender) if env.agent != "discovery" => "impostor.example.net",
+            _ => self.spec.identity.as_str(),
+        };
+        let reply = v1::Reply::new(env, sender, &body);
         if let Ok(bytes) = wire::encode_reply(self.spec.protocol, &reply) {
+            if self.spec.fault == Some(Fault::Replay) && env.agent != "discovery" {
+                let previous = self
+                    .state
+                    .lock()
+                    .ok()
+                    .and_then(|mut st| st.last_reply.replace(bytes.clone()));
+                if let Some(old) = previous {
+                    let _ = self.conn().publish(reply_to.clone(), old.into()).await;
+                }
+            }
             let _ = self.conn().publish(reply_to, bytes.into()).await;
         }
     }

@@ -409,6 +409,95 @@ fn misbehaving_servers_and_helpers_do_not_affect_the_rest() {
     );
 }
 
+#[test]
+fn replies_from_another_identity_and_replayed_replies_are_dropped_and_counted() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, prov, _nats) = run_fleet(
+        dir.path(),
+        FleetOptions {
+            servers: 30,
+            timeout_secs: 90,
+            extra: ["--fail-wrong-sender", "0.1", "--fail-replay", "0.1"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            rpc_timeout: "2s".into(),
+            max_attempts: 2,
+            retry_backoff_min: "1s".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(n(&summary, "healthy"), 24, "{summary}");
+    assert_eq!(n(&summary, "provisioned"), 24, "{summary}");
+    assert_eq!(n(&summary, "verified"), 24, "{summary}");
+    assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
+    // the impostors' requests time out (twice each) after the healthy servers are done
+    let sender = |m: &str| {
+        metric_sum(
+            m,
+            "choria_provisioner_bad_messages",
+            "kind=\"reply_sender\"",
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = prov.metrics();
+        if sender(&m) >= 6.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(sender(&m) >= 6.0, "{m}");
+    // every replay after a replaying server's first request names an old request
+    assert!(
+        metric_sum(
+            &m,
+            "choria_provisioner_bad_messages",
+            "kind=\"reply_subject\""
+        ) >= 9.0,
+        "{m}"
+    );
+    // the replaying servers were enrolled from their real replies; the impostors never were
+    assert_eq!(enrolled(&m), 27.0, "{m}");
+}
+
+#[test]
+fn a_wrong_token_is_refused_by_the_servers_and_nothing_is_provisioned() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, prov, _nats) = run_fleet(
+        dir.path(),
+        FleetOptions {
+            servers: 5,
+            token: "the-right-token".into(),
+            timeout_secs: 20,
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            token: "a-wrong-token".into(),
+            rpc_timeout: "2s".into(),
+            max_attempts: 1,
+            ..Default::default()
+        },
+    );
+    assert_eq!(n(&summary, "provisioned"), 0, "{summary}");
+    assert!(n(&summary, "bad_tokens") >= 5, "{summary}");
+    let m = prov.metrics();
+    assert!(
+        metric_sum(&m, "choria_provisioner_provision_errors", "site=\"test\"") >= 5.0,
+        "{m}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("prov1.example.net.log")).unwrap_or_default();
+    assert!(
+        log.contains("Incorrect provision token"),
+        "the reason is not logged"
+    );
+}
+
 fn md5_of(s: &str) -> String {
     // the reply subject hash, computed the long way so the test shares no code with proto
     let out = Command::new("md5sum")

@@ -63,6 +63,12 @@ struct Args {
     /// Share of servers whose provisioning JWT is signed by an untrusted key
     #[arg(long, default_value_t = 0.0)]
     fail_bad_jwt: f64,
+    /// Share of servers that answer RPCs under another server's identity
+    #[arg(long, default_value_t = 0.0)]
+    fail_wrong_sender: f64,
+    /// Share of servers that send their previous reply again before each real one
+    #[arg(long, default_value_t = 0.0)]
+    fail_replay: f64,
     #[arg(long, default_value = "sim")]
     prefix: String,
     #[arg(long, default_value = "example.net")]
@@ -195,6 +201,8 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             garbage: args.fail_garbage,
             bad_csr: args.fail_bad_csr,
             bad_jwt: args.fail_bad_jwt,
+            wrong_sender: args.fail_wrong_sender,
+            replay: args.fail_replay,
         },
         prefix: args.prefix.clone(),
         domain: args.domain.clone(),
