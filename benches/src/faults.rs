@@ -67,12 +67,16 @@ mod tests {
             garbage: 0.1,
             bad_csr: 0.0,
             bad_jwt: 0.2,
+            wrong_sender: 0.1,
+            replay: 0.1,
         };
         let faults: Vec<_> = (0..10).map(|i| s.assign(i, 10)).collect();
+        assert_eq!(faults[4], Some(Fault::WrongSender));
+        assert_eq!(faults[5], Some(Fault::Replay));
         assert_eq!(faults[0], Some(Fault::Timeout));
         assert_eq!(faults[1], Some(Fault::Garbage));
         assert_eq!(faults[2], Some(Fault::BadJwt));
         assert_eq!(faults[3], Some(Fault::BadJwt));
-        assert_eq!(faults[4], None);
+        assert_eq!(faults[6], None);
     }
 }
