@@ -19,10 +19,14 @@ impl proto::v2::Signer for Unsigned {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: fuzz_seeds DIR")?);
+    // seeds already in the corpus stay as they are (they carry fresh ids and times)
     let write = |target: &str, name: &str, bytes: &[u8]| -> std::io::Result<()> {
         let d = dir.join(target);
         std::fs::create_dir_all(&d)?;
-        std::fs::write(d.join(name), bytes)
+        match d.join(name) {
+            p if p.exists() => Ok(()),
+            p => std::fs::write(p, bytes),
+        }
     };
     let body = RpcRequest::new(
         "choria_provision",
