@@ -128,4 +128,45 @@ mod tests {
         }
         assert!(super::verify_caller("a.b.c", "choria=x", b"{}", &[0u8; 64], &org).is_err());
     }
+
+    /// A well-formed caller JWT with a request signed by another key, a changed request, or
+    /// another caller: each refused; the genuine one accepted.
+    #[test]
+    fn a_v2_request_signed_by_another_key_is_refused() {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        use ed25519_dalek::{Signer, SigningKey};
+        let org = SigningKey::from_bytes(&[7u8; 32]);
+        let caller = SigningKey::from_bytes(&[9u8; 32]);
+        let other = SigningKey::from_bytes(&[11u8; 32]);
+        let now = super::unix_now();
+        let claims = serde_json::json!({
+            "purpose": "choria_client_id",
+            "callerid": "choria=prov",
+            "permissions": {"fleet_management": true},
+            "public_key": hex::encode(caller.verifying_key().to_bytes()),
+            "iss": "I-org",
+            "iat": now,
+            "exp": now + 3600,
+        });
+        let der = org.to_pkcs8_der().unwrap();
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+        )
+        .unwrap();
+        let org_pk = org.verifying_key().to_bytes();
+        let body = br#"{"a":1}"#;
+        let good = caller.sign(body).to_bytes();
+        let forged = other.sign(body).to_bytes();
+        assert!(super::verify_caller(&jwt, "choria=prov", body, &good, &org_pk).is_ok());
+        assert!(super::verify_caller(&jwt, "choria=prov", body, &forged, &org_pk).is_err());
+        assert!(super::verify_caller(&jwt, "choria=prov", br#"{"a":2}"#, &good, &org_pk).is_err());
+        assert!(super::verify_caller(&jwt, "choria=other", body, &good, &org_pk).is_err());
+        // and a caller JWT signed by another organization
+        let stranger = SigningKey::from_bytes(&[13u8; 32])
+            .verifying_key()
+            .to_bytes();
+        assert!(super::verify_caller(&jwt, "choria=prov", body, &good, &stranger).is_err());
+    }
 }

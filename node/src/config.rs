@@ -629,7 +629,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "" => return Err(format!("{s:?} needs a unit (ms, s, m, h, d, w, y)")),
             u => return Err(format!("{s:?}: unknown unit {u:?}")),
         };
-        total += Duration::from_secs_f64(secs);
+        // the fuzzer found that an overlong number panicked here
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| format!("{s:?} is too long a duration"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -769,7 +773,13 @@ nats:
             Duration::from_secs(365 * 86400)
         );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        for bad in ["", "10", "s", "1x", "-1s", "1.2.3s"] {
+        // the last two from the config fuzz target: each panicked before
+        let overlong = format!("{}w", "8".repeat(37));
+        let endless = format!("{}s", "9".repeat(400));
+        let summed = "18446744073709549568s".repeat(2);
+        for bad in [
+            "", "10", "s", "1x", "-1s", "1.2.3s", &overlong, &endless, &summed,
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
