@@ -34,6 +34,18 @@ struct Setup {
     snapshot_every: Option<u64>,
 }
 
+impl Setup {
+    /// The common scenario: 1,500 servers arriving at 60/s at 3 members.
+    fn burst() -> Setup {
+        Setup {
+            servers: 1500,
+            arrival_rate: 60.0,
+            members: 3,
+            ..Default::default()
+        }
+    }
+}
+
 /// A broker, CA, fleet and cluster under test, with an operator to ask the members.
 struct Site {
     /// Kept (not deleted) when the test fails, for its logs.
@@ -225,6 +237,17 @@ impl Site {
         eprintln!("{} servers configured", self.configured());
     }
 
+    /// kill -9 of every member, then all started again 2 s later.
+    fn restart_all(&mut self) {
+        for i in 0..self.specs.len() {
+            self.kill(i);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        for i in 0..self.specs.len() {
+            self.restart(i);
+        }
+    }
+
     fn kill(&mut self, i: usize) {
         eprintln!("kill -9 {}", self.specs[i].name);
         self.members[i].kill();
@@ -328,11 +351,8 @@ fn repeated_kills_of_leader_and_followers_lose_and_repeat_nothing() {
 fn an_isolated_leader_is_replaced_and_healing_loses_nothing() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut site = start(Setup {
-        servers: 1500,
-        arrival_rate: 60.0,
-        members: 3,
         partitions: true,
-        ..Default::default()
+        ..Setup::burst()
     });
     site.wait_configured(300);
     let old = site.leader();
@@ -368,32 +388,16 @@ fn an_isolated_leader_is_replaced_and_healing_loses_nothing() {
 #[test]
 fn the_whole_cluster_stopped_and_started_carries_on() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut site = start(Setup {
-        servers: 1500,
-        arrival_rate: 60.0,
-        members: 3,
-        ..Default::default()
-    });
+    let mut site = start(Setup::burst());
     site.wait_configured(500);
-    for i in 0..site.specs.len() {
-        site.kill(i);
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    for i in 0..site.specs.len() {
-        site.restart(i);
-    }
+    site.restart_all();
     site.finish_and_check();
 }
 
 #[test]
 fn a_broker_outage_mid_run_is_survived() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut site = start(Setup {
-        servers: 1500,
-        arrival_rate: 60.0,
-        members: 3,
-        ..Default::default()
-    });
+    let mut site = start(Setup::burst());
     site.wait_configured(500);
     eprintln!("kill -9 nats-server");
     site.nats.kill();
@@ -407,11 +411,8 @@ fn a_broker_outage_mid_run_is_survived() {
 fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut site = start(Setup {
-        servers: 1500,
-        arrival_rate: 60.0,
-        members: 3,
         snapshot_every: Some(40),
-        ..Default::default()
+        ..Setup::burst()
     });
     site.wait_configured(300);
     let l = site.leader();
@@ -522,13 +523,7 @@ fn soak_random_faults() {
             }
             _ => {
                 eprintln!("fault {n}: whole cluster restart");
-                for i in 0..site.specs.len() {
-                    site.kill(i);
-                }
-                std::thread::sleep(Duration::from_secs(2));
-                for i in 0..site.specs.len() {
-                    site.restart(i);
-                }
+                site.restart_all();
             }
         }
     }
