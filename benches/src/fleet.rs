@@ -640,3 +640,25 @@ fn unix_ms(at: Instant) -> u64 {
         .unwrap_or_default();
     now.saturating_sub(at.elapsed()).as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::jwt_secure;
+    use crate::signer::JwtSigner;
+
+    #[test]
+    fn the_chs_claim_is_read_and_garbage_means_plaintext() {
+        let signer = JwtSigner::from_ed25519_seed(&[5u8; 32]).unwrap();
+        let secure = signer
+            .provisioning_jwt("t", "nats://b:4222", false, true)
+            .unwrap();
+        let plain = signer
+            .provisioning_jwt("t", "nats://b:4222", false, false)
+            .unwrap();
+        assert!(jwt_secure(&secure));
+        assert!(!jwt_secure(&plain));
+        for garbage in ["", "a", "a.%%%.c", "a.e30.c", "a.bnVsbA.c"] {
+            assert!(!jwt_secure(garbage), "{garbage}");
+        }
+    }
+}
