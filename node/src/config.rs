@@ -12,10 +12,12 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod admin;
+mod check;
 mod cluster;
 
 use admin::check_admin;
 pub use admin::{Admin, AdminSection, AdminTlsSection, ReprovisionSection};
+use check::{read_all, Problems};
 use cluster::check_cluster;
 pub use cluster::{Cluster, ClusterMember, ClusterSection, ClusterTls};
 
@@ -34,12 +36,30 @@ pub enum ConfigError {
         source: serde_yaml::Error,
     },
     #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
+    /// More than one problem, each on its own line.
+    #[error("{}", lines(.0))]
+    Problems(Vec<ConfigError>),
 }
 
-pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+fn lines(problems: &[ConfigError]) -> String {
+    let all: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    all.join("\n")
+}
+
+impl ConfigError {
+    /// Each problem on its own, however many there are.
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Problems(list) => list.iter().collect(),
+            other => vec![other],
+        }
+    }
+}
+
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         reason: reason.into(),
     }
 }
@@ -324,20 +344,43 @@ impl Config {
         Self::parse(&text, path)
     }
 
+    /// Checks the whole file: on error, every problem found, not only the first.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut p = Problems::default();
+        let Some(raw) = read_all::<RawConfig>(value, &mut p) else {
+            return Err(match p.finish(()) {
+                Err(e) => e,
+                Ok(()) => invalid("(file)", "is not a provisioner configuration"),
+            });
+        };
+        let config = Self::check(raw, path, &mut p);
+        p.finish(config)
+    }
+
+    /// The checks; a bad value is reported to `p` and a stand-in is used, so the checks after
+    /// it still run.
+    fn check(raw: RawConfig, path: &Path, p: &mut Problems) -> Config {
         let mut warnings = Vec::new();
 
-        let interval = parse_duration(&raw.interval).map_err(|e| invalid("interval", e))?;
-        if interval < Duration::from_secs(60) {
-            return Err(invalid(
-                "interval",
-                "is too small, the minimum is 1 minute (for example 10m or 1h)",
-            ));
-        }
+        let interval = match parse_duration(&raw.interval) {
+            Ok(d) if d < Duration::from_secs(60) => {
+                p.add(invalid(
+                    "interval",
+                    "is too small, the minimum is 1 minute (for example 10m or 1h)",
+                ));
+                d
+            }
+            Ok(d) => d,
+            Err(e) => {
+                p.add(invalid("interval", e));
+                Duration::from_secs(60)
+            }
+        };
 
         let lifecycle_component = if raw.lifecycle_component.is_empty() {
             proto::lifecycle::PROVISION_MODE_COMPONENT.to_string()
@@ -345,7 +388,7 @@ impl Config {
             raw.lifecycle_component
         };
         if !proto::subject::is_valid_token(&lifecycle_component) {
-            return Err(invalid(
+            p.add(invalid(
                 "lifecycle_component",
                 format!("{lifecycle_component:?} may not contain '.', '*', '>' or spaces"),
             ));
@@ -353,7 +396,7 @@ impl Config {
 
         let mut features = raw.features;
         if features.pki && features.ed25519 {
-            return Err(invalid(
+            p.add(invalid(
                 "features",
                 "only one of pki or ed25519 can be enabled",
             ));
@@ -361,14 +404,14 @@ impl Config {
         if features.ed25519 {
             features.jwt = true;
             if raw.jwt_signing_key.is_empty() {
-                return Err(invalid(
+                p.add(invalid(
                     "jwt_signing_key",
                     "is required with the ed25519 feature (the hex seed of the Organization Issuer, or of the chain issuer named by jwt_signing_token)",
                 ));
             }
         }
         if features.jwt && raw.jwt_verify_cert.is_empty() {
-            return Err(invalid(
+            p.add(invalid(
                 "jwt_verify_cert",
                 "is required when the jwt feature is enabled",
             ));
@@ -381,48 +424,60 @@ impl Config {
         };
         let cert_deny_list = deny
             .iter()
-            .map(|p| compile_deny_pattern(p))
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|d| p.ok(compile_deny_pattern(d)))
+            .collect();
 
         let server_jwt_validity = if raw.server_jwt_validity.is_empty() {
             Duration::from_secs(365 * 24 * 3600)
         } else {
-            parse_duration(&raw.server_jwt_validity)
-                .map_err(|e| invalid("server_jwt_validity", e))?
+            duration(p, "server_jwt_validity", &raw.server_jwt_validity)
         };
 
         // an empty helper is allowed here: user logic may be compiled in instead, and the
         // service refuses to start with neither
-        let helper = shell_words::split(&raw.helper)
-            .map_err(|e| invalid("helper", format!("cannot parse command: {e}")))?;
+        let helper = p
+            .ok(shell_words::split(&raw.helper)
+                .map_err(|e| invalid("helper", format!("cannot parse command: {e}"))))
+            .unwrap_or_default();
         if let Some(b) = &raw.builtin_helper {
             if !helper.is_empty() {
-                return Err(invalid(
+                p.add(invalid(
                     "builtin_helper",
                     "set either helper or builtin_helper, not both",
                 ));
             }
-            b.check().map_err(|e| invalid("builtin_helper", e))?;
+            p.ok(b.check().map_err(|e| invalid("builtin_helper", e)));
         }
 
-        let nats = raw
-            .nats
-            .ok_or_else(|| invalid("nats", "section is required (servers: [nats://...])"))?;
+        let nats = match raw.nats {
+            Some(n) => n,
+            None => {
+                p.add(invalid(
+                    "nats",
+                    "section is required (servers: [nats://...])",
+                ));
+                NatsSection {
+                    servers: vec![String::new()],
+                    user: default_nats_user(),
+                    tls: None,
+                }
+            }
+        };
         if nats.servers.is_empty() {
-            return Err(invalid("nats.servers", "needs at least one broker URL"));
+            p.add(invalid("nats.servers", "needs at least one broker URL"));
         }
         if let Some(tls) = &nats.tls {
-            tls.check("nats.tls")?;
+            p.ok(tls.check("nats.tls"));
         }
         if raw.broker_provisioning_password.is_empty() {
-            return Err(invalid(
+            p.add(invalid(
                 "broker_provisioning_password",
                 "is required: the provisioner logs in to the provisioning account with it",
             ));
         }
 
         let cert_validity = match &raw.ca {
-            Some(ca) => parse_duration(&ca.validity).map_err(|e| invalid("ca.validity", e))?,
+            Some(ca) => duration(p, "ca.validity", &ca.validity),
             None => Duration::from_secs(365 * 24 * 3600),
         };
         if raw.ca.is_some() && !features.pki {
@@ -435,15 +490,16 @@ impl Config {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(invalid(
+                p.add(invalid(
                     "log_format",
                     format!("{other:?} is not text or json"),
-                ))
+                ));
+                LogFormat::Text
             }
         };
         match raw.loglevel.as_str() {
             "trace" | "debug" | "info" | "warn" | "warning" | "error" => {}
-            other => return Err(invalid("loglevel", format!("{other:?} is not a log level"))),
+            other => p.add(invalid("loglevel", format!("{other:?} is not a log level"))),
         }
 
         if raw.leader_election {
@@ -462,49 +518,42 @@ impl Config {
             warnings.push("rego_policy is not supported and is ignored".into());
         }
         if features.upgrades && raw.upgrades_repository.is_empty() && !raw.upgrades_optional {
-            return Err(invalid(
+            p.add(invalid(
                 "upgrades_repository",
                 "is required when the upgrades feature is on and upgrades are not optional",
             ));
         }
         if raw.max_attempts == 0 {
-            return Err(invalid("max_attempts", "must be at least 1"));
+            p.add(invalid("max_attempts", "must be at least 1"));
         }
 
-        let retry_backoff_min =
-            parse_duration(&raw.retry_backoff_min).map_err(|e| invalid("retry_backoff_min", e))?;
-        let retry_backoff_max =
-            parse_duration(&raw.retry_backoff_max).map_err(|e| invalid("retry_backoff_max", e))?;
+        let retry_backoff_min = duration(p, "retry_backoff_min", &raw.retry_backoff_min);
+        let retry_backoff_max = duration(p, "retry_backoff_max", &raw.retry_backoff_max);
         if retry_backoff_max < retry_backoff_min {
-            return Err(invalid(
+            p.add(invalid(
                 "retry_backoff_max",
                 "must not be smaller than retry_backoff_min",
             ));
         }
 
-        let cluster = match raw.cluster {
-            Some(c) => Some(check_cluster(c, raw.data_dir.is_some())?),
-            None => None,
-        };
-        let admin = match raw.admin {
-            Some(a) => Some(check_admin(
-                a,
-                cluster.as_ref().and_then(|c| c.tls.as_ref()),
-            )?),
-            None => None,
-        };
+        let cluster = raw
+            .cluster
+            .and_then(|c| check_cluster(c, raw.data_dir.is_some(), p));
+        let admin = raw
+            .admin
+            .and_then(|a| check_admin(a, cluster.as_ref().and_then(|c| c.tls.as_ref()), p));
 
         // a cluster member is known by its member name everywhere
-        let identity = match (&cluster, raw.identity.is_empty()) {
-            (Some(c), empty) => {
+        let identity = match &cluster {
+            Some(c) => {
                 let name = c
                     .members
                     .iter()
                     .find(|m| m.id == c.id)
                     .map(|m| m.name.clone())
                     .unwrap_or_default();
-                if !empty && raw.identity != name {
-                    return Err(invalid(
+                if !raw.identity.is_empty() && raw.identity != name {
+                    p.add(invalid(
                         "identity",
                         format!(
                             "is {:?} but cluster member {} is named {name:?}",
@@ -514,11 +563,11 @@ impl Config {
                 }
                 name
             }
-            (None, true) => hostname(),
-            (None, false) => raw.identity,
+            None if raw.identity.is_empty() => hostname(),
+            None => raw.identity,
         };
         if !proto::subject::is_valid_identity(&identity) {
-            return Err(invalid(
+            p.add(invalid(
                 "identity",
                 format!("{identity:?} is not a valid identity"),
             ));
@@ -532,7 +581,7 @@ impl Config {
             raw.workers
         };
 
-        Ok(Config {
+        Config {
             file: path.to_path_buf(),
             workers,
             interval,
@@ -560,12 +609,10 @@ impl Config {
             ca: raw.ca,
             cert_validity,
             data_dir: raw.data_dir,
-            helper_timeout: parse_duration(&raw.helper_timeout)
-                .map_err(|e| invalid("helper_timeout", e))?,
+            helper_timeout: duration(p, "helper_timeout", &raw.helper_timeout),
             helper_max_output: raw.helper_max_output,
-            rpc_timeout: parse_duration(&raw.rpc_timeout).map_err(|e| invalid("rpc_timeout", e))?,
-            discovery_timeout: parse_duration(&raw.discovery_timeout)
-                .map_err(|e| invalid("discovery_timeout", e))?,
+            rpc_timeout: duration(p, "rpc_timeout", &raw.rpc_timeout),
+            discovery_timeout: duration(p, "discovery_timeout", &raw.discovery_timeout),
             retry_backoff_min,
             retry_backoff_max,
             max_attempts: raw.max_attempts,
@@ -573,8 +620,14 @@ impl Config {
             admin,
             ledger_facts: raw.ledger_facts,
             warnings,
-        })
+        }
     }
+}
+
+/// A duration key's value, or zero with its problem kept.
+fn duration(p: &mut Problems, key: &'static str, s: &str) -> Duration {
+    p.ok(parse_duration(s).map_err(|e| invalid(key, e)))
+        .unwrap_or_default()
 }
 
 /// Upstream's deny list entries are Go regular expressions, optionally wrapped in `/.../`.

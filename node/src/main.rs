@@ -38,12 +38,31 @@ enum Cmd {
         #[command(subcommand)]
         command: CaCmd,
     },
+    /// Check configuration files
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
     /// Operate a running cluster through any member's admin API
     Admin(AdminArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a configuration and the files it names; print every problem at once. Exits 0
+    /// when it would start, 2 when not
+    Check {
+        /// Configuration file
+        file: PathBuf,
+        /// Only check the file itself, not the files it names (when checking it away from the
+        /// host it is for)
+        #[arg(long)]
+        no_files: bool,
     },
 }
 
@@ -151,6 +170,9 @@ fn main() -> ExitCode {
         } => issue("admin", &dir, &name, &out, &validity, |c| {
             c.issue_admin(&name)
         }),
+        Cmd::Config {
+            command: ConfigCmd::Check { file, no_files },
+        } => check_config(&file, !no_files),
         Cmd::Admin(args) => node::admin::cli::run(args),
         Cmd::Completions { shell } => {
             clap_complete::generate(
@@ -205,11 +227,71 @@ fn report(cmd: &str, what: &str, result: Result<(PathBuf, PathBuf), ca::CaError>
     }
 }
 
+/// `config check`: every problem on its own line, then a one-line summary.
+fn check_config(path: &std::path::Path, files: bool) -> ExitCode {
+    let (config, mut problems) = match Config::load(path) {
+        Ok(c) => (Some(c), Vec::new()),
+        Err(e) => (None, e.problems().iter().map(|p| p.to_string()).collect()),
+    };
+    if let (Some(c), true) = (&config, files) {
+        problems.extend(c.check_files().iter().map(|p| p.to_string()));
+    }
+    for p in &problems {
+        println!("error: {p}");
+    }
+    for w in config.iter().flat_map(|c| &c.warnings) {
+        println!("warning: {w}");
+    }
+    match config {
+        Some(c) if problems.is_empty() => {
+            println!("{}: ok ({})", path.display(), summary(&c));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let n = problems.len();
+            let s = if n == 1 { "" } else { "s" };
+            println!("{}: {n} problem{s}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What a good configuration runs as, in a few words.
+fn summary(c: &Config) -> String {
+    let role = match &c.cluster {
+        Some(cl) => format!(
+            "member {} (id {}) of a {}-member cluster",
+            c.identity,
+            cl.id,
+            cl.members.len()
+        ),
+        None => format!("single provisioner {}", c.identity),
+    };
+    let enrollment = if c.features.pki {
+        "x509 enrollment"
+    } else if c.features.ed25519 {
+        "ed25519 enrollment"
+    } else {
+        "no enrollment"
+    };
+    let logic = if c.builtin_helper.is_some() {
+        "built-in helper".to_string()
+    } else {
+        format!(
+            "helper {}",
+            c.helper.first().map(String::as_str).unwrap_or("(none)")
+        )
+    };
+    format!("{role}, {enrollment}, {logic}")
+}
+
 fn run(path: PathBuf) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("configuration error: {e}");
+            for p in e.problems() {
+                eprintln!("configuration error: {p}");
+            }
             return ExitCode::from(2);
         }
     };

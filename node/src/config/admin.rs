@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{invalid, ClusterTls, ConfigError};
+use super::{invalid, ClusterTls, Problems};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,48 +76,56 @@ pub struct Admin {
     pub reprovision: ReprovisionSection,
 }
 
+/// The checked section, or `None` when a problem leaves nothing to run with; every problem
+/// goes to `p`.
 pub(super) fn check_admin(
     a: AdminSection,
     cluster_tls: Option<&ClusterTls>,
-) -> Result<Admin, ConfigError> {
-    let listen = a
+    p: &mut Problems,
+) -> Option<Admin> {
+    let listen = p.ok(a
         .listen
         .parse()
-        .map_err(|e| invalid("admin.listen", format!("{:?}: {e}", a.listen)))?;
-    let (cert, key) = match (a.tls.cert, a.tls.key, cluster_tls) {
-        (Some(c), Some(k), _) => (c, k),
-        (None, None, Some(t)) => (t.cert.clone(), t.key.clone()),
+        .map_err(|e| invalid("admin.listen", format!("{:?}: {e}", a.listen))));
+    let pair = match (a.tls.cert, a.tls.key, cluster_tls) {
+        (Some(c), Some(k), _) => Some((c, k)),
+        (None, None, Some(t)) => Some((t.cert.clone(), t.key.clone())),
         (None, None, None) => {
-            return Err(invalid(
+            p.add(invalid(
                 "admin.tls",
                 "needs cert and key (or a cluster.tls section to take them from)",
-            ))
+            ));
+            None
         }
-        _ => return Err(invalid("admin.tls", "set both cert and key, or neither")),
+        _ => {
+            p.add(invalid("admin.tls", "set both cert and key, or neither"));
+            None
+        }
     };
     if !proto::subject::is_valid_token(&a.reprovision.collective) {
-        return Err(invalid(
+        p.add(invalid(
             "admin.reprovision.collective",
             format!("{:?} is not a valid collective", a.reprovision.collective),
         ));
     }
     if !a.reprovision.user.is_empty() && a.reprovision.servers.is_empty() {
-        return Err(invalid(
+        p.add(invalid(
             "admin.reprovision.servers",
             "is required when admin.reprovision.user is set",
         ));
     }
     if let Some(tls) = &a.reprovision.tls {
         if a.reprovision.servers.is_empty() {
-            return Err(invalid(
+            p.add(invalid(
                 "admin.reprovision.tls",
                 "needs admin.reprovision.servers (the provisioning connection has nats.tls)",
             ));
         }
-        tls.check("admin.reprovision.tls")?;
+        p.ok(tls.check("admin.reprovision.tls"));
     }
-    Ok(Admin {
-        listen,
+    let (cert, key) = pair?;
+    Some(Admin {
+        listen: listen?,
         client_ca: a.tls.client_ca,
         cert,
         key,

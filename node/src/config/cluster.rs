@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{invalid, parse_duration, ConfigError};
+use super::{duration, invalid, Problems};
 
 /// One member of the Raft group, as the `cluster.members` list names it.
 #[derive(Debug, Clone, Deserialize)]
@@ -115,101 +115,103 @@ pub struct Cluster {
     pub snapshot_keep_logs: u64,
 }
 
-pub(super) fn check_cluster(c: ClusterSection, has_data_dir: bool) -> Result<Cluster, ConfigError> {
+/// The checked section, or `None` when a problem leaves nothing to run with; every problem
+/// goes to `p`.
+pub(super) fn check_cluster(
+    c: ClusterSection,
+    has_data_dir: bool,
+    p: &mut Problems,
+) -> Option<Cluster> {
     if !has_data_dir {
-        return Err(invalid(
+        p.add(invalid(
             "data_dir",
             "is required with a cluster section (the Raft log lives there)",
         ));
     }
     match (&c.tls, c.insecure_plaintext) {
-        (None, false) => {
-            return Err(invalid(
-                "cluster.tls",
-                "is required (ca, cert, key); set insecure_plaintext: true only for development",
-            ))
-        }
-        (Some(_), true) => {
-            return Err(invalid(
-                "cluster.insecure_plaintext",
-                "cannot be set together with cluster.tls",
-            ))
-        }
+        (None, false) => p.add(invalid(
+            "cluster.tls",
+            "is required (ca, cert, key); set insecure_plaintext: true only for development",
+        )),
+        (Some(_), true) => p.add(invalid(
+            "cluster.insecure_plaintext",
+            "cannot be set together with cluster.tls",
+        )),
         _ => {}
     }
     if c.members.is_empty() {
-        return Err(invalid("cluster.members", "lists no members"));
+        p.add(invalid("cluster.members", "lists no members"));
     }
     let mut ids = std::collections::HashSet::new();
     let mut names = std::collections::HashSet::new();
     for m in &c.members {
         if !ids.insert(m.id) {
-            return Err(invalid(
+            p.add(invalid(
                 "cluster.members",
                 format!("id {} appears twice", m.id),
             ));
         }
         if !names.insert(m.name.clone()) {
-            return Err(invalid(
+            p.add(invalid(
                 "cluster.members",
                 format!("name {} appears twice", m.name),
             ));
         }
         if !proto::subject::is_valid_identity(&m.name) {
-            return Err(invalid(
+            p.add(invalid(
                 "cluster.members",
                 format!("{:?} is not a valid name", m.name),
             ));
         }
     }
-    let me = c
-        .members
-        .iter()
-        .find(|m| m.id == c.id)
-        .ok_or_else(|| invalid("cluster.id", format!("{} is not in cluster.members", c.id)))?;
-    let listen = c
+    let me = c.members.iter().find(|m| m.id == c.id);
+    if me.is_none() && !c.members.is_empty() {
+        p.add(invalid(
+            "cluster.id",
+            format!("{} is not in cluster.members", c.id),
+        ));
+    }
+    let raft_listen = c
         .raft_listen
         .clone()
-        .unwrap_or_else(|| me.raft_addr.clone());
-    let raft_listen = listen
-        .parse()
-        .map_err(|e| invalid("cluster.raft_listen", format!("{listen:?}: {e}")))?;
+        .or_else(|| me.map(|m| m.raft_addr.clone()))
+        .and_then(|listen| {
+            p.ok(listen
+                .parse()
+                .map_err(|e| invalid("cluster.raft_listen", format!("{listen:?}: {e}"))))
+        });
     if !proto::subject::is_valid_token(&c.name) {
-        return Err(invalid(
+        p.add(invalid(
             "cluster.name",
             format!("{:?} is not a valid name", c.name),
         ));
     }
-    let heartbeat = parse_duration(&c.heartbeat).map_err(|e| invalid("cluster.heartbeat", e))?;
-    let election_timeout =
-        parse_duration(&c.election_timeout).map_err(|e| invalid("cluster.election_timeout", e))?;
+    let heartbeat = duration(p, "cluster.heartbeat", &c.heartbeat);
+    let election_timeout = duration(p, "cluster.election_timeout", &c.election_timeout);
     if election_timeout < heartbeat * 3 {
-        return Err(invalid(
+        p.add(invalid(
             "cluster.election_timeout",
             "must be at least three heartbeats",
         ));
     }
-    let source_ip = c
-        .source_ip
-        .as_deref()
-        .map(|ip| {
-            ip.parse()
-                .map_err(|e| invalid("cluster.source_ip", format!("{ip:?}: {e}")))
-        })
-        .transpose()?;
+    let source_ip = c.source_ip.as_deref().and_then(|ip| {
+        p.ok(ip
+            .parse()
+            .map_err(|e| invalid("cluster.source_ip", format!("{ip:?}: {e}"))))
+    });
     if c.snapshot_every == 0 {
-        return Err(invalid("cluster.snapshot_every", "must be at least 1"));
+        p.add(invalid("cluster.snapshot_every", "must be at least 1"));
     }
-    Ok(Cluster {
+    let claim_lease = duration(p, "cluster.claim_lease", &c.claim_lease);
+    Some(Cluster {
         id: c.id,
         name: c.name,
         members: c.members,
-        raft_listen,
+        raft_listen: raft_listen?,
         tls: c.tls,
         heartbeat,
         election_timeout,
-        claim_lease: parse_duration(&c.claim_lease)
-            .map_err(|e| invalid("cluster.claim_lease", e))?,
+        claim_lease,
         auto_join: c.auto_join,
         source_ip,
         snapshot_every: c.snapshot_every,
