@@ -27,6 +27,7 @@ pub mod rpc;
 pub mod service;
 pub mod shard;
 pub mod template;
+pub mod timed;
 pub mod work;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

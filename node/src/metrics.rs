@@ -40,6 +40,11 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub raft_term: IntGaugeVec,
     pub raft_leader: IntGaugeVec,
+    /// New leaders this member has seen elected.
+    pub raft_leader_changes: IntCounterVec,
+    /// Time from proposing a ledger command to its being applied here, by command kind and
+    /// result (ok, error).
+    pub ledger_commit_time: HistogramVec,
     pub raft_last_log_index: IntGaugeVec,
     pub raft_last_applied: IntGaugeVec,
     pub raft_voters: IntGaugeVec,
@@ -177,6 +182,16 @@ impl Metrics {
                 "choria_provisioner_raft_leader",
                 "Raft node id of the current leader (0 when none)",
             ),
+            raft_leader_changes: counter(
+                "choria_provisioner_raft_leader_changes",
+                "How many times this member saw a new Raft leader",
+                site_l,
+            ),
+            ledger_commit_time: histogram(
+                "choria_provisioner_ledger_commit_time",
+                "How long a ledger command took from proposal to being applied",
+                &["site", "command", "result"],
+            ),
             raft_last_log_index: gauge(
                 "choria_provisioner_raft_last_log_index",
                 "Index of the last entry in this member's Raft log",
@@ -237,6 +252,7 @@ impl Metrics {
             &m.provisioned,
             &m.helper_shutdown_requests,
             &m.deferred,
+            &m.raft_leader_changes,
         ] {
             c.with_label_values(&[site]).reset();
         }

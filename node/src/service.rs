@@ -131,6 +131,10 @@ impl Provisioner {
                 }
                 (None, None) => (Arc::new(LocalLedger::new()), None),
             };
+        let ledger = crate::timed::TimedLedger::wrap(ledger, metrics.clone());
+        if let Some(member) = &member {
+            tasks.push(tokio::spawn(watch_leader(member.clone(), metrics.clone())));
+        }
 
         let make_opts = {
             let config = config.clone();
@@ -454,6 +458,22 @@ async fn probe_broker(opts: async_nats::ConnectOptions, servers: Vec<String>) {
             error = %e,
             "cannot connect to the broker; retrying in the background"
         ),
+    }
+}
+
+/// Counts each new leader this member sees, from openraft's metrics channel, so elections
+/// between two housekeeping ticks are counted too.
+async fn watch_leader(member: Arc<RaftMember>, m: Arc<Metrics>) {
+    let mut rx = member.raft.metrics();
+    let mut last = rx.borrow().current_leader;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow().current_leader;
+        if now != last {
+            if now.is_some() {
+                m.inc(&m.raft_leader_changes);
+            }
+            last = now;
+        }
     }
 }
 

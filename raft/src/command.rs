@@ -101,6 +101,24 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command's name, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Claim { .. } => "claim",
+            Command::IssueCredential { .. } => "issue_credential",
+            Command::Enrolled { .. } => "enrolled",
+            Command::Release { .. } => "release",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::SetPaused { .. } => "set_paused",
+            Command::SetDraining { .. } => "set_draining",
+            Command::Rebalance { .. } => "rebalance",
+            Command::Revoke { .. } => "revoke",
+            Command::RequestReprovision { .. } => "request_reprovision",
+            Command::Note { .. } => "note",
+            Command::Reassign { .. } => "reassign",
+        }
+    }
+
     /// The server the command is about, if any.
     pub fn identity(&self) -> Option<&str> {
         match self {

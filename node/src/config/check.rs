@@ -142,27 +142,38 @@ impl Config {
                 p.push(invalid("helper", e));
             }
         }
+        // the same loading `run` does, so a key that does not parse is found here too
         if self.features.jwt && !self.jwt_verify_cert.is_empty() {
-            readable(
-                &mut p,
-                "jwt_verify_cert",
-                Path::new(&self.jwt_verify_cert),
-                false,
-            );
+            if let Err(e) = crate::jwt::JwtVerifier::from_config(&self.jwt_verify_cert) {
+                p.push(invalid("jwt_verify_cert", e.to_string()));
+            }
         }
         if let (true, Some(ca)) = (self.features.pki, &self.ca) {
-            readable(&mut p, "ca.cert", &ca.cert, false);
-            readable(&mut p, "ca.key", &ca.key, true);
+            if let Err(e) = crate::ca::Ca::load(&ca.cert, &ca.key, self.cert_validity) {
+                p.push(invalid("ca", e.to_string()));
+            }
+            private(&mut p, "ca.key", &ca.key);
+        }
+        if self.features.ed25519 && !self.jwt_signing_key.is_empty() {
+            let token =
+                (!self.jwt_signing_token.is_empty()).then(|| Path::new(&self.jwt_signing_token));
+            let key = Path::new(&self.jwt_signing_key);
+            if let Err(e) = crate::orgissuer::OrgIssuer::load_with_chain(key, token) {
+                p.push(invalid("jwt_signing_key", e.to_string()));
+            }
+            private(&mut p, "jwt_signing_key", key);
         }
         if let Some(tls) = self.cluster.as_ref().and_then(|c| c.tls.as_ref()) {
-            readable(&mut p, "cluster.tls.ca", &tls.ca, false);
-            readable(&mut p, "cluster.tls.cert", &tls.cert, false);
-            readable(&mut p, "cluster.tls.key", &tls.key, true);
+            readable(&mut p, "cluster.tls.ca", &tls.ca);
+            readable(&mut p, "cluster.tls.cert", &tls.cert);
+            readable(&mut p, "cluster.tls.key", &tls.key);
+            private(&mut p, "cluster.tls.key", &tls.key);
         }
         if let Some(a) = &self.admin {
-            readable(&mut p, "admin.tls.client_ca", &a.client_ca, false);
-            readable(&mut p, "admin.tls.cert", &a.cert, false);
-            readable(&mut p, "admin.tls.key", &a.key, true);
+            readable(&mut p, "admin.tls.client_ca", &a.client_ca);
+            readable(&mut p, "admin.tls.cert", &a.cert);
+            readable(&mut p, "admin.tls.key", &a.key);
+            private(&mut p, "admin.tls.key", &a.key);
         }
         if let Some(d) = &self.data_dir {
             let parent = d.parent().unwrap_or(Path::new("/"));
@@ -177,18 +188,26 @@ impl Config {
     }
 }
 
-fn readable(p: &mut Vec<ConfigError>, key: &'static str, f: &Path, private: bool) {
-    match std::fs::File::open(f).and_then(|h| h.metadata()) {
-        Err(e) => p.push(invalid(key, format!("{}: {e}", f.display()))),
-        Ok(m) if private && m.permissions().mode() & 0o077 != 0 => p.push(invalid(
-            key,
-            format!(
-                "{} is mode {:o}: a private key must be readable by its owner only (chmod 600)",
-                f.display(),
-                m.permissions().mode() & 0o777
-            ),
-        )),
-        Ok(_) => {}
+fn readable(p: &mut Vec<ConfigError>, key: &'static str, f: &Path) {
+    if let Err(e) = std::fs::File::open(f) {
+        p.push(invalid(key, format!("{}: {e}", f.display())));
+    }
+}
+
+/// A private key readable by others; a key that cannot be read at all is reported by the
+/// check that loads it.
+fn private(p: &mut Vec<ConfigError>, key: &'static str, f: &Path) {
+    if let Ok(m) = std::fs::metadata(f) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            p.push(invalid(
+                key,
+                format!(
+                    "{} is mode {mode:o}: a private key must be readable by its owner only (chmod 600)",
+                    f.display()
+                ),
+            ));
+        }
     }
 }
 
@@ -260,26 +279,53 @@ mod tests {
     }
 
     #[test]
-    fn named_files_are_checked() {
+    fn named_files_are_checked_as_run_loads_them() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ca.key");
-        std::fs::write(&key, "k").unwrap();
+        let (cert, key) = crate::ca::init(
+            dir.path(),
+            "test CA",
+            crate::ca::KeyType::EcdsaP256,
+            std::time::Duration::from_secs(86400),
+            false,
+        )
+        .unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // a hex ed25519 public key is a valid jwt_verify_cert, not a missing file
         let text = format!(
-            "{MINIMAL}features: {{pki: true}}\nca: {{cert: {d}/missing.pem, key: {k}}}\n",
-            d = dir.path().display(),
-            k = key.display()
+            "{MINIMAL}features: {{pki: true, jwt: true}}\njwt_verify_cert: {}\nca: {{cert: {}, key: {}}}\n",
+            "ab".repeat(32),
+            cert.display(),
+            key.display()
         )
         .replace("/usr/local/bin/helper", "no-such-helper-program");
         let c = parse(&text).unwrap();
         let problems: Vec<String> = c.check_files().iter().map(|e| e.to_string()).collect();
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("helper: no-such-helper-program: not found in PATH"));
-        assert!(problems[1].contains("missing.pem"));
-        assert!(problems[2].contains("mode 644"));
+        assert!(problems[1].contains("mode 644"), "{problems:?}");
+
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(dir.path().join("missing.pem"), "c").unwrap();
-        let c = parse(&text.replace("no-such-helper-program", "sh")).unwrap();
-        assert!(c.check_files().is_empty());
+        let good = text.replace("no-such-helper-program", "sh");
+        assert!(parse(&good).unwrap().check_files().is_empty());
+
+        let broken = good
+            .replace(&cert.display().to_string(), "/nonexistent/ca.pem")
+            .replace(&"ab".repeat(32), "/nonexistent/signer.pem");
+        let problems: Vec<String> = parse(&broken)
+            .unwrap()
+            .check_files()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("jwt_verify_cert: ")
+                && problems[0].contains("/nonexistent/signer.pem"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("ca: ") && problems[1].contains("/nonexistent/ca.pem"),
+            "{problems:?}"
+        );
     }
 }

@@ -1,0 +1,60 @@
+//! A ledger wrapper that measures how long each proposal takes to commit and apply, by
+//! command kind: the cluster's write latency as the pipeline sees it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use raft::command::Command;
+use raft::ledger::{Applied, Ledger, LedgerError};
+use raft::state::{ClusterSettings, LedgerCounts, Record};
+
+use crate::metrics::Metrics;
+
+pub struct TimedLedger {
+    inner: Arc<dyn Ledger>,
+    metrics: Arc<Metrics>,
+}
+
+impl TimedLedger {
+    pub fn wrap(inner: Arc<dyn Ledger>, metrics: Arc<Metrics>) -> Arc<dyn Ledger> {
+        Arc::new(TimedLedger { inner, metrics })
+    }
+}
+
+#[async_trait]
+impl Ledger for TimedLedger {
+    async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
+        let kind = cmd.kind();
+        let start = Instant::now();
+        let r = self.inner.propose(cmd).await;
+        // failed proposals are counted apart: their time is a timeout, not a commit
+        let result = if r.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .ledger_commit_time
+            .with_label_values(&[self.metrics.site(), kind, result])
+            .observe(start.elapsed().as_secs_f64());
+        r
+    }
+    async fn record(&self, identity: &str) -> Option<Record> {
+        self.inner.record(identity).await
+    }
+    async fn records(&self) -> Vec<Record> {
+        self.inner.records().await
+    }
+    async fn digest(&self) -> String {
+        self.inner.digest().await
+    }
+    async fn live_members(&self, now_ms: u64, window_ms: u64) -> Vec<String> {
+        self.inner.live_members(now_ms, window_ms).await
+    }
+    async fn counts(&self, member: &str) -> LedgerCounts {
+        self.inner.counts(member).await
+    }
+    async fn settings(&self) -> ClusterSettings {
+        self.inner.settings().await
+    }
+    async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64> {
+        self.inner.heartbeats().await
+    }
+}
