@@ -536,12 +536,17 @@ impl Config {
             ));
         }
 
+        // a member without cluster.id finds itself by identity (the host name by default)
+        let given_identity = raw.identity.clone();
+        let host_identity = if raw.identity.is_empty() {
+            hostname()
+        } else {
+            raw.identity
+        };
         let cluster = raw
             .cluster
-            .and_then(|c| check_cluster(c, raw.data_dir.is_some(), p));
-        let admin = raw
-            .admin
-            .and_then(|a| check_admin(a, cluster.as_ref().and_then(|c| c.tls.as_ref()), p));
+            .and_then(|c| check_cluster(c, raw.data_dir.is_some(), &host_identity, p));
+        let admin = raw.admin.and_then(|a| check_admin(a, cluster.as_ref(), p));
 
         // a cluster member is known by its member name everywhere
         let identity = match &cluster {
@@ -552,19 +557,18 @@ impl Config {
                     .find(|m| m.id == c.id)
                     .map(|m| m.name.clone())
                     .unwrap_or_default();
-                if !raw.identity.is_empty() && raw.identity != name {
+                if !given_identity.is_empty() && given_identity != name {
                     p.add(invalid(
                         "identity",
                         format!(
-                            "is {:?} but cluster member {} is named {name:?}",
-                            raw.identity, c.id
+                            "is {given_identity:?} but cluster member {} is named {name:?}",
+                            c.id
                         ),
                     ));
                 }
                 name
             }
-            None if raw.identity.is_empty() => hostname(),
-            None => raw.identity,
+            None => host_identity,
         };
         if !proto::subject::is_valid_identity(&identity) {
             p.add(invalid(

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{invalid, ClusterTls, Problems};
+use super::{invalid, Cluster, Problems};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
-    /// Address the admin gRPC server binds, `host:port`.
+    /// Address the admin gRPC server binds, `host:port`; default: this member's
+    /// `cluster.members` `admin_addr`.
+    #[serde(default)]
     pub listen: String,
     pub tls: AdminTlsSection,
     #[serde(default)]
@@ -80,13 +82,34 @@ pub struct Admin {
 /// goes to `p`.
 pub(super) fn check_admin(
     a: AdminSection,
-    cluster_tls: Option<&ClusterTls>,
+    cluster: Option<&Cluster>,
     p: &mut Problems,
 ) -> Option<Admin> {
-    let listen = p.ok(a
-        .listen
-        .parse()
-        .map_err(|e| invalid("admin.listen", format!("{:?}: {e}", a.listen))));
+    let member_addr = cluster.and_then(|c| {
+        c.members
+            .iter()
+            .find(|m| m.id == c.id)
+            .map(|m| m.admin_addr.clone())
+    });
+    let listen = match (a.listen.as_str(), member_addr) {
+        ("", Some(addr)) if !addr.is_empty() => addr,
+        ("", _) => {
+            p.add(invalid(
+                "admin.listen",
+                "is required (or an admin_addr for this member in cluster.members)",
+            ));
+            String::new()
+        }
+        (l, _) => l.to_string(),
+    };
+    let listen = if listen.is_empty() {
+        None
+    } else {
+        p.ok(listen
+            .parse()
+            .map_err(|e| invalid("admin.listen", format!("{listen:?}: {e}"))))
+    };
+    let cluster_tls = cluster.and_then(|c| c.tls.as_ref());
     let pair = match (a.tls.cert, a.tls.key, cluster_tls) {
         (Some(c), Some(k), _) => Some((c, k)),
         (None, None, Some(t)) => Some((t.cert.clone(), t.key.clone())),

@@ -23,8 +23,10 @@ pub struct ClusterMember {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// This member's id in `members`.
-    pub id: u64,
+    /// This member's id in `members`; default: the member named like this host's `identity`,
+    /// so one file serves every member.
+    #[serde(default)]
+    pub id: Option<u64>,
     /// The group's members. A new group is made from this list once, by the member with the
     /// lowest id; afterwards membership changes go through the admin API.
     pub members: Vec<ClusterMember>,
@@ -120,6 +122,7 @@ pub struct Cluster {
 pub(super) fn check_cluster(
     c: ClusterSection,
     has_data_dir: bool,
+    identity: &str,
     p: &mut Problems,
 ) -> Option<Cluster> {
     if !has_data_dir {
@@ -164,12 +167,23 @@ pub(super) fn check_cluster(
             ));
         }
     }
-    let me = c.members.iter().find(|m| m.id == c.id);
-    if me.is_none() && !c.members.is_empty() {
-        p.add(invalid(
+    let me = match c.id {
+        Some(id) => c.members.iter().find(|m| m.id == id),
+        None => c.members.iter().find(|m| m.name == identity),
+    };
+    match (me, c.id) {
+        (Some(_), _) => {}
+        (None, _) if c.members.is_empty() => {}
+        (None, Some(id)) => p.add(invalid(
             "cluster.id",
-            format!("{} is not in cluster.members", c.id),
-        ));
+            format!("{id} is not in cluster.members"),
+        )),
+        (None, None) => p.add(invalid(
+            "cluster.id",
+            format!(
+                "is not set and no member is named {identity:?} (this host's identity); set cluster.id or identity"
+            ),
+        )),
     }
     let raft_listen = c
         .raft_listen
@@ -203,8 +217,9 @@ pub(super) fn check_cluster(
         p.add(invalid("cluster.snapshot_every", "must be at least 1"));
     }
     let claim_lease = duration(p, "cluster.claim_lease", &c.claim_lease);
+    let me = me?;
     Some(Cluster {
-        id: c.id,
+        id: me.id,
         name: c.name,
         members: c.members,
         raft_listen: raft_listen?,
@@ -234,6 +249,30 @@ cluster:
     - {id: 2, name: prov2, raft_addr: "127.0.0.1:7002"}
     - {id: 3, name: prov3, raft_addr: "127.0.0.1:7003"}
 "#;
+
+    #[test]
+    fn one_file_serves_every_member_found_by_identity() {
+        let shared = CLUSTER.replace("  id: 2\n", "").replace(
+            "127.0.0.1:7003\"}",
+            "127.0.0.1:7003\", admin_addr: \"127.0.0.1:7103\"}",
+        );
+        let admin = "admin:\n  tls: {client_ca: /a/ca.pem, cert: /a/c.pem, key: /a/c.key}\n";
+        let c = parse(&format!("{MINIMAL}{shared}identity: prov3\n{admin}")).unwrap();
+        assert_eq!(c.cluster.as_ref().map(|c| c.id), Some(3));
+        assert_eq!(c.admin.map(|a| a.listen.port()), Some(7103));
+
+        // prov2 has no admin_addr, and a host that is no member is told what to set
+        let err = parse(&format!("{MINIMAL}{shared}identity: prov2\n{admin}"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("admin.listen: is required"), "{err}");
+        let err = parse(&format!("{MINIMAL}{shared}identity: prov9\n"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("no member is named \"prov9\""), "{err}");
+    }
 
     #[test]
     fn cluster_member_config() {
