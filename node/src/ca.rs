@@ -120,7 +120,7 @@ fn generate_key(key_type: KeyType) -> Result<KeyPair, CaError> {
     }
 }
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     let io = |source| CaError::Io {
         path: path.to_path_buf(),
         source,

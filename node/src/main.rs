@@ -106,6 +106,13 @@ enum CaCmd {
         #[arg(long, default_value = "1y")]
         validity: String,
     },
+    /// Make (or show) the ed25519 Organization Issuer key that signs server JWTs: DIR/issuer.seed
+    /// (hex, mode 0600) and DIR/issuer.pub (PEM); prints the public key in hex
+    Issuer {
+        /// Directory for the issuer's files; an existing seed there is kept
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Issue an operator's client certificate for the admin API
     IssueAdmin {
         /// Directory of the admin CA (made with `ca init`)
@@ -173,6 +180,27 @@ fn main() -> ExitCode {
         Cmd::Config {
             command: ConfigCmd::Check { file, no_files },
         } => check_config(&file, !no_files),
+        Cmd::Ca {
+            command: CaCmd::Issuer { dir },
+        } => match node::orgissuer::init_issuer(&dir) {
+            Ok((issuer, created)) => {
+                let what = if created { "new" } else { "existing" };
+                println!(
+                    "issuer seed:       {} ({what})",
+                    dir.join(node::orgissuer::SEED_FILE).display()
+                );
+                println!(
+                    "issuer public key: {}",
+                    dir.join(node::orgissuer::PUBLIC_FILE).display()
+                );
+                println!("public key (hex):  {}", issuer.public_hex());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ca issuer: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Admin(args) => node::admin::cli::run(args),
         Cmd::Completions { shell } => {
             clap_complete::generate(

@@ -51,6 +51,37 @@ pub enum IssuerError {
     ChainExpired(i64),
 }
 
+/// Where `provisioner ca issuer` keeps an issuer: its hex seed (0600) and its public key.
+pub const SEED_FILE: &str = "issuer.seed";
+pub const PUBLIC_FILE: &str = "issuer.pub";
+
+/// Loads the issuer in `dir`, or makes a new one there: `issuer.seed` (hex, 0600) and
+/// `issuer.pub` (PEM). The bool says whether it was made now.
+pub fn init_issuer(dir: &Path) -> Result<(OrgIssuer, bool), IssuerError> {
+    let seed_path = dir.join(SEED_FILE);
+    let io = |e: String| IssuerError::Key {
+        path: seed_path.display().to_string(),
+        reason: e,
+    };
+    let created = !seed_path.exists();
+    let issuer = if created {
+        std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        crate::ca::write_file(&seed_path, hex::encode(key.to_bytes()).as_bytes(), 0o600)
+            .map_err(|e| io(e.to_string()))?;
+        OrgIssuer::from_seed(&key.to_bytes())?
+    } else {
+        OrgIssuer::load(&seed_path)?
+    };
+    crate::ca::write_file(
+        &dir.join(PUBLIC_FILE),
+        issuer.public_pem()?.as_bytes(),
+        0o644,
+    )
+    .map_err(|e| io(e.to_string()))?;
+    Ok((issuer, created))
+}
+
 /// What servers may do beyond the basics (upstream's `ServerPermissions`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerPermissions {
@@ -243,6 +274,21 @@ impl OrgIssuer {
     }
 
     /// The issuer's public key, hex: what servers and brokers are configured to trust.
+    /// The public key as a PEM `PUBLIC KEY`, which `jwt_verify_cert` accepts as a file.
+    pub fn public_pem(&self) -> Result<String, IssuerError> {
+        use base64::Engine;
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let der = self
+            .key
+            .verifying_key()
+            .to_public_key_der()
+            .map_err(|e| IssuerError::Sign(e.to_string()))?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_bytes());
+        Ok(format!(
+            "-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"
+        ))
+    }
+
     pub fn public_hex(&self) -> String {
         hex::encode(self.key.verifying_key().as_bytes())
     }
@@ -423,6 +469,30 @@ mod tests {
     use super::*;
     use ed25519_dalek::Signer;
     use jsonwebtoken::{DecodingKey, Validation};
+
+    #[test]
+    fn an_issuer_is_made_once_and_its_public_pem_verifies_its_tokens() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (made, created) = init_issuer(dir.path()).unwrap();
+        let (again, created_again) = init_issuer(dir.path()).unwrap();
+        assert!(created && !created_again);
+        assert_eq!(made.public_hex(), again.public_hex());
+        let mode = std::fs::metadata(dir.path().join(SEED_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let pem = std::fs::read(dir.path().join(PUBLIC_FILE)).unwrap();
+        assert!(crate::jwt::JwtVerifier::from_pem(&pem).is_ok());
+        let text = String::from_utf8(pem).unwrap();
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        assert_eq!(hex::encode(&der[der.len() - 32..]), made.public_hex());
+    }
 
     fn issuer() -> OrgIssuer {
         OrgIssuer::from_seed(&[7u8; 32]).unwrap()
