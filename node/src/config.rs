@@ -346,11 +346,24 @@ impl Config {
 
     /// Checks the whole file: on error, every problem found, not only the first.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let value: serde_yaml::Value =
+        Self::parse_as(text, path, None)
+    }
+
+    /// [`Config::parse`] as the host named `identity` would read it (a shared cluster file
+    /// checked away from its members).
+    pub fn parse_as(
+        text: &str,
+        path: &Path,
+        identity: Option<&str>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: serde_yaml::Value =
             serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if let (Some(id), serde_yaml::Value::Mapping(m)) = (identity, &mut value) {
+            m.insert("identity".into(), id.into());
+        }
         let mut p = Problems::default();
         let Some(raw) = read_all::<RawConfig>(value, &mut p) else {
             return Err(match p.finish(()) {
@@ -543,10 +556,16 @@ impl Config {
         } else {
             raw.identity
         };
+        let had_cluster = raw.cluster.is_some();
         let cluster = raw
             .cluster
             .and_then(|c| check_cluster(c, raw.data_dir.is_some(), &host_identity, p));
-        let admin = raw.admin.and_then(|a| check_admin(a, cluster.as_ref(), p));
+        // an admin section leans on its cluster section: checked once that one is right
+        let cluster_broken = cluster.is_none() && had_cluster;
+        let admin = raw
+            .admin
+            .filter(|_| !cluster_broken)
+            .and_then(|a| check_admin(a, cluster.as_ref(), p));
 
         // a cluster member is known by its member name everywhere
         let identity = match &cluster {

@@ -63,6 +63,9 @@ enum ConfigCmd {
         /// host it is for)
         #[arg(long)]
         no_files: bool,
+        /// Check it as the host with this identity reads it (a cluster file shared by members)
+        #[arg(long)]
+        identity: Option<String>,
     },
 }
 
@@ -178,8 +181,13 @@ fn main() -> ExitCode {
             c.issue_admin(&name)
         }),
         Cmd::Config {
-            command: ConfigCmd::Check { file, no_files },
-        } => check_config(&file, !no_files),
+            command:
+                ConfigCmd::Check {
+                    file,
+                    no_files,
+                    identity,
+                },
+        } => check_config(&file, identity.as_deref(), !no_files),
         Cmd::Ca {
             command: CaCmd::Issuer { dir },
         } => match node::orgissuer::init_issuer(&dir) {
@@ -256,8 +264,14 @@ fn report(cmd: &str, what: &str, result: Result<(PathBuf, PathBuf), ca::CaError>
 }
 
 /// `config check`: every problem on its own line, then a one-line summary.
-fn check_config(path: &std::path::Path, files: bool) -> ExitCode {
-    let (config, mut problems) = match Config::load(path) {
+fn check_config(path: &std::path::Path, identity: Option<&str>, files: bool) -> ExitCode {
+    let loaded = std::fs::read_to_string(path)
+        .map_err(|source| node::config::ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+        .and_then(|text| Config::parse_as(&text, path, identity));
+    let (config, mut problems) = match loaded {
         Ok(c) => (Some(c), Vec::new()),
         Err(e) => (None, e.problems().iter().map(|p| p.to_string()).collect()),
     };

@@ -145,7 +145,11 @@ impl Config {
         // the same loading `run` does, so a key that does not parse is found here too
         if self.features.jwt && !self.jwt_verify_cert.is_empty() {
             if let Err(e) = crate::jwt::JwtVerifier::from_config(&self.jwt_verify_cert) {
-                p.push(invalid("jwt_verify_cert", e.to_string()));
+                let e = e.to_string();
+                p.push(invalid(
+                    "jwt_verify_cert",
+                    e.trim_start_matches("jwt_verify_cert "),
+                ));
             }
         }
         if let (true, Some(ca)) = (self.features.pki, &self.ca) {
@@ -159,7 +163,11 @@ impl Config {
                 (!self.jwt_signing_token.is_empty()).then(|| Path::new(&self.jwt_signing_token));
             let key = Path::new(&self.jwt_signing_key);
             if let Err(e) = crate::orgissuer::OrgIssuer::load_with_chain(key, token) {
-                p.push(invalid("jwt_signing_key", e.to_string()));
+                let e = e.to_string();
+                p.push(invalid(
+                    "jwt_signing_key",
+                    e.trim_start_matches("jwt_signing_key "),
+                ));
             }
             private(&mut p, "jwt_signing_key", key);
         }
@@ -171,9 +179,13 @@ impl Config {
         }
         if let Some(a) = &self.admin {
             readable(&mut p, "admin.tls.client_ca", &a.client_ca);
-            readable(&mut p, "admin.tls.cert", &a.cert);
-            readable(&mut p, "admin.tls.key", &a.key);
-            private(&mut p, "admin.tls.key", &a.key);
+            // by default the same files as cluster.tls, checked above
+            let member = self.cluster.as_ref().and_then(|c| c.tls.as_ref());
+            if member.is_none_or(|t| t.cert != a.cert || t.key != a.key) {
+                readable(&mut p, "admin.tls.cert", &a.cert);
+                readable(&mut p, "admin.tls.key", &a.key);
+                private(&mut p, "admin.tls.key", &a.key);
+            }
         }
         if let Some(d) = &self.data_dir {
             let parent = d.parent().unwrap_or(Path::new("/"));
