@@ -319,10 +319,7 @@ fn summary(c: &Config) -> String {
     let logic = if c.builtin_helper.is_some() {
         "built-in helper".to_string()
     } else {
-        format!(
-            "helper {}",
-            c.helper.first().map(String::as_str).unwrap_or("(none)")
-        )
+        format!("helper {}", c.helper.join(" "))
     };
     format!("{role}, {enrollment}, {logic}")
 }
