@@ -808,7 +808,8 @@ pub fn metric_sum(text: &str, name: &str, label_part: &str) -> f64 {
         .sum()
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
+/// The body of `GET path` on a loopback port, or `None`.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;

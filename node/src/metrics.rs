@@ -42,8 +42,8 @@ pub struct Metrics {
     pub raft_leader: IntGaugeVec,
     /// New leaders this member has seen elected.
     pub raft_leader_changes: IntCounterVec,
-    /// Time from proposing a ledger command to its being applied here, by command kind and
-    /// result (ok, error).
+    /// Time from proposing a ledger command until the leader's result comes back (a follower
+    /// forwards its proposals), by command kind and result (ok, error).
     pub ledger_commit_time: HistogramVec,
     pub raft_last_log_index: IntGaugeVec,
     pub raft_last_applied: IntGaugeVec,
@@ -189,7 +189,7 @@ impl Metrics {
             ),
             ledger_commit_time: histogram(
                 "choria_provisioner_ledger_commit_time",
-                "How long a ledger command took from proposal to being applied",
+                "How long a ledger command took from proposal until its result came back (committed and applied by the leader)",
                 &["site", "command", "result"],
             ),
             raft_last_log_index: gauge(
