@@ -663,12 +663,17 @@ fn compile_deny_pattern(p: &str) -> Result<Regex, ConfigError> {
     Regex::new(inner).map_err(|e| invalid("cert_deny_list", format!("{p:?}: {e}")))
 }
 
+/// The host name from the kernel (uname), not from /proc: the systemd unit hides /proc/sys.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "provisioner".into())
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer it is given.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    if rc != 0 || name.is_empty() {
+        return "provisioner".into();
+    }
+    name
 }
 
 /// Parses durations as upstream writes them: a number and a unit, `500ms`, `10s`, `5m`,
@@ -773,6 +778,12 @@ nats:
             let err = with(&tls).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(why), "{tls}: {err}");
         }
+    }
+
+    #[test]
+    fn the_host_name_comes_from_the_kernel() {
+        let proc = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        assert_eq!(hostname(), proc.trim());
     }
 
     #[test]
