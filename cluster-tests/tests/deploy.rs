@@ -2,13 +2,16 @@
 //! from an example configuration in `deploy/config` and the built binaries, a simulated fleet
 //! is provisioned through it, and then the exactly-once checker runs over every member's ledger
 //! and the Grafana dashboard's and alert rules' metric names are held against a member's
-//! `/metrics`. Also: every example configuration passes `provisioner config check` for each of
-//! its members, and a broken one gets every problem at once.
+//! `/metrics`. The operations of docs/operations.md run the same way: a rolling restart of every
+//! member (drain, stop, start, undrain) while servers arrive, and an online backup restored onto
+//! every member after the whole cluster is stopped. Also: every example configuration passes
+//! `provisioner config check` for each of its members, and a broken one gets every problem at
+//! once.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -150,6 +153,47 @@ impl Deployed {
             std::thread::sleep(Duration::from_secs(1));
         }
         panic!("the members' ledgers did not agree within 60 s");
+    }
+
+    fn status(&self, id: u16) -> Value {
+        let out = self.admin(id, &["--json", "status"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn script(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        let dir = self.path().display().to_string();
+        let bins = bin_dir().display().to_string();
+        all.extend(["--dir", &dir, "--bin-dir", &bins]);
+        let out = script(&all);
+        eprintln!(
+            "local-cluster {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "local-cluster {args:?} failed");
+        out
+    }
+
+    /// docs/operations.md's upgrade of one member: drain it, wait until it holds no server,
+    /// stop it, (put the new binary in place,) start it, undrain it.
+    fn restart_drained(&self, id: u16) {
+        let name = self.members[usize::from(id - 1)].1.clone();
+        let other = if id == 1 { 2 } else { 1 };
+        assert!(self.admin(other, &["drain", &name]).status.success());
+        for _ in 0..60 {
+            let owned = self.status(other)["members"]
+                .as_array()
+                .and_then(|ms| ms.iter().find(|m| m["name"] == name.as_str()))
+                .and_then(|m| m["owned"].as_u64());
+            if owned == Some(0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.script(&["down", "--member", &name]);
+        self.script(&["start", "--member", &name]);
+        assert!(self.admin(other, &["undrain", &name]).status.success());
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -331,6 +375,132 @@ fn the_deploy_script_runs_the_5_member_ed25519_example_and_provisions_a_fleet() 
         .as_array()
         .map(|m| m.iter().filter(|m| m["voter"] == true).count());
     assert_eq!(voters, Some(5), "{status}");
+    assert_down(&d);
+}
+
+#[test]
+fn a_rolling_restart_and_a_backup_restored_on_every_member_lose_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Deployed::up("cluster-3-x509.yaml", 3);
+    let events = d.path().join("rolling-events.jsonl");
+    let summary = d.path().join("rolling-summary.json");
+    // 300 servers arriving at 15/s while every member is restarted in turn, the leader last
+    let mut fleet = Command::new(bin("fleet-sim"))
+        .args([
+            "--servers",
+            "300",
+            "--arrival-rate",
+            "15",
+            "--prefix",
+            "roll",
+        ])
+        .args([
+            "--nats",
+            &d.env["NATS_URL"],
+            "--token",
+            &d.env["PROVISIONING_TOKEN"],
+        ])
+        .args(["--key-type", "p256", "--timeout", "300"])
+        .args([
+            "--jwt-signer-key",
+            &d.env["JWT_SIGNER_KEY"],
+            "--expect-ca",
+            &d.env["CA_CERT"],
+        ])
+        .arg("--events")
+        .arg(&events)
+        .arg("--summary")
+        .arg(&summary)
+        .env("FLEET_NATS_PASSWORD", &d.env["FLEET_NATS_PASSWORD"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start fleet-sim");
+    std::thread::sleep(Duration::from_secs(3));
+    let leader = d.status(1)["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut order: Vec<u16> = d
+        .members
+        .iter()
+        .filter(|(_, n)| *n != leader)
+        .map(|(id, _)| *id)
+        .collect();
+    order.extend(
+        d.members
+            .iter()
+            .filter(|(_, n)| *n == leader)
+            .map(|(id, _)| *id),
+    );
+    assert_eq!(order.len(), 3, "leader {leader:?}");
+    for id in order {
+        d.restart_drained(id);
+    }
+    let status = fleet.wait().expect("fleet-sim ends");
+    let summary: Value = std::fs::read_to_string(&summary)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    eprintln!("fleet ({status}): {summary}");
+    assert_eq!(summary["provisioned"], 300, "{summary}");
+    assert_eq!(summary["duplicate_serials"], 0);
+    check_exactly_once(&d, &events, 300);
+
+    // an online backup of one member, the whole cluster lost and restored from it on every
+    // member: the ledger is the backup's, and provisioning goes on from there
+    let out = d.admin(2, &["--json", "backup", "--name", "before-loss"]);
+    let backup: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(backup["records"], 300, "{backup}");
+    let saved = d.path().join("before-loss");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(backup["path"].as_str().unwrap_or_default())
+        .arg(&saved)
+        .status();
+    assert!(copied.is_ok_and(|s| s.success()));
+    let digest_before = d.ledgers().remove(0).digest;
+    d.script(&["down"]);
+    for (_, name) in &d.members {
+        let data = d.path().join(name).join("data/raft");
+        std::fs::remove_dir_all(&data).expect("lose the data");
+        let restored = Command::new("cp")
+            .arg("-a")
+            .arg(saved.join("raft"))
+            .arg(&data)
+            .status();
+        assert!(restored.is_ok_and(|s| s.success()));
+    }
+    d.script(&["start"]);
+    let after = d.ledgers();
+    assert_eq!(after[0].records.len(), 300);
+    assert_eq!(
+        after[0].digest, digest_before,
+        "the restored ledger is the backup's"
+    );
+
+    let (summary, more) = run_fleet(
+        &d,
+        60,
+        &[
+            "--prefix".into(),
+            "restored".into(),
+            "--jwt-signer-key".into(),
+            d.env["JWT_SIGNER_KEY"].clone(),
+            "--expect-ca".into(),
+            d.env["CA_CERT"].clone(),
+        ],
+    );
+    assert_eq!(summary["provisioned"], 60, "{summary}");
+    let mut all = checker::read_events(&events);
+    all.extend(checker::read_events(&more));
+    let ledgers = d.ledgers();
+    if let Err(v) = checker::check(&ledgers, &all, 360) {
+        panic!(
+            "the checker found {} violations:\n{}",
+            v.len(),
+            v.join("\n")
+        );
+    }
     assert_down(&d);
 }
 

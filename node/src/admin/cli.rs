@@ -138,6 +138,13 @@ pub enum AdminCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Copy the answering member's store (log, vote, ledger) to data_dir/backups/NAME on its
+    /// host, while it runs (docs/operations.md: backup and restore)
+    Backup {
+        /// Directory name; default backup-<UTC time>
+        #[arg(long, default_value = "")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args, Default, Clone)]
@@ -684,6 +691,20 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
                 .map_err(|e| Failure::new(Exit::Failed, format!("write: {e}")))?;
             if let Some(p) = out {
                 eprintln!("exported {n} records to {}", p.display());
+            }
+        }
+        AdminCmd::Backup { name } => {
+            let r = client
+                .backup(pb::BackupRequest { name })
+                .await?
+                .into_inner();
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "backup of {} in {} on its host: ledger at log index {}, {} records, {} bytes",
+                    r.member, r.path, r.last_applied, r.records, r.bytes
+                );
             }
         }
         AdminCmd::Revoke { identity, reason } => {

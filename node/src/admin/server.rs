@@ -334,6 +334,29 @@ impl AdminApi {
         })
     }
 
+    async fn backup_member(
+        &self,
+        req: pb::BackupRequest,
+        operator: &str,
+    ) -> Result<pb::BackupReply, Status> {
+        let member = self.member()?.clone();
+        let data_dir = self
+            .svc()
+            .config
+            .data_dir
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("this member has no data_dir"))?;
+        let (path, m) = super::backup::make(member, data_dir, req.name).await?;
+        tracing::info!(path = %path.display(), last_applied = m.last_applied, records = m.records, operator, "backup made");
+        Ok(pb::BackupReply {
+            path: path.display().to_string(),
+            member: m.member,
+            last_applied: m.last_applied,
+            records: m.records,
+            bytes: m.bytes,
+        })
+    }
+
     async fn revoke(&self, req: pb::RevokeRequest, operator: &str) -> Result<String, Status> {
         if !proto::subject::is_valid_identity(&req.identity) {
             return Err(Status::invalid_argument(format!(
@@ -622,6 +645,15 @@ impl Admin for AdminApi {
         }
         .await;
         self.observe("export_ledger", r).map(Response::new)
+    }
+
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupReply>, Status> {
+        let who = operator(&req);
+        let r = self.backup_member(req.into_inner(), &who).await;
+        self.observe("backup", r).map(Response::new)
     }
 
     async fn revoke(
