@@ -142,6 +142,14 @@ impl Config {
                 p.push(invalid("helper", e));
             }
         }
+        // `python3 /etc/.../helper.py`: an absolute path among the arguments is most likely the
+        // script itself, and a missing script fails every server at run time
+        for arg in self.helper.iter().skip(1).filter(|a| a.starts_with('/')) {
+            let path = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
+            if !Path::new(path).exists() {
+                p.push(invalid("helper", format!("{path}: no such file")));
+            }
+        }
         // the same loading `run` does, so a key that does not parse is found here too
         if self.features.jwt && !self.jwt_verify_cert.is_empty() {
             if let Err(e) = crate::jwt::JwtVerifier::from_config(&self.jwt_verify_cert) {
@@ -313,6 +321,16 @@ mod tests {
         let c = parse(&text).unwrap();
         let problems: Vec<String> = c.check_files().iter().map(|e| e.to_string()).collect();
         assert_eq!(problems.len(), 2, "{problems:?}");
+        // the script an interpreter runs is checked too
+        let with_script =
+            text.replace("no-such-helper-program", "\"sh -e /nonexistent/helper.sh\"");
+        let script: Vec<String> = parse(&with_script)
+            .unwrap()
+            .check_files()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(script[0], "helper: /nonexistent/helper.sh: no such file");
         assert!(problems[0].starts_with("helper: no-such-helper-program: not found in PATH"));
         assert!(problems[1].contains("mode 644"), "{problems:?}");
 
