@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cluster_tests::checker::{self, MemberLedger};
-use cluster_tests::{bin, bin_dir, http_get, repo_root};
+use cluster_tests::{bin, bin_dir, http_get, metric_value, repo_root};
 use serde_json::Value;
 
 /// One cluster at a time: two on 2 cores would only slow each other down.
@@ -276,6 +276,19 @@ fn check_dashboard_metrics(d: &Deployed) {
     let scrape = d.path().join("prov1.prom");
     let text = http_get(d.base + 13, "/metrics").unwrap_or_default();
     assert!(text.contains("choria_provisioner_provisioned"), "{text}");
+    // the cluster metrics move: a leader was seen, and ledger commits were timed
+    let changes = metric_value(
+        &text,
+        "choria_provisioner_raft_leader_changes{site=\"lon1\"}",
+    );
+    assert!(
+        changes.is_some_and(|n| n >= 1.0),
+        "leader changes {changes:?}"
+    );
+    assert!(
+        text.contains("choria_provisioner_ledger_commit_time_count{command=\"issue_credential\",result=\"ok\",site=\"lon1\"}"),
+        "{text}"
+    );
     std::fs::write(&scrape, text).expect("write the scrape");
     let root = repo_root();
     let out = Command::new("python3")

@@ -465,14 +465,18 @@ async fn probe_broker(opts: async_nats::ConnectOptions, servers: Vec<String>) {
 /// between two housekeeping ticks are counted too.
 async fn watch_leader(member: Arc<RaftMember>, m: Arc<Metrics>) {
     let mut rx = member.raft.metrics();
-    let mut last = rx.borrow().current_leader;
-    while rx.changed().await.is_ok() {
-        let now = rx.borrow().current_leader;
+    // the first leader seen counts too, even one elected before this task ran
+    let mut last = None;
+    loop {
+        let now = rx.borrow_and_update().current_leader;
         if now != last {
             if now.is_some() {
                 m.inc(&m.raft_leader_changes);
             }
             last = now;
+        }
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
