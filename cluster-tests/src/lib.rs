@@ -88,6 +88,27 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// A base port for `deploy/local-cluster` with every port it derives free: the broker on
+/// `base`, member `id` on `base + id*10 + 1..3`. Below the ephemeral range, so ports the system
+/// hands out meanwhile do not collide.
+pub fn free_port_block(members: u16) -> u16 {
+    let start = (std::process::id() % 100) as u16 * 100;
+    (0..100u16)
+        .map(|i| 20_000 + (start + i * 100) % 10_000)
+        .find(|base| {
+            let mut ports = vec![*base];
+            for id in 1..=members {
+                ports.extend((1..=3).map(|k| base + id * 10 + k));
+            }
+            let held: Vec<_> = ports
+                .iter()
+                .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
+                .collect();
+            held.len() == ports.len()
+        })
+        .unwrap_or(20_000)
+}
+
 fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {

@@ -9,38 +9,17 @@
 //! once.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use cluster_tests::checker::{self, MemberLedger};
-use cluster_tests::{bin, bin_dir, http_get, metric_value, repo_root};
+use cluster_tests::{bin, bin_dir, free_port_block, http_get, metric_value, repo_root};
 use serde_json::Value;
 
 /// One cluster at a time: two on 2 cores would only slow each other down.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A base port with every port `deploy/local-cluster` derives from it free (the broker on
-/// `base`, member `id` on `base + id*10 + 1..3`), below the ephemeral range.
-fn free_base(members: u16) -> u16 {
-    let start = 20_000 + (std::process::id() % 100) as u16 * 100;
-    (0..100)
-        .map(|i| 20_000 + (start - 20_000 + i * 100) % 10_000)
-        .find(|base| {
-            let mut ports = vec![*base];
-            for id in 1..=members {
-                ports.extend((1..=3).map(|k| base + id * 10 + k));
-            }
-            let held: Vec<_> = ports
-                .iter()
-                .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
-                .collect();
-            held.len() == ports.len()
-        })
-        .expect("a free block of ports")
-}
 
 /// A cluster brought up by the deploy script; brought down on drop.
 struct Deployed {
@@ -63,7 +42,7 @@ impl Deployed {
             .prefix("deploy-test-")
             .tempdir()
             .expect("tempdir");
-        let base = free_base(members);
+        let base = free_port_block(members);
         let config = repo_root().join("deploy/config").join(config);
         let out = script(&[
             "up",

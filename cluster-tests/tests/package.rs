@@ -81,13 +81,14 @@ fn the_debian_package_builds_and_holds_a_working_installation() {
         "./usr/bin/provisioner",
         "./usr/lib/systemd/system/choria-provisioner.service",
         "./etc/choria-provisioner/provisioner.yaml",
-        "examples/cluster-3-x509.yaml",
-        "examples/cluster-5-ed25519.yaml",
-        "examples/provisioning-broker.conf",
-        "examples/helpers/helper.py",
-        "examples/local-cluster",
-        "monitoring/grafana-dashboard.json",
-        "monitoring/prometheus.yml",
+        "deploy/config/cluster-3-x509.yaml",
+        "deploy/config/cluster-5-ed25519.yaml",
+        "deploy/nats/provisioning-broker.conf",
+        "deploy/choria-broker/provisioning.conf",
+        "deploy/examples/helper.py",
+        "deploy/local-cluster",
+        "deploy/monitoring/grafana-dashboard.json",
+        "deploy/monitoring/prometheus.yml",
         "docs/operations.md",
         "copyright",
     ] {
@@ -100,7 +101,8 @@ fn the_debian_package_builds_and_holds_a_working_installation() {
     let provisioner = root.join("usr/bin/provisioner");
     let version = text(&run(Command::new(&provisioner).arg("--version")));
     assert!(version.starts_with("provisioner "), "{version}");
-    let doc = root.join("usr/share/doc/choria-provisioner-rs/examples");
+    let deploy = root.join("usr/share/doc/choria-provisioner-rs/deploy");
+    let doc = deploy.join("config");
     let check = |file: &Path, identity: Option<&str>| {
         let mut c = Command::new(&provisioner);
         c.args(["config", "check", "--no-files"]);
@@ -113,6 +115,29 @@ fn the_debian_package_builds_and_holds_a_working_installation() {
     for example in ["cluster-3-x509.yaml", "cluster-5-ed25519.yaml"] {
         assert!(check(&doc.join(example), Some("prov2")).contains("ok (member prov2 "));
     }
+
+    // the packaged local-cluster script brings a cluster up from the packaged files alone
+    let lc = dir.path().join("lc");
+    let base = cluster_tests::free_port_block(3).to_string();
+    let up = Command::new(deploy.join("local-cluster"))
+        .args(["up", "--dir"])
+        .arg(&lc)
+        .arg("--bin-dir")
+        .arg(root.join("usr/bin"))
+        .args(["--base-port", &base])
+        .output();
+    let down = Command::new(deploy.join("local-cluster"))
+        .args(["down", "--dir"])
+        .arg(&lc)
+        .output();
+    let up = up.expect("run the packaged local-cluster");
+    let said = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(
+        up.status.success() && said.contains("== ready: 3 members"),
+        "{said}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(down.is_ok_and(|d| d.status.success()));
 
     // maintainer scripts parse, and cargo-deb added the unit handling to postinst
     let control = dir.path().join("control");
