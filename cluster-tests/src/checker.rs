@@ -23,6 +23,36 @@ pub struct MemberLedger {
     pub digest: Option<String>,
 }
 
+impl MemberLedger {
+    /// Member `name` (id `id`) from the output of its `provisioner admin ledger export` and its
+    /// `status --json` reply; `None` when the export failed or did not parse.
+    pub fn from_admin(
+        name: &str,
+        id: u64,
+        export: &std::process::Output,
+        status: &Value,
+    ) -> Option<MemberLedger> {
+        if !export.status.success() {
+            return None;
+        }
+        let records = String::from_utf8_lossy(&export.stdout)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<Value>, _>>()
+            .ok()?;
+        let digest = status["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"].as_u64() == Some(id))
+            .and_then(|m| m["ledger_digest"].as_str().map(String::from));
+        Some(MemberLedger {
+            member: name.to_string(),
+            records,
+            digest,
+        })
+    }
+}
+
 /// One line of the simulator's `--events` file.
 #[derive(Debug, Clone)]
 pub struct FleetEvent {

@@ -91,27 +91,9 @@ impl Deployed {
     }
 
     fn ledger(&self, id: u16) -> Option<MemberLedger> {
-        let out = self.admin(id, &["--timeout", "10", "ledger", "export"]);
-        if !out.status.success() {
-            return None;
-        }
-        let records = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<Vec<Value>, _>>()
-            .ok()?;
-        let status: Value =
-            serde_json::from_slice(&self.admin(id, &["--json", "status"]).stdout).ok()?;
-        let digest = status["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["id"].as_u64() == Some(u64::from(id)))
-            .and_then(|m| m["ledger_digest"].as_str().map(String::from));
-        Some(MemberLedger {
-            member: format!("prov{id}"),
-            records,
-            digest,
-        })
+        let export = self.admin(id, &["--timeout", "10", "ledger", "export"]);
+        let status = self.status(id);
+        MemberLedger::from_admin(&format!("prov{id}"), u64::from(id), &export, &status)
     }
 
     /// Every member's ledger once they all agree.

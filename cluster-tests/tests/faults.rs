@@ -298,26 +298,9 @@ impl Site {
     /// Member `i`'s ledger export and its own digest.
     fn member_ledger(&self, i: usize) -> Option<MemberLedger> {
         let spec = &self.specs[i];
-        let out = self.op.cli(spec, &["--timeout", "10", "ledger", "export"]);
-        if !out.status.success() {
-            return None;
-        }
-        let records = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<Vec<Value>, _>>()
-            .ok()?;
+        let export = self.op.cli(spec, &["--timeout", "10", "ledger", "export"]);
         let status = self.ask(i, &["status"])?;
-        let digest = status["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["id"].as_u64() == Some(spec.id))
-            .and_then(|m| m["ledger_digest"].as_str().map(String::from));
-        Some(MemberLedger {
-            member: spec.name.clone(),
-            records,
-            digest,
-        })
+        MemberLedger::from_admin(&spec.name, spec.id, &export, &status)
     }
 }
 

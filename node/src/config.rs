@@ -339,11 +339,16 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_as(path, None)
+    }
+
+    /// [`Config::load`] as the host named `identity` would read it (see [`Config::parse_as`]).
+    pub fn load_as(path: &Path, identity: Option<&str>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        Self::parse_as(&text, path, identity)
     }
 
     /// Checks the whole file: on error, every problem found, not only the first.

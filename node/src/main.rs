@@ -265,13 +265,7 @@ fn report(cmd: &str, what: &str, result: Result<(PathBuf, PathBuf), ca::CaError>
 
 /// `config check`: every problem on its own line, then a one-line summary.
 fn check_config(path: &std::path::Path, identity: Option<&str>, files: bool) -> ExitCode {
-    let loaded = std::fs::read_to_string(path)
-        .map_err(|source| node::config::ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })
-        .and_then(|text| Config::parse_as(&text, path, identity));
-    let (config, mut problems) = match loaded {
+    let (config, mut problems) = match Config::load_as(path, identity) {
         Ok(c) => (Some(c), Vec::new()),
         Err(e) => (None, e.problems().iter().map(|p| p.to_string()).collect()),
     };

@@ -67,10 +67,10 @@ pub async fn make(
     }
     // checkpoints flush and hard-link files: blocking work, off the async threads
     let store_dir = dir.join("raft");
-    let (m, d) = (member.clone(), store_dir.clone());
+    let (m, d, top) = (member.clone(), store_dir.clone(), dir.clone());
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&top)
+            .map_err(|e| Status::internal(format!("{}: {e}", top.display())))?;
         m.store
             .checkpoint(&d)
             .map_err(|e| Status::internal(format!("checkpoint: {e}")))
@@ -98,10 +98,6 @@ pub async fn make(
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Status::internal(format!("manifest: {e}")))?;
-    let dir = store_dir
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| store_dir.clone());
     std::fs::write(dir.join("backup.json"), json)
         .map_err(|e| Status::internal(format!("manifest: {e}")))?;
     Ok((dir, manifest))

@@ -298,6 +298,10 @@ mod tests {
         assert!(err.contains("expected struct"), "{err}");
     }
 
+    fn file_problems(c: &Config) -> Vec<String> {
+        c.check_files().iter().map(|e| e.to_string()).collect()
+    }
+
     #[test]
     fn named_files_are_checked_as_run_loads_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -319,17 +323,12 @@ mod tests {
         )
         .replace("/usr/local/bin/helper", "no-such-helper-program");
         let c = parse(&text).unwrap();
-        let problems: Vec<String> = c.check_files().iter().map(|e| e.to_string()).collect();
+        let problems = file_problems(&c);
         assert_eq!(problems.len(), 2, "{problems:?}");
         // the script an interpreter runs is checked too
         let with_script =
             text.replace("no-such-helper-program", "\"sh -e /nonexistent/helper.sh\"");
-        let script: Vec<String> = parse(&with_script)
-            .unwrap()
-            .check_files()
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
+        let script = file_problems(&parse(&with_script).unwrap());
         assert_eq!(script[0], "helper: /nonexistent/helper.sh: no such file");
         assert!(problems[0].starts_with("helper: no-such-helper-program: not found in PATH"));
         assert!(problems[1].contains("mode 644"), "{problems:?}");
@@ -341,12 +340,7 @@ mod tests {
         let broken = good
             .replace(&cert.display().to_string(), "/nonexistent/ca.pem")
             .replace(&"ab".repeat(32), "/nonexistent/signer.pem");
-        let problems: Vec<String> = parse(&broken)
-            .unwrap()
-            .check_files()
-            .iter()
-            .map(|e| e.to_string())
-            .collect();
+        let problems = file_problems(&parse(&broken).unwrap());
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
             problems[0].starts_with("jwt_verify_cert: ")
