@@ -241,7 +241,7 @@ mod tests {
 
     fn fixture(name: &str) -> String {
         let path = format!(
-            "{}/../../shared/choria/fixtures/{name}",
+            "{}/../proto/testdata/fixtures/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         match std::fs::read_to_string(&path) {

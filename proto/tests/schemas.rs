@@ -1,5 +1,5 @@
 //! Every message kind we produce validates against upstream's JSON schemas
-//! (`shared/choria/schemas/protocol/v1`), and decoding refuses what does not.
+//! (`proto/testdata/schemas/v1`, copied from go-choria), and decoding refuses what does not.
 
 use base64::Engine;
 use proto::rpc::RpcReply;
@@ -8,7 +8,7 @@ use serde_json::Value;
 
 fn schema(name: &str) -> jsonschema::Validator {
     let path = format!(
-        "{}/../../shared/choria/schemas/protocol/v1/{name}.json",
+        "{}/testdata/schemas/v1/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -1,5 +1,5 @@
 //! Every v2 message kind we produce validates against upstream's v2 JSON schemas
-//! (`shared/choria/schemas/protocol/v2`), and decoding refuses what does not.
+//! (`proto/testdata/schemas/v2`, copied from go-choria), and decoding refuses what does not.
 //!
 //! One known upstream defect: `reply.json` pins the reply's `protocol` to
 //! `io.choria.protocol.v2.request`, while upstream's code (protocol/v2/reply.go) sends
@@ -15,7 +15,7 @@ use serde_json::Value;
 
 fn schema_json(name: &str) -> Value {
     let path = format!(
-        "{}/../../shared/choria/schemas/protocol/v2/{name}.json",
+        "{}/testdata/schemas/v2/{name}.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -9,7 +9,10 @@ static VERIFIERS: OnceLock<Vec<JwtVerifier>> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
     let verifiers = VERIFIERS.get_or_init(|| {
-        let rsa = include_bytes!("../../../../shared/choria/fixtures/provisioning-signer.pem");
+        let rsa = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../proto/testdata/fixtures/provisioning-signer.pem"
+        ));
         let mut v: Vec<JwtVerifier> = JwtVerifier::from_pem(rsa).into_iter().collect();
         v.extend(JwtVerifier::from_config(&"ab".repeat(32)));
         v

@@ -3,7 +3,7 @@
 //! CA, provisioning JWTs verified and server JWTs signed, a batch of ledger commands applied
 //! to the RocksDB state machine, and a ledger lookup.
 //!
-//! Run with `cargo bench -p provisioner-benches --bench hot_paths`. These may use the
+//! Run with `cargo bench -p provisioner-bench --bench hot_paths`. These may use the
 //! provisioner's crates: only the fleet simulator must stay independent of them.
 
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ use raft::types::{Batch, TypeConfig};
 
 fn fixture(name: &str) -> String {
     let path = format!(
-        "{}/../../shared/choria/fixtures/{name}",
+        "{}/../../proto/testdata/fixtures/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
