@@ -6,6 +6,15 @@
 //! runs `fleet-sim`. Every process is killed when its handle is dropped, and logs to a file in
 //! the run's directory. [`checker`] holds a run's ledgers against what the fleet saw;
 //! [`netfault`] cuts the network between members.
+//!
+//! It is test code: a set-up step that fails (a broker that does not start, a file that cannot
+//! be written) ends the test or demo that asked for it, so panicking is the right answer here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test harness: a failed set-up step fails the test"
+)]
 
 pub mod checker;
 pub mod netfault;

@@ -5,6 +5,13 @@
 //! membership changes with the quorum check, and a forced removal that waits for its quorum
 //! and leaves the removed (still running) member unable to write.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,6 +3,13 @@
 //! the same ledger, restarts recover it from RocksDB, and the loss of the leader (kill -9) does
 //! not lose or repeat a server.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -6,6 +6,13 @@
 //!
 //! `FAULT_SOAK_SECS` (opt-in) runs random faults for that long; `FAULT_SEED` replays one.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

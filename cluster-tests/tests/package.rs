@@ -6,6 +6,13 @@
 //! The package is made from this test build's binary (`--profile dev --no-build`), so the test
 //! costs no release build; a release package is `cargo deb -p provisioner-node`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,6 +1,13 @@
 //! End-to-end provisioning over a real `nats-server`: the `provisioner` binary against
 //! `fleet-sim` processes. Build the binaries first: `cargo build --workspace --bins`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;

@@ -4,6 +4,13 @@
 //! trusts another CA are refused. (Member-to-member and admin gRPC refusals of plaintext and
 //! wrong-CA peers are in raft/tests/group.rs and tests/admin.rs.)
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;

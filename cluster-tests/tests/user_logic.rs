@@ -1,6 +1,13 @@
 //! User logic compiled in instead of a helper program: the `UserLogic` trait drives the same
 //! pipeline against real servers (the fleet simulator over a real nats-server).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,6 +2,13 @@
 //! layer of an envelope and in RPC bodies and lifecycle events, and messages over the size
 //! limits. Each is refused with an error; none may overflow the stack or be accepted.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use base64::Engine;
 use proto::lifecycle::Event;
 use proto::rpc::{RpcReply, RpcRequest};

@@ -1,6 +1,13 @@
 //! Every message kind we produce validates against upstream's JSON schemas
 //! (`proto/testdata/schemas/v1`, copied from go-choria), and decoding refuses what does not.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use base64::Engine;
 use proto::rpc::RpcReply;
 use proto::v1::{self, Filter, Insecure, Reply, Request};

@@ -6,6 +6,13 @@
 //! `io.choria.protocol.v2.reply`. Replies are checked against the schema with that one
 //! constant corrected, and against the original schema to show it is the only difference.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use base64::Engine;
 use proto::rpc::{RpcReply, RpcRequest};
 use proto::v1::{Filter, Reply, Request};

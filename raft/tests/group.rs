@@ -1,6 +1,13 @@
 //! Three members in one process, talking gRPC over loopback: commands proposed on any member
 //! are committed once and applied identically everywhere, and the ledger survives a restart.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;

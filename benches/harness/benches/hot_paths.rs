@@ -6,6 +6,13 @@
 //! Run with `cargo bench -p provisioner-bench --bench hot_paths`. These may use the
 //! provisioner's crates: only the fleet simulator must stay independent of them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

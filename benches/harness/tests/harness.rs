@@ -1,6 +1,13 @@
 //! The benchmark harness itself, run small: each scenario it reports on must produce the
 //! numbers BENCHMARKS.md is built from. These check what the runs report, not how fast.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
 use std::path::Path;
 use std::process::Command;
 
