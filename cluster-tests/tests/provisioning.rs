@@ -420,24 +420,46 @@ fn misbehaving_servers_and_helpers_do_not_affect_the_rest() {
 fn replies_from_another_identity_and_replayed_replies_are_dropped_and_counted() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
-    let (summary, prov, _nats) = run_fleet(
-        dir.path(),
-        FleetOptions {
+    let d = dir.path();
+    let nats = Nats::start(d);
+    let ca = init_ca(d);
+    // The fleet stays up after the healthy servers are done, so the impostors are still there
+    // to answer the provisioner's second attempt (a fleet that exits with the healthy ones
+    // raced it).
+    let mut fleet = FleetProcess::start(
+        d,
+        &nats,
+        &ca.0,
+        &FleetOptions {
             servers: 30,
             timeout_secs: 90,
-            extra: ["--fail-wrong-sender", "0.1", "--fail-replay", "0.1"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            extra: [
+                "--fail-wrong-sender",
+                "0.1",
+                "--fail-replay",
+                "0.1",
+                "--stay",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             ..Default::default()
         },
-        ProvisionerOptions {
+        false,
+    );
+    let prov = ProvisionerProcess::start(
+        d,
+        &nats,
+        &ca,
+        &fleet.signer_pub,
+        &ProvisionerOptions {
             rpc_timeout: "2s".into(),
             max_attempts: 2,
             retry_backoff_min: "1s".into(),
             ..Default::default()
         },
     );
+    let summary = fleet.wait_summary(Duration::from_secs(150));
     assert_eq!(n(&summary, "healthy"), 24, "{summary}");
     assert_eq!(n(&summary, "provisioned"), 24, "{summary}");
     assert_eq!(n(&summary, "verified"), 24, "{summary}");
