@@ -140,6 +140,16 @@ fn to_time(d: Duration) -> Result<time::Duration, CaError> {
     time::Duration::try_from(d).map_err(|_| CaError::Validity(d))
 }
 
+/// Says "not a CA" in the one form DER allows: a critical basicConstraints that is an empty
+/// SEQUENCE. rcgen 0.13's `IsCa::ExplicitNoCa` writes `cA FALSE` out, a DEFAULT value strict
+/// parsers (Python's cryptography, Go) refuse (X.690 11.5); fixed in rcgen 0.14.
+fn mark_not_a_ca(params: &mut CertificateParams) {
+    params.is_ca = IsCa::NoCa;
+    let mut bc = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x00]);
+    bc.set_criticality(true);
+    params.custom_extensions.push(bc);
+}
+
 /// 16 random bytes, positive and without a leading zero byte, as RFC 5280 wants.
 fn random_serial() -> (SerialNumber, String) {
     let mut bytes: [u8; 16] = rand::random();
@@ -229,7 +239,7 @@ impl Ca {
             vec![SanType::DnsName(identity.try_into().map_err(|e| {
                 CaError::Sign(format!("identity as DNS name: {e}"))
             })?)];
-        params.is_ca = IsCa::ExplicitNoCa;
+        mark_not_a_ca(&mut params);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -319,7 +329,7 @@ impl Ca {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.subject_alt_names = sans;
-        params.is_ca = IsCa::ExplicitNoCa;
+        mark_not_a_ca(&mut params);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -516,6 +526,145 @@ mod tests {
         );
         assert!(c.exists());
         assert!(ca.issue_member("bad name", &[], &[]).is_err());
+    }
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        parse_x509_pem(pem.as_bytes()).unwrap().1.contents
+    }
+
+    /// What a TLS peer (rustls-webpki) decides about `leaf` for `usage`, with `ca` its only
+    /// trust anchor and `crl` checked when given.
+    fn tls_verify(
+        ca: &[u8],
+        leaf: &[u8],
+        usage: webpki::KeyUsage,
+        crl: Option<&[u8]>,
+    ) -> Result<(), webpki::Error> {
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let ca = CertificateDer::from(ca.to_vec());
+        let anchor = webpki::anchor_from_trusted_cert(&ca)?;
+        let leaf = CertificateDer::from(leaf.to_vec());
+        let ee = webpki::EndEntityCert::try_from(&leaf)?;
+        let crl = crl
+            .map(webpki::BorrowedCertRevocationList::from_der)
+            .transpose()?
+            .map(webpki::CertRevocationList::from);
+        let crls: Vec<&webpki::CertRevocationList<'_>> = crl.iter().collect();
+        let revocation = match crls.is_empty() {
+            true => None,
+            false => Some(
+                webpki::RevocationOptionsBuilder::new(&crls)
+                    .unwrap()
+                    .build(),
+            ),
+        };
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            UnixTime::now(),
+            usage,
+            revocation,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    fn names(ee: &[u8], name: &str) -> Result<(), webpki::Error> {
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let der = CertificateDer::from(ee.to_vec());
+        let ee = webpki::EndEntityCert::try_from(&der)?;
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        ee.verify_is_valid_for_subject_name(&name)
+    }
+
+    /// Every kind of certificate the CA makes, and its CRL, read by a strict DER parser (the
+    /// one Python's cryptography uses) and checked as a TLS peer checks them.
+    #[test]
+    fn everything_the_ca_makes_is_strict_der_and_verifies_as_a_tls_peer() {
+        use proto::x509::{Certificate, KeyUsage as Ku, RevocationList};
+        for kt in [KeyType::EcdsaP256, KeyType::Rsa2048] {
+            let dir = tempfile::tempdir().unwrap();
+            let (cert, key) = init(
+                dir.path(),
+                "Strict CA",
+                kt,
+                Duration::from_secs(86400),
+                false,
+            )
+            .unwrap();
+            let ca = Ca::load(&cert, &key, Duration::from_secs(3600)).unwrap();
+            let ca_der = der_of(ca.cert_pem());
+            let c = Certificate::from_der(&ca_der).unwrap();
+            assert!(c.is_ca, "{kt:?}");
+            assert!(c.key_usage.unwrap().has(Ku::KEY_CERT_SIGN));
+            assert!(c.key_usage.unwrap().has(Ku::CRL_SIGN));
+
+            // a server's certificate: usable as TLS client (to the broker) and server
+            let id = "n1.example.net";
+            let server = der_of(&ca.sign(&csr(id), id).unwrap().pem);
+            let c = Certificate::from_der(&server).unwrap();
+            assert!(!c.is_ca);
+            assert!(!c.key_usage.unwrap().has(Ku::KEY_CERT_SIGN));
+            assert_eq!(
+                (c.common_names.clone(), c.dns_names.clone()),
+                (vec![id.to_string()], vec![id.to_string()])
+            );
+            tls_verify(&ca_der, &server, webpki::KeyUsage::client_auth(), None).unwrap();
+            tls_verify(&ca_der, &server, webpki::KeyUsage::server_auth(), None).unwrap();
+            names(&server, id).unwrap();
+            assert!(names(&server, "n2.example.net").is_err());
+
+            // a cluster member's: both ends of mutual TLS, by name and address
+            let (member, _) = ca
+                .issue_member(
+                    "prov1",
+                    &["prov1.example.net".into()],
+                    &["127.0.0.1".parse().unwrap()],
+                )
+                .unwrap();
+            let member = der_of(&member);
+            let c = Certificate::from_der(&member).unwrap();
+            assert!(!c.is_ca);
+            assert_eq!(c.dns_names, vec!["prov1", "prov1.example.net"]);
+            tls_verify(&ca_der, &member, webpki::KeyUsage::server_auth(), None).unwrap();
+            tls_verify(&ca_der, &member, webpki::KeyUsage::client_auth(), None).unwrap();
+            names(&member, "prov1.example.net").unwrap();
+            names(&member, "127.0.0.1").unwrap();
+
+            // an operator's: a client only
+            let (op, _) = ca.issue_admin("ops-alice").unwrap();
+            let op = der_of(&op);
+            let c = Certificate::from_der(&op).unwrap();
+            assert!(!c.is_ca && c.client_auth() && !c.server_auth());
+            tls_verify(&ca_der, &op, webpki::KeyUsage::client_auth(), None).unwrap();
+            assert!(tls_verify(&ca_der, &op, webpki::KeyUsage::server_auth(), None).is_err());
+
+            // the CRL: read strictly, and a TLS peer refuses what it lists, and only that
+            let serial = hex::encode(&c.serial);
+            let crl = ca
+                .crl(
+                    &[(serial.clone(), 1_700_000_000)],
+                    3,
+                    Duration::from_secs(3600),
+                )
+                .unwrap();
+            let crl = der_of(&crl);
+            let parsed = RevocationList::from_der(&crl).unwrap();
+            assert_eq!(parsed.revoked, vec![c.serial.clone()]);
+            assert_eq!(parsed.crl_number, Some(vec![3]));
+            assert!(matches!(
+                tls_verify(&ca_der, &op, webpki::KeyUsage::client_auth(), Some(&crl)),
+                Err(webpki::Error::CertRevoked)
+            ));
+            tls_verify(
+                &ca_der,
+                &server,
+                webpki::KeyUsage::client_auth(),
+                Some(&crl),
+            )
+            .unwrap();
+        }
     }
 
     #[test]

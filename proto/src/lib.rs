@@ -7,7 +7,7 @@
 //! [`lifecycle`] the events servers publish, [`ddl`] the agent interfaces (inputs and their
 //! validation) and [`agents`] the typed inputs and outputs of the `choria_provision` and
 //! `rpcutil` actions we call. [`grpc`] holds the protobuf services members speak to each
-//! other.
+//! other. [`x509`] reads the certificates and CRLs we hand out as strictly as a TLS peer does.
 //!
 //! This crate depends on no other crate of the workspace, so the fleet simulator that uses
 //! it stays an independent peer of the provisioner.
@@ -22,6 +22,7 @@ pub mod subject;
 pub mod v1;
 pub mod v2;
 pub mod wire;
+pub mod x509;
 
 pub use error::ProtoError;
 

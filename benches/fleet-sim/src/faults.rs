@@ -10,8 +10,8 @@ pub enum Fault {
     Timeout,
     /// Answers every RPC request with bytes that are not a Choria reply.
     Garbage,
-    /// Sends a CSR the provisioner must refuse (wrong common name, denied name, or a broken
-    /// signature, in turn).
+    /// Sends a CSR the provisioner must refuse (wrong common name, denied name, a broken
+    /// signature, or a request to be a CA, in turn).
     BadCsr,
     /// Holds a provisioning JWT signed by a key the provisioner does not trust.
     BadJwt,

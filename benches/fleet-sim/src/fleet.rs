@@ -179,6 +179,8 @@ pub struct Summary {
     pub lock_conflicts: u64,
     pub bad_tokens: u64,
     pub configure_refused: u64,
+    /// Delivered certificates that were CA certificates (refused): must stay 0.
+    pub ca_certificates: u64,
     /// Requests in the protocol version the servers do not speak.
     pub wrong_protocol: u64,
     /// v2 requests whose caller JWT or signature did not verify.
@@ -597,6 +599,7 @@ impl Fleet {
             lock_conflicts: c.lock_conflicts.load(Ordering::Relaxed),
             bad_tokens: c.bad_tokens.load(Ordering::Relaxed),
             configure_refused: c.configure_refused.load(Ordering::Relaxed),
+            ca_certificates: c.ca_certificates.load(Ordering::Relaxed),
             wrong_protocol: c.wrong_protocol.load(Ordering::Relaxed),
             bad_signatures: c.bad_signatures.load(Ordering::Relaxed),
             upgraded: upgraded.len(),

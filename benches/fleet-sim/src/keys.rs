@@ -91,6 +91,9 @@ pub struct Subject {
     pub state: String,
     /// DNS names to request besides the common name.
     pub sans: Vec<String>,
+    /// Ask to be a CA: basicConstraints `cA TRUE` and the keyCertSign and cRLSign usages, as
+    /// a hostile server would.
+    pub ca: bool,
 }
 
 /// A PEM CSR for `subject`, signed by `key`.
@@ -110,6 +113,18 @@ pub fn csr(key: &KeyPair, subject: &Subject) -> Result<String, String> {
         }
     }
     params.distinguished_name = dn;
+    if subject.ca {
+        let mut bc = rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 19],
+            vec![0x30, 0x03, 0x01, 0x01, 0xff],
+        );
+        bc.set_criticality(true);
+        params.custom_extensions.push(bc);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+    }
     params
         .serialize_request(key)
         .and_then(|r| r.pem())

@@ -58,6 +58,8 @@ pub struct Counters {
     pub bad_tokens: AtomicU64,
     /// `configure` requests refused (bad certificate, bad config...).
     pub configure_refused: AtomicU64,
+    /// Delivered certificates that were CA certificates (refused): must stay 0.
+    pub ca_certificates: AtomicU64,
     pub configures: AtomicU64,
     /// Requests in the protocol version the server does not speak.
     pub wrong_protocol: AtomicU64,

@@ -22,6 +22,7 @@ impl SimServer {
             organizational_unit: args.organizational_unit,
             state: args.state,
             sans: vec![],
+            ca: false,
         };
         let count = {
             let mut st = self
@@ -33,9 +34,10 @@ impl SimServer {
         };
         let mut pem = None;
         if self.spec.fault == Some(Fault::BadCsr) {
-            match (self.spec.index + count as usize) % 3 {
+            match (self.spec.index + count as usize) % 4 {
                 0 => subject.cn = format!("impostor.{}", self.spec.identity),
                 1 => subject.sans = vec!["admin.privileged.choria".into()],
+                2 => subject.ca = true,
                 _ => pem = Some(corrupt(&keys::csr(&key, &subject)?)?),
             }
         }
@@ -125,7 +127,14 @@ impl SimServer {
                     serial = Some(s);
                     verified = true;
                 }
-                Err(e) => return refuse(format!("TLS Setup Failed: {e}")),
+                Err(e) => {
+                    if matches!(e, CertRefusal::IsCa) {
+                        self.counters
+                            .ca_certificates
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    return refuse(format!("TLS Setup Failed: {e}"));
+                }
             }
         }
         if !args.server_jwt.is_empty() {
@@ -243,42 +252,83 @@ fn corrupt(pem: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// Checks a delivered certificate as a server that will use it for mTLS needs it: signed by
-/// the delivered CA, for this identity, currently valid, and for the key made on `gencsr`.
-/// Returns the certificate's serial (hex).
+/// Why a server refuses a delivered certificate.
+#[derive(Debug)]
+pub enum CertRefusal {
+    /// The certificate would make this server a CA (or let it sign certificates or CRLs).
+    IsCa,
+    Other(String),
+}
+
+impl std::fmt::Display for CertRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertRefusal::IsCa => f.write_str("the certificate is a CA certificate"),
+            CertRefusal::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Checks a delivered certificate as a server that will use it for mTLS needs it: strict DER
+/// (what Go's and Python's parsers accept), not a CA, accepted by a TLS peer (rustls-webpki)
+/// as a client certificate chaining to the delivered CA, for this identity, and for the key
+/// made on `gencsr`. Returns the certificate's serial (hex).
 pub fn verify_certificate(
     cert_pem: &str,
     ca_pem: &str,
     key_raw: Option<&[u8]>,
     identity: &str,
-) -> Result<String, String> {
-    let (_, ca_block) = parse_x509_pem(ca_pem.as_bytes()).map_err(|e| format!("CA: {e}"))?;
-    let ca = ca_block.parse_x509().map_err(|e| format!("CA: {e}"))?;
+) -> Result<String, CertRefusal> {
+    let other = CertRefusal::Other;
+    let (_, ca_block) = parse_x509_pem(ca_pem.as_bytes()).map_err(|e| other(format!("CA: {e}")))?;
     let (_, leaf_block) =
-        parse_x509_pem(cert_pem.as_bytes()).map_err(|e| format!("certificate: {e}"))?;
-    let leaf = leaf_block
-        .parse_x509()
-        .map_err(|e| format!("certificate: {e}"))?;
-    if leaf.issuer() != ca.subject() {
-        return Err("certificate was not issued by the given CA".into());
+        parse_x509_pem(cert_pem.as_bytes()).map_err(|e| other(format!("certificate: {e}")))?;
+    proto::x509::Certificate::from_der(&ca_block.contents)
+        .map_err(|e| other(format!("CA is not strict DER: {e}")))?;
+    let leaf = proto::x509::Certificate::from_der(&leaf_block.contents)
+        .map_err(|e| other(format!("certificate is not strict DER: {e}")))?;
+    use proto::x509::KeyUsage as Ku;
+    let signs = leaf
+        .key_usage
+        .is_some_and(|k| k.has(Ku::KEY_CERT_SIGN) || k.has(Ku::CRL_SIGN));
+    if leaf.is_ca || signs {
+        return Err(CertRefusal::IsCa);
     }
-    leaf.verify_signature(Some(ca.public_key()))
-        .map_err(|e| format!("certificate signature does not verify with the CA: {e}"))?;
-    if !leaf.validity().is_valid() {
-        return Err("certificate is not valid now".into());
+
+    // the chain and the usage, as the broker checks this server's client certificate
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let ca_der = CertificateDer::from(ca_block.contents.clone());
+    let anchor = webpki::anchor_from_trusted_cert(&ca_der)
+        .map_err(|e| other(format!("CA is not a trust anchor: {e}")))?;
+    let leaf_der = CertificateDer::from(leaf_block.contents.clone());
+    let ee = webpki::EndEntityCert::try_from(&leaf_der)
+        .map_err(|e| other(format!("certificate: {e}")))?;
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| {
+        other(format!(
+            "certificate does not verify with the CA as a client certificate: {e}"
+        ))
+    })?;
+
+    if leaf.common_names != [identity] {
+        return Err(other(format!(
+            "certificate is for {:?}, not {identity:?}",
+            leaf.common_names
+        )));
     }
-    let cn = leaf
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        .unwrap_or_default();
-    if cn != identity {
-        return Err(format!("certificate is for {cn:?}, not {identity:?}"));
+    let key = key_raw.ok_or(other("no key was made with gencsr".into()))?;
+    let (_, spki) = SubjectPublicKeyInfo::from_der(&leaf.spki_der)
+        .map_err(|e| other(format!("certificate key: {e}")))?;
+    if spki.subject_public_key.data.as_ref() != key {
+        return Err(other("certificate does not match the private key".into()));
     }
-    let key = key_raw.ok_or("no key was made with gencsr")?;
-    if leaf.public_key().subject_public_key.data.as_ref() != key {
-        return Err("certificate does not match the private key".into());
-    }
-    Ok(hex::encode(leaf.raw_serial()))
+    Ok(hex::encode(&leaf.serial))
 }
