@@ -194,6 +194,71 @@ fn keys_from_the_helper_travel_encrypted_and_policies_reach_the_servers() {
     assert!(!log.contains("PRIVATE KEY"), "a private key was logged");
 }
 
+/// Servers whose CSRs ask to be a CA, for denied or other names, or carry a broken signature
+/// get nothing, even from the external-CA helper that signs whatever reaches it; every
+/// certificate the others get is strict DER, accepted by a TLS peer (the simulator checks both)
+/// and not a CA.
+#[test]
+fn hostile_csrs_get_no_certificate_and_every_certificate_is_strict_der() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca_cert, ca_key) = (d.join("ca/ca.pem"), d.join("ca/ca.key"));
+    let helper = format!(
+        "/usr/bin/env EXTERNAL_CA_CERT={} EXTERNAL_CA_KEY={} {} {}",
+        ca_cert.display(),
+        ca_key.display(),
+        cluster_tests::python(),
+        cluster_tests::repo_root()
+            .join("deploy/examples/helper-external-ca.py")
+            .display()
+    );
+    let (summary, mut prov, _nats) = run_fleet(
+        d,
+        FleetOptions {
+            servers: 16,
+            token: "t0ken".into(),
+            timeout_secs: 120,
+            extra: vec!["--fail-bad-csr".into(), "0.25".into()],
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            token: "t0ken".into(),
+            helper,
+            max_attempts: 4,
+            retry_backoff_min: "1s".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(n(&summary, "healthy"), 12, "{summary}");
+    assert_eq!(n(&summary, "provisioned"), 12, "{summary}");
+    assert_eq!(n(&summary, "verified"), 12, "{summary}");
+    assert_eq!(n(&summary, "faulty_provisioned"), 0, "{summary}");
+    assert_eq!(n(&summary, "ca_certificates"), 0, "{summary}");
+    assert_eq!(n(&summary, "configure_refused"), 0, "{summary}");
+    // each hostile server goes through every bad CSR in turn; the CA request is among them
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let m = prov.metrics();
+        let refused = |r: &str| {
+            metric_sum(
+                &m,
+                "choria_provisioner_rejected",
+                &format!("reason=\"{r}\""),
+            )
+        };
+        if refused("csr_extension") >= 1.0
+            && refused("csr_cn") >= 1.0
+            && refused("csr_denied") >= 1.0
+        {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(prov.proc.is_running(), "provisioner died\n{m}");
+}
+
 /// The helper asks for version 0.30.0: upgradable servers get `release_update` from the
 /// repository, restart into provisioning mode at the new version and are provisioned then;
 /// the others fail to update and, upgrades being optional, are provisioned as they are.

@@ -11,9 +11,16 @@ get their key from you) and returns it as `key`: the provisioner encrypts it for
 
 With ACTION_POLICY_FILE set, that file is sent to every server as the action policy
 `default.policy`. Only the standard library and openssl are used.
+
+What the certificate says is decided here, never by the CSR: a server may ask for anything in
+its CSR (to be a CA, other names), so no extension is copied from it; the extensions come from
+a fixed file (not a CA, server and client authentication, the identity as the only DNS name),
+and the identity reaches openssl only through the environment, never inside `-subj`, after it
+was checked to be a host name.
 """
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -21,17 +28,46 @@ import tempfile
 
 BROKER = os.environ.get("CHORIA_BROKER", "nats://broker.example.net:4222")
 
+# A host name: what a Choria identity is. Anything else is refused before openssl sees it.
+IDENTITY = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
-def openssl(*args):
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
+# Every certificate gets exactly these extensions; SERVER_IDENTITY comes from the environment.
+EXTENSIONS = """
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = DNS:${ENV::SERVER_IDENTITY}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+# The request for a key made here: the identity as the only subject field.
+REQUEST = """
+[req]
+prompt = no
+distinguished_name = dn
+[dn]
+CN = ${ENV::SERVER_IDENTITY}
+"""
 
 
-def sign(csr_path, cert_path):
+def openssl(*args, identity):
+    env = dict(os.environ, SERVER_IDENTITY=identity)
+    subprocess.run(["openssl", *args], check=True, capture_output=True, env=env)
+
+
+def sign(work, csr_path, cert_path, identity):
+    ext = os.path.join(work, "extensions.cnf")
+    with open(ext, "w") as f:
+        f.write(EXTENSIONS)
+    # x509 -req copies no extension from the CSR unless told to (-copy_extensions)
     openssl(
         "x509", "-req", "-in", csr_path,
         "-CA", os.environ["EXTERNAL_CA_CERT"], "-CAkey", os.environ["EXTERNAL_CA_KEY"],
         "-set_serial", str(secrets.randbits(120)), "-days", "365",
-        "-copy_extensions", "copy", "-out", cert_path,
+        "-extfile", ext, "-extensions", "server", "-out", cert_path,
+        identity=identity,
     )
 
 
@@ -46,6 +82,9 @@ def main():
     if not identity or not csr.get("csr"):
         print("helper: needs an identity and a CSR (features.pki)", file=sys.stderr)
         return 1
+    if len(identity) > 253 or not IDENTITY.match(identity):
+        print("helper: the identity is not a host name; refusing it", file=sys.stderr)
+        return 1
     ssldir = csr.get("ssldir") or "/etc/choria/ssl"
     answer = {"defer": False, "msg": "signed by the external CA"}
 
@@ -54,16 +93,20 @@ def main():
         cert_path = os.path.join(work, "server.pem")
         if os.environ.get("EXTERNAL_CA_MAKE_KEYS") == "1":
             key_path = os.path.join(work, "server.key")
+            req = os.path.join(work, "request.cnf")
+            with open(req, "w") as f:
+                f.write(REQUEST)
             openssl(
                 "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-nodes", "-keyout", key_path, "-subj", f"/CN={identity}", "-out", csr_path,
+                "-nodes", "-keyout", key_path, "-config", req, "-out", csr_path,
+                identity=identity,
             )
             with open(key_path) as f:
                 answer["key"] = f.read()
         else:
             with open(csr_path, "w") as f:
                 f.write(csr["csr"])
-        sign(csr_path, cert_path)
+        sign(work, csr_path, cert_path, identity)
         with open(cert_path) as f:
             answer["certificate"] = f.read()
     with open(os.environ["EXTERNAL_CA_CERT"]) as f:

@@ -4,8 +4,11 @@
 //! A CSR is accepted when it is a PEM `CERTIFICATE REQUEST`, its self-signature verifies (the
 //! server holds the key) with SHA-256 or stronger (RSA, ECDSA) or Ed25519, an RSA key has at
 //! least 2048 bits, its key is one the CA can sign for, its one common name is the server's
-//! identity, and neither the common name nor any requested DNS name matches the deny list
-//! (upstream's defaults refuse names that would pose as privileged clients).
+//! identity, neither the common name nor any requested DNS name matches the deny list
+//! (upstream's defaults refuse names that would pose as privileged clients), and it asks for
+//! no extension but DNS names equal to the identity. Upstream's servers ask for none at all;
+//! a CSR asking to be a CA, for key usages or for other names is an attack on a CA that copies
+//! extensions (as `openssl x509 -copy_extensions` does), so it is refused here whatever signs it.
 
 use proto::agents::{CsrReply, CsrRequest, PROVISION_AGENT};
 use regex::Regex;
@@ -54,6 +57,10 @@ pub enum CsrError {
     CommonNameMismatch { cn: String, identity: String },
     #[error("{name} matches denied certificate pattern {pattern}")]
     Denied { name: String, pattern: String },
+    #[error("CSR asks for {0}; only DNS names equal to the identity may be requested")]
+    Extension(String),
+    #[error("CSR asks for the name {name}, not the identity {identity}")]
+    NameMismatch { name: String, identity: String },
 }
 
 impl CsrError {
@@ -67,6 +74,8 @@ impl CsrError {
             CsrError::NoCommonName | CsrError::SeveralCommonNames => "csr_cn",
             CsrError::CommonNameMismatch { .. } => "csr_cn",
             CsrError::Denied { .. } => "csr_denied",
+            CsrError::Extension(_) => "csr_extension",
+            CsrError::NameMismatch { .. } => "csr_name",
         }
     }
 }
@@ -133,19 +142,7 @@ pub fn validate(pem: &str, identity: &str, deny: &[Regex]) -> Result<ValidCsr, C
         });
     }
 
-    let mut dns_names = Vec::new();
-    if let Some(exts) = csr.requested_extensions() {
-        for ext in exts {
-            if let ParsedExtension::SubjectAlternativeName(san) = ext {
-                for name in &san.general_names {
-                    if let GeneralName::DNSName(d) = name {
-                        dns_names.push(d.to_string());
-                    }
-                }
-            }
-        }
-    }
-
+    let dns_names = requested_dns_names(&csr)?;
     for name in std::iter::once(&common_name).chain(dns_names.iter()) {
         if let Some(re) = deny.iter().find(|re| re.is_match(name)) {
             return Err(CsrError::Denied {
@@ -154,6 +151,12 @@ pub fn validate(pem: &str, identity: &str, deny: &[Regex]) -> Result<ValidCsr, C
             });
         }
     }
+    if let Some(other) = dns_names.iter().find(|n| !n.eq_ignore_ascii_case(identity)) {
+        return Err(CsrError::NameMismatch {
+            name: other.clone(),
+            identity: identity.to_string(),
+        });
+    }
 
     Ok(ValidCsr {
         pem: pem.to_string(),
@@ -161,6 +164,34 @@ pub fn validate(pem: &str, identity: &str, deny: &[Regex]) -> Result<ValidCsr, C
         common_name,
         dns_names,
     })
+}
+
+/// The DNS names the CSR asks for; any other requested extension, or alternative name of
+/// another kind, is an error.
+fn requested_dns_names(csr: &X509CertificationRequest<'_>) -> Result<Vec<String>, CsrError> {
+    let mut names = Vec::new();
+    for attr in csr.certification_request_info.iter_attributes() {
+        let ParsedCriAttribute::ExtensionRequest(req) = attr.parsed_attribute() else {
+            continue;
+        };
+        for ext in &req.extensions {
+            let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() else {
+                return Err(CsrError::Extension(format!(
+                    "extension {}",
+                    ext.oid.to_id_string()
+                )));
+            };
+            for name in &san.general_names {
+                match name {
+                    GeneralName::DNSName(d) => names.push(d.to_string()),
+                    other => {
+                        return Err(CsrError::Extension(format!("the alternative name {other}")))
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// The server's CSR reply together with the checked CSR.
@@ -287,6 +318,48 @@ pub(crate) mod tests {
         let err = validate(&pem, "n1.example.net", &deny()).unwrap_err();
         assert!(matches!(err, CsrError::Denied { ref name, .. } if name == "admin.mcollective"));
         assert_eq!(err.reason(), "csr_denied");
+    }
+
+    /// What a hostile server asks for, made with openssl as an attacker would.
+    #[test]
+    fn csrs_asking_for_extensions_or_other_names_are_refused() {
+        let id = "n1.example.net";
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+        let with = |ext: &str| {
+            let mut args = ec.to_vec();
+            args.extend(["-addext", ext]);
+            openssl_csr(id, &args)
+        };
+        for (ext, want) in [
+            ("basicConstraints=critical,CA:TRUE", "csr_extension"),
+            ("keyUsage=critical,keyCertSign,cRLSign", "csr_extension"),
+            ("extendedKeyUsage=serverAuth", "csr_extension"),
+            ("subjectAltName=IP:10.0.0.1", "csr_extension"),
+            ("subjectAltName=email:root@example.net", "csr_extension"),
+            ("subjectAltName=DNS:n2.example.net", "csr_name"),
+            (
+                "subjectAltName=DNS:n1.example.net,DNS:*.example.net",
+                "csr_name",
+            ),
+            ("subjectAltName=DNS:admin.privileged.choria", "csr_denied"),
+        ] {
+            let e = validate(&with(ext), id, &deny()).unwrap_err();
+            assert_eq!(e.reason(), want, "{ext}: {e}");
+        }
+        // what upstream's servers send, and our own identity as a DNS name, pass
+        validate(&openssl_csr(id, &ec), id, &deny()).unwrap();
+        validate(&with("subjectAltName=DNS:N1.example.net"), id, &deny()).unwrap();
+        // a subject with upstream's optional fields passes
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-new", "-nodes", "-keyout", "/dev/null"])
+            .args(ec)
+            .args([
+                "-subj",
+                "/C=GB/L=London/O=Example/OU=Ops/ST=Greater London/CN=n1.example.net",
+            ])
+            .output()
+            .unwrap();
+        validate(&String::from_utf8(out.stdout).unwrap(), id, &deny()).unwrap();
     }
 
     #[test]

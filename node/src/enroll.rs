@@ -1,16 +1,17 @@
-//! Step 5 (feature `pki`): decide the server's certificate and record it in the ledger before
-//! the server receives it.
+//! Step 5: decide the server's certificate and record it in the ledger before the server
+//! receives it.
 //!
-//! Either the helper returned `certificate` and `ca` (an external CA, upstream's contract) or the
-//! built-in CA signs the checked CSR. Both are recorded with serial, fingerprint and expiry; a
-//! serial the ledger has seen before is refused and, for the built-in CA, signed again with a
-//! new one.
+//! Either the helper returned `certificate` and `ca` (an external CA, upstream's contract),
+//! which must pass [`certcheck`](crate::certcheck) first, or the built-in CA signs the checked
+//! CSR (feature `pki`). Both are recorded with serial, fingerprint and expiry; a serial the
+//! ledger has seen before is refused and, for the built-in CA, signed again with a new one.
 
 use proto::agents::CsrReply;
 use raft::{Applied, Command, Rejection};
 use thiserror::Error;
 
-use crate::ca::{self, CaError, Issued};
+use crate::ca::{CaError, Issued};
+use crate::certcheck::{self, HelperCertError};
 use crate::csr::ValidCsr;
 use crate::pipeline::{now_ms, Services};
 
@@ -26,8 +27,8 @@ pub enum EnrollError {
     NoCertificate,
     #[error("helper returned a certificate without a CA (or a CA without a certificate)")]
     Incomplete,
-    #[error("helper certificate is not valid PEM: {0}")]
-    BadCertificate(String),
+    #[error(transparent)]
+    HelperCertificate(#[from] HelperCertError),
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error("ledger refused the credential: {0}")]
@@ -43,25 +44,49 @@ pub struct Credential {
     pub serial: String,
 }
 
+/// What the helper answered about the server's credential.
+pub struct FromHelper<'a> {
+    pub certificate: &'a str,
+    pub ca: &'a str,
+    /// A private key the helper made for the server (delivered encrypted), or empty.
+    pub key: &'a str,
+}
+
+/// The server's certificate: the helper's, checked, or one the built-in CA signs for `csr`.
 pub async fn enroll(
     svc: &Services,
     identity: &str,
-    csr: &ValidCsr,
-    helper_cert: &str,
-    helper_ca: &str,
+    csr: Option<&ValidCsr>,
+    helper: &FromHelper<'_>,
 ) -> Result<Credential, EnrollError> {
-    match (helper_cert.is_empty(), helper_ca.is_empty()) {
+    match (helper.certificate.is_empty(), helper.ca.is_empty()) {
         (false, false) => {
-            let issued = ca::describe(helper_cert).map_err(EnrollError::BadCertificate)?;
+            // the certificate must carry the key the server will use
+            let public_key = match (helper.key.is_empty(), csr) {
+                (false, _) => Some(certcheck::public_key_of(helper.key)?),
+                (true, Some(c)) => certcheck::public_key_in(&c.spki_der),
+                (true, None) => None,
+            };
+            let issued = certcheck::check(
+                helper.certificate,
+                helper.ca,
+                &certcheck::Expected {
+                    identity,
+                    public_key: public_key.as_deref(),
+                    deny: &svc.config.cert_deny_list,
+                    now: (now_ms() / 1000) as i64,
+                },
+            )?;
             record(svc, identity, &issued).await?;
             Ok(Credential {
                 certificate: issued.pem,
-                ca: helper_ca.to_string(),
+                ca: helper.ca.to_string(),
                 serial: issued.serial,
             })
         }
         (true, true) => {
             let ca = svc.ca.as_ref().ok_or(EnrollError::NoCertificate)?;
+            let csr = csr.ok_or(EnrollError::NoCertificate)?;
             let mut attempt = 0;
             loop {
                 attempt += 1;

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod ca;
 pub mod caller;
+pub mod certcheck;
 pub mod config;
 pub mod configure;
 pub mod csr;

@@ -417,14 +417,26 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
     if svc.is_paused() {
         return Err("provisioning is paused".into());
     }
-    if let Some(c) = &fetched_csr {
+    let from_helper = enroll::FromHelper {
+        certificate: &decision.certificate,
+        ca: &decision.ca,
+        key: &decision.key,
+    };
+    let ed25519 = ed_key.is_some() && svc.issuer.is_some();
+    if fetched_csr.is_some() || (!ed25519 && !decision.certificate.is_empty()) {
         // the claim must outlive the rest of the flow; renew it before issuing
         claim(svc, identity, seen_ms)
             .await
             .map_err(|o| format!("lost claim before issuing: {o:?}"))?;
-        let cred = enroll::enroll(svc, identity, &c.csr, &decision.certificate, &decision.ca)
+        let csr = fetched_csr.as_ref().map(|c| &c.csr);
+        let cred = enroll::enroll(svc, identity, csr, &from_helper)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if let enroll::EnrollError::HelperCertificate(h) = &e {
+                    svc.metrics.rejected(h.reason());
+                }
+                e.to_string()
+            })?;
         tracing::info!(identity, serial = %cred.serial, "certificate issued");
         request.certificate = cred.certificate;
         request.ca = cred.ca;
@@ -458,9 +470,6 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         if request.ssldir.is_empty() {
             request.ssldir = key.directory.clone();
         }
-    } else if !decision.certificate.is_empty() {
-        request.certificate = decision.certificate;
-        request.ca = decision.ca;
     }
 
     let digest = configure::configure(svc, identity, &request)
