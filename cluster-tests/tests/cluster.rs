@@ -173,7 +173,10 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
         assert!(c >= 10, "{} enrolled only {c}: {by}", spec.name);
     }
 
-    // kill every member and start them again: the ledger comes back from RocksDB
+    // kill every member and start them again: the ledger comes back from RocksDB. They come
+    // back with a configuration that also lists a fourth member, which may then join
+    let mut four = specs.clone();
+    four.push(ClusterMemberSpec::new(4));
     for m in &mut members {
         m.kill();
     }
@@ -186,7 +189,7 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
                 &ca,
                 &dir.path().join("jwt-signer.pem"),
                 s,
-                &specs,
+                &four,
             )
         })
         .collect();
@@ -197,10 +200,8 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
         assert_eq!(s["ledger"]["digest"], digest, "{again:#?}");
     }
 
-    // a fourth member joins the running group: learner, caught up, then voter, with the same
+    // the fourth member joins the running group: learner, caught up, then voter, with the same
     // ledger, and it takes a share of the work
-    let mut four = specs.clone();
-    four.push(ClusterMemberSpec::new(4));
     let mut members = members;
     members.push(start_member(
         dir.path(),

@@ -413,9 +413,10 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
         .join(format!("{}-data", site.specs[victim].name));
     std::fs::remove_dir_all(&data).expect("delete the member's data directory");
     eprintln!("deleted {}", data.display());
-    // what an operator does for a member that lost its disk: remove it, so it rejoins as a
-    // new learner (a voter that forgot its votes must not vote again)
-    let id = site.specs[victim].id.to_string();
+    // what an operator does for a member that lost its disk: remove it (a voter that forgot
+    // its votes must not vote again), then add it back as a new learner and promote it
+    let spec = site.specs[victim].clone();
+    let id = spec.id.to_string();
     let removed = site.ask(l, &["remove-member", &id]);
     assert!(removed.is_some(), "remove-member {id} failed");
     // more entries than the leader keeps, so the log alone cannot bring it back
@@ -424,6 +425,34 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
     let log = site.members[victim].config.with_extension("log");
     let before = std::fs::read_to_string(&log).unwrap_or_default().len();
     site.restart(victim);
+    // a removed member cannot rejoin by itself: its join is refused until an operator adds it
+    wait_for(
+        "the removed member's join is refused",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .get(before..)
+                .is_some_and(|after| after.contains("was removed from the group"))
+        },
+    );
+    let raft_addr = format!("127.0.0.1:{}", spec.raft_port);
+    let admin_addr = format!("127.0.0.1:{}", spec.admin_port);
+    let added = site.ask(
+        l,
+        &[
+            "add-member",
+            "--id",
+            &id,
+            "--name",
+            &spec.name,
+            "--raft-addr",
+            &raft_addr,
+            "--admin-addr",
+            &admin_addr,
+        ],
+    );
+    assert!(added.is_some(), "add-member {id} failed");
     wait_for(
         "the member installs a snapshot",
         Duration::from_secs(60),
@@ -433,6 +462,10 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
                 .get(before..)
                 .is_some_and(|after| after.contains("installed a snapshot from the leader"))
         },
+    );
+    assert!(
+        site.ask(l, &["promote", &id]).is_some(),
+        "promote {id} failed"
     );
     wait_for(
         "the member is a voter again",

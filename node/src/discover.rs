@@ -7,8 +7,10 @@
 //!
 //! Both offer what they find to the work queue, which ignores servers it knows already.
 //! Nothing is discovered while provisioning is paused. An identity that is not a host name
-//! (see [`valid_identity`]) is refused here and counted as `rejected{reason="identity"}`:
-//! it never reaches the queue, the helper, a certificate or the ledger.
+//! (`proto::subject::is_valid_identity`) never gets here: discovery replies from one are
+//! dropped and counted as `bad_messages{kind="discovery_sender"}`, startup events naming one
+//! as `bad_messages{kind="event"}`; so it never reaches the queue, the helper, a certificate
+//! or the ledger.
 
 use std::sync::Arc;
 
@@ -57,9 +59,6 @@ pub async fn discover_once(svc: &Services, queue: &WorkQueue) {
         Ok(found) => {
             let mut added = 0;
             for identity in &found {
-                if !accept(svc, identity) {
-                    continue;
-                }
                 if queue.offer(identity, Source::Discovery) {
                     m.inc(&m.discovered);
                     added += 1;
@@ -109,73 +108,8 @@ pub fn handle_event(svc: &Services, queue: &WorkQueue, payload: &[u8]) {
     if !matches!(event.kind(), Ok(EventType::Startup)) {
         return;
     }
-    if !accept(svc, &event.identity) {
-        return;
-    }
     if queue.offer(&event.identity, Source::Event) {
         m.inc(&m.event_discovered);
         tracing::info!(identity = %event.identity, "found through a startup event");
-    }
-}
-
-/// Longest identity accepted: a DNS name's limit.
-const MAX_IDENTITY: usize = 253;
-
-/// Whether `identity` is a host name, as Choria identities are: labels of letters, digits,
-/// `-` and `_`, joined by single dots, 253 bytes at most. This keeps every name we put in a
-/// certificate subject, a log line, a helper's input or the ledger free of separators,
-/// spaces, control characters and look-alikes.
-pub fn valid_identity(identity: &str) -> bool {
-    identity.len() <= MAX_IDENTITY
-        && !identity.is_empty()
-        && identity.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-/// Counts and logs an identity that is not a host name; true when it may be offered.
-fn accept(svc: &Services, identity: &str) -> bool {
-    if valid_identity(identity) {
-        return true;
-    }
-    svc.metrics.rejected("identity");
-    let shown: String = identity.chars().take(64).collect();
-    tracing::warn!(identity = ?shown, len = identity.len(), "refusing a server whose identity is not a host name");
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_identity;
-
-    #[test]
-    fn identities_are_host_names() {
-        for ok in [
-            "n1",
-            "n1.example.net",
-            "web-01.dc_2.example.net",
-            &"a".repeat(253),
-        ] {
-            assert!(valid_identity(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            &"a".repeat(254),
-            "n1.example.net/O=admins",
-            "n1 example",
-            "n1..example",
-            ".n1",
-            "n1.",
-            "n1\n",
-            "n1\u{0}",
-            "admin,O=x",
-            "n1.exämple.net",
-            "*.example.net",
-        ] {
-            assert!(!valid_identity(bad), "{bad:?}");
-        }
     }
 }

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub ledger_records: IntGaugeVec,
     /// Admin API calls by method and gRPC status code.
     pub admin_requests: IntCounterVec,
+    /// Calls on the Raft port refused by authorization, by call and reason.
+    pub raft_refused: IntCounterVec,
     /// Reprovision requests sent by the admin API, by result (ok, no_answer, error).
     pub reprovision_requests: IntCounterVec,
     /// Revoked credentials in the ledger (the CRL's size before expired entries drop out).
@@ -228,6 +230,11 @@ impl Metrics {
                 "choria_provisioner_admin_requests",
                 "Admin API calls by method and status code",
                 &["site", "method", "code"],
+            ),
+            raft_refused: counter(
+                "choria_provisioner_raft_refused",
+                "Calls on the Raft port refused: the caller's certificate names no member allowed to make them",
+                &["site", "rpc", "reason"],
             ),
             reprovision_requests: counter(
                 "choria_provisioner_reprovision_requests",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use raft::member::{MemberConfig, RaftMember, RaftSettings};
 use raft::replicated::RaftLedger;
 use raft::types::Member;
-use raft::{Applied, Command, EnrollState, Ledger, LocalLedger};
+use raft::{Applied, Command, EnrollState, Ledger, LedgerError, LocalLedger};
 use thiserror::Error;
 use tokio::sync::Notify;
 
@@ -268,6 +268,13 @@ impl Provisioner {
         let extra = extra_fn(services.clone(), queue.clone());
         if let Some(m) = &member {
             m.set_extra(extra.clone());
+            let metrics = services.metrics.clone();
+            m.on_refused(Arc::new(move |rpc, reason| {
+                metrics
+                    .raft_refused
+                    .with_label_values(&[metrics.site(), rpc, reason])
+                    .inc();
+            }));
         }
         if let Some(admin) = &config.admin {
             let r = &admin.reprovision;
@@ -425,6 +432,7 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
         },
         tls,
         source_ip: c.source_ip,
+        configured: members.clone(),
     })
     .await
     .map_err(|e| ServiceError::Cluster(e.to_string()))?;
@@ -507,6 +515,10 @@ async fn housekeeping(
                         Ok(Applied::Rejected(r)) => {
                             // removed from the group: its peers stop counting it live and
                             // take its servers; it keeps running for an operator to stop
+                            tracing::warn!(reason = %r, "heartbeat refused; taking no servers");
+                        }
+                        // the leader refuses a removed member's commands outright
+                        Err(LedgerError::Refused(r)) => {
                             tracing::warn!(reason = %r, "heartbeat refused; taking no servers");
                         }
                         Ok(Applied::Ok) => {}

@@ -43,10 +43,20 @@ pub fn is_valid_token(s: &str) -> bool {
             .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control())
 }
 
-/// True when `s` is a valid server identity for directed subjects (dotted names allowed,
-/// wildcards and whitespace not).
+/// True when `s` is a valid server identity: a host name, as Choria identities are. Labels of
+/// letters, digits, `-` and `_` joined by single dots, 253 bytes at most. Besides making a
+/// valid subject, this keeps every name that reaches a certificate subject, a log line, a
+/// helper's input or the ledger free of separators (`/`, `,`, `=`), wildcards, spaces,
+/// control characters and look-alikes.
 pub fn is_valid_identity(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 256 && s.split('.').all(is_valid_token)
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[cfg(test)]
@@ -78,5 +88,23 @@ mod tests {
         assert!(!is_valid_identity("a b"));
         assert!(!is_valid_identity("a..b"));
         assert!(!is_valid_identity(""));
+        for ok in ["n1", "web-01.dc_2.example.net", &"a".repeat(253)] {
+            assert!(is_valid_identity(ok), "{ok}");
+        }
+        for bad in [
+            &"a".repeat(254),
+            "n1.example.net/O=admins",
+            "admin,O=x",
+            "n1=x",
+            "n1+x",
+            ".n1",
+            "n1.",
+            "n1\n",
+            "n1\u{0}",
+            "n1.exämple.net",
+            "*.example.net",
+        ] {
+            assert!(!is_valid_identity(bad), "{bad:?}");
+        }
     }
 }

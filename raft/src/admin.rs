@@ -78,6 +78,9 @@ where
     }
 }
 
+/// Told of every call refused on the Raft port: the call and the refusal's reason.
+pub type RefusedFn = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// Everything a member's gRPC service needs beyond Raft itself.
 pub struct PeerContext {
     pub id: NodeId,
@@ -86,6 +89,16 @@ pub struct PeerContext {
     pub store: Arc<Store>,
     pub network: Network,
     pub extra: OnceLock<ExtraFn>,
+    /// The members the configuration lists (empty: no list, anyone the CA certified).
+    pub configured: std::collections::BTreeMap<NodeId, Member>,
+    /// Callers have a certificate (mutual TLS); without, only loopback callers are served.
+    pub tls: bool,
+    pub on_refused: OnceLock<RefusedFn>,
+    /// When each kind of refusal was last logged, so a removed member that keeps calling
+    /// does not flood the log.
+    pub refusals_logged: std::sync::Mutex<
+        std::collections::HashMap<(&'static str, &'static str), std::time::Instant>,
+    >,
 }
 
 impl PeerContext {

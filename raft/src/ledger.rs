@@ -17,12 +17,16 @@ pub enum Applied {
     Rejected(Rejection),
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum LedgerError {
     /// The command could not be made durable (storage or replication failure). Whether it
     /// applied is unknown; the caller must not deliver anything that depends on it.
     #[error("ledger unavailable: {0}")]
     Unavailable(String),
+    /// The leader refuses this member's commands (it was removed from the group); nothing
+    /// applied, and nothing will until an operator adds it again.
+    #[error("refused by the leader: {0}")]
+    Refused(String),
 }
 
 #[async_trait]

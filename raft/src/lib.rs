@@ -6,9 +6,11 @@
 //! every replica reaches the same ledger; [`ledger`] is the small interface the provisioning
 //! pipeline talks to. [`local`] implements it in one process; [`replicated`] implements the
 //! same interface by committing the same commands through the Raft log of a [`member`], whose
-//! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC.
+//! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC, with
+//! [`authz`] deciding which member may make which call on it.
 
 pub mod admin;
+pub mod authz;
 pub mod command;
 pub mod ledger;
 pub mod local;

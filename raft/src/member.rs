@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::admin::{
     ChangeError, ExtraFn, MembershipChange, MembershipOutcome, PeerContext, PeerView,
 };
-use crate::network::{Network, Raft, RaftGrpc, Tls};
+use crate::network::{Network, PeerError, Raft, RaftGrpc, Tls};
 use crate::store::Store;
 use crate::types::{Member, NodeId};
 
@@ -69,6 +69,9 @@ pub struct MemberConfig {
     pub tls: Option<Tls>,
     /// Address connections to peers leave from; the system picks when `None`.
     pub source_ip: Option<std::net::IpAddr>,
+    /// The members the configuration lists, the only ones that may join by themselves (see
+    /// [`authz`](crate::authz)); empty when there is no such list.
+    pub configured: BTreeMap<NodeId, Member>,
 }
 
 /// A running member.
@@ -85,6 +88,12 @@ pub struct RaftMember {
 impl RaftMember {
     /// Opens the store in `data_dir/raft`, starts Raft and serves it on `listen`.
     pub async fn start(cfg: MemberConfig) -> Result<RaftMember, MemberError> {
+        if cfg.tls.is_none() && !cfg.listen.ip().is_loopback() {
+            return Err(MemberError::Config(format!(
+                "without TLS the Raft port may only listen on a loopback address, not {}",
+                cfg.listen
+            )));
+        }
         let store = Store::open(&cfg.data_dir.join("raft"))
             .map_err(|e| MemberError::Storage(e.to_string()))?;
         let s = &cfg.settings;
@@ -120,6 +129,10 @@ impl RaftMember {
             store: store.clone(),
             network: network.clone(),
             extra: Default::default(),
+            configured: cfg.configured.clone(),
+            tls: cfg.tls.is_some(),
+            on_refused: Default::default(),
+            refusals_logged: Default::default(),
         });
         let service = RaftGrpc::server(ctx.clone());
         let mut builder = tonic::transport::Server::builder();
@@ -171,6 +184,8 @@ impl RaftMember {
                 id: me.id,
                 member: me.me.clone(),
             };
+            // a refusal is worth a warning (an operator must act); say each one once
+            let mut last_refusal = String::new();
             loop {
                 let known = me
                     .raft
@@ -190,6 +205,12 @@ impl RaftMember {
                             return;
                         }
                         Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "join refused"),
+                        Err(PeerError::Refused(e)) => {
+                            if e != last_refusal {
+                                tracing::warn!(peer = %peer, error = %e, "join refused");
+                                last_refusal = e;
+                            }
+                        }
                         Err(e) => tracing::debug!(peer = %peer, error = %e, "join failed"),
                     }
                 }
@@ -251,6 +272,11 @@ impl RaftMember {
             .map_err(|e| MemberError::Raft(e.to_string()))
     }
 
+    /// Sets what is told of calls refused on the Raft port (once): a metric.
+    pub fn on_refused(&self, f: crate::admin::RefusedFn) {
+        let _ = self.ctx.on_refused.set(f);
+    }
+
     /// Sets what this member adds to its view for peers and operators (once).
     pub fn set_extra(&self, extra: ExtraFn) {
         let _ = self.ctx.extra.set(extra);
@@ -279,7 +305,7 @@ impl RaftMember {
                 match tokio::time::timeout(crate::admin::PEEK_TIMEOUT, self.network.peek(&node))
                     .await
                 {
-                    Ok(r) => r,
+                    Ok(r) => r.map_err(|e| e.to_string()),
                     Err(_) => Err("no answer".to_string()),
                 }
             };
@@ -299,7 +325,7 @@ impl RaftMember {
                 .network
                 .membership(&node, &change)
                 .await
-                .map_err(ChangeError::Unavailable)?,
+                .map_err(|e| ChangeError::Unavailable(e.to_string()))?,
             None => Err(ChangeError::Unavailable("no leader".into())),
         }
     }

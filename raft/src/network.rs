@@ -3,7 +3,9 @@
 //!
 //! With [`Tls`] every connection is mutual TLS: a member presents its certificate from the
 //! cluster CA, checks the peer's against the same CA and the peer's member name, and the
-//! server refuses clients without such a certificate. Plaintext is for development only.
+//! server refuses clients without such a certificate. Every call is then authorized: the
+//! server side knows which member called from its certificate and lets it do only what that
+//! member may ([`authz`](crate::authz)). Plaintext is for development, on loopback only.
 //!
 //! openraft's request and response types travel JSON-encoded inside a protobuf `RaftPayload`
 //! (see `proto/protos/raft.proto`). A remote Raft error comes back as `Err` inside the payload
@@ -37,6 +39,7 @@ use tonic::transport::{
 use tonic::{Request, Response, Status};
 
 use crate::admin::{ChangeError, MembershipChange, MembershipOutcome, PeerContext, PeerView};
+use crate::authz::{self, Caller, Refusal, Roster};
 use crate::types::{Batch, BatchResult, Member, NodeId, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -101,15 +104,44 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// it to catch up).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The peer refused this member the call (see [`authz`](crate::authz)): trying again does
+    /// not help until an operator changes the membership.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// No answer, a transport failure, or an answer that does not decode: worth another try.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<Status> for PeerError {
+    fn from(s: Status) -> Self {
+        match s.code() {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                PeerError::Refused(s.message().to_string())
+            }
+            _ => PeerError::Unavailable(s.to_string()),
+        }
+    }
+}
+
 /// A call to a peer, bounded: a peer behind a partition never answers, not even with an error.
 async fn within<T>(
     limit: Duration,
     call: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<T, String> {
+) -> Result<T, PeerError> {
     match tokio::time::timeout(limit, call).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {limit:?}")),
+        Ok(r) => r.map_err(PeerError::from),
+        Err(_) => Err(PeerError::Unavailable(format!(
+            "no answer within {limit:?}"
+        ))),
     }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PeerError {
+    PeerError::Unavailable(e.to_string())
 }
 
 /// Builds gRPC clients to peers; channels are shared per address and reconnect lazily.
@@ -179,20 +211,20 @@ impl Network {
         &self,
         peer: &Member,
         req: &JoinRequest,
-    ) -> Result<Result<(), String>, String> {
-        let mut client = self.client(peer).map_err(|e| e.to_string())?;
-        let payload = encode(req).map_err(|e| e.to_string())?;
+    ) -> Result<Result<(), String>, PeerError> {
+        let mut client = self.client(peer).map_err(unavailable)?;
+        let payload = encode(req)?;
         let reply = within(JOIN_TIMEOUT, client.join(payload)).await?;
-        decode(reply.get_ref()).map_err(|e| e.to_string())
+        Ok(decode(reply.get_ref())?)
     }
 
     /// Asks `peer` for its own view of itself and the group.
-    pub async fn peek(&self, peer: &Member) -> Result<PeerView, String> {
-        let mut client = self.client(peer).map_err(|e| e.to_string())?;
-        let mut req = Request::new(encode(&()).map_err(|e| e.to_string())?);
+    pub async fn peek(&self, peer: &Member) -> Result<PeerView, PeerError> {
+        let mut client = self.client(peer).map_err(unavailable)?;
+        let mut req = Request::new(encode(&())?);
         req.set_timeout(crate::admin::PEEK_TIMEOUT);
         let reply = within(crate::admin::PEEK_TIMEOUT, client.peek(req)).await?;
-        decode(reply.get_ref()).map_err(|e| e.to_string())
+        Ok(decode(reply.get_ref())?)
     }
 
     /// Asks `leader` to carry out a membership change.
@@ -200,11 +232,11 @@ impl Network {
         &self,
         leader: &Member,
         change: &MembershipChange,
-    ) -> Result<Result<MembershipOutcome, ChangeError>, String> {
-        let mut client = self.client(leader).map_err(|e| e.to_string())?;
-        let req = encode(change).map_err(|e| e.to_string())?;
+    ) -> Result<Result<MembershipOutcome, ChangeError>, PeerError> {
+        let mut client = self.client(leader).map_err(unavailable)?;
+        let req = encode(change)?;
         let reply = within(MEMBERSHIP_TIMEOUT, client.membership(req)).await?;
-        decode(reply.get_ref()).map_err(|e| e.to_string())
+        Ok(decode(reply.get_ref())?)
     }
 
     /// Sends a batch of commands to `leader` to commit, waiting at most `limit`. A batch
@@ -214,11 +246,11 @@ impl Network {
         leader: &Member,
         batch: &Batch,
         limit: Duration,
-    ) -> Result<ForwardResult, String> {
-        let mut client = self.client(leader).map_err(|e| e.to_string())?;
-        let req = encode(batch).map_err(|e| e.to_string())?;
+    ) -> Result<ForwardResult, PeerError> {
+        let mut client = self.client(leader).map_err(unavailable)?;
+        let req = encode(batch)?;
         let reply = within(limit, client.forward(req)).await?;
-        decode(reply.get_ref()).map_err(|e| e.to_string())
+        Ok(decode(reply.get_ref())?)
     }
 }
 
@@ -326,7 +358,105 @@ impl RaftGrpc {
     }
 }
 
+/// How often one kind of refused call is logged; the metric counts every one.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
+
 impl RaftGrpc {
+    /// What this member knows of the group now.
+    async fn roster(&self) -> Roster {
+        let (members, voters) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership
+                    .nodes()
+                    .map(|(id, n)| (*id, n.name.clone()))
+                    .collect(),
+                membership.voter_ids().collect(),
+            )
+        };
+        let departed = self
+            .ctx
+            .store
+            .state()
+            .await
+            .ledger
+            .settings()
+            .departed
+            .clone();
+        Roster {
+            members,
+            voters,
+            configured: self
+                .ctx
+                .configured
+                .iter()
+                .map(|(id, m)| (*id, m.name.clone()))
+                .collect(),
+            departed,
+        }
+    }
+
+    /// Who made the call, with the roster it was judged against.
+    async fn caller(
+        &self,
+        req: &Request<RaftPayload>,
+        rpc: &'static str,
+    ) -> Result<(Caller, Roster), Status> {
+        let roster = self.roster().await;
+        let caller = if self.ctx.tls {
+            match req.peer_certs().as_deref().and_then(|c| c.first()) {
+                Some(cert) => authz::certificate_names(cert).and_then(|n| roster.identify(&n)),
+                None => Err(Refusal::NoCertificate),
+            }
+        } else {
+            authz::loopback(req.remote_addr())
+        };
+        match caller {
+            Ok(c) => Ok((c, roster)),
+            Err(e) => Err(self.refused(rpc, e, req.remote_addr())),
+        }
+    }
+
+    /// Counts and (now and then) logs a refusal; the status to answer with.
+    fn refused(&self, rpc: &'static str, e: Refusal, from: Option<std::net::SocketAddr>) -> Status {
+        if let Some(f) = self.ctx.on_refused.get() {
+            f(rpc, e.reason());
+        }
+        let log = self
+            .ctx
+            .refusals_logged
+            .lock()
+            .map(|mut last| {
+                let now = std::time::Instant::now();
+                let due = last
+                    .get(&(rpc, e.reason()))
+                    .is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_EVERY);
+                if due {
+                    last.insert((rpc, e.reason()), now);
+                }
+                due
+            })
+            .unwrap_or(true);
+        if log {
+            tracing::warn!(rpc, reason = e.reason(), error = %e, from = ?from, "raft call refused");
+        }
+        e.status(rpc)
+    }
+
+    /// `check` on the call's caller, or the refusal as a status.
+    async fn authorize(
+        &self,
+        req: &Request<RaftPayload>,
+        rpc: &'static str,
+        check: impl FnOnce(&Roster, &Caller) -> Result<(), Refusal>,
+    ) -> Result<Caller, Status> {
+        let (caller, roster) = self.caller(req, rpc).await?;
+        check(&roster, &caller).map_err(|e| self.refused(rpc, e, req.remote_addr()))?;
+        Ok(caller)
+    }
+
     /// Adds a joining member: learner first (it catches up), then voter.
     async fn admit(&self, join: JoinRequest) -> Result<(), String> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -393,11 +523,17 @@ impl RaftService for RaftGrpc {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        let leader = rpc.vote.leader_id().voted_for();
+        self.authorize(&req, "append", |r, c| r.acts_as(c, leader))
+            .await?;
         encode(&self.raft.append_entries(rpc).await).map(Response::new)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
+        let candidate = rpc.vote.leader_id().voted_for();
+        self.authorize(&req, "vote", |r, c| r.may_campaign(c, candidate))
+            .await?;
         encode(&self.raft.vote(rpc).await).map(Response::new)
     }
 
@@ -406,27 +542,43 @@ impl RaftService for RaftGrpc {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        let leader = rpc.vote.leader_id().voted_for();
+        self.authorize(&req, "snapshot", |r, c| r.acts_as(c, leader))
+            .await?;
         encode(&self.raft.install_snapshot(rpc).await).map(Response::new)
     }
 
     async fn join(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let join: JoinRequest = decode(req.get_ref())?;
+        let mut join: JoinRequest = decode(req.get_ref())?;
+        let (id, name) = (join.id, join.member.name.clone());
+        self.authorize(&req, "join", |r, c| r.may_join(c, id, &name))
+            .await?;
+        // the configured addresses, not the ones the request brings
+        if let Some(member) = self.ctx.configured.get(&join.id) {
+            join.member = member.clone();
+        }
         let result = self.admit(join).await;
         encode(&result).map(Response::new)
     }
 
-    async fn peek(&self, _req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn peek(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.authorize(&req, "peek", |_, _| Ok(())).await?;
         encode(&self.ctx.view().await).map(Response::new)
     }
 
     async fn membership(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let change: MembershipChange = decode(req.get_ref())?;
-        tracing::warn!(?change, "membership change requested by a peer");
+        let caller = self
+            .authorize(&req, "membership", |r, c| r.member(c))
+            .await?;
+        tracing::warn!(?change, ?caller, "membership change requested by a peer");
         encode(&self.ctx.change(change).await).map(Response::new)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let batch: Batch = decode(req.get_ref())?;
+        self.authorize(&req, "forward", |r, c| r.may_forward(c, &batch.commands))
+            .await?;
         let result: ForwardResult = self.raft.client_write(batch).await.map(|r| r.data);
         encode(&result).map(Response::new)
     }

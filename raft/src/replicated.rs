@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
 use crate::member::RaftMember;
+use crate::network::PeerError;
 use crate::state::{ClusterSettings, LedgerCounts, Record};
 use crate::types::{Batch, BatchResult, NodeId};
 
@@ -80,7 +81,7 @@ async fn batcher(member: Arc<RaftMember>, mut rx: mpsc::UnboundedReceiver<(Comma
                 }
                 Err(e) => {
                     for reply in replies {
-                        let _ = reply.send(Err(LedgerError::Unavailable(e.clone())));
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -90,7 +91,7 @@ async fn batcher(member: Arc<RaftMember>, mut rx: mpsc::UnboundedReceiver<(Comma
 }
 
 /// Commits `batch` through the leader, wherever it is.
-async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, String> {
+async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, LedgerError> {
     let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
     let mut last_error = String::from("no leader");
     while tokio::time::Instant::now() < deadline {
@@ -113,7 +114,9 @@ async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, String>
                 .await
             {
                 Ok(r) => r,
-                Err(e) => {
+                // the leader will not take this member's commands; asking again does not help
+                Err(PeerError::Refused(e)) => return Err(LedgerError::Refused(e)),
+                Err(PeerError::Unavailable(e)) => {
                     last_error = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -136,7 +139,7 @@ async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, String>
             }
         }
     }
-    Err(last_error)
+    Err(LedgerError::Unavailable(last_error))
 }
 
 async fn wait_for_leader_change(member: &RaftMember, old: Option<NodeId>) {

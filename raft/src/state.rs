@@ -198,6 +198,10 @@ pub struct ClusterSettings {
     /// Bumped by every rebalance request; members rediscover when it changes.
     #[serde(default)]
     pub rebalance_epoch: u64,
+    /// Members removed from the group and not added back since: their certificates are
+    /// refused on the Raft port, joining included (see `authz`).
+    #[serde(default)]
+    pub departed: std::collections::BTreeSet<String>,
 }
 
 impl LedgerState {
@@ -250,6 +254,16 @@ impl LedgerState {
         let before = self.heartbeats.len();
         self.heartbeats.retain(|m, _| names.contains(m));
         self.heartbeats.len() != before
+    }
+
+    /// Notes a membership change from member names `before` to `after`: who left is
+    /// departed, who is (back) in is not. True when that changed anything.
+    pub fn note_membership(&mut self, before: &BTreeSet<String>, after: &BTreeSet<String>) -> bool {
+        let departed = &mut self.settings.departed;
+        let was = departed.clone();
+        departed.extend(before.difference(after).cloned());
+        departed.retain(|n| !after.contains(n));
+        *departed != was
     }
 
     /// Members that take work: a heartbeat within `window_ms` of `now_ms` and not draining;

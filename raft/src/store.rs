@@ -485,7 +485,11 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                 }
                 EntryPayload::Membership(m) => {
                     sm.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    names = member_names(&sm.membership);
+                    let after = member_names(&sm.membership);
+                    if sm.ledger.note_membership(&names, &after) {
+                        meta_changed = true;
+                    }
+                    names = after;
                     if sm.ledger.retain_heartbeats(&names) {
                         meta_changed = true;
                     }

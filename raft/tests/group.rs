@@ -8,102 +8,16 @@
     reason = "test code: a panic is a failed test"
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::member::{MemberConfig, RaftMember, RaftSettings};
-use raft::network::Tls;
+use common::{free_addr, start, wait_leader, Pki};
 use raft::replicated::RaftLedger;
 use raft::types::Member;
 use raft::{Applied, Command, Ledger, Rejection};
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn settings() -> RaftSettings {
-    RaftSettings {
-        heartbeat_ms: 100,
-        election_min_ms: 400,
-        election_max_ms: 800,
-        snapshot_every: 50,
-        snapshot_chunk_bytes: 4 * 1024,
-        keep_logs: 0,
-    }
-}
-
-/// A cluster CA and a certificate per member name, as `provisioner ca` makes them.
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "cluster CA");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        Pki {
-            ca: p.self_signed(&ca_key).unwrap(),
-            ca_key,
-        }
-    }
-
-    fn tls(&self, name: &str) -> Tls {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Tls {
-            ca_pem: self.ca.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
-
-async fn start(id: u64, me: &Member, dir: &std::path::Path, pki: &Pki) -> Arc<RaftMember> {
-    Arc::new(
-        RaftMember::start(MemberConfig {
-            id,
-            me: me.clone(),
-            listen: me.raft_addr.parse().unwrap(),
-            data_dir: dir.join(format!("m{id}")),
-            settings: settings(),
-            tls: Some(pki.tls(&me.name)),
-            source_ip: None,
-        })
-        .await
-        .unwrap(),
-    )
-}
-
-async fn wait_leader(members: &[Arc<RaftMember>]) -> u64 {
-    for _ in 0..100 {
-        if let Some((id, _)) = members[0].leader() {
-            if members.iter().all(|m| m.leader().map(|l| l.0) == Some(id)) {
-                return id;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no leader elected");
-}
 
 fn claim(id: &str, member: &str) -> Command {
     Command::Claim {

@@ -216,6 +216,39 @@ pub(super) fn check_cluster(
     if c.snapshot_every == 0 {
         p.add(invalid("cluster.snapshot_every", "must be at least 1"));
     }
+    if c.insecure_plaintext {
+        // without TLS nobody is authenticated: the whole cluster must be on this host
+        let loopback = |addr: &str| {
+            addr.parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or_else(|_| addr.rsplit_once(':').is_some_and(|(h, _)| h == "localhost"))
+        };
+        let remote: Vec<String> = c
+            .members
+            .iter()
+            .filter(|m| !loopback(&m.raft_addr))
+            .map(|m| format!("{} ({})", m.name, m.raft_addr))
+            .chain(
+                raft_listen
+                    .filter(|a: &std::net::SocketAddr| !a.ip().is_loopback())
+                    .map(|a| format!("raft_listen ({a})")),
+            )
+            .chain(
+                source_ip
+                    .filter(|ip: &std::net::IpAddr| !ip.is_loopback())
+                    .map(|ip| format!("source_ip ({ip})")),
+            )
+            .collect();
+        if !remote.is_empty() {
+            p.add(invalid(
+                "cluster.insecure_plaintext",
+                format!(
+                    "is for a cluster on one host only (loopback addresses); use cluster.tls for {}",
+                    remote.join(", ")
+                ),
+            ));
+        }
+    }
     let claim_lease = duration(p, "cluster.claim_lease", &c.claim_lease);
     let me = me?;
     Some(Cluster {
@@ -304,6 +337,14 @@ cluster:
                 "appears twice",
             ),
             (CLUSTER.replace("127.0.0.1:7002", "nowhere"), "raft_listen"),
+            (
+                CLUSTER.replace("127.0.0.1:7003", "10.0.0.3:7003"),
+                "cluster.insecure_plaintext: is for a cluster on one host only",
+            ),
+            (
+                format!("{CLUSTER}  raft_listen: 0.0.0.0:7002\n"),
+                "raft_listen (0.0.0.0:7002)",
+            ),
             (format!("{CLUSTER}identity: other\n"), "identity"),
             (format!("{CLUSTER}  bogus: 1\n"), "bogus"),
             (
