@@ -391,6 +391,8 @@ fn misbehaving_servers_and_helpers_do_not_affect_the_rest() {
             rpc_timeout: "2s".into(),
             max_attempts: 4,
             retry_backoff_min: "1s".into(),
+            // records of servers that failed for good go soon after
+            extra_yaml: "failed_retention: 4s\n".into(),
             ..Default::default()
         },
     );
@@ -479,6 +481,25 @@ fn misbehaving_servers_and_helpers_do_not_affect_the_rest() {
         metric_sum(&m, "choria_provisioner_provision_errors", site) >= 10.0,
         "{m}"
     );
+    // servers with bad CSRs failed for good; their records go after `failed_retention`, the
+    // enrolled ones (some failed once on the flaky helper) stay
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let m = prov.metrics();
+        let done = records(&m, "failed") == 0.0
+            && metric_sum(&m, "choria_provisioner_ledger_forgotten", site) >= 6.0;
+        if done || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(records(&m, "failed"), 0.0, "{m}");
+    assert!(
+        metric_sum(&m, "choria_provisioner_ledger_forgotten", site) >= 6.0,
+        "{m}"
+    );
+    assert_eq!(records(&m, "enrolled"), 42.0, "{m}");
+    assert!(prov.proc.is_running(), "provisioner died");
 }
 
 #[test]
@@ -557,6 +578,141 @@ fn replies_from_another_identity_and_replayed_replies_are_dropped_and_counted() 
     );
     // the replaying servers were enrolled from their real replies; the impostors never were
     assert_eq!(enrolled(&m), 27.0, "{m}");
+}
+
+/// Publishes a provisioning-mode server's startup event for `identity` as any waiting server
+/// could (user `server`), built by hand so the test shares no code with the provisioner.
+fn forge_startup(nats: &Nats, identities: &[&str]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = async_nats::ConnectOptions::with_user_and_password(
+            "server".into(),
+            nats.creds.server.clone(),
+        )
+        .connect(&nats.url)
+        .await
+        .unwrap();
+        for (i, identity) in identities.iter().enumerate() {
+            let event = serde_json::json!({
+                "protocol": "io.choria.lifecycle.v1.startup",
+                "id": format!("forged-{i}-{}", std::process::id()),
+                "identity": identity,
+                "component": "provision_mode_server",
+                "timestamp": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs(),
+                "version": "0.29.4",
+            });
+            c.publish(
+                "choria.lifecycle.event.startup.provision_mode_server",
+                event.to_string().into(),
+            )
+            .await
+            .unwrap();
+        }
+        c.flush().await.unwrap();
+    });
+}
+
+/// Ledger records per state, from a member's metrics text.
+fn records(metrics: &str, state: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "choria_provisioner_ledger_records",
+        &format!("state=\"{state}\""),
+    )
+}
+
+/// Startup events name servers that are enrolled and gone (nobody answers for them) and
+/// servers that never existed: none of them can show a provisioning JWT, so the ledger does
+/// not change. Before, every forged name became a record and an enrolled one was claimed
+/// and left failed.
+#[test]
+fn forged_startup_events_leave_enrolled_records_enrolled_and_write_nothing() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, mut prov, nats) = run_fleet(
+        dir.path(),
+        FleetOptions {
+            servers: 6,
+            timeout_secs: 60,
+            ..Default::default()
+        },
+        ProvisionerOptions {
+            rpc_timeout: "1s".into(),
+            max_attempts: 2,
+            retry_backoff_min: "1s".into(),
+            extra_yaml: "max_waiting: 10\n".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(n(&summary, "provisioned"), 6, "{summary}");
+    let m = prov.metrics();
+    assert_eq!(records(&m, "enrolled"), 6.0, "{m}");
+    let jwt_errors =
+        |m: &str| metric_sum(m, "choria_provisioner_rpc_errors", "choria_provision#jwt");
+    let before = jwt_errors(&m);
+    // past the 15 s in which a second sighting of a server just enrolled is ignored anyway
+    std::thread::sleep(Duration::from_secs(16));
+
+    // twice, so the second round finds whatever the first one left
+    for _ in 0..2 {
+        forge_startup(
+            &nats,
+            &[
+                "sim-00001.example.net",
+                "sim-00004.example.net",
+                "forged-1.example.net",
+                "forged-2.example.net",
+            ],
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    // every forged sighting was tried (its JWT request timed out, twice) and given up
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = prov.metrics();
+        if jwt_errors(&m) - before >= 8.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(jwt_errors(&m) - before >= 8.0, "{m}");
+    assert!(prov.proc.is_running(), "provisioner died");
+    assert_eq!(records(&m, "enrolled"), 6.0, "{m}");
+    for state in ["failed", "claimed", "deferred"] {
+        assert_eq!(records(&m, state), 0.0, "{state}: {m}");
+    }
+    assert_eq!(
+        metric_sum(&m, "choria_provisioner_ledger_records", ""),
+        6.0,
+        "forged names were recorded: {m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "choria_provisioner_revoked_credentials", ""),
+        0.0,
+        "{m}"
+    );
+
+    // a flood of names: at most `max_waiting` wait, the rest are dropped and counted
+    let flood: Vec<String> = (0..40).map(|i| format!("flood-{i}.example.net")).collect();
+    forge_startup(&nats, &flood.iter().map(String::as_str).collect::<Vec<_>>());
+    let dropped = |m: &str| metric_sum(m, "choria_provisioner_waiting_dropped", "source=\"event\"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = prov.metrics();
+        if dropped(&m) >= 30.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(dropped(&m) >= 30.0, "{m}");
+    assert!(
+        metric_sum(&m, "choria_provisioner_waiting_nodes", "") <= 10.0,
+        "{m}"
+    );
+    assert!(prov.proc.is_running(), "provisioner died");
 }
 
 #[test]
@@ -705,16 +861,48 @@ fn bad_configuration_is_a_clear_error_at_start() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn servers_that_fall_back_by_themselves_are_provisioned_again() {
+/// A helper that keeps every request it is given (one file each) and answers as the example.
+fn recording_helper(dir: &Path) -> (String, std::path::PathBuf) {
+    let requests = dir.join("helper-requests");
+    std::fs::create_dir_all(&requests).unwrap();
+    let example = cluster_tests::repo_root().join("deploy/examples/helper.py");
+    let script = dir.join("recording-helper.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ninput=$(cat)\nprintf '%s' \"$input\" > {requests}/$$.json\nprintf '%s' \"$input\" | exec {python} {example}\n",
+            requests = requests.display(),
+            example = example.display(),
+            python = cluster_tests::python()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script.display().to_string(), requests)
+}
+
+fn same_serial(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.replace(':', "")
+            .to_ascii_lowercase()
+            .trim_start_matches('0')
+            .to_string()
+    };
+    norm(a) == norm(b)
+}
+
+/// A quarter of a 20-server fleet comes back to provisioning mode 18 s after being
+/// provisioned, as servers with a broken configuration or expired credentials do. With
+/// `reenroll_limit` above 1 they are enrolled again, the helper told of their first
+/// credential; at 1 they are refused (deferred) and keep the credential they have.
+fn fall_back(reenroll_limit: u32) {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let nats = Nats::start(d);
     let ca = init_ca(d);
     let events = d.join("events.jsonl");
-    // a quarter of the fleet comes back to provisioning mode 18 s after being provisioned,
-    // as servers with a broken configuration or expired credentials do
     let mut fleet = FleetProcess::start(
         d,
         &nats,
@@ -736,6 +924,7 @@ fn servers_that_fall_back_by_themselves_are_provisioned_again() {
         },
         false,
     );
+    let (helper, requests) = recording_helper(d);
     let mut prov = ProvisionerProcess::start(
         d,
         &nats,
@@ -743,31 +932,59 @@ fn servers_that_fall_back_by_themselves_are_provisioned_again() {
         &fleet.signer_pub,
         &ProvisionerOptions {
             token: "t0ken".into(),
+            helper,
+            retry_backoff_min: "1s".into(),
+            extra_yaml: format!("reenroll_limit: {reenroll_limit}\nreenroll_window: 1h\n"),
             ..Default::default()
         },
     );
     let summary = fleet.wait_summary(Duration::from_secs(180));
     assert_eq!(n(&summary, "provisioned"), 20, "{summary}");
-    let start = std::time::Instant::now();
     let provisioned = |ev: &[(String, String, Option<String>)]| {
         ev.iter().filter(|(_, e, _)| e == "provisioned").count()
     };
-    while provisioned(&cluster_tests::fleet_events(&events)) < 25 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "fallen-back servers not provisioned again: {:?}",
-            cluster_tests::fleet_events(&events)
-        );
-        assert!(prov.proc.is_running(), "provisioner died");
-        std::thread::sleep(Duration::from_millis(500));
+    let fell_back = |ev: &[(String, String, Option<String>)]| {
+        ev.iter()
+            .filter(|(_, e, _)| e == "fell_back")
+            .map(|(i, _, _)| i.clone())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let start = std::time::Instant::now();
+    if reenroll_limit > 1 {
+        while provisioned(&cluster_tests::fleet_events(&events)) < 25 {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "fallen-back servers not provisioned again: {:?}",
+                cluster_tests::fleet_events(&events)
+            );
+            assert!(prov.proc.is_running(), "provisioner died");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    } else {
+        // each fallen-back server is refused, once per attempt
+        loop {
+            let fell = fell_back(&cluster_tests::fleet_events(&events)).len();
+            let refused = metric_sum(
+                &prov.metrics(),
+                "choria_provisioner_rejected",
+                "reason=\"reenroll_limit\"",
+            );
+            if fell == 5 && refused >= 10.0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "fell back {fell}, refused {refused}"
+            );
+            assert!(prov.proc.is_running(), "provisioner died");
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
     let ev = cluster_tests::fleet_events(&events);
-    let fell: std::collections::BTreeSet<&str> = ev
-        .iter()
-        .filter(|(_, e, _)| e == "fell_back")
-        .map(|(i, _, _)| i.as_str())
-        .collect();
+    let fell = fell_back(&ev);
     assert_eq!(fell.len(), 5, "{ev:?}");
+    let want_reenrolled = if reenroll_limit > 1 { 5 } else { 0 };
+    let mut first_serial = std::collections::BTreeMap::new();
     for i in 0..20 {
         let id = format!("sim-{i:05}.example.net");
         let serials: Vec<&Option<String>> = ev
@@ -775,32 +992,68 @@ fn servers_that_fall_back_by_themselves_are_provisioned_again() {
             .filter(|(who, e, _)| who == &id && e == "provisioned")
             .map(|(_, _, s)| s)
             .collect();
-        let want = if fell.contains(id.as_str()) { 2 } else { 1 };
+        let want = if fell.contains(&id) && reenroll_limit > 1 {
+            2
+        } else {
+            1
+        };
         assert_eq!(serials.len(), want, "{id}: {serials:?}");
         assert!(serials.iter().all(|s| s.is_some()), "{id}: {serials:?}");
         if want == 2 {
             assert_ne!(serials[0], serials[1], "{id} got its old serial again");
         }
+        first_serial.insert(id, serials[0].clone().unwrap_or_default());
+    }
+    // the helper heard of each re-enrollment: the credential the server had, and who issued it
+    let mut told = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&requests).unwrap() {
+        let req: Value =
+            serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        let id = req["identity"].as_str().unwrap().to_string();
+        let Some(before) = req.get("enrolled_before") else {
+            continue;
+        };
+        assert!(fell.contains(&id), "{id} was never enrolled before: {req}");
+        assert!(
+            same_serial(before["serial"].as_str().unwrap(), &first_serial[&id]),
+            "{id}: {before} vs {}",
+            first_serial[&id]
+        );
+        assert_eq!(before["issued_by"], "prov1.example.net", "{before}");
+        assert_eq!(before["issued_in_window"], 1, "{before}");
+        told.insert(id);
+    }
+    if reenroll_limit > 1 {
+        assert_eq!(told, fell, "the helper was not told of every re-enrollment");
+    } else {
+        assert!(told.is_empty(), "refused before the helper: {told:?}");
     }
     // the ledger: one record per server, all enrolled, the replaced credentials revoked
     let start = std::time::Instant::now();
     loop {
         let m = prov.metrics();
-        let enrolled = metric_sum(
-            &m,
-            "choria_provisioner_ledger_records",
-            "state=\"enrolled\"",
-        );
+        let enrolled = records(&m, "enrolled");
         let revoked = metric_sum(&m, "choria_provisioner_revoked_credentials", "");
-        if enrolled == 20.0 && revoked == 5.0 {
+        let reenrolled = metric_sum(&m, "choria_provisioner_reenrolled", "");
+        if enrolled == 20.0 && revoked == want_reenrolled as f64 && reenrolled == revoked {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "ledger: enrolled {enrolled}, revoked {revoked}"
+            "ledger: enrolled {enrolled}, revoked {revoked}, reenrolled {reenrolled}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+#[test]
+fn servers_that_fall_back_by_themselves_are_provisioned_again() {
+    fall_back(3);
+}
+
+#[test]
+fn re_enrollment_stops_at_the_limit_and_the_old_credential_stays() {
+    fall_back(1);
 }
 
 /// A chain issuer's client JWT as `choria jwt client ... --issuer` makes it: signed by the

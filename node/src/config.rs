@@ -239,6 +239,14 @@ struct RawConfig {
     retry_backoff_max: String,
     #[serde(default = "default_max_attempts")]
     max_attempts: u32,
+    #[serde(default = "default_reenroll_limit")]
+    reenroll_limit: u32,
+    #[serde(default = "default_reenroll_window")]
+    reenroll_window: String,
+    #[serde(default = "default_failed_retention")]
+    failed_retention: String,
+    #[serde(default = "default_max_waiting")]
+    max_waiting: usize,
     #[serde(default = "default_monitor_listen")]
     monitor_listen: String,
     #[serde(default)]
@@ -280,6 +288,18 @@ fn default_retry_max() -> String {
 }
 fn default_max_attempts() -> u32 {
     10
+}
+fn default_reenroll_limit() -> u32 {
+    3
+}
+fn default_reenroll_window() -> String {
+    "1h".into()
+}
+fn default_failed_retention() -> String {
+    "7d".into()
+}
+fn default_max_waiting() -> usize {
+    100_000
 }
 fn default_monitor_listen() -> String {
     "0.0.0.0".into()
@@ -329,6 +349,14 @@ pub struct Config {
     pub retry_backoff_min: Duration,
     pub retry_backoff_max: Duration,
     pub max_attempts: u32,
+    /// Credentials one identity may be issued within `reenroll_window` (0: no limit).
+    pub reenroll_limit: u32,
+    pub reenroll_window: Duration,
+    /// How long a failed record that never held a credential is kept (zero: for ever).
+    pub failed_retention: Duration,
+    /// Most servers this member keeps waiting (queued, in flight or waiting to retry), and
+    /// most identities one discovery collects.
+    pub max_waiting: usize,
     /// Set when running as a Raft group member.
     pub cluster: Option<Cluster>,
     pub admin: Option<Admin>,
@@ -546,6 +574,9 @@ impl Config {
         if raw.max_attempts == 0 {
             p.add(invalid("max_attempts", "must be at least 1"));
         }
+        if raw.max_waiting == 0 {
+            p.add(invalid("max_waiting", "must be at least 1"));
+        }
 
         let retry_backoff_min = duration(p, "retry_backoff_min", &raw.retry_backoff_min);
         let retry_backoff_max = duration(p, "retry_backoff_max", &raw.retry_backoff_max);
@@ -646,6 +677,10 @@ impl Config {
             retry_backoff_min,
             retry_backoff_max,
             max_attempts: raw.max_attempts,
+            reenroll_limit: raw.reenroll_limit,
+            reenroll_window: duration(p, "reenroll_window", &raw.reenroll_window),
+            failed_retention: duration(p, "failed_retention", &raw.failed_retention),
+            max_waiting: raw.max_waiting,
             cluster,
             admin,
             ledger_facts: raw.ledger_facts,

@@ -53,7 +53,11 @@ pub async fn discover_once(svc: &Services, queue: &WorkQueue) {
     m.inc(&m.discover_cycles);
     match svc
         .rpc
-        .discover(proto::agents::PROVISION_AGENT, svc.config.discovery_timeout)
+        .discover(
+            proto::agents::PROVISION_AGENT,
+            svc.config.discovery_timeout,
+            svc.config.max_waiting,
+        )
         .await
     {
         Ok(found) => {

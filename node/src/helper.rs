@@ -30,6 +30,11 @@ pub struct HelperRequest {
     pub inventory: String,
     /// The verified provisioning JWT claims.
     pub jwt: Option<serde_json::Map<String, Value>>,
+    /// Set when the ledger holds this identity as enrolled already: a re-enrollment (the
+    /// server fell back, was reprovisioned, or someone else answers in its name). User logic
+    /// may refuse it (`defer` or `shutdown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrolled_before: Option<crate::pipeline::EnrolledBefore>,
 }
 
 /// What the helper decided.
@@ -259,6 +264,7 @@ mod tests {
             ed25519_pubkey: None,
             inventory: "{\"agents\":[]}".into(),
             jwt: None,
+            enrolled_before: None,
         }
     }
 

@@ -29,6 +29,7 @@ pub mod service;
 pub mod shard;
 pub mod template;
 pub mod timed;
+pub mod upkeep;
 pub mod work;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

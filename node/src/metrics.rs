@@ -57,6 +57,12 @@ pub struct Metrics {
     pub admin_requests: IntCounterVec,
     /// Calls on the Raft port refused by authorization, by call and reason.
     pub raft_refused: IntCounterVec,
+    /// Servers enrolled again with a new credential while the ledger held one for them.
+    pub reenrolled: IntCounterVec,
+    /// Sightings not queued because `max_waiting` servers wait already, by source.
+    pub waiting_dropped: IntCounterVec,
+    /// Failed records that never held a credential, dropped after `failed_retention`.
+    pub ledger_forgotten: IntCounterVec,
     /// Reprovision requests sent by the admin API, by result (ok, no_answer, error).
     pub reprovision_requests: IntCounterVec,
     /// Revoked credentials in the ledger (the CRL's size before expired entries drop out).
@@ -235,6 +241,21 @@ impl Metrics {
                 "choria_provisioner_raft_refused",
                 "Calls on the Raft port refused: the caller's certificate names no member allowed to make them",
                 &["site", "rpc", "reason"],
+            ),
+            reenrolled: counter(
+                "choria_provisioner_reenrolled",
+                "Servers enrolled again with a new credential while the ledger held one for them",
+                &["site"],
+            ),
+            waiting_dropped: counter(
+                "choria_provisioner_waiting_dropped",
+                "Servers not queued because max_waiting servers wait already",
+                &["site", "source"],
+            ),
+            ledger_forgotten: counter(
+                "choria_provisioner_ledger_forgotten",
+                "Failed ledger records that never held a credential, dropped after failed_retention",
+                &["site"],
             ),
             reprovision_requests: counter(
                 "choria_provisioner_reprovision_requests",

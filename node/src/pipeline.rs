@@ -1,14 +1,19 @@
 //! One server from "discovered" to "configured", in the order it happens:
 //!
-//! 1. claim it in the ledger, so no other worker or member works on it at the same time;
-//! 2. [`jwt`](crate::jwt): fetch and verify its provisioning JWT (feature `jwt`);
+//! 1. [`jwt`](crate::jwt): fetch and verify its provisioning JWT (feature `jwt`), before the
+//!    ledger hears of it: a sighting (a startup event, a discovery reply) of a server that
+//!    cannot show a valid JWT writes nothing;
+//! 2. claim it in the ledger, so no other worker or member works on it at the same time; a
+//!    server enrolled before is a re-enrollment: the helper is told, and at most
+//!    `reenroll_limit` credentials per `reenroll_window` are issued to one identity;
 //! 3. [`inventory`](crate::inventory): read its inventory;
 //! 4. [`csr`](crate::csr): fetch and check its CSR (feature `pki`);
 //! 5. [`helper`](crate::helper): ask user logic for its configuration or a decision;
 //! 6. [`enroll`](crate::enroll): issue or accept its certificate, recorded in the ledger first;
 //! 7. [`configure`](crate::configure): configure it;
 //! 8. mark it enrolled in the ledger;
-//! 9. restart it into its configuration.
+//! 9. restart it into its configuration; a re-enrolled server's old credential is revoked
+//!    only now that it runs with the new one.
 //!
 //! The ledger learns of the enrollment before the server restarts, as it learns of a
 //! credential before the server receives it: a member killed at any point leaves no server
@@ -102,11 +107,29 @@ pub fn now_ms() -> u64 {
 /// Provisions one server, last seen in provisioning mode at `seen_ms` (Unix ms). Never
 /// panics on what the server or helper sends.
 pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome {
+    let jwt = match fetch_jwt(svc, identity).await {
+        Ok(j) => j,
+        Err(reason) => return Outcome::Failed(reason),
+    };
     match claim(svc, identity, seen_ms).await {
         Ok(()) => {}
         Err(skip) => return skip,
     }
-    let (outcome, release) = match run_steps(svc, identity, seen_ms).await {
+    let before = match svc.ledger.record(identity).await.and_then(|r| {
+        let c = r.credential.clone()?;
+        Some((c, r))
+    }) {
+        Some((c, r)) => Some(EnrolledBefore {
+            serial: c.serial,
+            issued_by: c.issued_by,
+            issued_at_ms: c.issued_at_ms,
+            issued_in_window: r.issued_since(
+                now_ms().saturating_sub(svc.config.reenroll_window.as_millis() as u64),
+            ),
+        }),
+        None => None,
+    };
+    let (outcome, release) = match run_steps(svc, identity, seen_ms, jwt, before.as_ref()).await {
         Ok(Step::Done(digest, facts)) => {
             let cmd = Command::Enrolled {
                 identity: identity.to_string(),
@@ -122,6 +145,10 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
                     if let Err(e) = configure::restart(svc, identity).await {
                         tracing::error!(identity, error = %e, "enrolled but the restart failed");
                         return Outcome::Failed(format!("restart: {e}"));
+                    }
+                    if before.is_some() {
+                        svc.metrics.inc(&svc.metrics.reenrolled);
+                        retire_superseded(svc, identity).await;
                     }
                     return Outcome::Provisioned;
                 }
@@ -238,6 +265,58 @@ fn same_version(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
+/// What the ledger knew of a server's earlier enrollment when it was claimed again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EnrolledBefore {
+    /// Serial (or server JWT id) of the credential it holds.
+    pub serial: String,
+    /// The member that issued it.
+    pub issued_by: String,
+    /// When, Unix ms.
+    pub issued_at_ms: u64,
+    /// Credentials issued to this identity within `reenroll_window`.
+    pub issued_in_window: usize,
+}
+
+/// The provisioning JWT, fetched and verified when the `jwt` feature is on; `Err` is the
+/// reason to give up on this sighting.
+async fn fetch_jwt(svc: &Services, identity: &str) -> Result<Option<jwt::FetchedJwt>, String> {
+    let Some(verifier) = svc.jwt.as_ref().filter(|_| svc.config.features.jwt) else {
+        return Ok(None);
+    };
+    match jwt::fetch_and_verify(svc, verifier, identity).await {
+        Ok(j) => Ok(Some(j)),
+        Err(e) => {
+            if matches!(e, FetchJwtError::Invalid(_)) {
+                svc.metrics.rejected("jwt");
+            }
+            Err(e.to_string())
+        }
+    }
+}
+
+/// The re-enrolled server restarted with its new credential: the one it replaced is revoked
+/// now. Should this fail, the old credential stays valid until it expires or an operator
+/// revokes it; the server has its new one either way.
+async fn retire_superseded(svc: &Services, identity: &str) {
+    let pending = svc
+        .ledger
+        .record(identity)
+        .await
+        .is_some_and(|r| r.superseded.is_some());
+    if !pending {
+        return;
+    }
+    let cmd = Command::Restarted {
+        identity: identity.to_string(),
+        member: svc.member.clone(),
+        at_ms: now_ms(),
+    };
+    if let Err(reason) = propose(svc, cmd).await {
+        tracing::warn!(identity, %reason, "could not revoke the credential the server replaced");
+    }
+}
+
 /// Most bytes of facts kept in the ledger per server.
 const LEDGER_FACTS_BUDGET: usize = 2048;
 
@@ -279,25 +358,30 @@ async fn propose(svc: &Services, cmd: Command) -> Result<(), String> {
     }
 }
 
-async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step, String> {
+async fn run_steps(
+    svc: &Services,
+    identity: &str,
+    seen_ms: u64,
+    jwt: Option<jwt::FetchedJwt>,
+    before: Option<&EnrolledBefore>,
+) -> Result<Step, String> {
     let features = &svc.config.features;
 
+    // a storm of re-enrollments of one identity stops at the limit
+    let limit = svc.config.reenroll_limit as usize;
+    if let Some(b) = before.filter(|b| limit > 0 && b.issued_in_window >= limit) {
+        svc.metrics.rejected("reenroll_limit");
+        tracing::warn!(identity, issued = b.issued_in_window, window = ?svc.config.reenroll_window, "re-enrollment limit reached");
+        return Ok(Step::Deferred(format!(
+            "re-enrollment limit: {} credentials within {:?}",
+            b.issued_in_window, svc.config.reenroll_window
+        )));
+    }
+
     // the server's X25519 key comes with its JWT; it is needed only to deliver a private key
-    let mut server_ecdh = String::new();
-    let claims = match (&svc.jwt, features.jwt) {
-        (Some(verifier), true) => match jwt::fetch_and_verify(svc, verifier, identity).await {
-            Ok(j) => {
-                server_ecdh = j.ecdh_public;
-                Some(j.claims)
-            }
-            Err(e) => {
-                if matches!(e, FetchJwtError::Invalid(_)) {
-                    svc.metrics.rejected("jwt");
-                }
-                return Err(e.to_string());
-            }
-        },
-        _ => None,
+    let (claims, server_ecdh) = match jwt {
+        Some(j) => (Some(j.claims), j.ecdh_public),
+        None => (None, String::new()),
     };
 
     let ed_key = match (&svc.issuer, features.ed25519) {
@@ -347,6 +431,7 @@ async fn run_steps(svc: &Services, identity: &str, seen_ms: u64) -> Result<Step,
         ed25519_pubkey: ed_key.clone(),
         inventory: inventory.json,
         jwt: claims.map(|c| c.claims),
+        enrolled_before: before.cloned(),
     };
     let started = Instant::now();
     let decision = svc.logic.decide(&request).await;

@@ -340,8 +340,13 @@ impl RpcClient {
     }
 
     /// Broadcast discovery: asks every server in the collective with `agent` to answer a
-    /// `discovery` ping and returns who answered.
-    pub async fn discover(&self, agent: &str, timeout: Duration) -> Result<Vec<String>, RpcError> {
+    /// `discovery` ping and returns who answered, at most `max` of them.
+    pub async fn discover(
+        &self,
+        agent: &str,
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Vec<String>, RpcError> {
         let rpc = "discovery#ping".to_string();
         let body = base64::engine::general_purpose::STANDARD.encode(b"ping");
         let req = self.request(
@@ -362,7 +367,13 @@ impl RpcClient {
         let mut found = std::collections::BTreeSet::new();
         while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.recv()).await {
             let who = reply.envelope.senderid;
-            if subject::is_valid_identity(&who) {
+            if found.len() >= max {
+                // bounded; the rest answer the next discovery
+                self.metrics
+                    .waiting_dropped
+                    .with_label_values(&[self.metrics.site(), "discovery"])
+                    .inc();
+            } else if subject::is_valid_identity(&who) {
                 found.insert(who);
             } else {
                 self.metrics.bad_message("discovery_sender");

@@ -326,6 +326,10 @@ impl Provisioner {
             services.clone(),
             rediscover.clone(),
         )));
+        tasks.push(tokio::spawn(crate::upkeep::run(
+            services.clone(),
+            member.clone(),
+        )));
         // a server this member enrolled just before it stopped may not have restarted: it
         // waits in provisioning mode, and counts as fallen back only after the settle time;
         // look again then rather than a whole interval later

@@ -94,6 +94,7 @@ mod tests {
             ed25519_pubkey: None,
             inventory: "{}".into(),
             jwt: None,
+            enrolled_before: None,
         };
         let out = h.decide(&req).await.unwrap();
         assert_eq!(out.configuration["identity"], "n1.example.net");

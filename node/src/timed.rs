@@ -57,4 +57,7 @@ impl Ledger for TimedLedger {
     async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64> {
         self.inner.heartbeats().await
     }
+    async fn forgettable(&self, before_ms: u64, limit: usize) -> Vec<String> {
+        self.inner.forgettable(before_ms, limit).await
+    }
 }

@@ -5,7 +5,9 @@
 //! discovery and lifecycle events finding the same server never start two flows for it.
 //! Failed and deferred servers are retried with exponential backoff up to `max_attempts`;
 //! after that they are forgotten until discovery finds them again. As upstream, a server that
-//! waited in the queue longer than twice the discovery interval is dropped as stale.
+//! waited in the queue longer than twice the discovery interval is dropped as stale. At most
+//! `max_waiting` servers are known at once; further sightings are dropped and counted
+//! (`choria_provisioner_waiting_dropped`) until some finish.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,16 @@ pub enum Source {
     Discovery,
     Event,
     Retry,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Discovery => "discovery",
+            Source::Event => "event",
+            Source::Retry => "retry",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +95,15 @@ impl WorkQueue {
             return false;
         };
         let seen = (source != Source::Retry).then(pipeline::now_ms);
+        if !entries.contains_key(identity) && entries.len() >= self.svc.config.max_waiting {
+            // bounded: a flood of sightings (real or forged) cannot grow this without end;
+            // the servers left out are found again by the next discovery
+            let m = &self.svc.metrics;
+            m.waiting_dropped
+                .with_label_values(&[m.site(), source.name()])
+                .inc();
+            return false;
+        }
         match entries.get_mut(identity) {
             Some(e) if source == Source::Retry && e.state == State::Waiting => {
                 e.state = State::Queued;

@@ -32,6 +32,9 @@ pub struct PeerView {
     pub last_log_index: u64,
     pub last_applied: u64,
     pub digest: String,
+    /// The newest ledger rules this member's build applies (0 from builds before rules).
+    #[serde(default)]
+    pub rules: u32,
     pub extra: serde_json::Value,
 }
 
@@ -125,6 +128,7 @@ impl PeerContext {
             last_log_index: m.last_log_index.unwrap_or(0),
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             digest: self.store.state().await.ledger.digest(),
+            rules: crate::state::LEDGER_RULES,
             extra: self.extra.get().map(|f| f()).unwrap_or_default(),
         }
     }

@@ -98,6 +98,40 @@ pub enum Command {
         reason: String,
         at_ms: u64,
     },
+    /// The ledger applies `rules` from now on (never lower); proposed by the leader once every
+    /// member reports it can (see `state::LEDGER_RULES`).
+    SetRules { rules: u32, at_ms: u64 },
+    /// The re-enrolled server restarted with its new credential: the one it replaced is
+    /// revoked now (rules 2).
+    Restarted {
+        identity: String,
+        member: String,
+        at_ms: u64,
+    },
+    /// Drops the record of a server that failed and never held a credential, unchanged for
+    /// `older_than_ms` (rules 2).
+    Forget {
+        identity: String,
+        member: String,
+        older_than_ms: u64,
+        at_ms: u64,
+    },
+}
+
+/// Longest free text (a reason, a history line) a command carries into the ledger; what
+/// servers, helpers and operators write is cut to this before it is proposed.
+pub const MAX_TEXT: usize = 400;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 impl Command {
@@ -116,7 +150,109 @@ impl Command {
             Command::RequestReprovision { .. } => "request_reprovision",
             Command::Note { .. } => "note",
             Command::Reassign { .. } => "reassign",
+            Command::SetRules { .. } => "set_rules",
+            Command::Restarted { .. } => "restarted",
+            Command::Forget { .. } => "forget",
         }
+    }
+
+    /// About how many bytes the command takes in a log entry: its text and a fixed allowance
+    /// for the rest. Enough to keep a batch under its byte budget.
+    pub fn approx_bytes(&self) -> usize {
+        let text = |s: &str| s.len() + 8;
+        64 + match self {
+            Command::Claim {
+                identity, member, ..
+            }
+            | Command::Restarted {
+                identity, member, ..
+            }
+            | Command::Forget {
+                identity, member, ..
+            }
+            | Command::RequestReprovision {
+                identity, member, ..
+            } => text(identity) + text(member),
+            Command::IssueCredential {
+                identity,
+                member,
+                serial,
+                fingerprint,
+                ..
+            } => text(identity) + text(member) + text(serial) + text(fingerprint),
+            Command::Enrolled {
+                identity,
+                member,
+                config_digest,
+                facts,
+                ..
+            } => {
+                text(identity)
+                    + text(member)
+                    + text(config_digest)
+                    + facts.iter().map(|(k, v)| text(k) + text(v)).sum::<usize>()
+            }
+            Command::Release {
+                identity,
+                member,
+                outcome,
+                ..
+            } => {
+                text(identity)
+                    + text(member)
+                    + match outcome {
+                        ReleaseOutcome::Deferred { reason }
+                        | ReleaseOutcome::Failed { reason }
+                        | ReleaseOutcome::Shutdown { reason } => text(reason),
+                        ReleaseOutcome::Upgrading { from, to } => text(from) + text(to),
+                        ReleaseOutcome::Abandoned => 0,
+                    }
+            }
+            Command::Revoke {
+                identity,
+                member,
+                reason,
+                ..
+            } => text(identity) + text(member) + text(reason),
+            Command::Note {
+                identity,
+                member,
+                event,
+                ..
+            } => text(identity) + text(member) + text(event),
+            Command::Reassign {
+                identity,
+                from,
+                member,
+                reason,
+                ..
+            } => text(identity) + text(from) + text(member) + text(reason),
+            Command::Heartbeat { member, .. } | Command::SetDraining { member, .. } => text(member),
+            Command::SetPaused { .. } | Command::Rebalance { .. } | Command::SetRules { .. } => 0,
+        }
+    }
+
+    /// The command with its free text (reasons, history lines) cut to [`MAX_TEXT`]; every
+    /// ledger applies this to what it is asked to propose.
+    pub fn bounded(mut self) -> Command {
+        match &mut self {
+            Command::Release { outcome, .. } => match outcome {
+                ReleaseOutcome::Deferred { reason }
+                | ReleaseOutcome::Failed { reason }
+                | ReleaseOutcome::Shutdown { reason } => *reason = bounded(reason, MAX_TEXT),
+                ReleaseOutcome::Upgrading { from, to } => {
+                    *from = bounded(from, MAX_TEXT);
+                    *to = bounded(to, MAX_TEXT);
+                }
+                ReleaseOutcome::Abandoned => {}
+            },
+            Command::Revoke { reason, .. } | Command::Reassign { reason, .. } => {
+                *reason = bounded(reason, MAX_TEXT)
+            }
+            Command::Note { event, .. } => *event = bounded(event, MAX_TEXT),
+            _ => {}
+        }
+        self
     }
 
     /// The server the command is about, if any.
@@ -129,8 +265,11 @@ impl Command {
             | Command::Revoke { identity, .. }
             | Command::RequestReprovision { identity, .. }
             | Command::Note { identity, .. }
-            | Command::Reassign { identity, .. } => Some(identity),
-            Command::Heartbeat { .. }
+            | Command::Reassign { identity, .. }
+            | Command::Restarted { identity, .. }
+            | Command::Forget { identity, .. } => Some(identity),
+            Command::SetRules { .. }
+            | Command::Heartbeat { .. }
             | Command::SetPaused { .. }
             | Command::SetDraining { .. }
             | Command::Rebalance { .. } => None,
@@ -151,11 +290,73 @@ impl Command {
             | Command::Revoke { member, .. }
             | Command::RequestReprovision { member, .. }
             | Command::Note { member, .. }
-            | Command::Reassign { member, .. } => Some(member),
-            Command::SetPaused { .. } | Command::SetDraining { .. } | Command::Rebalance { .. } => {
-                None
-            }
+            | Command::Reassign { member, .. }
+            | Command::Restarted { member, .. }
+            | Command::Forget { member, .. } => Some(member),
+            Command::SetPaused { .. }
+            | Command::SetDraining { .. }
+            | Command::Rebalance { .. }
+            | Command::SetRules { .. } => None,
         };
         named.map(|m: &String| m.split_once('/').map_or(m.as_str(), |(member, _)| member))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size estimate the batcher budgets with stays within half of the JSON a log entry
+    /// really holds, which the append limit counts on.
+    #[test]
+    fn approx_bytes_is_at_least_half_the_encoded_size() {
+        let facts: std::collections::BTreeMap<String, String> = (0..50)
+            .map(|i| {
+                (
+                    format!("fact{i}"),
+                    format!("value \"{i}\" {}", "v".repeat(i)),
+                )
+            })
+            .collect();
+        let cmds = [
+            Command::Claim {
+                identity: "n1.example.net".into(),
+                member: "prov1".into(),
+                lease_until_ms: u64::MAX,
+                seen_ms: u64::MAX,
+                at_ms: u64::MAX,
+            },
+            Command::Enrolled {
+                identity: "n1.example.net".into(),
+                member: "prov1".into(),
+                config_digest: "d".repeat(64),
+                facts,
+                at_ms: u64::MAX,
+            },
+            Command::Release {
+                identity: "n1".into(),
+                member: "prov1".into(),
+                outcome: ReleaseOutcome::Failed {
+                    reason: "x".repeat(MAX_TEXT),
+                },
+                at_ms: 1,
+            },
+            Command::SetRules { rules: 2, at_ms: 1 },
+        ];
+        for cmd in cmds {
+            let json = serde_json::to_vec(&cmd).unwrap().len();
+            assert!(
+                cmd.approx_bytes() * 2 >= json,
+                "{} vs {json}: {cmd:?}",
+                cmd.approx_bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn bounded_text_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short", 10), "short");
+        let cut = bounded(&"ü".repeat(10), 9);
+        assert!(cut.len() <= 9 && cut.ends_with("..."), "{cut}");
     }
 }

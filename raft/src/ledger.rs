@@ -54,4 +54,8 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Last heartbeat (Unix ms) of every member that ever sent one.
     async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64>;
+
+    /// Failed records that never held a credential, unchanged since `before_ms` (at most
+    /// `limit`): candidates for `Forget`.
+    async fn forgettable(&self, before_ms: u64, limit: usize) -> Vec<String>;
 }

@@ -28,3 +28,11 @@ pub use state::{
     ClusterSettings, Credential, EnrollState, LedgerCounts, LedgerState, Record, Rejection,
     Revocation,
 };
+
+/// Milliseconds since the Unix epoch: the time commands carry (0 before the epoch).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

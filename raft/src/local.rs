@@ -8,21 +8,34 @@ use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
 use crate::state::{ClusterSettings, LedgerCounts, LedgerState, Record};
 
-#[derive(Default)]
 pub struct LocalLedger {
     state: Mutex<LedgerState>,
 }
 
+impl Default for LocalLedger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LocalLedger {
+    /// An empty ledger applying this build's newest rules: nobody else applies it.
     pub fn new() -> Self {
-        Self::default()
+        let mut state = LedgerState::default();
+        let _ = state.apply(&Command::SetRules {
+            rules: crate::state::LEDGER_RULES,
+            at_ms: 0,
+        });
+        LocalLedger {
+            state: Mutex::new(state),
+        }
     }
 }
 
 #[async_trait]
 impl Ledger for LocalLedger {
     async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
-        Ok(match self.state.lock().await.apply(&cmd) {
+        Ok(match self.state.lock().await.apply(&cmd.bounded()) {
             Ok(()) => Applied::Ok,
             Err(r) => Applied::Rejected(r),
         })
@@ -54,5 +67,9 @@ impl Ledger for LocalLedger {
 
     async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64> {
         self.state.lock().await.heartbeats().clone()
+    }
+
+    async fn forgettable(&self, before_ms: u64, limit: usize) -> Vec<String> {
+        self.state.lock().await.forgettable(before_ms, limit)
     }
 }

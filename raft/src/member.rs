@@ -105,6 +105,9 @@ impl RaftMember {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
             snapshot_max_chunk_size: s.snapshot_chunk_bytes,
             max_in_snapshot_log_to_keep: s.keep_logs,
+            // each entry stays under its byte budget; this many keep an append under the
+            // gRPC message limit
+            max_payload_entries: crate::replicated::MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         }
         .validate()

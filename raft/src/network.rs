@@ -347,14 +347,17 @@ pub struct RaftGrpc {
     ctx: Arc<PeerContext>,
 }
 
+/// Largest message members exchange (an append with many entries, a snapshot chunk).
+pub const GRPC_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 impl RaftGrpc {
     pub fn server(ctx: Arc<PeerContext>) -> RaftServer<RaftGrpc> {
         RaftServer::new(RaftGrpc {
             raft: ctx.raft.clone(),
             ctx,
         })
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024)
+        .max_decoding_message_size(GRPC_MAX_MESSAGE)
+        .max_encoding_message_size(GRPC_MAX_MESSAGE)
     }
 }
 

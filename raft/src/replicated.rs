@@ -17,11 +17,20 @@ use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
 use crate::member::RaftMember;
 use crate::network::PeerError;
-use crate::state::{ClusterSettings, LedgerCounts, Record};
+use crate::state::{ClusterSettings, LedgerCounts, Record, LEDGER_RULES};
 use crate::types::{Batch, BatchResult, NodeId};
 
 /// Most commands in one log entry.
 pub const MAX_BATCH: usize = 512;
+/// Most bytes of commands (as `Command::approx_bytes` counts them) in one log entry. With
+/// [`MAX_ENTRIES_PER_APPEND`] entries in one append, a message stays well under the gRPC limit
+/// (`network::GRPC_MAX_MESSAGE`).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Most log entries openraft sends in one append.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 24;
+const _: () = assert!(
+    (MAX_BATCH_BYTES as u64) * 2 * MAX_ENTRIES_PER_APPEND < crate::network::GRPC_MAX_MESSAGE as u64
+);
 /// Batches written at the same time.
 const IN_FLIGHT: usize = 4;
 /// How long a proposal may wait for a leader.
@@ -49,17 +58,71 @@ impl RaftLedger {
     }
 }
 
+/// On the leader: raises the cluster's ledger rules to this build's newest once every member
+/// answers that it applies them (a member that does not say, an older build, holds it back),
+/// proposing through `ledger`. Returns the rules set, if it set any.
+pub async fn advance_rules(
+    member: &RaftMember,
+    ledger: &dyn Ledger,
+) -> Result<Option<u32>, LedgerError> {
+    let current = member.store.state().await.ledger.rules();
+    if current >= LEDGER_RULES || !member.is_leader() {
+        return Ok(None);
+    }
+    let views = member.views().await;
+    if views
+        .iter()
+        .any(|(_, _, v)| v.as_ref().map_or(true, |v| v.rules < LEDGER_RULES))
+    {
+        return Ok(None);
+    }
+    let cmd = Command::SetRules {
+        rules: LEDGER_RULES,
+        at_ms: crate::now_ms(),
+    };
+    match ledger.propose(cmd).await? {
+        Applied::Ok => Ok(Some(LEDGER_RULES)),
+        Applied::Rejected(_) => Ok(None),
+    }
+}
+
 async fn batcher(member: Arc<RaftMember>, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // a command taken off the queue that did not fit the last entry goes first in the next
+    let mut carry: Option<(Command, Reply)> = None;
+    loop {
+        let first = match carry.take() {
+            Some(c) => c,
+            None => match rx.recv().await {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let size = first.0.approx_bytes();
+        if size > MAX_BATCH_BYTES {
+            let _ = first.1.send(Err(LedgerError::Unavailable(format!(
+                "command of about {size} bytes is larger than a log entry may be"
+            ))));
+            continue;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        // everything that queued up while we waited for a slot goes into this entry
+        // everything that queued up while we waited for a slot goes into this entry, up to
+        // its byte budget
+        let mut bytes = size;
         let mut pending = vec![first];
         while pending.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(p) => pending.push(p),
+                Ok(p) => {
+                    let size = p.0.approx_bytes();
+                    if bytes + size > MAX_BATCH_BYTES {
+                        carry = Some(p);
+                        break;
+                    }
+                    bytes += size;
+                    pending.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -159,7 +222,7 @@ impl Ledger for RaftLedger {
     async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((cmd, tx))
+            .send((cmd.bounded(), tx))
             .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?;
         rx.await
             .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?
@@ -209,5 +272,14 @@ impl Ledger for RaftLedger {
 
     async fn heartbeats(&self) -> std::collections::BTreeMap<String, u64> {
         self.member.store.state().await.ledger.heartbeats().clone()
+    }
+
+    async fn forgettable(&self, before_ms: u64, limit: usize) -> Vec<String> {
+        self.member
+            .store
+            .state()
+            .await
+            .ledger
+            .forgettable(before_ms, limit)
     }
 }

@@ -19,6 +19,15 @@
 //! - a credential replaced by a new one, or revoked by an operator, is kept as revoked (the
 //!   CRL is made from these);
 //! - an operator's reprovision request makes an enrolled server claimable again.
+//!
+//! Rules 2 (applied once the cluster's `rules` setting says so, see [`LEDGER_RULES`]):
+//! - a re-enrollment keeps the credential it replaces valid (`superseded`) until the server
+//!   restarted with the new one (`Restarted`), so a re-enrollment that never completes leaves
+//!   the server its working credential;
+//! - a claim on an enrolled server that ends without a new credential (failed, deferred,
+//!   abandoned, reassigned) leaves it enrolled: a sighting alone never unenrolls a server;
+//! - the record of a server that failed and never held a credential may be forgotten once it
+//!   has not changed for a while (`Forget`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -28,6 +37,18 @@ use crate::command::{Command, ReleaseOutcome};
 
 /// Entries kept in a record's history; older ones are dropped.
 pub const HISTORY_LIMIT: usize = 32;
+/// Issue times kept per record, for the re-enrollment limit.
+pub const ISSUE_TIMES_KEPT: usize = 16;
+
+/// The newest ledger rules this build applies. Every replica applies the rules the replicated
+/// `rules` setting names, never its own newest, so members of two builds side by side (a
+/// rolling upgrade) apply every command alike; the leader raises the setting once every member
+/// reports it applies the new rules (`SetRules`). 1: as first released. 2: see the list above.
+pub const LEDGER_RULES: u32 = 2;
+
+fn rules_v1() -> u32 {
+    1
+}
 /// An enrolled server seen in provisioning mode within this long of its last change is still
 /// restarting into its configuration; only later is it a server that fell back.
 pub const REENROLL_SETTLE_MS: u64 = 15_000;
@@ -129,6 +150,25 @@ pub struct Record {
     /// Inventory facts kept at enrollment, for fact filters.
     #[serde(default)]
     pub facts: BTreeMap<String, String>,
+    /// The credential a re-enrollment replaced, still valid until the server restarted with
+    /// the new one (rules 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<Credential>,
+    /// Claimed while it was enrolled: ending without a new credential leaves it enrolled
+    /// (rules 2).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claimed_while_enrolled: bool,
+    /// When its latest credentials were issued (Unix ms), oldest first, at most
+    /// [`ISSUE_TIMES_KEPT`] (rules 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issued_at_ms: Vec<u64>,
+}
+
+impl Record {
+    /// Credentials issued to this server at or after `since_ms`.
+    pub fn issued_since(&self, since_ms: u64) -> usize {
+        self.issued_at_ms.iter().filter(|t| **t >= since_ms).count()
+    }
 }
 
 /// Why a command did not apply.
@@ -148,6 +188,11 @@ pub enum Rejection {
     NoCredential,
     /// The proposing member is not (or no longer) in the group's membership.
     NotAMember { member: String },
+    /// The command needs ledger rules the cluster does not apply yet.
+    NotEnabled { rules: u32 },
+    /// The record may not be forgotten: it held a credential, is not failed, or changed
+    /// recently.
+    NotForgettable,
 }
 
 impl std::fmt::Display for Rejection {
@@ -162,6 +207,13 @@ impl std::fmt::Display for Rejection {
             Rejection::SerialInUse { identity } => write!(f, "serial already issued to {identity}"),
             Rejection::NoCredential => f.write_str("no credential to revoke"),
             Rejection::NotAMember { member } => write!(f, "{member} is not a member of the group"),
+            Rejection::NotEnabled { rules } => {
+                write!(
+                    f,
+                    "needs ledger rules {rules}, which the cluster does not apply yet"
+                )
+            }
+            Rejection::NotForgettable => f.write_str("the record may not be forgotten"),
         }
     }
 }
@@ -202,6 +254,10 @@ pub struct ClusterSettings {
     /// refused on the Raft port, joining included (see `authz`).
     #[serde(default)]
     pub departed: std::collections::BTreeSet<String>,
+    /// The ledger rules every replica applies (see [`LEDGER_RULES`]); ledgers written before
+    /// the setting existed apply rules 1.
+    #[serde(default = "rules_v1")]
+    pub rules: u32,
 }
 
 impl LedgerState {
@@ -241,6 +297,22 @@ impl LedgerState {
 
     pub fn settings(&self) -> &ClusterSettings {
         &self.settings
+    }
+
+    /// The rules this ledger applies now.
+    pub fn rules(&self) -> u32 {
+        self.settings.rules.max(1)
+    }
+
+    /// Failed records that never held a credential and have not changed since `before_ms`,
+    /// at most `limit`: what `Forget` may drop.
+    pub fn forgettable(&self, before_ms: u64, limit: usize) -> Vec<String> {
+        self.records
+            .values()
+            .filter(|r| forgettable(r) && r.updated_ms < before_ms)
+            .take(limit)
+            .map(|r| r.identity.clone())
+            .collect()
     }
 
     /// Last heartbeat of every member that ever sent one.
@@ -350,12 +422,24 @@ impl LedgerState {
                         identity: other.clone(),
                     });
                 }
+                let rules = self.rules();
                 let rec = self.owned_by(identity, member, *at_ms)?;
                 if let Some(old) = rec.credential.take() {
                     if &old.serial != serial {
-                        let reason = format!("superseded by {serial}");
-                        revoke(rec, old, member, *at_ms, reason);
+                        if rules >= 2 && rec.superseded.is_none() {
+                            // the server may still use it: valid until it restarted with the new
+                            rec.superseded = Some(old);
+                        } else {
+                            let reason = format!("superseded by {serial}");
+                            revoke(rec, old, member, *at_ms, reason);
+                        }
                     }
+                }
+                if rules >= 2 {
+                    rec.claimed_while_enrolled = false;
+                    rec.issued_at_ms.push(*at_ms);
+                    let excess = rec.issued_at_ms.len().saturating_sub(ISSUE_TIMES_KEPT);
+                    rec.issued_at_ms.drain(..excess);
                 }
                 rec.credential = Some(Credential {
                     serial: serial.clone(),
@@ -384,6 +468,7 @@ impl LedgerState {
                 rec.owner = None;
                 rec.lease_until_ms = 0;
                 rec.last_error = None;
+                rec.claimed_while_enrolled = false;
                 rec.config_digest = Some(config_digest.clone());
                 rec.facts = facts.clone();
                 note(rec, *at_ms, member, "enrolled".into());
@@ -400,6 +485,9 @@ impl LedgerState {
                 let cred = rec.credential.take().ok_or(Rejection::NoCredential)?;
                 let serial = cred.serial.clone();
                 revoke(rec, cred, member, *at_ms, reason.clone());
+                if let Some(old) = rec.superseded.take() {
+                    revoke(rec, old, member, *at_ms, reason.clone());
+                }
                 // a flow in progress keeps its claim; it will issue a new credential
                 if rec.state != EnrollState::Claimed {
                     rec.state = EnrollState::Revoked;
@@ -452,13 +540,20 @@ impl LedgerState {
                 reason,
                 at_ms,
             } => {
+                let rules2 = self.rules() >= 2;
                 let rec = self.record_mut(identity)?;
                 if rec.state != EnrollState::Claimed || rec.owner.as_deref() != Some(from) {
                     return Err(Rejection::NotOwner {
                         member: from.clone(),
                     });
                 }
-                rec.state = EnrollState::Deferred;
+                let still_enrolled = rules2 && rec.claimed_while_enrolled;
+                rec.state = if still_enrolled {
+                    EnrollState::Enrolled
+                } else {
+                    EnrollState::Deferred
+                };
+                rec.claimed_while_enrolled = false;
                 rec.owner = None;
                 rec.lease_until_ms = 0;
                 rec.last_error = Some(reason.clone());
@@ -527,12 +622,81 @@ impl LedgerState {
                 if self.replayed(identity, member, *at_ms, &event) {
                     return Ok(());
                 }
+                let rules2 = self.rules() >= 2;
                 let rec = self.owned_by(identity, member, *at_ms)?;
-                rec.state = state;
+                // a flow on an enrolled server that issued nothing leaves it enrolled
+                let keep_enrolled = rules2
+                    && rec.claimed_while_enrolled
+                    && matches!(
+                        outcome,
+                        ReleaseOutcome::Deferred { .. }
+                            | ReleaseOutcome::Failed { .. }
+                            | ReleaseOutcome::Abandoned
+                    );
+                rec.state = if keep_enrolled {
+                    EnrollState::Enrolled
+                } else {
+                    state
+                };
+                rec.claimed_while_enrolled = false;
                 rec.owner = None;
                 rec.lease_until_ms = 0;
                 rec.last_error = error;
                 note(rec, *at_ms, member, event);
+                Ok(())
+            }
+
+            Command::SetRules { rules, .. } => {
+                self.settings.rules = self.rules().max(*rules);
+                Ok(())
+            }
+
+            Command::Restarted {
+                identity,
+                member,
+                at_ms,
+            } => {
+                if self.rules() < 2 {
+                    return Err(Rejection::NotEnabled { rules: 2 });
+                }
+                let rec = self.record_mut(identity)?;
+                let Some(current) = rec.credential.clone() else {
+                    return Err(Rejection::NoCredential);
+                };
+                if rec.state != EnrollState::Enrolled || &current.issued_by != member {
+                    return Err(Rejection::NotOwner {
+                        member: member.clone(),
+                    });
+                }
+                // a copy sent again finds nothing left to do
+                if let Some(old) = rec.superseded.take() {
+                    let serial = old.serial.clone();
+                    let reason = format!("superseded by {}", current.serial);
+                    revoke(rec, old, member, *at_ms, reason);
+                    note(
+                        rec,
+                        *at_ms,
+                        member,
+                        format!("restarted with {}; {serial} revoked", current.serial),
+                    );
+                }
+                Ok(())
+            }
+
+            Command::Forget {
+                identity,
+                older_than_ms,
+                at_ms,
+                ..
+            } => {
+                if self.rules() < 2 {
+                    return Err(Rejection::NotEnabled { rules: 2 });
+                }
+                let rec = self.records.get(identity).ok_or(Rejection::UnknownServer)?;
+                if !forgettable(rec) || rec.updated_ms.saturating_add(*older_than_ms) > *at_ms {
+                    return Err(Rejection::NotForgettable);
+                }
+                self.records.remove(identity);
                 Ok(())
             }
         }
@@ -546,6 +710,7 @@ impl LedgerState {
         seen_ms: u64,
         at_ms: u64,
     ) -> Result<(), Rejection> {
+        let rules2 = self.rules() >= 2;
         let mut fell_back = false;
         if let Some(rec) = self.records.get(identity) {
             if rec.state == EnrollState::Enrolled {
@@ -582,8 +747,14 @@ impl LedgerState {
                 history: Vec::new(),
                 revoked: Vec::new(),
                 facts: BTreeMap::new(),
+                superseded: None,
+                claimed_while_enrolled: false,
+                issued_at_ms: Vec::new(),
             });
         let renewal = rec.state == EnrollState::Claimed && rec.owner.as_deref() == Some(member);
+        if fell_back && rules2 {
+            rec.claimed_while_enrolled = true;
+        }
         rec.state = EnrollState::Claimed;
         rec.owner = Some(member.to_string());
         rec.lease_until_ms = lease_until_ms;
@@ -636,6 +807,16 @@ impl LedgerState {
         }
         Ok(rec)
     }
+}
+
+/// A failed record that never held a credential and is not worked on.
+fn forgettable(rec: &Record) -> bool {
+    rec.state == EnrollState::Failed
+        && rec.owner.is_none()
+        && rec.credential.is_none()
+        && rec.superseded.is_none()
+        && rec.revoked.is_empty()
+        && rec.config_digest.is_none()
 }
 
 fn revoke(rec: &mut Record, cred: Credential, member: &str, at_ms: u64, reason: String) {
@@ -1023,5 +1204,231 @@ mod tests {
         // the new credential supersedes the old one
         s.apply(&issue("n1", "b", "02", 60_001)).unwrap();
         assert_eq!(s.record("n1").unwrap().revoked[0].serial, "01");
+    }
+
+    fn rules2() -> LedgerState {
+        let mut s = LedgerState::default();
+        s.apply(&Command::SetRules { rules: 2, at_ms: 0 }).unwrap();
+        s
+    }
+
+    /// An enrolled n1 (serial 01 by a) seen waiting again long after, and claimed by b.
+    fn enrolled_then_reclaimed(s: &mut LedgerState) {
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&issue("n1", "a", "01", 1)).unwrap();
+        s.apply(&enrolled("n1", "a", 2)).unwrap();
+        s.apply(&Command::Claim {
+            identity: "n1".into(),
+            member: "b".into(),
+            lease_until_ms: 200_000,
+            seen_ms: 100_000,
+            at_ms: 100_000,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn rules_are_raised_by_command_never_lowered_and_default_to_1() {
+        let mut s = LedgerState::default();
+        assert_eq!(s.rules(), 1);
+        // a restart reported before the rules allow it is refused and changes nothing
+        assert_eq!(
+            s.apply(&Command::Restarted {
+                identity: "n1".into(),
+                member: "a".into(),
+                at_ms: 1
+            }),
+            Err(Rejection::NotEnabled { rules: 2 })
+        );
+        s.apply(&Command::SetRules { rules: 2, at_ms: 1 }).unwrap();
+        s.apply(&Command::SetRules { rules: 1, at_ms: 2 }).unwrap();
+        assert_eq!(s.rules(), 2);
+        // settings stored before the field existed read as rules 1
+        let old: ClusterSettings =
+            serde_json::from_str(r#"{"paused":false,"draining":[]}"#).unwrap();
+        assert_eq!(old.rules, 1);
+    }
+
+    #[test]
+    fn a_reenrollment_keeps_the_old_credential_until_the_server_restarted() {
+        let mut s = rules2();
+        enrolled_then_reclaimed(&mut s);
+        assert!(s.record("n1").unwrap().claimed_while_enrolled);
+        s.apply(&issue("n1", "b", "02", 100_001)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.superseded.as_ref().unwrap().serial, "01");
+        assert!(
+            r.revoked.is_empty(),
+            "revoked before the new one was in use"
+        );
+        assert_eq!(s.counts("b").revoked, 0);
+        s.apply(&enrolled("n1", "b", 100_002)).unwrap();
+        // only the member that issued the new credential reports the restart
+        let restarted = |m: &str, at| Command::Restarted {
+            identity: "n1".into(),
+            member: m.into(),
+            at_ms: at,
+        };
+        assert!(s.apply(&restarted("a", 100_003)).is_err());
+        s.apply(&restarted("b", 100_003)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert!(r.superseded.is_none());
+        assert_eq!(r.revoked.len(), 1);
+        assert_eq!(r.revoked[0].serial, "01");
+        assert_eq!(r.revoked[0].reason, "superseded by 02");
+        assert_eq!(r.issued_at_ms, vec![1, 100_001]);
+        assert_eq!(r.issued_since(50_000), 1);
+        // sent again: nothing left to do
+        let before = r.clone();
+        s.apply(&restarted("b", 100_004)).unwrap();
+        assert_eq!(s.record("n1").unwrap(), &before);
+    }
+
+    #[test]
+    fn a_second_reissue_before_the_restart_revokes_the_unused_one() {
+        let mut s = rules2();
+        enrolled_then_reclaimed(&mut s);
+        s.apply(&issue("n1", "b", "02", 100_001)).unwrap();
+        s.apply(&issue("n1", "b", "03", 100_002)).unwrap();
+        let r = s.record("n1").unwrap();
+        // 01 is what the server may still run with; 02 was never used
+        assert_eq!(r.superseded.as_ref().unwrap().serial, "01");
+        assert_eq!(r.revoked.len(), 1);
+        assert_eq!(r.revoked[0].serial, "02");
+        // an operator's revocation takes both
+        s.apply(&Command::Revoke {
+            identity: "n1".into(),
+            member: "b/ops".into(),
+            reason: "lost".into(),
+            at_ms: 100_003,
+        })
+        .unwrap();
+        let r = s.record("n1").unwrap();
+        let revoked: Vec<&str> = r.revoked.iter().map(|c| c.serial.as_str()).collect();
+        assert_eq!(revoked, ["02", "03", "01"]);
+        assert!(r.superseded.is_none() && r.credential.is_none());
+    }
+
+    #[test]
+    fn a_claim_on_an_enrolled_server_that_issues_nothing_leaves_it_enrolled() {
+        for outcome in [
+            ReleaseOutcome::Failed {
+                reason: "no jwt".into(),
+            },
+            ReleaseOutcome::Deferred {
+                reason: "helper says later".into(),
+            },
+            ReleaseOutcome::Abandoned,
+        ] {
+            let mut s = rules2();
+            enrolled_then_reclaimed(&mut s);
+            s.apply(&Command::Release {
+                identity: "n1".into(),
+                member: "b".into(),
+                outcome: outcome.clone(),
+                at_ms: 100_001,
+            })
+            .unwrap();
+            let r = s.record("n1").unwrap();
+            assert_eq!(r.state, EnrollState::Enrolled, "{outcome:?}");
+            assert_eq!(r.credential.as_ref().unwrap().serial, "01");
+            assert!(!r.claimed_while_enrolled);
+        }
+        // the same under rules 1: it fails, as before
+        let mut s = LedgerState::default();
+        enrolled_then_reclaimed(&mut s);
+        s.apply(&Command::Release {
+            identity: "n1".into(),
+            member: "b".into(),
+            outcome: ReleaseOutcome::Failed { reason: "x".into() },
+            at_ms: 100_001,
+        })
+        .unwrap();
+        assert_eq!(s.record("n1").unwrap().state, EnrollState::Failed);
+        // a claim taken from a dead member also leaves it enrolled
+        let mut s = rules2();
+        enrolled_then_reclaimed(&mut s);
+        s.apply(&Command::Reassign {
+            identity: "n1".into(),
+            from: "b".into(),
+            member: "a".into(),
+            reason: "b is gone".into(),
+            at_ms: 100_001,
+        })
+        .unwrap();
+        assert_eq!(s.record("n1").unwrap().state, EnrollState::Enrolled);
+        // once a new credential was issued, a failure is a failure
+        let mut s = rules2();
+        enrolled_then_reclaimed(&mut s);
+        s.apply(&issue("n1", "b", "02", 100_001)).unwrap();
+        s.apply(&Command::Release {
+            identity: "n1".into(),
+            member: "b".into(),
+            outcome: ReleaseOutcome::Failed {
+                reason: "configure".into(),
+            },
+            at_ms: 100_002,
+        })
+        .unwrap();
+        assert_eq!(s.record("n1").unwrap().state, EnrollState::Failed);
+    }
+
+    #[test]
+    fn failed_records_that_never_held_a_credential_are_forgotten_when_old_enough() {
+        let mut s = rules2();
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&Command::Release {
+            identity: "n1".into(),
+            member: "a".into(),
+            outcome: ReleaseOutcome::Failed { reason: "x".into() },
+            at_ms: 10,
+        })
+        .unwrap();
+        s.apply(&claim("n2", "a", 0)).unwrap();
+        s.apply(&issue("n2", "a", "02", 1)).unwrap();
+        s.apply(&Command::Release {
+            identity: "n2".into(),
+            member: "a".into(),
+            outcome: ReleaseOutcome::Failed { reason: "x".into() },
+            at_ms: 10,
+        })
+        .unwrap();
+        s.apply(&claim("n3", "a", 0)).unwrap();
+        let forget = |id: &str, at| Command::Forget {
+            identity: id.into(),
+            member: "a".into(),
+            older_than_ms: 1000,
+            at_ms: at,
+        };
+        assert_eq!(s.forgettable(2000, 10), vec!["n1".to_string()]);
+        assert_eq!(s.apply(&forget("n1", 500)), Err(Rejection::NotForgettable));
+        assert_eq!(s.apply(&forget("n2", 5000)), Err(Rejection::NotForgettable));
+        assert_eq!(s.apply(&forget("n3", 5000)), Err(Rejection::NotForgettable));
+        s.apply(&forget("n1", 5000)).unwrap();
+        assert!(s.record("n1").is_none());
+        assert_eq!(s.apply(&forget("n1", 5000)), Err(Rejection::UnknownServer));
+        // the serial of a failed record with a credential stays taken
+        assert!(s.serials().any(|(serial, _)| serial == "02"));
+    }
+
+    #[test]
+    fn free_text_is_bounded_before_it_reaches_the_ledger() {
+        let long = "é".repeat(1000);
+        let cmd = Command::Release {
+            identity: "n1".into(),
+            member: "a".into(),
+            outcome: ReleaseOutcome::Failed { reason: long },
+            at_ms: 1,
+        }
+        .bounded();
+        let Command::Release {
+            outcome: ReleaseOutcome::Failed { reason },
+            ..
+        } = cmd
+        else {
+            panic!("not a release");
+        };
+        assert!(reason.len() <= crate::command::MAX_TEXT, "{}", reason.len());
+        assert!(reason.ends_with("..."));
     }
 }

@@ -458,13 +458,16 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                                     // heartbeats and cluster settings
                                     meta_changed = true;
                                 }
-                                if let Some(rec) = cmd.identity().and_then(|i| sm.ledger.record(i))
-                                {
-                                    batch.put_cf(
-                                        ledger_cf,
-                                        rec.identity.as_bytes(),
-                                        serde_json::to_vec(rec).map_err(sm_write)?,
-                                    );
+                                if let Some(identity) = cmd.identity() {
+                                    match sm.ledger.record(identity) {
+                                        Some(rec) => batch.put_cf(
+                                            ledger_cf,
+                                            rec.identity.as_bytes(),
+                                            serde_json::to_vec(rec).map_err(sm_write)?,
+                                        ),
+                                        // forgotten
+                                        None => batch.delete_cf(ledger_cf, identity.as_bytes()),
+                                    }
                                 }
                                 if let Command::IssueCredential {
                                     serial, identity, ..

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{free_addr, start, wait_leader, Pki};
-use raft::replicated::RaftLedger;
+use raft::replicated::{advance_rules, RaftLedger};
+use raft::state::LEDGER_RULES;
 use raft::types::Member;
 use raft::{Applied, Command, Ledger, Rejection};
 
@@ -98,6 +99,18 @@ async fn three_members_agree_and_survive_restart() {
     // a conflicting claim is rejected by the rules, on whichever member proposes it
     let r = ledgers[2].propose(claim("n0", "m3")).await.unwrap();
     assert!(matches!(r, Applied::Rejected(Rejection::ClaimedBy { .. })));
+    // a command larger than a log entry may be is refused before anything is written
+    let huge = Command::Enrolled {
+        identity: "n0".into(),
+        member: "m1".into(),
+        config_digest: "d".into(),
+        facts: [("blob".to_string(), "x".repeat(2 * 1024 * 1024))].into(),
+        at_ms: 2,
+    };
+    assert!(matches!(
+        ledgers[0].propose(huge).await,
+        Err(raft::LedgerError::Unavailable(_))
+    ));
 
     // every member applies the same ledger
     for _ in 0..50 {
@@ -110,6 +123,47 @@ async fn three_members_agree_and_survive_restart() {
     let a = ledgers[0].records().await;
     for l in &ledgers[1..] {
         assert_eq!(l.records().await, a);
+    }
+
+    // the ledger rules: a new group applies the first ones; a follower cannot raise them, the
+    // leader does once every voter reports it applies the newest, and every replica follows
+    for m in &members {
+        assert_eq!(m.store.state().await.ledger.rules(), 1);
+    }
+    let leader_id = wait_leader(&members).await;
+    let li = members.iter().position(|m| m.id == leader_id).unwrap();
+    let fi = (li + 1) % 3;
+    assert_eq!(
+        advance_rules(&members[fi], ledgers[fi].as_ref())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        advance_rules(&members[li], ledgers[li].as_ref())
+            .await
+            .unwrap(),
+        Some(LEDGER_RULES)
+    );
+    assert_eq!(
+        advance_rules(&members[li], ledgers[li].as_ref())
+            .await
+            .unwrap(),
+        None,
+        "raised twice"
+    );
+    for _ in 0..50 {
+        let mut all = true;
+        for m in &members {
+            all &= m.store.state().await.ledger.rules() == LEDGER_RULES;
+        }
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in &members {
+        assert_eq!(m.store.state().await.ledger.rules(), LEDGER_RULES);
     }
 
     // a new member joins as a learner after the log was compacted: it can only catch up
