@@ -630,6 +630,13 @@ pub struct ProvisionerOptions {
     pub upgrades: bool,
     /// The broker's CA: the provisioner connects over TLS (`nats.tls.ca`).
     pub nats_tls_ca: Option<PathBuf>,
+    /// Without a cluster: no `data_dir`, the ledger in memory (by default a provisioner alone
+    /// keeps it in `<identity>-data` as a member does).
+    pub memory_ledger: bool,
+    /// The data directory is a tmpfs of this size (`8m`), mounted in a mount namespace of
+    /// the process's own (`unshare -m`; needs root), to fill it up from the test through
+    /// `/proc/<pid>/root`.
+    pub data_tmpfs: Option<String>,
 }
 
 impl Default for ProvisionerOptions {
@@ -652,6 +659,8 @@ impl Default for ProvisionerOptions {
             ed25519_issuer: None,
             upgrades: false,
             nats_tls_ca: None,
+            memory_ledger: false,
+            data_tmpfs: None,
         }
     }
 }
@@ -671,6 +680,9 @@ pub struct ProvisionerProcess {
     pub monitor_port: u16,
     pub proc: Proc,
     pub config: PathBuf,
+    /// Its data directory (for a member, or a provisioner alone with a ledger on disk).
+    pub data_dir: PathBuf,
+    data_tmpfs: Option<String>,
 }
 
 impl ProvisionerProcess {
@@ -683,11 +695,12 @@ impl ProvisionerProcess {
     ) -> ProvisionerProcess {
         let monitor_port = free_port();
         let config = dir.join(format!("{}.yaml", opts.identity));
-        let cluster = opts
-            .cluster
-            .as_ref()
-            .map(|c| c.yaml(&dir.join(format!("{}-data", opts.identity))))
-            .unwrap_or_default();
+        let data_dir = dir.join(format!("{}-data", opts.identity));
+        let cluster = match (&opts.cluster, opts.memory_ledger) {
+            (Some(c), _) => c.yaml(&data_dir),
+            (None, false) => format!("data_dir: {}\n", data_dir.display()),
+            (None, true) => String::new(),
+        };
         let text = cluster
             + &format!(
                 r#"identity: {identity}
@@ -745,10 +758,10 @@ nats:
             )
             + &opts.extra_yaml;
         std::fs::write(&config, text).expect("write provisioner config");
-        let child = Command::new(bin("provisioner"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
+        if opts.data_tmpfs.is_some() {
+            std::fs::create_dir_all(&data_dir).expect("data dir");
+        }
+        let child = run_command(&config, &data_dir, opts.data_tmpfs.as_deref())
             .stdout(log_file(dir, &format!("{}.out", opts.identity)))
             .stderr(log_file(dir, &format!("{}.log", opts.identity)))
             .spawn()
@@ -761,7 +774,14 @@ nats:
             monitor_port,
             proc,
             config,
+            data_dir,
+            data_tmpfs: opts.data_tmpfs.clone(),
         }
+    }
+
+    /// Its log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
     }
 
     /// Waits until the provisioner listens for events and has run its first discovery.
@@ -801,10 +821,7 @@ nats:
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null())
         };
-        self.proc.child = Command::new(bin("provisioner"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
+        self.proc.child = run_command(&self.config, &self.data_dir, self.data_tmpfs.as_deref())
             .stdout(log("out"))
             .stderr(log("log"))
             .spawn()?;
@@ -819,6 +836,30 @@ nats:
     /// The value of one metric series (exact name with labels), if present.
     pub fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.metrics(), series)
+    }
+}
+
+/// `provisioner run --config <config>`, with `data_dir` a fresh tmpfs of `tmpfs` size in a
+/// mount namespace of its own when asked (the process keeps its pid: `unshare` and `sh` exec).
+fn run_command(config: &Path, data_dir: &Path, tmpfs: Option<&str>) -> Command {
+    match tmpfs {
+        None => {
+            let mut c = Command::new(bin("provisioner"));
+            c.arg("run").arg("--config").arg(config);
+            c
+        }
+        Some(size) => {
+            let mut c = Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg(format!(
+                    "mount -t tmpfs -o size={size},mode=0700 tmpfs \"$1\" && exec \"$2\" run --config \"$3\""
+                ))
+                .arg("sh")
+                .arg(data_dir)
+                .arg(bin("provisioner"))
+                .arg(config);
+            c
+        }
     }
 }
 

@@ -389,14 +389,18 @@ impl Ca {
     }
 }
 
-/// Writes `pem` to `path` through a temporary file, so readers never see half a CRL.
+/// Writes `pem` to `path` through a temporary file, so readers never see half a CRL. It is
+/// world-readable on purpose, whatever the umask: whoever checks certificates needs it.
 pub fn write_crl(path: &Path, pem: &str) -> Result<(), CaError> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("tmp");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CaError::Io { path: p, source }
+    };
     write_file(&tmp, pem.as_bytes(), 0o644)?;
-    std::fs::rename(&tmp, path).map_err(|source| CaError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// Writes a member's certificate and key into `dir` as `<name>.pem` and `<name>.key` (0600).

@@ -247,6 +247,8 @@ struct RawConfig {
     failed_retention: String,
     #[serde(default = "default_max_waiting")]
     max_waiting: usize,
+    #[serde(default = "default_data_dir_min_free_mb")]
+    data_dir_min_free_mb: u64,
     #[serde(default = "default_monitor_listen")]
     monitor_listen: String,
     #[serde(default)]
@@ -300,6 +302,9 @@ fn default_failed_retention() -> String {
 }
 fn default_max_waiting() -> usize {
     100_000
+}
+fn default_data_dir_min_free_mb() -> u64 {
+    128
 }
 fn default_monitor_listen() -> String {
     "0.0.0.0".into()
@@ -357,6 +362,9 @@ pub struct Config {
     /// Most servers this member keeps waiting (queued, in flight or waiting to retry), and
     /// most identities one discovery collects.
     pub max_waiting: usize,
+    /// Bytes that must stay free under `data_dir`: below, the provisioner stops (or does
+    /// not start), before the ledger's writes fail.
+    pub data_dir_min_free: u64,
     /// Set when running as a Raft group member.
     pub cluster: Option<Cluster>,
     pub admin: Option<Admin>,
@@ -556,6 +564,12 @@ impl Config {
                     .into(),
             );
         }
+        if raw.cluster.is_none() && raw.data_dir.is_none() {
+            warnings.push(
+                "no data_dir: the ledger is kept in memory only, and a restart forgets every enrollment and revocation"
+                    .into(),
+            );
+        }
         if raw.choria_insecure.is_some() {
             warnings.push("choria_insecure is ignored".into());
         }
@@ -681,6 +695,7 @@ impl Config {
             reenroll_window: duration(p, "reenroll_window", &raw.reenroll_window),
             failed_retention: duration(p, "failed_retention", &raw.failed_retention),
             max_waiting: raw.max_waiting,
+            data_dir_min_free: raw.data_dir_min_free_mb.saturating_mul(1024 * 1024),
             cluster,
             admin,
             ledger_facts: raw.ledger_facts,

@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use node::admin::cli::AdminArgs;
 use node::ca::{self, KeyType};
 use node::config::{parse_duration, Config};
-use node::service::Provisioner;
+use node::service::{Provisioner, ServiceError};
 
 /// mimalloc: allocation was a tenth of the CPU profile with glibc malloc (see benches/BENCHMARKS.md).
 #[global_allocator]
@@ -352,15 +352,30 @@ fn run(path: PathBuf) -> ExitCode {
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 eprintln!("cannot start: {e}");
-                return ExitCode::FAILURE;
+                return match e {
+                    ServiceError::Ledger { .. } => ExitCode::from(EXIT_STORAGE),
+                    _ => ExitCode::FAILURE,
+                };
             }
         };
-        wait_for_signal().await;
+        tokio::select! {
+            _ = wait_for_signal() => {}
+            reason = provisioner.failed() => {
+                // systemd restarts it (Restart=on-failure); a disk that is still full stops
+                // it again, visibly, rather than leaving a member that claims with a dead log
+                tracing::error!(%reason, "the ledger can no longer be written (is the disk under data_dir full or read-only?); stopping");
+                eprintln!("stopping: the ledger can no longer be written: {reason}");
+                return ExitCode::from(EXIT_STORAGE);
+            }
+        }
         tracing::info!("shutting down");
         provisioner.stop().await;
         ExitCode::SUCCESS
     })
 }
+
+/// Exit status when the ledger cannot be written: sysexits' EX_IOERR.
+const EXIT_STORAGE: u8 = 74;
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -25,7 +25,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use proto::agents::ConfigureRequest;
 use raft::{Applied, Command, Ledger, Rejection, ReleaseOutcome};
@@ -112,7 +112,7 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
         Err(reason) => return Outcome::Failed(reason),
     };
     match claim(svc, identity, seen_ms).await {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(skip) => return skip,
     }
     let before = match svc.ledger.record(identity).await.and_then(|r| {
@@ -331,17 +331,19 @@ enum Step {
     },
 }
 
-async fn claim(svc: &Services, identity: &str, seen_ms: u64) -> Result<(), Outcome> {
+/// Claims (or renews the claim on) `identity`; `Ok` is when the claim lapses, Unix ms.
+async fn claim(svc: &Services, identity: &str, seen_ms: u64) -> Result<u64, Outcome> {
     let now = now_ms();
+    let lease_until_ms = now + svc.claim_lease_ms;
     let cmd = Command::Claim {
         identity: identity.to_string(),
         member: svc.member.clone(),
-        lease_until_ms: now + svc.claim_lease_ms,
+        lease_until_ms,
         seen_ms,
         at_ms: now,
     };
     match svc.ledger.propose(cmd).await {
-        Ok(Applied::Ok) => Ok(()),
+        Ok(Applied::Ok) => Ok(lease_until_ms),
         Ok(Applied::Rejected(Rejection::ClaimedBy { until_ms, .. })) => {
             Err(Outcome::Busy(until_ms))
         }
@@ -557,14 +559,68 @@ async fn run_steps(
         }
     }
 
-    let digest = configure::configure(svc, identity, &request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let digest = fenced_configure(svc, identity, seen_ms, &request).await?;
     Ok(Step::Done(digest, facts))
+}
+
+/// Time kept back from the end of a claim: `configure` is not sent (or sent again) later
+/// than this before the claim lapses, so clocks a little apart and a slow commit cannot
+/// make two members configure one server.
+fn lease_margin(lease_ms: u64) -> u64 {
+    (lease_ms / 5).clamp(1_000, 30_000)
+}
+
+/// How long `configure` may still be sent (and sent again) under a claim that lapses at
+/// `lease_until` (Unix ms): until [`lease_margin`] before; `None` when that has passed.
+fn send_budget(lease_until: u64, lease_ms: u64, now: u64) -> Option<u64> {
+    let send_by = lease_until.saturating_sub(lease_margin(lease_ms));
+    Some(send_by.saturating_sub(now)).filter(|b| *b > 0)
+}
+
+/// `configure`, only while this member holds the claim: renewed first (the credential is in
+/// the ledger by now), and every try sent before the claim's end minus [`lease_margin`]; at
+/// that point the flow gives up, and the server is tried again later.
+async fn fenced_configure(
+    svc: &Services,
+    identity: &str,
+    seen_ms: u64,
+    request: &ConfigureRequest,
+) -> Result<String, String> {
+    let lease_until = claim(svc, identity, seen_ms)
+        .await
+        .map_err(|o| format!("lost claim before configure: {o:?}"))?;
+    let Some(budget) = send_budget(lease_until, svc.claim_lease_ms, now_ms()) else {
+        return Err("the claim lapses before configure could be sent; not sent".into());
+    };
+    match tokio::time::timeout(
+        Duration::from_millis(budget),
+        configure::configure(svc, identity, request),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "configure not answered within the claim ({budget} ms left of it); gave up"
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn configure_is_sent_only_until_a_margin_before_the_claim_lapses() {
+        use super::{lease_margin, send_budget};
+        // a fifth of the lease, between 1 s and 30 s
+        assert_eq!(lease_margin(5_000), 1_000);
+        assert_eq!(lease_margin(30_000), 6_000);
+        assert_eq!(lease_margin(300_000), 30_000);
+        // a 30 s claim renewed at t=0 lapses at 30 s: configure goes out until 24 s
+        assert_eq!(send_budget(30_000, 30_000, 0), Some(24_000));
+        assert_eq!(send_budget(30_000, 30_000, 20_000), Some(4_000));
+        assert_eq!(send_budget(30_000, 30_000, 24_000), None);
+        assert_eq!(send_budget(30_000, 30_000, 40_000), None);
+    }
+
     #[test]
     fn versions_compare_without_a_leading_v() {
         assert!(super::same_version("0.29.4", "v0.29.4"));

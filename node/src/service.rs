@@ -33,9 +33,6 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 pub(crate) const LIVE_WINDOW_MS: u64 = 7_000;
 /// How often a member looks at the replicated settings (pause, rebalance).
 const SETTINGS_EVERY: Duration = Duration::from_millis(200);
-/// A CRL is valid this long; it is rewritten well before, on every change and every day.
-const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
-const CRL_REFRESH: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Error)]
 pub enum ServiceError {
@@ -58,6 +55,8 @@ pub enum ServiceError {
     NoHelper,
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("ledger in {dir}: {reason}")]
+    Ledger { dir: String, reason: String },
     #[error("admin API: {0}")]
     Admin(#[from] crate::admin::tls::TlsError),
     #[error("{0}")]
@@ -69,6 +68,8 @@ pub struct Provisioner {
     pub services: Arc<Services>,
     pub queue: Arc<WorkQueue>,
     pub member: Option<Arc<RaftMember>>,
+    /// Without a cluster, the group of one that keeps the ledger on disk.
+    alone: Option<Arc<RaftMember>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -122,14 +123,29 @@ impl Provisioner {
             None
         };
 
+        if let (None, Some(dir)) = (&ledger, &config.data_dir) {
+            crate::diskguard::check(dir, config.data_dir_min_free).map_err(|reason| {
+                ServiceError::Ledger {
+                    dir: dir.display().to_string(),
+                    reason,
+                }
+            })?;
+        }
+        let mut alone = None;
         let (ledger, member): (Arc<dyn Ledger>, Option<Arc<RaftMember>>) =
-            match (ledger, &config.cluster) {
-                (Some(l), _) => (l, None),
-                (None, Some(cluster)) => {
+            match (ledger, &config.cluster, &config.data_dir) {
+                (Some(l), _, _) => (l, None),
+                (None, Some(cluster), _) => {
                     let member = join_cluster(&config, cluster).await?;
                     (RaftLedger::new(member.clone()), Some(member))
                 }
-                (None, None) => (Arc::new(LocalLedger::new()), None),
+                (None, None, Some(dir)) => {
+                    let m = start_alone(&config, dir).await?;
+                    alone = Some(m.clone());
+                    (RaftLedger::new(m), None)
+                }
+                // a warning of the configuration says what this costs
+                (None, None, None) => (Arc::new(LocalLedger::new()), None),
             };
         let ledger = crate::timed::TimedLedger::wrap(ledger, metrics.clone());
         if let Some(member) = &member {
@@ -320,6 +336,7 @@ impl Provisioner {
         tasks.push(tokio::spawn(housekeeping(
             services.clone(),
             member.clone(),
+            alone.clone(),
             rediscover.clone(),
         )));
         tasks.push(tokio::spawn(follow_settings(
@@ -328,7 +345,7 @@ impl Provisioner {
         )));
         tasks.push(tokio::spawn(crate::upkeep::run(
             services.clone(),
-            member.clone(),
+            member.clone().or_else(|| alone.clone()),
         )));
         // a server this member enrolled just before it stopped may not have restarted: it
         // waits in provisioning mode, and counts as fallen back only after the settle time;
@@ -361,8 +378,29 @@ impl Provisioner {
             services,
             queue,
             member,
+            alone,
             tasks,
         })
+    }
+
+    /// Resolves, with the reason, once the ledger can no longer be written (Raft stopped on
+    /// a storage error, such as a full disk); never with an in-memory ledger. The process
+    /// should end then: a member that cannot record anything must not go on claiming.
+    pub async fn failed(&self) -> String {
+        let Some(member) = self.member.as_ref().or(self.alone.as_ref()) else {
+            return std::future::pending().await;
+        };
+        let config = &self.services.config;
+        let disk = async {
+            match &config.data_dir {
+                Some(dir) => crate::diskguard::watch(dir.clone(), config.data_dir_min_free).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            reason = member.failed() => reason,
+            reason = disk => reason,
+        }
     }
 
     /// Stops discovery and listening, and leaves the Raft group's gRPC service; flows in
@@ -371,10 +409,50 @@ impl Provisioner {
         for t in self.tasks {
             t.abort();
         }
-        if let Some(m) = self.member {
+        if let Some(m) = self.member.or(self.alone) {
             m.shutdown().await;
         }
     }
+}
+
+/// The ledger of a provisioner without a cluster: a Raft group of one in `data_dir/raft`,
+/// stored as a member's is, with no port and no peers.
+async fn start_alone(
+    config: &Config,
+    dir: &std::path::Path,
+) -> Result<Arc<RaftMember>, ServiceError> {
+    let fail = |reason: String| ServiceError::Ledger {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    let member = RaftMember::start(MemberConfig {
+        id: 1,
+        me: Member {
+            name: config.identity.clone(),
+            raft_addr: String::new(),
+            admin_addr: String::new(),
+        },
+        listen: None,
+        data_dir: dir.to_path_buf(),
+        settings: RaftSettings {
+            // nobody to hear from: elect at once
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            ..Default::default()
+        },
+        tls: None,
+        source_ip: None,
+        configured: BTreeMap::new(),
+        max_clock_skew_ms: 0,
+    })
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    member
+        .start_alone()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Arc::new(member))
 }
 
 /// Starts this member of the Raft group; the member with the lowest id makes a new group
@@ -424,7 +502,7 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
     let member = RaftMember::start(MemberConfig {
         id: c.id,
         me,
-        listen: c.raft_listen,
+        listen: Some(c.raft_listen),
         data_dir,
         settings: RaftSettings {
             heartbeat_ms: heartbeat,
@@ -437,6 +515,7 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
         tls,
         source_ip: c.source_ip,
         configured: members.clone(),
+        max_clock_skew_ms: c.max_clock_skew.as_millis() as u64,
     })
     .await
     .map_err(|e| ServiceError::Cluster(e.to_string()))?;
@@ -498,11 +577,12 @@ async fn watch_leader(member: Arc<RaftMember>, m: Arc<Metrics>) {
 async fn housekeeping(
     svc: Arc<Services>,
     member: Option<Arc<RaftMember>>,
+    alone: Option<Arc<RaftMember>>,
     rediscover: Arc<Notify>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_beat = None::<tokio::time::Instant>;
-    let mut crl = CrlState::default();
+    let mut crl = crate::crl::CrlState::default();
     loop {
         tick.tick().await;
         let m = &svc.metrics;
@@ -558,7 +638,11 @@ async fn housekeeping(
         let counts = svc.ledger.counts(&svc.member).await;
         m.set(&m.owned, counts.owned_by_member as i64);
         m.set(&m.revoked, counts.revoked as i64);
-        crl.refresh(&svc, counts.revoked).await;
+        let caught_up = member
+            .as_ref()
+            .or(alone.as_ref())
+            .is_none_or(|m| caught_up(m));
+        crl.refresh(&svc, counts.revoked, caught_up).await;
         let by_state: BTreeMap<&str, i64> = counts
             .by_state
             .iter()
@@ -592,56 +676,12 @@ async fn follow_settings(svc: Arc<Services>, rediscover: Arc<Notify>) {
     }
 }
 
-/// Rewrites the CRL of the built-in CA when the ledger's revocations change (and daily).
-#[derive(Default)]
-struct CrlState {
-    written_for: Option<usize>,
-    written_at: Option<tokio::time::Instant>,
-    number: u64,
-}
-
-impl CrlState {
-    async fn refresh(&mut self, svc: &Services, revoked: usize) {
-        let (Some(ca), Some(path)) = (&svc.ca, crl_path(&svc.config)) else {
-            return;
-        };
-        let fresh = self.written_at.is_some_and(|t| t.elapsed() < CRL_REFRESH);
-        if self.written_for == Some(revoked) && fresh {
-            return;
-        }
-        let now_s = (now_ms() / 1000) as i64;
-        let entries: Vec<(String, i64)> = svc
-            .ledger
-            .records()
-            .await
-            .iter()
-            .flat_map(|r| r.revoked.iter())
-            .filter(|v| v.not_after > now_s)
-            .map(|v| (v.serial.clone(), (v.revoked_at_ms / 1000) as i64))
-            .collect();
-        // CRL numbers must grow; time-based numbers keep growing across restarts
-        self.number = self.number.max(now_ms()) + 1;
-        match ca
-            .crl(&entries, self.number, CRL_VALIDITY)
-            .and_then(|pem| crate::ca::write_crl(&path, &pem))
-        {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), entries = entries.len(), "CRL written");
-                self.written_for = Some(revoked);
-                self.written_at = Some(tokio::time::Instant::now());
-            }
-            Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot write CRL"),
-        }
-    }
-}
-
-/// Where the CRL goes: `ca.crl`, else `data_dir/crl.pem`.
-fn crl_path(config: &Config) -> Option<std::path::PathBuf> {
-    config
-        .ca
-        .as_ref()
-        .and_then(|c| c.crl.clone())
-        .or_else(|| config.data_dir.as_ref().map(|d| d.join("crl.pem")))
+/// Whether this member's ledger has applied every entry it holds and it knows a leader: a
+/// member that is behind (just restarted, or cut off) would write a CRL from an older ledger.
+fn caught_up(m: &RaftMember) -> bool {
+    let metrics = m.raft.metrics().borrow().clone();
+    metrics.current_leader.is_some()
+        && metrics.last_applied.map(|l| l.index) >= metrics.last_log_index
 }
 
 /// What this member tells peers and operators about its own work.
@@ -667,17 +707,16 @@ fn status_fn(
     Arc::new(move || {
         let (svc, queue, member) = (svc.clone(), queue.clone(), member.clone());
         Box::pin(async move {
-            let records = svc.ledger.records().await;
-            let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
-            let mut enrolled_by: BTreeMap<String, usize> = BTreeMap::new();
-            for r in &records {
-                *by_state.entry(r.state.name()).or_default() += 1;
-                if r.state == EnrollState::Enrolled {
-                    if let Some(c) = &r.credential {
-                        *enrolled_by.entry(c.issued_by.clone()).or_default() += 1;
-                    }
-                }
-            }
+            // counted in place and a digest kept as the ledger changes: no copy of the
+            // ledger per request
+            let counts = svc.ledger.counts(&svc.member).await;
+            let records: usize = counts.by_state.values().sum();
+            let by_state: BTreeMap<&str, usize> = counts
+                .by_state
+                .iter()
+                .map(|(s, n)| (s.name(), *n))
+                .collect();
+            let enrolled_by = counts.enrolled_by;
             let (queued, in_flight, waiting) = queue.counts();
             let raft = member.as_ref().map(|m| {
                 let rm = m.raft.metrics().borrow().clone();
@@ -698,7 +737,7 @@ fn status_fn(
                 "raft": raft,
                 "work": {"queued": queued, "in_flight": in_flight, "waiting_retry": waiting},
                 "ledger": {
-                    "records": records.len(),
+                    "records": records,
                     "by_state": by_state,
                     "enrolled_by": enrolled_by,
                     "digest": svc.ledger.digest().await,

@@ -97,6 +97,8 @@ pub struct PeerContext {
     /// Callers have a certificate (mutual TLS); without, only loopback callers are served.
     pub tls: bool,
     pub on_refused: OnceLock<RefusedFn>,
+    /// Most milliseconds a forwarding member's clock may be off this one's (0: not checked).
+    pub max_clock_skew_ms: u64,
     /// When each kind of refusal was last logged, so a removed member that keeps calling
     /// does not flood the log.
     pub refusals_logged: std::sync::Mutex<

@@ -54,6 +54,12 @@ pub enum Refusal {
     Learner(String),
     #[error("plaintext calls are accepted from loopback addresses only, not {0}")]
     NotLoopback(String),
+    #[error("{name}'s clock is {off_ms} ms off the leader's, more than the {max_ms} ms allowed")]
+    ClockSkew {
+        name: String,
+        off_ms: u64,
+        max_ms: u64,
+    },
 }
 
 impl Refusal {
@@ -67,6 +73,7 @@ impl Refusal {
             Refusal::NotConfigured { .. } => "not_configured",
             Refusal::Learner(_) => "learner",
             Refusal::NotLoopback(_) => "not_loopback",
+            Refusal::ClockSkew { .. } => "clock_skew",
         }
     }
 

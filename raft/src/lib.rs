@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod authz;
 pub mod command;
+pub mod digest;
 pub mod ledger;
 pub mod local;
 pub mod member;

@@ -61,8 +61,10 @@ impl Default for RaftSettings {
 pub struct MemberConfig {
     pub id: NodeId,
     pub me: Member,
-    /// Where the Raft gRPC server binds (may differ from the advertised `me.raft_addr`).
-    pub listen: SocketAddr,
+    /// Where the Raft gRPC server binds (may differ from the advertised `me.raft_addr`);
+    /// `None` for a member that is a group of one and never talks to peers (a provisioner
+    /// without a `cluster` section keeps its ledger in a group of one).
+    pub listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub settings: RaftSettings,
     /// Mutual TLS between members; `None` is plaintext, for development only.
@@ -72,6 +74,9 @@ pub struct MemberConfig {
     /// The members the configuration lists, the only ones that may join by themselves (see
     /// [`authz`](crate::authz)); empty when there is no such list.
     pub configured: BTreeMap<NodeId, Member>,
+    /// Most milliseconds another member's clock may be off this one's for the commands it
+    /// forwards to be taken while this member leads (0: not checked).
+    pub max_clock_skew_ms: u64,
 }
 
 /// A running member.
@@ -88,10 +93,12 @@ pub struct RaftMember {
 impl RaftMember {
     /// Opens the store in `data_dir/raft`, starts Raft and serves it on `listen`.
     pub async fn start(cfg: MemberConfig) -> Result<RaftMember, MemberError> {
-        if cfg.tls.is_none() && !cfg.listen.ip().is_loopback() {
+        if let Some(listen) = cfg
+            .listen
+            .filter(|l| cfg.tls.is_none() && !l.ip().is_loopback())
+        {
             return Err(MemberError::Config(format!(
-                "without TLS the Raft port may only listen on a loopback address, not {}",
-                cfg.listen
+                "without TLS the Raft port may only listen on a loopback address, not {listen}"
             )));
         }
         let store = Store::open(&cfg.data_dir.join("raft"))
@@ -118,12 +125,15 @@ impl RaftMember {
             .await
             .map_err(|e| MemberError::Raft(e.to_string()))?;
 
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| MemberError::Listen {
-                addr: cfg.listen.to_string(),
-                reason: e.to_string(),
-            })?;
+        let listener = match cfg.listen {
+            Some(listen) => Some(tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                MemberError::Listen {
+                    addr: listen.to_string(),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let ctx = Arc::new(PeerContext {
             id: cfg.id,
@@ -135,6 +145,7 @@ impl RaftMember {
             configured: cfg.configured.clone(),
             tls: cfg.tls.is_some(),
             on_refused: Default::default(),
+            max_clock_skew_ms: cfg.max_clock_skew_ms,
             refusals_logged: Default::default(),
         });
         let service = RaftGrpc::server(ctx.clone());
@@ -144,6 +155,26 @@ impl RaftMember {
                 .tls_config(tls.server())
                 .map_err(|e| MemberError::Config(format!("tls: {e}")))?;
         }
+        if let Some(listener) = listener {
+            Self::serve(listener, builder, service, stopped);
+        }
+        Ok(RaftMember {
+            id: cfg.id,
+            me: cfg.me,
+            raft,
+            store,
+            network,
+            ctx,
+            stop: std::sync::Mutex::new(Some(stop)),
+        })
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        mut builder: tonic::transport::Server,
+        service: proto::grpc::raft::raft_server::RaftServer<RaftGrpc>,
+        stopped: oneshot::Receiver<()>,
+    ) {
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = builder
@@ -156,15 +187,25 @@ impl RaftMember {
                 tracing::error!(error = %e, "raft gRPC server stopped");
             }
         });
-        Ok(RaftMember {
-            id: cfg.id,
-            me: cfg.me,
-            raft,
-            store,
-            network,
-            ctx,
-            stop: std::sync::Mutex::new(Some(stop)),
-        })
+    }
+
+    /// Resolves, with the reason, once Raft has stopped for good on an error (a storage write
+    /// that failed, such as a full disk): the member can no longer commit anything and its
+    /// process should end, so that it is restarted or an operator looks.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &rx.borrow().running_state {
+                return fatal.to_string();
+            }
+            if rx.changed().await.is_err() {
+                // the channel ends only when Raft has stopped
+                return match &rx.borrow().running_state {
+                    Err(fatal) => fatal.to_string(),
+                    Ok(()) => "raft stopped".to_string(),
+                };
+            }
+        }
     }
 
     /// Makes a new group of `members` (ids and addresses). Only has an effect on a member
@@ -175,6 +216,45 @@ impl RaftMember {
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(MemberError::Raft(e.to_string())),
         }
+    }
+
+    /// For a group of one (a provisioner without a cluster): makes it, or once it has a
+    /// leader, renames its only member to `me` when the configuration's identity changed, so
+    /// commands under the new name are accepted.
+    pub async fn start_alone(&self) -> Result<(), MemberError> {
+        self.bootstrap(BTreeMap::from([(self.id, self.me.clone())]))
+            .await?;
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if rx.borrow().current_leader == Some(self.id) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(MemberError::Raft("a group of one elected no leader".into())),
+            }
+        }
+        let (voters, named) = {
+            let m = rx.borrow();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().collect::<Vec<_>>(),
+                membership.get_node(&self.id).cloned(),
+            )
+        };
+        if voters != [self.id] || named.as_ref() == Some(&self.me) {
+            return Ok(());
+        }
+        tracing::info!(from = ?named.map(|m| m.name), to = %self.me.name, "renaming the provisioner in its ledger");
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::SetNodes(BTreeMap::from([(self.id, self.me.clone())])),
+                false,
+            )
+            .await
+            .map_err(|e| MemberError::Raft(e.to_string()))?;
+        Ok(())
     }
 
     /// Until this member is part of a group, asks `peers` in turn to add it (the leader
@@ -353,5 +433,66 @@ impl RaftMember {
             let _ = stop.send(());
         }
         let _ = self.raft.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Ledger;
+
+    /// A storage write that fails (a full disk) stops Raft, and [`RaftMember::failed`] says
+    /// so, which is what makes the provisioner exit instead of claiming with a dead log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_stops_raft_and_failed_reports_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let me = Member {
+            name: "alone".into(),
+            raft_addr: String::new(),
+            admin_addr: String::new(),
+        };
+        let member = RaftMember::start(MemberConfig {
+            id: 1,
+            me,
+            listen: None,
+            data_dir: dir.path().to_path_buf(),
+            settings: RaftSettings {
+                heartbeat_ms: 50,
+                election_min_ms: 150,
+                election_max_ms: 300,
+                ..Default::default()
+            },
+            tls: None,
+            source_ip: None,
+            configured: BTreeMap::new(),
+            max_clock_skew_ms: 0,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        member.start_alone().await.unwrap_or_else(|e| panic!("{e}"));
+        let member = Arc::new(member);
+        let ledger = crate::replicated::RaftLedger::new(member.clone());
+        let claim = |id: &str| crate::Command::Claim {
+            identity: id.into(),
+            member: "alone".into(),
+            lease_until_ms: u64::MAX / 2,
+            seen_ms: 1,
+            at_ms: 1,
+        };
+        assert!(ledger.propose(claim("n1")).await.is_ok());
+
+        member
+            .store
+            .fail_next_write
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(ledger.propose(claim("n2")).await.is_err());
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(10), member.failed())
+            .await
+            .unwrap_or_else(|_| panic!("failed() did not resolve"));
+        assert!(reason.contains("No space left"), "{reason}");
+        // what readers see is what the disk holds
+        let state = member.store.state().await;
+        assert!(state.ledger.record("n1").is_some());
+        assert!(state.ledger.record("n2").is_none());
     }
 }

@@ -248,7 +248,11 @@ impl Network {
         limit: Duration,
     ) -> Result<ForwardResult, PeerError> {
         let mut client = self.client(leader).map_err(unavailable)?;
-        let req = encode(batch)?;
+        let mut req = Request::new(encode(batch)?);
+        // the leader compares it with its own clock (see `max_clock_skew_ms`)
+        if let Ok(v) = crate::now_ms().to_string().parse() {
+            req.metadata_mut().insert(SENT_MS, v);
+        }
         let reply = within(limit, client.forward(req)).await?;
         Ok(decode(reply.get_ref())?)
     }
@@ -363,6 +367,8 @@ impl RaftGrpc {
 
 /// How often one kind of refused call is logged; the metric counts every one.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
+/// Metadata a forwarded batch carries: the sender's clock when it sent it, Unix ms.
+pub const SENT_MS: &str = "x-sent-ms";
 
 impl RaftGrpc {
     /// What this member knows of the group now.
@@ -446,6 +452,39 @@ impl RaftGrpc {
             tracing::warn!(rpc, reason = e.reason(), error = %e, from = ?from, "raft call refused");
         }
         e.status(rpc)
+    }
+
+    /// Refuses a forwarding member whose clock (as it sent the call) is further off this
+    /// member's than allowed: the times in its commands would be as far off, and its claims
+    /// would lapse at times the others do not expect. A call without the header (an older
+    /// member) is not checked.
+    fn check_clock(&self, req: &Request<RaftPayload>, caller: &Caller) -> Result<(), Status> {
+        let max_ms = self.ctx.max_clock_skew_ms;
+        let sent = req
+            .metadata()
+            .get(SENT_MS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let (Some(sent), true) = (sent, max_ms > 0) else {
+            return Ok(());
+        };
+        let off_ms = sent.abs_diff(crate::now_ms());
+        if off_ms <= max_ms {
+            return Ok(());
+        }
+        let name = match caller {
+            Caller::Member { name, .. } => name.clone(),
+            Caller::Plaintext => "a plaintext caller".into(),
+        };
+        Err(self.refused(
+            "forward",
+            Refusal::ClockSkew {
+                name,
+                off_ms,
+                max_ms,
+            },
+            req.remote_addr(),
+        ))
     }
 
     /// `check` on the call's caller, or the refusal as a status.
@@ -580,8 +619,10 @@ impl RaftService for RaftGrpc {
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let batch: Batch = decode(req.get_ref())?;
-        self.authorize(&req, "forward", |r, c| r.may_forward(c, &batch.commands))
+        let caller = self
+            .authorize(&req, "forward", |r, c| r.may_forward(c, &batch.commands))
             .await?;
+        self.check_clock(&req, &caller)?;
         let result: ForwardResult = self.raft.client_write(batch).await.map(|r| r.data);
         encode(&result).map(Response::new)
     }

@@ -229,6 +229,9 @@ pub struct LedgerState {
     /// Cluster-wide settings: paused, and members that take no new servers.
     #[serde(default)]
     settings: ClusterSettings,
+    /// [`LedgerState::digest`], kept as commands apply.
+    #[serde(skip)]
+    running: crate::digest::Running,
 }
 
 /// Record counts for metrics and status.
@@ -240,6 +243,8 @@ pub struct LedgerCounts {
     pub claimed_by: BTreeMap<String, usize>,
     /// Revoked credentials over all records.
     pub revoked: usize,
+    /// Enrolled servers by the member that issued their credential.
+    pub enrolled_by: BTreeMap<String, usize>,
 }
 
 /// Replicated switches operators flip for the whole cluster.
@@ -276,6 +281,7 @@ impl LedgerState {
             serials,
             heartbeats,
             settings,
+            running: Default::default(),
         }
     }
 
@@ -291,6 +297,9 @@ impl LedgerState {
                 *c.claimed_by.entry(owner.clone()).or_default() += 1;
             }
             c.revoked += r.revoked.len();
+            if let (EnrollState::Enrolled, Some(cred)) = (r.state, &r.credential) {
+                *c.enrolled_by.entry(cred.issued_by.clone()).or_default() += 1;
+            }
         }
         c
     }
@@ -349,26 +358,29 @@ impl LedgerState {
             .collect()
     }
 
-    /// SHA-256 (hex) over every record and serial in a fixed order: equal on two members
-    /// exactly when their ledgers are equal. Heartbeats are left out; they change constantly.
+    /// The sum of the SHA-256 of every record and serial (see [`crate::digest`]), 64 hex
+    /// digits: equal on two members exactly when their ledgers are equal. Heartbeats and
+    /// settings are left out. Computed over the whole ledger once, then kept as commands
+    /// apply, so asking is cheap.
     pub fn digest(&self) -> String {
-        use sha2::{Digest, Sha256};
-        use std::fmt::Write;
-        let mut h = Sha256::new();
+        if let Some(s) = self.running.get() {
+            return s.hex();
+        }
+        let s = self.full_digest();
+        self.running.set(Some(s));
+        s.hex()
+    }
+
+    fn full_digest(&self) -> crate::digest::Sum {
+        use crate::digest::Sum;
+        let mut sum = Sum::default();
         for rec in self.records.values() {
-            h.update(serde_json::to_vec(rec).unwrap_or_default());
+            sum.add(Sum::record(rec));
         }
-        let mut serials: Vec<_> = self.serials.iter().collect();
-        serials.sort();
-        for (s, i) in serials {
-            h.update(s.as_bytes());
-            h.update(i.as_bytes());
+        for (s, i) in &self.serials {
+            sum.add(Sum::serial(s, i));
         }
-        let mut out = String::new();
-        for b in h.finalize() {
-            let _ = write!(out, "{b:02x}");
-        }
-        out
+        sum
     }
 
     /// Every serial ever recorded, with the identity it was issued to.
@@ -394,6 +406,29 @@ impl LedgerState {
 
     /// Applies `cmd` if the rules allow it; the ledger is unchanged when it is rejected.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), Rejection> {
+        use crate::digest::Sum;
+        // commands without an identity touch no record (the store writes only the named one)
+        let Some(identity) = cmd.identity().filter(|_| self.running.get().is_some()) else {
+            return self.apply_command(cmd);
+        };
+        let before = self.records.get(identity).map(Sum::record);
+        let new_serial = match cmd {
+            Command::IssueCredential { serial, .. } if !self.serials.contains_key(serial) => {
+                Some(serial)
+            }
+            _ => None,
+        };
+        let result = self.apply_command(cmd);
+        let after = self.records.get(identity).map(Sum::record);
+        let serial = new_serial.and_then(|s| self.serials.get(s).map(|i| Sum::serial(s, i)));
+        self.running.update(|sum| {
+            before.into_iter().for_each(|b| sum.sub(b));
+            after.into_iter().chain(serial).for_each(|a| sum.add(a));
+        });
+        result
+    }
+
+    fn apply_command(&mut self, cmd: &Command) -> Result<(), Rejection> {
         match cmd {
             Command::Claim {
                 identity,
@@ -1409,6 +1444,55 @@ mod tests {
         assert_eq!(s.apply(&forget("n1", 5000)), Err(Rejection::UnknownServer));
         // the serial of a failed record with a credential stays taken
         assert!(s.serials().any(|(serial, _)| serial == "02"));
+    }
+
+    /// The digest kept as commands apply is the one computed over the whole ledger, after
+    /// every kind of change (rejected commands included), and after a restart from records.
+    #[test]
+    fn the_kept_digest_is_the_one_computed_over_the_whole_ledger() {
+        let mut s = rules2();
+        let empty = s.digest();
+        let mut seen = vec![empty.clone()];
+        let cmds = vec![
+            claim("n1", "a", 0),
+            issue("n1", "a", "01", 1),
+            // the same serial again: rejected, nothing changes
+            issue("n1", "a", "01", 1),
+            enrolled("n1", "a", 2),
+            claim("n2", "a", 3),
+            Command::Release {
+                identity: "n2".into(),
+                member: "a".into(),
+                outcome: ReleaseOutcome::Failed { reason: "x".into() },
+                at_ms: 10,
+            },
+            Command::Heartbeat {
+                member: "a".into(),
+                at_ms: 11,
+            },
+            Command::Forget {
+                identity: "n2".into(),
+                member: "a".into(),
+                older_than_ms: 1,
+                at_ms: 5000,
+            },
+        ];
+        for cmd in &cmds {
+            let _ = s.apply(cmd);
+            assert_eq!(s.digest(), s.full_digest().hex(), "after {cmd:?}");
+            seen.push(s.digest());
+        }
+        // changes change it; a record forgotten leaves it as before that record came
+        assert_ne!(seen[1], seen[0]);
+        assert_eq!(seen[3], seen[2]);
+        assert_eq!(seen[8], seen[4]);
+        let restored = LedgerState::restore(
+            s.records().cloned().collect(),
+            s.serials().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            BTreeMap::new(),
+            s.settings().clone(),
+        );
+        assert_eq!(restored.digest(), s.digest());
     }
 
     #[test]

@@ -77,6 +77,9 @@ struct StoredSnapshot {
 pub struct Store {
     db: DB,
     sm: RwLock<StateMachine>,
+    /// Tests: the next state machine write fails, as on a full disk.
+    #[cfg(test)]
+    pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
 }
 
 fn io_err(
@@ -160,6 +163,8 @@ impl Store {
         let mut store = Store {
             db,
             sm: RwLock::new(StateMachine::default()),
+            #[cfg(test)]
+            fail_next_write: Default::default(),
         };
         let sm = store.load_state_machine()?;
         store.sm = RwLock::new(sm);
@@ -233,6 +238,23 @@ impl Store {
                 .get_json(CF_SM_META, KEY_MEMBERSHIP)?
                 .unwrap_or_default(),
         })
+    }
+
+    /// Writes the state machine changes of applied entries in one batch.
+    fn write_applied(&self, batch: WriteBatch) -> StoreResult<()> {
+        #[cfg(test)]
+        if self
+            .fail_next_write
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            // what a full disk looks like; the batch is dropped unwritten
+            drop(batch);
+            return Err(sm_write(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "No space left on device",
+            )));
+        }
+        self.db.write(batch).map_err(sm_write)
     }
 
     /// Read access to the state machine as last applied on this member.
@@ -501,10 +523,20 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             out.push(BatchResult { results });
         }
         self.put_sm_meta(&mut batch, &sm, meta_changed)?;
-        self.db.write(batch).map_err(sm_write)?;
+        if let Err(e) = self.write_applied(batch) {
+            // nothing of these entries is on disk, so none of it may be in memory either:
+            // readers must never see a ledger the disk does not hold. Raft stops on the error.
+            tracing::error!(error = %e, "could not write the ledger; the in-memory ledger goes back to what is on disk");
+            match self.load_state_machine() {
+                Ok(on_disk) => *sm = on_disk,
+                Err(reload) => {
+                    tracing::error!(error = %reload, "could not read the ledger back either")
+                }
+            }
+            return Err(e);
+        }
         Ok(out)
     }
-
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
@@ -662,6 +694,57 @@ mod tests {
         drop(sm);
         let logs = store.try_get_log_entries(1..).await.unwrap();
         assert_eq!(logs.len(), 2);
+    }
+
+    /// A write that fails (a full disk) leaves the in-memory ledger as the disk holds it:
+    /// nobody reads a claim or a credential that was never stored.
+    #[tokio::test]
+    async fn a_failed_write_changes_nothing_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let claim = |id: &str, at_ms| Command::Claim {
+            identity: id.into(),
+            member: "a".into(),
+            lease_until_ms: 100,
+            seen_ms: 1,
+            at_ms,
+        };
+        let e1 = entry(1, vec![claim("n1", 1)]);
+        store.apply_to_state_machine(&[e1]).await.unwrap();
+        let before = store
+            .state()
+            .await
+            .ledger
+            .records()
+            .cloned()
+            .collect::<Vec<_>>();
+
+        store
+            .fail_next_write
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let issue = Command::IssueCredential {
+            identity: "n1".into(),
+            member: "a".into(),
+            serial: "0b".into(),
+            fingerprint: "ff".into(),
+            not_after: 9,
+            at_ms: 2,
+        };
+        let e2 = entry(2, vec![claim("n2", 2), issue]);
+        assert!(store
+            .apply_to_state_machine(std::slice::from_ref(&e2))
+            .await
+            .is_err());
+        {
+            let sm = store.state().await;
+            assert_eq!(sm.ledger.records().cloned().collect::<Vec<_>>(), before);
+            assert_eq!(sm.ledger.serials().count(), 0);
+            assert_eq!(sm.last_applied.map(|l| l.index), Some(1));
+        }
+        // the same entries applied again once the disk has room
+        let res = store.apply_to_state_machine(&[e2]).await.unwrap();
+        assert_eq!(res[0].results, vec![Applied::Ok, Applied::Ok]);
+        assert_eq!(store.state().await.ledger.len(), 2);
     }
 
     fn membership(index: u64, names: &[&str]) -> Entry<TypeConfig> {

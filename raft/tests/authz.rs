@@ -318,3 +318,54 @@ async fn a_removed_member_is_refused_until_an_operator_adds_it_again() {
         .departed
         .contains("m4"));
 }
+
+/// A forward as `from` to `to`, sent with the sender's clock at `sent_ms`.
+async fn forward_sent_at(
+    net: &Network,
+    to: &Member,
+    commands: Vec<Command>,
+    sent_ms: u64,
+) -> Result<(), String> {
+    let payload = serde_json::to_vec(&batch(commands)).unwrap();
+    let mut req = tonic::Request::new(RaftPayload { payload });
+    req.metadata_mut()
+        .insert(raft::network::SENT_MS, sent_ms.to_string().parse().unwrap());
+    let mut client = net.client(to).map_err(|e| e.to_string())?;
+    client
+        .forward(req)
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// A member whose clock is further off the leader's than `max_clock_skew_ms` (2 s here) gets
+/// none of its commands taken: their times, and the leases its claims end at, would be as
+/// far off. Within the skew they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_clock_is_off_gets_no_commands_taken() {
+    let g = Group::start(3).await;
+    let (lid, leader, _) = g.leader();
+    let other = g
+        .nodes
+        .keys()
+        .find(|id| **id != lid && **id <= 3)
+        .copied()
+        .unwrap();
+    let name = g.nodes[&other].name.clone();
+    let net = g.as_(&name);
+    let now = raft::now_ms();
+
+    for off in [-30_000i64, 30_000] {
+        let sent = now.saturating_add_signed(off);
+        let r = forward_sent_at(&net, &leader, vec![heartbeat(&name)], sent).await;
+        let text = format!("{r:?}");
+        assert!(
+            text.contains("PermissionDenied") && text.contains("clock"),
+            "{off} ms: {text}"
+        );
+    }
+    assert!(g.saw("forward", "clock_skew"));
+    forward_sent_at(&net, &leader, vec![heartbeat(&name)], now + 500)
+        .await
+        .unwrap();
+}

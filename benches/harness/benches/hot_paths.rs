@@ -227,6 +227,41 @@ fn state_machine(c: &mut Criterion) {
             ledger.record(&format!("sim-{i:06}.example.net")).is_some()
         })
     });
+    // what `/status` pays for the digest: once over the whole ledger (after a start), then
+    // kept as commands apply
+    let records: Vec<_> = ledger.records().cloned().collect();
+    let serials: std::collections::HashMap<String, String> = ledger
+        .serials()
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    g.bench_function("digest of 100,000 records, computed whole", |b| {
+        b.iter_batched(
+            || {
+                raft::state::LedgerState::restore(
+                    records.clone(),
+                    serials.clone(),
+                    BTreeMap::new(),
+                    Default::default(),
+                )
+            },
+            |fresh| fresh.digest(),
+            BatchSize::LargeInput,
+        )
+    });
+    let _ = ledger.digest();
+    let mut n = RECORDS;
+    g.bench_function(
+        "digest of 100,000 records, kept: one server's 3 commands, then read",
+        |b| {
+            b.iter(|| {
+                n += 1;
+                for cmd in server_commands(n, 1_700_000_000_000) {
+                    let _ = ledger.apply(&cmd);
+                }
+                ledger.digest()
+            })
+        },
+    );
     g.finish();
 }
 

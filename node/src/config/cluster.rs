@@ -51,6 +51,10 @@ pub struct ClusterSection {
     /// How long a claimed server stays with its member without news before others may take it.
     #[serde(default = "default_claim_lease")]
     pub claim_lease: String,
+    /// Most a member's clock may be off the leader's for its commands to be taken; default
+    /// a tenth of `claim_lease`, at most 2 s.
+    #[serde(default)]
+    pub max_clock_skew: Option<String>,
     /// A new member asks the others to add it (as learner, then voter). Off: it waits for an
     /// operator's `admin add-member` and `admin promote`.
     #[serde(default = "default_true")]
@@ -111,6 +115,8 @@ pub struct Cluster {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub claim_lease: Duration,
+    /// Zero: not checked.
+    pub max_clock_skew: Duration,
     pub auto_join: bool,
     pub source_ip: Option<std::net::IpAddr>,
     pub snapshot_every: u64,
@@ -250,6 +256,22 @@ pub(super) fn check_cluster(
         }
     }
     let claim_lease = duration(p, "cluster.claim_lease", &c.claim_lease);
+    // a member stops sending `configure` a fifth of its lease before the claim lapses;
+    // two members each within the skew of the leader are within twice it of each other,
+    // which must stay below that margin, or both could configure one server
+    let max_clock_skew = match &c.max_clock_skew {
+        None => (claim_lease / 10).min(Duration::from_secs(2)),
+        Some(s) => {
+            let d = duration(p, "cluster.max_clock_skew", s);
+            if d > claim_lease / 10 {
+                p.add(invalid(
+                    "cluster.max_clock_skew",
+                    format!("{d:?} is more than a tenth of claim_lease ({claim_lease:?})"),
+                ));
+            }
+            d
+        }
+    };
     let me = me?;
     Some(Cluster {
         id: me.id,
@@ -260,6 +282,7 @@ pub(super) fn check_cluster(
         heartbeat,
         election_timeout,
         claim_lease,
+        max_clock_skew,
         auto_join: c.auto_join,
         source_ip,
         snapshot_every: c.snapshot_every,
@@ -315,7 +338,25 @@ cluster:
         assert_eq!(cl.raft_listen.port(), 7002);
         assert_eq!(cl.name, "provisioner");
         assert_eq!(cl.claim_lease, Duration::from_secs(30));
+        assert_eq!(cl.max_clock_skew, Duration::from_secs(2));
         assert_eq!((cl.source_ip, cl.snapshot_every), (None, 10_000));
+        // the allowed skew follows the lease: a tenth of it by default, never more
+        let short = parse(&format!(
+            "{MINIMAL}{CLUSTER}  claim_lease: 5s
+"
+        ))
+        .unwrap();
+        let skew = short.cluster.as_ref().map(|c| c.max_clock_skew);
+        assert_eq!(skew, Some(Duration::from_millis(500)));
+        let err = parse(&format!(
+            "{MINIMAL}{CLUSTER}  claim_lease: 10s
+  max_clock_skew: 3s
+"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("cluster.max_clock_skew"), "{err}");
         let tuned = parse(&format!(
             "{MINIMAL}{CLUSTER}  source_ip: 127.0.0.12\n  snapshot_every: 50\n"
         ))

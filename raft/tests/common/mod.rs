@@ -93,12 +93,13 @@ pub async fn start_listed(
         RaftMember::start(MemberConfig {
             id,
             me: me.clone(),
-            listen: me.raft_addr.parse().unwrap(),
+            listen: Some(me.raft_addr.parse().unwrap()),
             data_dir: dir.join(format!("m{id}")),
             settings: settings(),
             tls: Some(pki.tls(&me.name)),
             source_ip: None,
             configured: configured.clone(),
+            max_clock_skew_ms: 2_000,
         })
         .await
         .unwrap(),
