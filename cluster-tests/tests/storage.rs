@@ -182,11 +182,10 @@ fn a_filling_disk_stops_the_provisioner_with_status_74_and_a_clear_error() {
     drop(fleet);
 }
 
-/// systemd restarts a provisioner that stopped on a full disk; while the disk is still full
-/// it does not start, with the same clear reason and status.
-#[test]
-fn a_disk_too_full_to_start_on_is_status_74_at_start() {
-    let _g = serial();
+/// A provisioner (alone) whose data directory is a tmpfs mounted with `tmpfs` options, run
+/// with `yaml` added to its configuration, which must stop at start: its exit status, its
+/// log and its data directory.
+fn stops_at_start(tmpfs: &str, yaml: &str) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let nats = Nats::start(d);
@@ -198,19 +197,43 @@ fn a_disk_too_full_to_start_on_is_status_74_at_start() {
         &ca,
         &signer,
         &ProvisionerOptions {
-            data_tmpfs: Some("4m".into()),
-            extra_yaml: "data_dir_min_free_mb: 16\n".into(),
+            data_tmpfs: Some(tmpfs.into()),
+            extra_yaml: yaml.into(),
             ..Default::default()
         },
     );
     let status = prov
         .proc
         .wait_timeout(Duration::from_secs(30))
-        .expect("started on a disk that is too full");
-    let log = prov.log();
-    assert_eq!(status.code(), Some(74), "{log}");
+        .unwrap_or_else(|| panic!("still running:\n{}", prov.log()));
+    (
+        status.code(),
+        prov.log(),
+        prov.data_dir.display().to_string(),
+    )
+}
+
+/// systemd restarts a provisioner that stopped on a full disk; while the disk is still full
+/// it does not start, with the same clear reason and status.
+#[test]
+fn a_disk_too_full_to_start_on_is_status_74_at_start() {
+    let _g = serial();
+    let (code, log, _) = stops_at_start("4m", "data_dir_min_free_mb: 16\n");
+    assert_eq!(code, Some(74), "{log}");
     assert!(
         log.contains("cannot start") && log.contains("less than data_dir_min_free_mb (16 MiB)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_written_is_an_error_at_start() {
+    let _g = serial();
+    // no free-space check: it is the read-only store that stops it
+    let (code, log, data_dir) = stops_at_start("1m,ro", "data_dir_min_free_mb: 0\n");
+    assert!(code.is_some_and(|c| c != 0), "{code:?} {log}");
+    assert!(
+        log.contains("cannot start") && log.contains(&data_dir),
         "{log}"
     );
 }
@@ -238,36 +261,4 @@ fn throwaway_signer(d: &std::path::Path) -> std::path::PathBuf {
         .unwrap();
     std::fs::write(&signer, &out.stdout).unwrap();
     signer
-}
-
-#[test]
-fn a_data_dir_that_cannot_be_written_is_an_error_at_start() {
-    let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let nats = Nats::start(d);
-    let ca = init_ca(d);
-    let signer = throwaway_signer(d);
-    let mut prov = ProvisionerProcess::start(
-        d,
-        &nats,
-        &ca,
-        &signer,
-        &ProvisionerOptions {
-            data_tmpfs: Some("1m,ro".into()),
-            // so it is the read-only store that stops it, not the free-space check
-            extra_yaml: "data_dir_min_free_mb: 0\n".into(),
-            ..Default::default()
-        },
-    );
-    let status = prov
-        .proc
-        .wait_timeout(Duration::from_secs(30))
-        .expect("a provisioner with a read-only data_dir kept running");
-    assert!(!status.success());
-    let log = prov.log();
-    assert!(
-        log.contains("cannot start") && log.contains(&prov.data_dir.display().to_string()),
-        "{log}"
-    );
 }

@@ -425,29 +425,9 @@ async fn start_alone(
         dir: dir.display().to_string(),
         reason,
     };
-    let member = RaftMember::start(MemberConfig {
-        id: 1,
-        me: Member {
-            name: config.identity.clone(),
-            raft_addr: String::new(),
-            admin_addr: String::new(),
-        },
-        listen: None,
-        data_dir: dir.to_path_buf(),
-        settings: RaftSettings {
-            // nobody to hear from: elect at once
-            heartbeat_ms: 50,
-            election_min_ms: 150,
-            election_max_ms: 300,
-            ..Default::default()
-        },
-        tls: None,
-        source_ip: None,
-        configured: BTreeMap::new(),
-        max_clock_skew_ms: 0,
-    })
-    .await
-    .map_err(|e| fail(e.to_string()))?;
+    let member = RaftMember::start(MemberConfig::alone(&config.identity, dir.to_path_buf()))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     member
         .start_alone()
         .await

@@ -79,6 +79,33 @@ pub struct MemberConfig {
     pub max_clock_skew_ms: u64,
 }
 
+impl MemberConfig {
+    /// A group of one named `name`, stored in `data_dir`: no port, no peers, elections at
+    /// once (nobody to hear from). What a provisioner without a cluster runs.
+    pub fn alone(name: &str, data_dir: PathBuf) -> MemberConfig {
+        MemberConfig {
+            id: 1,
+            me: Member {
+                name: name.to_string(),
+                raft_addr: String::new(),
+                admin_addr: String::new(),
+            },
+            listen: None,
+            data_dir,
+            settings: RaftSettings {
+                heartbeat_ms: 50,
+                election_min_ms: 150,
+                election_max_ms: 300,
+                ..Default::default()
+            },
+            tls: None,
+            source_ip: None,
+            configured: BTreeMap::new(),
+            max_clock_skew_ms: 0,
+        }
+    }
+}
+
 /// A running member.
 pub struct RaftMember {
     pub id: NodeId,
@@ -446,29 +473,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_write_stops_raft_and_failed_reports_it() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let me = Member {
-            name: "alone".into(),
-            raft_addr: String::new(),
-            admin_addr: String::new(),
-        };
-        let member = RaftMember::start(MemberConfig {
-            id: 1,
-            me,
-            listen: None,
-            data_dir: dir.path().to_path_buf(),
-            settings: RaftSettings {
-                heartbeat_ms: 50,
-                election_min_ms: 150,
-                election_max_ms: 300,
-                ..Default::default()
-            },
-            tls: None,
-            source_ip: None,
-            configured: BTreeMap::new(),
-            max_clock_skew_ms: 0,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let member = RaftMember::start(MemberConfig::alone("alone", dir.path().to_path_buf()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         member.start_alone().await.unwrap_or_else(|e| panic!("{e}"));
         let member = Arc::new(member);
         let ledger = crate::replicated::RaftLedger::new(member.clone());
