@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::agents::ConfigureRequest;
-use raft::{Applied, Command, EnrollState, Ledger, Rejection, ReleaseOutcome};
+use raft::{Applied, Command, Ledger, Rejection, ReleaseOutcome};
 use sha2::{Digest, Sha256};
 
 use crate::ca::Ca;
@@ -281,28 +281,16 @@ pub struct EnrolledBefore {
     pub issued_in_window: usize,
 }
 
-/// What the ledger says of a sighting already, read before anything is asked of the server: a
-/// server enrolled moments ago is still restarting (a discovery that caught it on its way out
-/// would otherwise cost a worker every try of the JWT request), and one another member holds
-/// is theirs. The claim checks both again when it is written.
+/// What the ledger says of a sighting already, read before anything is asked of the server
+/// (the claim's own rule, [`raft::Record::claim_refusal`]): a server enrolled moments ago is
+/// still restarting (a discovery that caught it on its way out would otherwise cost a worker
+/// every try of the JWT request), and one another member holds is theirs. The claim checks
+/// again when it is written.
 async fn settled(svc: &Services, identity: &str, seen_ms: u64) -> Option<Outcome> {
     let rec = svc.ledger.record(identity).await?;
-    match rec.state {
-        EnrollState::Enrolled
-            if seen_ms
-                < rec
-                    .updated_ms
-                    .saturating_add(raft::state::REENROLL_SETTLE_MS) =>
-        {
-            Some(Outcome::Skipped("already enrolled".into()))
-        }
-        EnrollState::Claimed
-            if rec.owner.as_deref() != Some(svc.member.as_str())
-                && rec.lease_until_ms > now_ms() =>
-        {
-            Some(Outcome::Busy(rec.lease_until_ms))
-        }
-        _ => None,
+    match rec.claim_refusal(&svc.member, seen_ms, now_ms())? {
+        Rejection::ClaimedBy { until_ms, .. } => Some(Outcome::Busy(until_ms)),
+        r => Some(Outcome::Skipped(r.to_string())),
     }
 }
 

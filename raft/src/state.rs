@@ -165,6 +165,28 @@ pub struct Record {
 }
 
 impl Record {
+    /// Why `member` may not claim this server at `at_ms`, seen waiting at `seen_ms`: enrolled
+    /// so recently it is still restarting, or held by another member's live claim. The rule a
+    /// `Claim` is applied with, and what a member reads before it asks the server anything.
+    pub fn claim_refusal(&self, member: &str, seen_ms: u64, at_ms: u64) -> Option<Rejection> {
+        match (&self.state, &self.owner) {
+            (EnrollState::Enrolled, _)
+                if seen_ms < self.updated_ms.saturating_add(REENROLL_SETTLE_MS) =>
+            {
+                Some(Rejection::AlreadyEnrolled)
+            }
+            (EnrollState::Claimed, Some(owner))
+                if owner != member && self.lease_until_ms > at_ms =>
+            {
+                Some(Rejection::ClaimedBy {
+                    member: owner.clone(),
+                    until_ms: self.lease_until_ms,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Credentials issued to this server at or after `since_ms`.
     pub fn issued_since(&self, since_ms: u64) -> usize {
         self.issued_at_ms.iter().filter(|t| **t >= since_ms).count()
@@ -748,22 +770,10 @@ impl LedgerState {
         let rules2 = self.rules() >= 2;
         let mut fell_back = false;
         if let Some(rec) = self.records.get(identity) {
-            if rec.state == EnrollState::Enrolled {
-                if seen_ms < rec.updated_ms.saturating_add(REENROLL_SETTLE_MS) {
-                    return Err(Rejection::AlreadyEnrolled);
-                }
-                fell_back = true;
+            if let Some(refusal) = rec.claim_refusal(member, seen_ms, at_ms) {
+                return Err(refusal);
             }
-            if rec.state == EnrollState::Claimed {
-                if let Some(owner) = &rec.owner {
-                    if owner != member && rec.lease_until_ms > at_ms {
-                        return Err(Rejection::ClaimedBy {
-                            member: owner.clone(),
-                            until_ms: rec.lease_until_ms,
-                        });
-                    }
-                }
-            }
+            fell_back = rec.state == EnrollState::Enrolled;
         }
         let rec = self
             .records
