@@ -240,5 +240,13 @@ mod tests {
 
         let err = read(&path, &theirs).err().unwrap_or_default();
         assert!(err.contains("not signed by this CA"), "{err}");
+        // garbage, or a PEM that holds no CRL, is an error, not a crash
+        for junk in [
+            &b"\x00\xffnot pem"[..],
+            b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        ] {
+            std::fs::write(&path, junk).unwrap_or_else(|e| panic!("{e}"));
+            assert!(read(&path, &ours).is_err());
+        }
     }
 }
