@@ -215,7 +215,7 @@ fn spawn_nats(dir: &Path) -> Child {
 pub fn nats_config(port: u16, creds: &Credentials) -> String {
     format!(
         r#"listen: 127.0.0.1:{port}
-max_connections: 10000
+max_connections: 1000000
 accounts {{
   provisioning {{
     users: [
@@ -788,7 +788,14 @@ nats:
     pub fn wait_ready(&mut self, timeout: Duration) {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            assert!(self.proc.is_running(), "provisioner exited during start-up");
+            if !self.proc.is_running() {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "provisioner exited during start-up; the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             if metric_sum(&self.metrics(), "choria_provisioner_discover_cycles", "") >= 1.0 {
                 return;
             }

@@ -91,6 +91,8 @@ pub struct PeerContext {
     pub raft: Raft,
     pub store: Arc<Store>,
     pub network: Network,
+    /// This member's queue of commands to commit; forwarded commands join it on the leader.
+    pub proposer: crate::replicated::Proposer,
     pub extra: OnceLock<ExtraFn>,
     /// The members the configuration lists (empty: no list, anyone the CA certified).
     pub configured: std::collections::BTreeMap<NodeId, Member>,

@@ -30,6 +30,11 @@ impl Sum {
         Sum::of(&serde_json::to_vec(rec).unwrap_or_default())
     }
 
+    /// The term of a record whose JSON encoding (as [`Sum::record`] makes it) is `json`.
+    pub fn encoded_record(json: &[u8]) -> Sum {
+        Sum::of(json)
+    }
+
     pub fn serial(serial: &str, identity: &str) -> Sum {
         Sum::of(format!("serial {serial} {identity}").as_bytes())
     }
@@ -90,6 +95,30 @@ impl Running {
         }
     }
 }
+
+/// A record's own term in the digest, kept with the record so that changing it takes the old
+/// term out without encoding the old record again. Not part of the record's value: two
+/// records are equal whatever their cached terms.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Term(Option<Sum>);
+
+impl Term {
+    pub fn get(&self) -> Option<Sum> {
+        self.0
+    }
+
+    pub fn set(&mut self, s: Sum) {
+        self.0 = Some(s);
+    }
+}
+
+impl PartialEq for Term {
+    fn eq(&self, _: &Term) -> bool {
+        true
+    }
+}
+
+impl Eq for Term {}
 
 /// Copies start over: the copy computes its own when asked.
 impl Clone for Running {

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod codec;
 pub mod command;
 pub mod digest;
 pub mod ledger;

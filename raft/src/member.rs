@@ -16,6 +16,7 @@ use crate::admin::{
     ChangeError, ExtraFn, MembershipChange, MembershipOutcome, PeerContext, PeerView,
 };
 use crate::network::{Network, PeerError, Raft, RaftGrpc, Tls};
+use crate::replicated::Proposer;
 use crate::store::Store;
 use crate::types::{Member, NodeId};
 
@@ -106,6 +107,14 @@ impl MemberConfig {
     }
 }
 
+/// The leader as `raft` knows it, with how to reach it.
+pub fn leader_of(raft: &Raft) -> Option<(NodeId, Member)> {
+    let m = raft.metrics().borrow().clone();
+    let id = m.current_leader?;
+    let node = m.membership_config.membership().get_node(&id)?.clone();
+    Some((id, node))
+}
+
 /// A running member.
 pub struct RaftMember {
     pub id: NodeId,
@@ -146,7 +155,9 @@ impl RaftMember {
         }
         .validate()
         .map_err(|e| MemberError::Config(e.to_string()))?;
-        let network = Network::new(cfg.tls.clone()).with_source_ip(cfg.source_ip);
+        let network = Network::new(cfg.tls.clone())
+            .with_source_ip(cfg.source_ip)
+            .with_wire(store.wire());
         let (log, sm) = Adaptor::new(store.clone());
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
@@ -162,7 +173,9 @@ impl RaftMember {
             None => None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        let proposer = Proposer::start(cfg.id, raft.clone(), network.clone());
         let ctx = Arc::new(PeerContext {
+            proposer,
             id: cfg.id,
             me: cfg.me.clone(),
             raft: raft.clone(),
@@ -442,10 +455,12 @@ impl RaftMember {
 
     /// The current leader, as this member knows it.
     pub fn leader(&self) -> Option<(NodeId, Member)> {
-        let m = self.raft.metrics().borrow().clone();
-        let id = m.current_leader?;
-        let node = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, node))
+        leader_of(&self.raft)
+    }
+
+    /// Where this member's commands (and, on the leader, forwarded ones) are queued.
+    pub fn proposer(&self) -> &Proposer {
+        &self.ctx.proposer
     }
 
     pub fn is_leader(&self) -> bool {

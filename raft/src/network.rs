@@ -40,6 +40,7 @@ use tonic::{Request, Response, Status};
 
 use crate::admin::{ChangeError, MembershipChange, MembershipOutcome, PeerContext, PeerView};
 use crate::authz::{self, Caller, Refusal, Roster};
+use crate::codec::{self, WireFormat};
 use crate::types::{Batch, BatchResult, Member, NodeId, TypeConfig};
 
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -47,14 +48,20 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Result of a forwarded write, as it travels back to the member that forwarded it.
 pub type ForwardResult = Result<BatchResult, RaftError<NodeId, ClientWriteError<NodeId, Member>>>;
 
-fn encode<T: Serialize>(v: &T) -> Result<RaftPayload, Status> {
-    serde_json::to_vec(v)
+/// `v` as a payload, binary or JSON (see [`crate::codec`]).
+fn encode<T: Serialize>(v: &T, binary: bool) -> Result<RaftPayload, Status> {
+    codec::encode(v, binary)
         .map(|payload| RaftPayload { payload })
         .map_err(|e| Status::internal(format!("encode: {e}")))
 }
 
+/// A reply, in the form its request came in.
+fn reply<T: Serialize>(req: &Request<RaftPayload>, v: &T) -> Result<Response<RaftPayload>, Status> {
+    encode(v, codec::is_binary(&req.get_ref().payload)).map(Response::new)
+}
+
 fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
-    serde_json::from_slice(&p.payload).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
+    codec::decode(&p.payload).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
 }
 
 /// A join request: the new member's id and how to reach it.
@@ -150,6 +157,7 @@ pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Option<Tls>,
     source_ip: Option<std::net::IpAddr>,
+    wire: WireFormat,
 }
 
 impl Network {
@@ -159,7 +167,14 @@ impl Network {
             channels: Arc::default(),
             tls,
             source_ip: None,
+            wire: WireFormat::default(),
         }
+    }
+
+    /// What this member sends its peers in: its store follows the cluster's ledger rules.
+    pub fn with_wire(mut self, wire: WireFormat) -> Self {
+        self.wire = wire;
+        self
     }
 
     /// Connections to peers leave from `ip` (a multi-homed host, or firewall rules that
@@ -213,7 +228,9 @@ impl Network {
         req: &JoinRequest,
     ) -> Result<Result<(), String>, PeerError> {
         let mut client = self.client(peer).map_err(unavailable)?;
-        let payload = encode(req)?;
+        // control calls stay JSON: their messages carry free-form JSON (`PeerView::extra`)
+        // that only a self-describing format can hold; only the hot calls go binary
+        let payload = encode(req, false)?;
         let reply = within(JOIN_TIMEOUT, client.join(payload)).await?;
         Ok(decode(reply.get_ref())?)
     }
@@ -221,7 +238,7 @@ impl Network {
     /// Asks `peer` for its own view of itself and the group.
     pub async fn peek(&self, peer: &Member) -> Result<PeerView, PeerError> {
         let mut client = self.client(peer).map_err(unavailable)?;
-        let mut req = Request::new(encode(&())?);
+        let mut req = Request::new(encode(&(), false)?);
         req.set_timeout(crate::admin::PEEK_TIMEOUT);
         let reply = within(crate::admin::PEEK_TIMEOUT, client.peek(req)).await?;
         Ok(decode(reply.get_ref())?)
@@ -234,7 +251,7 @@ impl Network {
         change: &MembershipChange,
     ) -> Result<Result<MembershipOutcome, ChangeError>, PeerError> {
         let mut client = self.client(leader).map_err(unavailable)?;
-        let req = encode(change)?;
+        let req = encode(change, false)?;
         let reply = within(MEMBERSHIP_TIMEOUT, client.membership(req)).await?;
         Ok(decode(reply.get_ref())?)
     }
@@ -248,7 +265,7 @@ impl Network {
         limit: Duration,
     ) -> Result<ForwardResult, PeerError> {
         let mut client = self.client(leader).map_err(unavailable)?;
-        let mut req = Request::new(encode(batch)?);
+        let mut req = Request::new(encode(batch, self.wire.binary())?);
         // the leader compares it with its own clock (see `max_clock_skew_ms`)
         if let Ok(v) = crate::now_ms().to_string().parse() {
             req.metadata_mut().insert(SENT_MS, v);
@@ -262,6 +279,7 @@ impl Network {
 pub struct PeerClient {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
+    wire: WireFormat,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -271,6 +289,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             client: self.client(node).map_err(|e| e.to_string()),
+            wire: self.wire.clone(),
         }
     }
 }
@@ -300,7 +319,7 @@ impl PeerClient {
     {
         let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&TransportError(e)));
         let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
-        let payload = encode(req)
+        let payload = encode(req, self.wire.binary())
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         let mut request = Request::new(payload);
         request.set_timeout(timeout);
@@ -568,7 +587,7 @@ impl RaftService for RaftGrpc {
         let leader = rpc.vote.leader_id().voted_for();
         self.authorize(&req, "append", |r, c| r.acts_as(c, leader))
             .await?;
-        encode(&self.raft.append_entries(rpc).await).map(Response::new)
+        reply(&req, &self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -576,7 +595,7 @@ impl RaftService for RaftGrpc {
         let candidate = rpc.vote.leader_id().voted_for();
         self.authorize(&req, "vote", |r, c| r.may_campaign(c, candidate))
             .await?;
-        encode(&self.raft.vote(rpc).await).map(Response::new)
+        reply(&req, &self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
@@ -587,7 +606,7 @@ impl RaftService for RaftGrpc {
         let leader = rpc.vote.leader_id().voted_for();
         self.authorize(&req, "snapshot", |r, c| r.acts_as(c, leader))
             .await?;
-        encode(&self.raft.install_snapshot(rpc).await).map(Response::new)
+        reply(&req, &self.raft.install_snapshot(rpc).await)
     }
 
     async fn join(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -600,12 +619,12 @@ impl RaftService for RaftGrpc {
             join.member = member.clone();
         }
         let result = self.admit(join).await;
-        encode(&result).map(Response::new)
+        reply(&req, &result)
     }
 
     async fn peek(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.authorize(&req, "peek", |_, _| Ok(())).await?;
-        encode(&self.ctx.view().await).map(Response::new)
+        reply(&req, &self.ctx.view().await)
     }
 
     async fn membership(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -614,7 +633,7 @@ impl RaftService for RaftGrpc {
             .authorize(&req, "membership", |r, c| r.member(c))
             .await?;
         tracing::warn!(?change, ?caller, "membership change requested by a peer");
-        encode(&self.ctx.change(change).await).map(Response::new)
+        reply(&req, &self.ctx.change(change).await)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -623,7 +642,22 @@ impl RaftService for RaftGrpc {
             .authorize(&req, "forward", |r, c| r.may_forward(c, &batch.commands))
             .await?;
         self.check_clock(&req, &caller)?;
-        let result: ForwardResult = self.raft.client_write(batch).await.map(|r| r.data);
-        encode(&result).map(Response::new)
+        if self.raft.metrics().borrow().current_leader != Some(self.ctx.id) {
+            // not the leader (any more): openraft's answer names the one to ask instead
+            let result: ForwardResult = self.raft.client_write(batch).await.map(|r| r.data);
+            return reply(&req, &result);
+        }
+        // the leader commits forwarded commands with its own, in shared entries
+        let result: ForwardResult = match self.ctx.proposer.propose_all(batch.commands).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not commit a forwarded batch");
+                // the forwarding member asks again, here or at whoever leads by then
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                    openraft::error::ForwardToLeader::empty(),
+                )))
+            }
+        };
+        reply(&req, &result)
     }
 }

@@ -1,10 +1,14 @@
 //! The ledger a cluster member uses: commands go through the Raft log.
 //!
-//! Proposals are group-committed: commands that arrive while earlier batches are being written
-//! are collected into one log entry (up to [`MAX_BATCH`]), with a few batches in flight at once.
-//! A member that is not the leader forwards its batch to the leader over gRPC. A proposal
-//! returns once the leader has committed and applied it; if no leader can be reached within
-//! the timeout the result is `Unavailable` and the caller must not act on it.
+//! Proposals are group-committed by each member's [`Proposer`]: commands that arrive while
+//! earlier batches are being written are collected into one log entry (up to [`MAX_BATCH`]),
+//! with a few batches in flight at once. A member that is not the leader forwards its batch to
+//! the leader over gRPC, and the leader puts forwarded commands into its own proposer's queue,
+//! so the commands of every member share entries: every entry costs each member a synced log
+//! write, and fewer, fuller entries are what lets the cluster grow without the leader's disk
+//! and CPU capping it. A proposal returns once the leader has committed and applied it; if no
+//! leader can be reached within the timeout the result is `Unavailable` and the caller must
+//! not act on it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
 use crate::member::RaftMember;
-use crate::network::PeerError;
+use crate::network::{Network, PeerError, Raft};
 use crate::state::{ClusterSettings, LedgerCounts, Record, LEDGER_RULES};
 use crate::types::{Batch, BatchResult, NodeId};
 
@@ -32,7 +36,7 @@ const _: () = assert!(
     (MAX_BATCH_BYTES as u64) * 2 * MAX_ENTRIES_PER_APPEND < crate::network::GRPC_MAX_MESSAGE as u64
 );
 /// Batches written at the same time.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 1;
 /// How long a proposal may wait for a leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// One try at forwarding to the leader; shorter than an election, so a batch sent to a leader
@@ -41,16 +45,65 @@ const FORWARD_ATTEMPT: Duration = Duration::from_secs(3);
 
 type Reply = oneshot::Sender<Result<Applied, LedgerError>>;
 
+/// What a batch needs to reach the leader: this member's Raft and its peers.
+#[derive(Clone)]
+struct Route {
+    id: NodeId,
+    raft: Raft,
+    network: Network,
+}
+
+/// A member's queue of commands to commit; cloned handles share the queue.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<(Command, Reply)>,
+}
+
+impl Proposer {
+    /// Starts the member's batcher.
+    pub fn start(id: NodeId, raft: Raft, network: Network) -> Proposer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batcher(Route { id, raft, network }, rx));
+        Proposer { tx }
+    }
+
+    /// Queues `cmd`; the receiver resolves once it is committed and applied (or cannot be).
+    fn submit(&self, cmd: Command) -> oneshot::Receiver<Result<Applied, LedgerError>> {
+        let (tx, rx) = oneshot::channel();
+        // a closed queue drops `tx`, which the receiver reports as a stopped ledger
+        let _ = self.tx.send((cmd.bounded(), tx));
+        rx
+    }
+
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
+        self.submit(cmd)
+            .await
+            .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?
+    }
+
+    /// Commits `commands` in their order, sharing entries with whatever else is queued
+    /// (the leader, for a follower's forwarded batch); one result per command.
+    pub async fn propose_all(&self, commands: Vec<Command>) -> Result<BatchResult, LedgerError> {
+        // queued all at once, in order, before waiting for any
+        let pending: Vec<_> = commands.into_iter().map(|c| self.submit(c)).collect();
+        let mut results = Vec::with_capacity(pending.len());
+        for rx in pending {
+            let applied = rx
+                .await
+                .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))??;
+            results.push(applied);
+        }
+        Ok(BatchResult { results })
+    }
+}
+
 pub struct RaftLedger {
     member: Arc<RaftMember>,
-    tx: mpsc::UnboundedSender<(Command, Reply)>,
 }
 
 impl RaftLedger {
     pub fn new(member: Arc<RaftMember>) -> Arc<RaftLedger> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batcher(member.clone(), rx));
-        Arc::new(RaftLedger { member, tx })
+        Arc::new(RaftLedger { member })
     }
 
     pub fn member(&self) -> &Arc<RaftMember> {
@@ -86,7 +139,7 @@ pub async fn advance_rules(
     }
 }
 
-async fn batcher(member: Arc<RaftMember>, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
+async fn batcher(route: Route, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     // a command taken off the queue that did not fit the last entry goes first in the next
     let mut carry: Option<(Command, Reply)> = None;
@@ -126,10 +179,10 @@ async fn batcher(member: Arc<RaftMember>, mut rx: mpsc::UnboundedReceiver<(Comma
                 Err(_) => break,
             }
         }
-        let member = member.clone();
+        let route = route.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-            let result = write(&member, Batch { commands }).await;
+            let result = write(&route, Batch { commands }).await;
             match result {
                 Ok(r) if r.results.len() == replies.len() => {
                     for (reply, applied) in replies.into_iter().zip(r.results) {
@@ -154,11 +207,11 @@ async fn batcher(member: Arc<RaftMember>, mut rx: mpsc::UnboundedReceiver<(Comma
 }
 
 /// Commits `batch` through the leader, wherever it is.
-async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, LedgerError> {
+async fn write(member: &Route, batch: Batch) -> Result<BatchResult, LedgerError> {
     let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
     let mut last_error = String::from("no leader");
     while tokio::time::Instant::now() < deadline {
-        let leader = member.leader();
+        let leader = crate::member::leader_of(&member.raft);
         // every attempt is bounded: a leader cut off from the others never answers
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let outcome = match &leader {
@@ -205,7 +258,7 @@ async fn write(member: &RaftMember, batch: Batch) -> Result<BatchResult, LedgerE
     Err(LedgerError::Unavailable(last_error))
 }
 
-async fn wait_for_leader_change(member: &RaftMember, old: Option<NodeId>) {
+async fn wait_for_leader_change(member: &Route, old: Option<NodeId>) {
     let mut metrics = member.raft.metrics();
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while metrics.borrow().current_leader == old {
@@ -220,12 +273,7 @@ async fn wait_for_leader_change(member: &RaftMember, old: Option<NodeId>) {
 #[async_trait]
 impl Ledger for RaftLedger {
     async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((cmd.bounded(), tx))
-            .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?;
-        rx.await
-            .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?
+        self.member.proposer().propose(cmd).await
     }
 
     async fn record(&self, identity: &str) -> Option<Record> {

@@ -44,7 +44,9 @@ pub const ISSUE_TIMES_KEPT: usize = 16;
 /// `rules` setting names, never its own newest, so members of two builds side by side (a
 /// rolling upgrade) apply every command alike; the leader raises the setting once every member
 /// reports it applies the new rules (`SetRules`). 1: as first released. 2: see the list above.
-pub const LEDGER_RULES: u32 = 2;
+/// 3: commands apply as in 2; every member decodes binary, so members send it to each other
+/// (see [`crate::codec`]).
+pub const LEDGER_RULES: u32 = 3;
 
 fn rules_v1() -> u32 {
     1
@@ -162,6 +164,9 @@ pub struct Record {
     /// [`ISSUE_TIMES_KEPT`] (rules 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issued_at_ms: Vec<u64>,
+    /// This record's term in the ledger digest, once computed (see [`crate::digest::Term`]).
+    #[serde(skip)]
+    pub digest_term: crate::digest::Term,
 }
 
 impl Record {
@@ -191,6 +196,17 @@ impl Record {
     pub fn issued_since(&self, since_ms: u64) -> usize {
         self.issued_at_ms.iter().filter(|t| **t >= since_ms).count()
     }
+}
+
+/// What applying a command leaves for the store to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoded {
+    /// The command changed no record (heartbeats, settings).
+    NoRecord,
+    /// The JSON of the record as it is now.
+    Record(Vec<u8>),
+    /// The record is gone.
+    Forgotten,
 }
 
 /// Why a command did not apply.
@@ -428,26 +444,66 @@ impl LedgerState {
 
     /// Applies `cmd` if the rules allow it; the ledger is unchanged when it is rejected.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), Rejection> {
+        match self.apply_encoded(cmd) {
+            Ok(r) => r.map(|_| ()),
+            // the record is in memory as applied; only its encoding for the store failed
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// [`LedgerState::apply`], returning what the store writes: the JSON of the record the
+    /// command changed. The same bytes give the record's digest term, so a record is encoded
+    /// once per command. The outer error is a record that could not be encoded (applied in
+    /// memory but not writable: the store treats it as a failed write and reloads).
+    pub fn apply_encoded(
+        &mut self,
+        cmd: &Command,
+    ) -> Result<Result<Encoded, Rejection>, serde_json::Error> {
         use crate::digest::Sum;
         // commands without an identity touch no record (the store writes only the named one)
-        let Some(identity) = cmd.identity().filter(|_| self.running.get().is_some()) else {
-            return self.apply_command(cmd);
+        let Some(identity) = cmd.identity() else {
+            return Ok(self.apply_command(cmd).map(|()| Encoded::NoRecord));
         };
-        let before = self.records.get(identity).map(Sum::record);
+        let keeping = self.running.get().is_some();
+        let before = match self.records.get(identity) {
+            Some(r) if keeping => Some(r.digest_term.get().unwrap_or_else(|| Sum::record(r))),
+            _ => None,
+        };
         let new_serial = match cmd {
             Command::IssueCredential { serial, .. } if !self.serials.contains_key(serial) => {
                 Some(serial)
             }
             _ => None,
         };
-        let result = self.apply_command(cmd);
-        let after = self.records.get(identity).map(Sum::record);
-        let serial = new_serial.and_then(|s| self.serials.get(s).map(|i| Sum::serial(s, i)));
-        self.running.update(|sum| {
-            before.into_iter().for_each(|b| sum.sub(b));
-            after.into_iter().chain(serial).for_each(|a| sum.add(a));
-        });
-        result
+        if let Err(r) = self.apply_command(cmd) {
+            return Ok(Err(r));
+        }
+        let Some(rec) = self.records.get_mut(identity) else {
+            if let Some(b) = before {
+                self.running.update(|sum| sum.sub(b));
+            }
+            return Ok(Ok(Encoded::Forgotten));
+        };
+        let json = match serde_json::to_vec(rec) {
+            Ok(j) => j,
+            Err(e) => {
+                // the running digest no longer follows; computed again when next asked
+                self.running.set(None);
+                return Err(e);
+            }
+        };
+        let after = Sum::encoded_record(&json);
+        rec.digest_term.set(after);
+        if keeping {
+            let serial = new_serial.and_then(|s| self.serials.get(s).map(|i| Sum::serial(s, i)));
+            self.running.update(|sum| {
+                before.into_iter().for_each(|b| sum.sub(b));
+                std::iter::once(after)
+                    .chain(serial)
+                    .for_each(|a| sum.add(a));
+            });
+        }
+        Ok(Ok(Encoded::Record(json)))
     }
 
     fn apply_command(&mut self, cmd: &Command) -> Result<(), Rejection> {
@@ -795,6 +851,7 @@ impl LedgerState {
                 superseded: None,
                 claimed_while_enrolled: false,
                 issued_at_ms: Vec::new(),
+                digest_term: Default::default(),
             });
         let renewal = rec.state == EnrollState::Claimed && rec.owner.as_deref() == Some(member);
         if fell_back && rules2 {

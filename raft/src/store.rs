@@ -1,17 +1,22 @@
 //! RocksDB storage of one member: the Raft log and vote, and the ledger state machine.
 //!
 //! Column families:
-//! - `logs`: entries by big-endian index (so iteration is in log order), JSON;
+//! - `logs`: entries by big-endian index (so iteration is in log order), binary (entries an
+//!   earlier build wrote, JSON, are read as they are; see [`crate::codec`]);
 //! - `meta`: vote, last purged log id, the current snapshot;
 //! - `ledger`: one JSON record per server identity;
 //! - `serials`: serial -> identity, every serial ever recorded;
 //! - `sm_meta`: last applied log id and last membership.
 //!
 //! Durability: log appends, the vote and snapshots are written with `sync`, so an acknowledged
-//! entry survives power loss. State machine writes are not synced; each applied batch is one
-//! atomic RocksDB write together with its `last_applied`, so after a crash the state machine is
-//! at some earlier applied point and Raft re-applies the rest from the log (the log is only
-//! purged up to a snapshot, which is synced).
+//! entry survives power loss. State machine writes skip RocksDB's write-ahead log: the log
+//! append each member fsyncs would otherwise carry every record written since the last one,
+//! which was most of what the members' disks and CPUs spent per server. Each applied batch is
+//! still one atomic write together with its `last_applied`, and `atomic_flush` persists the
+//! state machine's column families together, so after a crash the state machine is at some
+//! earlier applied point and Raft applies the rest again from the log. The log is purged only
+//! up to a snapshot (synced); a state machine found older than the stored snapshot at start is
+//! replaced by it first.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); boxing it in our
 // own helpers would only add conversions at every trait boundary.
@@ -35,9 +40,10 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
+use crate::codec::{self, WireFormat};
 use crate::command::Command;
 use crate::ledger::Applied;
-use crate::state::{LedgerState, Record, Rejection};
+use crate::state::{Encoded, LedgerState, Record, Rejection};
 use crate::types::{BatchResult, Member, NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
@@ -77,6 +83,8 @@ struct StoredSnapshot {
 pub struct Store {
     db: DB,
     sm: RwLock<StateMachine>,
+    /// Follows the applied ledger rules: whether this member talks binary to its peers.
+    wire: WireFormat,
     /// Tests: the next state machine write fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
@@ -155,6 +163,8 @@ impl Store {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // state machine writes skip the WAL: their column families are flushed together
+        opts.set_atomic_flush(true);
         let cfs = [CF_LOGS, CF_META, CF_LEDGER, CF_SERIALS, CF_SM_META]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
@@ -163,10 +173,29 @@ impl Store {
         let mut store = Store {
             db,
             sm: RwLock::new(StateMachine::default()),
+            wire: WireFormat::default(),
             #[cfg(test)]
             fail_next_write: Default::default(),
         };
-        let sm = store.load_state_machine()?;
+        let mut sm = store.load_state_machine()?;
+        if let Some(snap) = store.get_json::<StoredSnapshot>(CF_META, KEY_SNAPSHOT)? {
+            if snap.meta.last_log_id > sm.last_applied {
+                // the latest applies were in memory only when the process ended; the snapshot
+                // is newer than what reached the disk (and the log may be purged up to it)
+                let mut incoming: StateMachine =
+                    serde_json::from_slice(&snap.data).map_err(sm_read)?;
+                incoming.last_applied = snap.meta.last_log_id;
+                incoming.membership = snap.meta.last_membership.clone();
+                store.write_whole_state_machine(&incoming)?;
+                tracing::info!(
+                    from = ?sm.last_applied.map(|l| l.index),
+                    to = ?incoming.last_applied.map(|l| l.index),
+                    "state machine restored from the stored snapshot"
+                );
+                sm = incoming;
+            }
+        }
+        store.wire.follow_rules(sm.ledger.rules());
         store.sm = RwLock::new(sm);
         Ok(Arc::new(store))
     }
@@ -174,6 +203,11 @@ impl Store {
     /// A consistent copy of the whole store (log, vote and state machine) in `dest`, which
     /// must not exist yet. RocksDB's checkpoint: memtables are flushed first, and files are
     /// hard links where `dest` is on the same file system, so it is quick and small.
+    /// The wire format this store's ledger rules call for, shared with the member's network.
+    pub fn wire(&self) -> WireFormat {
+        self.wire.clone()
+    }
+
     pub fn checkpoint(&self, dest: &Path) -> StoreResult<()> {
         rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dest))
@@ -241,6 +275,18 @@ impl Store {
     }
 
     /// Writes the state machine changes of applied entries in one batch.
+    /// After a failed write: the in-memory ledger goes back to what is on disk, since readers
+    /// must never see a ledger the disk does not hold (Raft stops on the error).
+    fn roll_back(&self, sm: &mut StateMachine) {
+        tracing::error!("the in-memory ledger goes back to what is on disk");
+        match self.load_state_machine() {
+            Ok(on_disk) => *sm = on_disk,
+            Err(reload) => {
+                tracing::error!(error = %reload, "could not read the ledger back either")
+            }
+        }
+    }
+
     fn write_applied(&self, batch: WriteBatch) -> StoreResult<()> {
         #[cfg(test)]
         if self
@@ -254,7 +300,10 @@ impl Store {
                 "No space left on device",
             )));
         }
-        self.db.write(batch).map_err(sm_write)
+        let mut w = WriteOptions::default();
+        // see the module doc: the log holds what this batch applied, until a snapshot does
+        w.disable_wal(true);
+        self.db.write_opt(batch, &w).map_err(sm_write)
     }
 
     /// Read access to the state machine as last applied on this member.
@@ -329,7 +378,7 @@ impl RaftLogReader<TypeConfig> for Arc<Store> {
             if !range.contains(&index) {
                 break;
             }
-            out.push(serde_json::from_slice(&v).map_err(logs_read)?);
+            out.push(codec::decode(&v).map_err(logs_read)?);
         }
         Ok(out)
     }
@@ -389,7 +438,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         {
             Some(item) => {
                 let (_, v) = item.map_err(logs_read)?;
-                let e: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(logs_read)?;
+                let e: Entry<TypeConfig> = codec::decode(&v).map_err(logs_read)?;
                 Some(e.log_id)
             }
             None => purged,
@@ -414,7 +463,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             batch.put_cf(
                 cf,
                 index_key(e.log_id.index),
-                serde_json::to_vec(&e).map_err(logs_write)?,
+                codec::encode(&e, true).map_err(logs_write)?,
             );
         }
         self.db.write_opt(batch, &synced()).map_err(logs_write)
@@ -467,28 +516,29 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                         let outsider = cmd
                             .actor()
                             .filter(|a| !names.is_empty() && !names.contains(*a));
-                        let applied = match outsider.map_or_else(
-                            || sm.ledger.apply(cmd),
-                            |a| {
-                                Err(Rejection::NotAMember {
-                                    member: a.to_string(),
-                                })
-                            },
-                        ) {
-                            Ok(()) => {
-                                if cmd.identity().is_none() {
-                                    // heartbeats and cluster settings
-                                    meta_changed = true;
+                        let applied = match outsider {
+                            Some(a) => Err(Rejection::NotAMember {
+                                member: a.to_string(),
+                            }),
+                            None => match sm.ledger.apply_encoded(cmd) {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "could not encode a record");
+                                    self.roll_back(&mut sm);
+                                    return Err(sm_write(e));
                                 }
-                                if let Some(identity) = cmd.identity() {
-                                    match sm.ledger.record(identity) {
-                                        Some(rec) => batch.put_cf(
-                                            ledger_cf,
-                                            rec.identity.as_bytes(),
-                                            serde_json::to_vec(rec).map_err(sm_write)?,
-                                        ),
-                                        // forgotten
-                                        None => batch.delete_cf(ledger_cf, identity.as_bytes()),
+                            },
+                        };
+                        let applied = match applied {
+                            Ok(encoded) => {
+                                match (encoded, cmd.identity()) {
+                                    // heartbeats and cluster settings
+                                    (Encoded::NoRecord, _) | (_, None) => meta_changed = true,
+                                    (Encoded::Record(json), Some(identity)) => {
+                                        batch.put_cf(ledger_cf, identity.as_bytes(), json)
+                                    }
+                                    (Encoded::Forgotten, Some(identity)) => {
+                                        batch.delete_cf(ledger_cf, identity.as_bytes())
                                     }
                                 }
                                 if let Command::IssueCredential {
@@ -526,14 +576,13 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         if let Err(e) = self.write_applied(batch) {
             // nothing of these entries is on disk, so none of it may be in memory either:
             // readers must never see a ledger the disk does not hold. Raft stops on the error.
-            tracing::error!(error = %e, "could not write the ledger; the in-memory ledger goes back to what is on disk");
-            match self.load_state_machine() {
-                Ok(on_disk) => *sm = on_disk,
-                Err(reload) => {
-                    tracing::error!(error = %reload, "could not read the ledger back either")
-                }
-            }
+            tracing::error!(error = %e, "could not write the ledger");
+            self.roll_back(&mut sm);
             return Err(e);
+        }
+        if meta_changed {
+            // a `SetRules` may have turned the wire binary
+            self.wire.follow_rules(sm.ledger.rules());
         }
         Ok(out)
     }
@@ -568,6 +617,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             bytes = data.len(),
             "installed a snapshot from the leader"
         );
+        self.wire.follow_rules(incoming.ledger.rules());
         *sm = incoming;
         drop(sm);
         self.put_json_synced(
@@ -694,6 +744,88 @@ mod tests {
         drop(sm);
         let logs = store.try_get_log_entries(1..).await.unwrap();
         assert_eq!(logs.len(), 2);
+    }
+
+    /// A log an earlier build wrote (JSON entries) reads as it is; what this build appends is
+    /// binary, and both read back side by side.
+    #[tokio::test]
+    async fn json_entries_of_an_earlier_build_read_next_to_binary_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let old = entry(1, vec![Command::Rebalance { at_ms: 1 }]);
+        store
+            .db
+            .put_cf(
+                store.cf(CF_LOGS).unwrap(),
+                index_key(1),
+                serde_json::to_vec(&old).unwrap(),
+            )
+            .unwrap();
+        let new = entry(2, vec![Command::Rebalance { at_ms: 2 }]);
+        store.append_to_log(vec![new.clone()]).await.unwrap();
+        let raw = store
+            .db
+            .get_cf(store.cf(CF_LOGS).unwrap(), index_key(2))
+            .unwrap()
+            .unwrap();
+        assert!(codec::is_binary(&raw));
+        assert_eq!(
+            store.try_get_log_entries(1..).await.unwrap(),
+            vec![old, new]
+        );
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(2));
+    }
+
+    /// State machine writes skip the WAL, so a process that ends without a flush leaves an
+    /// older state machine on disk; at start the stored snapshot, when newer, replaces it
+    /// (the log may be purged up to the snapshot, so applying again could not get there).
+    #[tokio::test]
+    async fn a_state_machine_older_than_the_snapshot_is_replaced_by_it_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let claim = |id: &str, at| Command::Claim {
+            identity: id.into(),
+            member: "a".into(),
+            lease_until_ms: 100,
+            seen_ms: at,
+            at_ms: at,
+        };
+        {
+            let mut store = Store::open(dir.path()).unwrap();
+            let entries = vec![
+                entry(1, vec![claim("n1", 1)]),
+                entry(2, vec![claim("n2", 2)]),
+            ];
+            store.append_to_log(entries.clone()).await.unwrap();
+            store.apply_to_state_machine(&entries).await.unwrap();
+            store.build_snapshot().await.unwrap();
+            // what the disk holds after losing the last apply: n2 and index 2 are gone
+            store
+                .db
+                .delete_cf(store.cf(CF_LEDGER).unwrap(), b"n2")
+                .unwrap();
+            let older = Some(LogId::new(CommittedLeaderId::new(1, 1), 1));
+            store
+                .db
+                .put_cf(
+                    store.cf(CF_SM_META).unwrap(),
+                    KEY_APPLIED,
+                    serde_json::to_vec(&older).unwrap(),
+                )
+                .unwrap();
+        }
+        let mut store = Store::open(dir.path()).unwrap();
+        let (applied, _) = store.last_applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(2));
+        assert!(store.state().await.ledger.record("n2").is_some());
+        drop(store);
+        // and it was written back: the next start reads it from the state machine itself
+        let mut store = Store::open(dir.path()).unwrap();
+        assert!(store.state().await.ledger.record("n2").is_some());
+        assert_eq!(
+            store.last_applied_state().await.unwrap().0.map(|l| l.index),
+            Some(2)
+        );
     }
 
     /// A write that fails (a full disk) leaves the in-memory ledger as the disk holds it:

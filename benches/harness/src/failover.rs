@@ -51,6 +51,7 @@ pub fn drive(
     events: &Path,
     servers: usize,
     members: &mut [ProvisionerProcess],
+    caps: &[crate::cgroup::CpuCap],
     fleet: &mut FleetProcess,
 ) -> Vec<Kill> {
     let mut kills = Vec::new();
@@ -67,6 +68,11 @@ pub fn drive(
             match members[*i].restart() {
                 Ok(()) => {
                     alive[*i] = true;
+                    // the new process goes back on its own small machine
+                    if let Some(Err(e)) = caps.get(*i).map(|c| c.adopt(members[*i].proc.child.id()))
+                    {
+                        eprintln!("bench: {} runs uncapped: {e}", name(*i));
+                    }
                     eprintln!("bench: {} started again", name(*i));
                 }
                 Err(e) => eprintln!("bench: cannot start {} again: {e}", name(*i)),

@@ -7,6 +7,7 @@
 //! simulator reports its own. A server counts as provisioned, for timing, when it accepts
 //! `restart` into its new configuration (see `fleet::fleet`).
 
+mod cgroup;
 mod failover;
 mod plot;
 
@@ -85,6 +86,43 @@ struct Args {
     /// Keep each run's work directory (configs, logs, data) and print where it is
     #[arg(long)]
     keep: bool,
+    /// Run each member in a cgroup of its own capped at this many cores, as if each had a
+    /// small machine (the broker and the simulator stay uncapped); needs root
+    #[arg(long)]
+    member_cpu: Option<f64>,
+    /// Give up on a run after this many seconds of provisioning (default: 120 s plus 60 ms
+    /// per server); the run object says what stopped it (`stopped_by`)
+    #[arg(long)]
+    deadline_s: Option<u64>,
+}
+
+impl Args {
+    fn deadline(&self) -> Duration {
+        Duration::from_secs(
+            self.deadline_s
+                .unwrap_or(120 + (self.servers as u64 * 60).div_ceil(1000)),
+        )
+    }
+}
+
+/// Every simulated server holds a connection to the broker, which holds one back: both need a
+/// descriptor per server. Raised for this process and so for everything it starts.
+fn raise_open_files(servers: usize) -> Result<(), String> {
+    let want = (servers as u64) * 2 + 4096;
+    let (soft, hard) = rlimit::Resource::NOFILE
+        .get()
+        .map_err(|e| format!("open files limit: {e}"))?;
+    if soft >= want {
+        return Ok(());
+    }
+    rlimit::Resource::NOFILE
+        .set(want, hard.max(want))
+        .map_err(|e| {
+            format!(
+                "{servers} servers need about {want} open files; the limit is {soft} (hard \
+                 {hard}) and cannot be raised here ({e}): raise it (ulimit -n) or run fewer"
+            )
+        })
 }
 
 /// What one run does.
@@ -99,6 +137,10 @@ struct Plan {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = raise_open_files(args.servers) {
+        eprintln!("bench: {e}");
+        return ExitCode::from(2);
+    }
     if args.members == 0 || (args.scenario == Scenario::Failover && args.members < 3) {
         eprintln!("bench: --members must be at least 1 (3 for failover)");
         return ExitCode::from(2);
@@ -143,9 +185,12 @@ fn main() -> ExitCode {
     while i < plan.len() {
         let p = plan[i];
         eprintln!(
-            "bench: {:?} with {} member(s), {} servers, {:?} logic, helper delay {} ms{}",
+            "bench: {:?} with {} member(s){}, {} servers, {:?} logic, helper delay {} ms{}",
             args.scenario,
             p.members,
+            args.member_cpu
+                .map(|c| format!(" capped at {c} core each"))
+                .unwrap_or_default(),
             args.servers,
             p.logic,
             p.delay_ms,
@@ -267,7 +312,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
             servers: args.servers,
             key_type: args.key_type.clone(),
             token: "bench-token".into(),
-            timeout_secs: 900,
+            timeout_secs: args.deadline().as_secs(),
             extra,
         },
         true,
@@ -281,6 +326,22 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         &options(args, plan.logic, plan.delay_ms),
         None,
     );
+    // each member in its own capped group from its first moments
+    let caps = match args.member_cpu {
+        Some(cores) => {
+            let mut caps = Vec::new();
+            for (i, p) in provisioners.iter().enumerate() {
+                let cap = cgroup::CpuCap::create(
+                    &format!("provisioner-bench-{}-prov{}", std::process::id(), i + 1),
+                    cores,
+                )?;
+                cap.adopt(p.proc.child.id())?;
+                caps.push(cap);
+            }
+            caps
+        }
+        None => Vec::new(),
+    };
     if plan.arrival_rate.is_some() {
         // servers arrive once every member listens, as into a running cluster
         for p in &mut provisioners {
@@ -289,19 +350,29 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         std::fs::write(&go, "go\n").map_err(|e| format!("{}: {e}", go.display()))?;
     }
     let kills = if plan.kill {
-        failover::drive(&events, args.servers, &mut provisioners, &mut fleet)
+        failover::drive(&events, args.servers, &mut provisioners, &caps, &mut fleet)
     } else {
         Vec::new()
     };
-    let summary = fleet.finish(Duration::from_secs(960));
+    // the simulator stops itself at the deadline; this only guards against a hung one
+    let summary = fleet.finish(args.deadline() + Duration::from_secs(120));
     if args.keep {
         eprintln!("bench: work directory kept: {}", dir.path().display());
     }
     // read the members while they run: /proc forgets a process once it is reaped
     let usage: Vec<fleet::usage::Usage> = provisioners
         .iter()
-        .filter_map(|p| fleet::usage::of(p.proc.child.id()))
+        .map(|p| fleet::usage::of(p.proc.child.id()).unwrap_or_default())
         .collect();
+    let throttled: Vec<Option<f64>> = caps.iter().map(|c| c.throttled_s()).collect();
+    let leader = provisioners
+        .iter()
+        .find_map(|m| m.status()["raft"]["leader"].as_u64());
+    // Raft log entries written over the whole run (start-up and heartbeats included)
+    let log_entries = provisioners
+        .iter()
+        .filter_map(|m| m.status()["raft"]["last_log_index"].as_u64())
+        .max();
     let ledger = ledger_check(&provisioners);
     drop(provisioners);
     if args.keep {
@@ -316,6 +387,13 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         .unwrap_or_default();
     let kills = failover::stalls(&kills, n("start_unix_ms"), &timeline);
     let stall = kills.iter().filter_map(|k| k["stall_ms"].as_u64()).max();
+    let members_cpu_s: Vec<f64> = usage.iter().map(|u| u.cpu_s).collect();
+    let cost = coordination(&members_cpu_s, leader, provisioned);
+    let stopped_by = if summary["timed_out"].as_bool().unwrap_or(false) {
+        format!("deadline of {} s", args.deadline().as_secs())
+    } else {
+        "every server done".to_string()
+    };
     Ok(json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "members": plan.members,
@@ -342,7 +420,15 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
             Logic::Python => "deploy/examples/helper.py",
             Logic::Shell => "deploy/examples/helper.sh",
         },
-        "member_cpu_s": usage.iter().map(|u| u.cpu_s).sum::<f64>(),
+        "member_cpu_s": members_cpu_s.iter().sum::<f64>(),
+        "member_cpu": args.member_cpu,
+        "members_cpu_s": members_cpu_s,
+        "members_throttled_s": throttled,
+        "leader": leader.map(|id| format!("prov{id}")),
+        "log_entries": log_entries,
+        "server_cost_ms": cost.server_ms,
+        "coordination_ms_per_server": cost.coordination_ms,
+        "stopped_by": stopped_by,
         "helper_cpu_s": usage.iter().map(|u| u.children_cpu_s).sum::<f64>(),
         "sim_cpu_s": summary["sim_usage"]["cpu_s"],
         "nats_cpu_s": fleet::usage::of(nats.pid()).map(|u| u.cpu_s),
@@ -354,6 +440,44 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         "timed_out": summary["timed_out"],
         "timeline_ms": timeline,
     }))
+}
+
+/// CPU per server, from the members' CPU seconds: `server_ms` is all members' CPU per server
+/// provisioned; `coordination_ms` is what the Raft leader spent beyond the followers' mean
+/// (its own share of servers costs it what theirs cost them), per server. `None` where it
+/// does not apply (one member, nothing provisioned, no leader known).
+struct Cost {
+    server_ms: Option<f64>,
+    coordination_ms: Option<f64>,
+}
+
+fn coordination(cpu_s: &[f64], leader: Option<u64>, provisioned: u64) -> Cost {
+    if provisioned == 0 {
+        return Cost {
+            server_ms: None,
+            coordination_ms: None,
+        };
+    }
+    let per_server = |s: f64| s * 1000.0 / provisioned as f64;
+    let server_ms = Some(per_server(cpu_s.iter().sum()));
+    let leader = leader.and_then(|id| (id as usize).checked_sub(1));
+    let coordination_ms = match leader {
+        Some(l) if l < cpu_s.len() && cpu_s.len() > 1 => {
+            let followers: Vec<f64> = cpu_s
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != l)
+                .map(|(_, c)| *c)
+                .collect();
+            let mean = followers.iter().sum::<f64>() / followers.len() as f64;
+            Some(per_server(cpu_s[l] - mean))
+        }
+        _ => None,
+    };
+    Cost {
+        server_ms,
+        coordination_ms,
+    }
 }
 
 /// What the members' ledgers say at the end: enrolled records per live member and whether

@@ -113,6 +113,66 @@ fn failover_kills_the_leader_then_a_follower_and_nothing_is_lost() {
     );
 }
 
+/// Each member in its own CPU-capped cgroup (needs root, as CI and the bench machines run):
+/// the run says the cap, each member's CPU and throttled time, and who led.
+#[test]
+fn capped_members_report_their_cpu_throttling_and_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = bench(
+        dir.path(),
+        &[
+            "throughput",
+            "--servers",
+            "60",
+            "--members",
+            "3",
+            "--member-cpu",
+            "0.2",
+        ],
+    );
+    let r = &runs[0];
+    assert_eq!(r["member_cpu"].as_f64(), Some(0.2), "{r}");
+    assert_eq!(n(r, "provisioned"), 60, "{r}");
+    let cpu = r["members_cpu_s"].as_array().expect("members_cpu_s");
+    let throttled = r["members_throttled_s"]
+        .as_array()
+        .expect("members_throttled_s");
+    assert_eq!(cpu.len(), 3, "{r}");
+    assert_eq!(throttled.len(), 3, "{r}");
+    assert!(cpu.iter().all(|c| c.as_f64().unwrap_or(0.0) > 0.0), "{r}");
+    assert!(throttled.iter().all(Value::is_f64), "{r}");
+    assert!(
+        ["prov1", "prov2", "prov3"].contains(&r["leader"].as_str().unwrap_or("")),
+        "{r}"
+    );
+    assert!(r["coordination_ms_per_server"].is_f64(), "{r}");
+    assert_eq!(r["stopped_by"], "every server done", "{r}");
+}
+
+/// A run that cannot finish in time ends at its deadline and says so, with what it did.
+#[test]
+fn a_run_past_its_deadline_stops_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = bench(
+        dir.path(),
+        &[
+            "throughput",
+            "--servers",
+            "400",
+            "--members",
+            "1",
+            "--member-cpu",
+            "0.01",
+            "--deadline-s",
+            "3",
+        ],
+    );
+    let r = &runs[0];
+    assert_eq!(r["stopped_by"], "deadline of 3 s", "{r}");
+    assert!(n(r, "lost") > 0, "{r}");
+    assert!(r["elapsed_s"].as_f64().unwrap_or(0.0) < 30.0, "{r}");
+}
+
 #[test]
 fn latency_runs_servers_arriving_at_a_fixed_rate() {
     let dir = tempfile::tempdir().unwrap();
