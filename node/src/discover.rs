@@ -39,6 +39,10 @@ pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>, now: Arc<N
             _ = ticker.tick() => {}
             _ = now.notified() => {}
         }
+        // a request made before this discovery starts is answered by it: every member parses
+        // every waiting server's reply, so a second full round right after the first (the
+        // live set and the leader are learnt together at start) costs each member a fleet
+        let _ = futures::FutureExt::now_or_never(now.notified());
         discover_once(&svc, &queue).await;
     }
 }

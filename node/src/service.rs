@@ -238,7 +238,7 @@ impl Provisioner {
             shard: config
                 .cluster
                 .as_ref()
-                .map(|_| Arc::new(Shard::new(&config.identity))),
+                .map(|c| Arc::new(Shard::new(&config.identity, c.leader_share))),
             claim_lease_ms: config
                 .cluster
                 .as_ref()
@@ -595,6 +595,15 @@ async fn housekeeping(
             m.set(&m.live_members, live.len() as i64);
             if shard.set_live(live.clone()) {
                 tracing::info!(?live, "live members changed");
+                rediscover.notify_one();
+            }
+            // the leader takes a smaller share; a new one moves servers, found at once
+            let leader = member
+                .as_ref()
+                .and_then(|m| m.leader())
+                .map(|(_, n)| n.name);
+            if shard.set_leader(leader.clone()) {
+                tracing::info!(?leader, "leader changed; shares follow");
                 rediscover.notify_one();
             }
         }

@@ -6,6 +6,12 @@
 //! the same committed state, and when a member dies only its servers move. Two members that
 //! briefly disagree about who is live are kept apart by the ledger, which lets only one of them
 //! claim a server.
+//!
+//! The Raft leader does every member's coordination besides its own servers (it receives every
+//! forwarded command, appends every entry and sends it to each follower), so it takes a
+//! smaller share: weighted rendezvous hashing gives it `cluster.leader_share` of a follower's
+//! share (default `1 / followers`: half with 3 members, a quarter with 5). Members that
+//! disagree for a moment about who leads are kept apart by the ledger as above.
 
 use std::sync::RwLock;
 
@@ -19,6 +25,41 @@ pub fn owner<'a>(identity: &str, members: &'a [String]) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// The owner of `identity` when `leader` (if live) counts `leader_weight` and every other
+/// member 1: each member's share of servers is its weight over the sum of weights. With every
+/// weight 1 this is [`owner`], server for server.
+pub fn weighted_owner<'a>(
+    identity: &str,
+    members: &'a [String],
+    leader: Option<&str>,
+    leader_weight: f64,
+) -> Option<&'a str> {
+    let Some(leader) = leader.filter(|l| members.len() > 1 && members.iter().any(|m| m == l))
+    else {
+        return owner(identity, members);
+    };
+    if leader_weight >= 1.0 {
+        return owner(identity, members);
+    }
+    let weighted = |m: &String| {
+        let w = if m == leader { leader_weight } else { 1.0 };
+        // a uniform draw in (0, 1]; w / -ln(u) is largest for the owner, and with equal
+        // weights orders members as the draw itself does
+        let u =
+            (u64::from_be_bytes(score(m, identity)) as f64 + 1.0) / 18_446_744_073_709_551_616.0;
+        if w <= 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            w / -u.ln()
+        }
+    };
+    members
+        .iter()
+        .map(|m| (weighted(m), m))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, m)| m.as_str())
+}
+
 fn score(member: &str, identity: &str) -> [u8; 8] {
     let mut h = Sha256::new();
     h.update(member.as_bytes());
@@ -30,19 +71,40 @@ fn score(member: &str, identity: &str) -> [u8; 8] {
     out
 }
 
-/// This member's view of who is live.
+/// This member's view of who is live and who leads.
 pub struct Shard {
     pub me: String,
     live: RwLock<Vec<String>>,
+    leader: RwLock<Option<String>>,
+    /// `cluster.leader_share`; `None`: one over the number of followers.
+    leader_share: Option<f64>,
 }
 
 impl Shard {
     /// A member that owns nothing until it has seen itself live in the ledger.
-    pub fn new(me: &str) -> Self {
+    pub fn new(me: &str, leader_share: Option<f64>) -> Self {
         Shard {
             me: me.to_string(),
             live: RwLock::new(Vec::new()),
+            leader: RwLock::new(None),
+            leader_share,
         }
+    }
+
+    /// Replaces who leads; true when it changed.
+    pub fn set_leader(&self, leader: Option<String>) -> bool {
+        let Ok(mut l) = self.leader.write() else {
+            return false;
+        };
+        if *l == leader {
+            return false;
+        }
+        *l = leader;
+        true
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.leader.read().ok().and_then(|l| l.clone())
     }
 
     /// True once this member's own heartbeat is committed.
@@ -70,7 +132,9 @@ impl Shard {
     /// True when this member should work on `identity`.
     pub fn owns(&self, identity: &str) -> bool {
         let live = self.live();
-        owner(identity, &live) == Some(self.me.as_str())
+        let followers = live.len().saturating_sub(1).max(1);
+        let share = self.leader_share.unwrap_or(1.0 / followers as f64);
+        weighted_owner(identity, &live, self.leader().as_deref(), share) == Some(self.me.as_str())
     }
 }
 
@@ -108,9 +172,59 @@ mod tests {
         assert_eq!(owner("x", &[]), None);
     }
 
+    fn shares(
+        n: usize,
+        leader: Option<&str>,
+        weight: f64,
+    ) -> std::collections::HashMap<String, usize> {
+        let live = members(n);
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..20_000 {
+            let o = weighted_owner(&format!("n{i}"), &live, leader, weight).unwrap();
+            *counts.entry(o.to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     #[test]
-    fn shard_tracks_live_members() {
-        let s = Shard::new("prov1");
+    fn the_leader_takes_its_weight_of_a_share() {
+        // weight 1, or no leader: exactly the unweighted owners
+        let five = members(5);
+        for i in 0..2000 {
+            let id = format!("n{i}");
+            let plain = owner(&id, &five);
+            assert_eq!(weighted_owner(&id, &five, Some("prov2"), 1.0), plain);
+            assert_eq!(weighted_owner(&id, &five, None, 0.25), plain);
+            assert_eq!(weighted_owner(&id, &five, Some("gone"), 0.25), plain);
+        }
+        // a quarter of a follower's share: 0.25 / 4.25 of 20,000 is about 1,176
+        let c = shares(5, Some("prov3"), 0.25);
+        assert!((1000..1400).contains(&c["prov3"]), "{c:?}");
+        for f in ["prov1", "prov2", "prov4", "prov5"] {
+            assert!((4300..5100).contains(&c[f]), "{f}: {c:?}");
+        }
+        // weight 0: nothing, unless it is alone
+        let c = shares(3, Some("prov1"), 0.0);
+        assert_eq!(c.get("prov1"), None, "{c:?}");
+        assert_eq!(
+            weighted_owner("x", &members(1), Some("prov1"), 0.0),
+            Some("prov1")
+        );
+        // only the leader's servers move when it starts leading
+        let live = members(3);
+        for i in 0..3000 {
+            let id = format!("n{i}");
+            let before = owner(&id, &live).unwrap();
+            let after = weighted_owner(&id, &live, Some("prov1"), 0.5).unwrap();
+            if before != after {
+                assert_eq!(before, "prov1", "{id}");
+            }
+        }
+    }
+
+    #[test]
+    fn shard_tracks_live_members_and_the_leader() {
+        let s = Shard::new("prov1", None);
         assert!(!s.owns("anything"));
         assert!(s.set_live(vec!["prov1".into()]));
         assert!(s.am_live() && s.owns("anything"));
@@ -118,5 +232,15 @@ mod tests {
         assert!(!s.set_live(members(3)));
         let owned = (0..300).filter(|i| s.owns(&format!("n{i}"))).count();
         assert!(owned > 50 && owned < 150, "{owned}");
+        // leading three, it takes half a follower's share (default): a fifth of the servers
+        assert!(s.set_leader(Some("prov1".into())));
+        assert!(!s.set_leader(Some("prov1".into())));
+        let owned = (0..3000).filter(|i| s.owns(&format!("n{i}"))).count();
+        assert!((450..750).contains(&owned), "{owned}");
+        let full = Shard::new("prov1", Some(1.0));
+        full.set_live(members(3));
+        full.set_leader(Some("prov1".into()));
+        let owned = (0..3000).filter(|i| full.owns(&format!("n{i}"))).count();
+        assert!((850..1150).contains(&owned), "{owned}");
     }
 }

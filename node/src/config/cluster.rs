@@ -69,6 +69,10 @@ pub struct ClusterSection {
     /// Log entries kept behind a snapshot, for members that lag a little.
     #[serde(default = "default_snapshot_keep_logs")]
     pub snapshot_keep_logs: u64,
+    /// The leader's share of waiting servers, as a fraction of a follower's (0 to 1); default
+    /// one over the number of followers, since it coordinates theirs.
+    #[serde(default)]
+    pub leader_share: Option<f64>,
 }
 
 fn default_snapshot_every() -> u64 {
@@ -121,6 +125,8 @@ pub struct Cluster {
     pub source_ip: Option<std::net::IpAddr>,
     pub snapshot_every: u64,
     pub snapshot_keep_logs: u64,
+    /// `None`: one over the number of followers.
+    pub leader_share: Option<f64>,
 }
 
 /// The checked section, or `None` when a problem leaves nothing to run with; every problem
@@ -272,6 +278,12 @@ pub(super) fn check_cluster(
             d
         }
     };
+    if let Some(share) = c.leader_share.filter(|s| !(0.0..=1.0).contains(s)) {
+        p.add(invalid(
+            "cluster.leader_share",
+            format!("{share} is not between 0 and 1 (a fraction of a follower's share)"),
+        ));
+    }
     let me = me?;
     Some(Cluster {
         id: me.id,
@@ -287,6 +299,7 @@ pub(super) fn check_cluster(
         source_ip,
         snapshot_every: c.snapshot_every,
         snapshot_keep_logs: c.snapshot_keep_logs,
+        leader_share: c.leader_share,
     })
 }
 
@@ -358,12 +371,14 @@ cluster:
         .unwrap_or_default();
         assert!(err.contains("cluster.max_clock_skew"), "{err}");
         let tuned = parse(&format!(
-            "{MINIMAL}{CLUSTER}  source_ip: 127.0.0.12\n  snapshot_every: 50\n"
+            "{MINIMAL}{CLUSTER}  source_ip: 127.0.0.12\n  snapshot_every: 50\n  leader_share: 0.3\n"
         ))
         .unwrap();
         let cl = tuned.cluster.as_ref().unwrap();
         assert_eq!(cl.source_ip, "127.0.0.12".parse().ok());
         assert_eq!(cl.snapshot_every, 50);
+        assert_eq!(cl.leader_share, Some(0.3));
+        assert_eq!(c.cluster.as_ref().and_then(|c| c.leader_share), None);
 
         let cases = [
             (CLUSTER.replace("data_dir: /var/lib/p\n", ""), "data_dir"),
@@ -395,6 +410,10 @@ cluster:
             (
                 format!("{CLUSTER}  snapshot_every: 0\n"),
                 "cluster.snapshot_every",
+            ),
+            (
+                format!("{CLUSTER}  leader_share: 1.5\n"),
+                "cluster.leader_share",
             ),
         ];
         for (text, key) in cases {
