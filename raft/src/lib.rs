@@ -7,7 +7,8 @@
 //! pipeline talks to. [`local`] implements it in one process; [`replicated`] implements the
 //! same interface by committing the same commands through the Raft log of a [`member`], whose
 //! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC, with
-//! [`authz`] deciding which member may make which call on it.
+//! [`authz`] deciding which member may make which call on it and [`codec`] how log entries and
+//! peer messages are encoded.
 
 pub mod admin;
 pub mod authz;
