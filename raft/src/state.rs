@@ -270,6 +270,29 @@ pub struct LedgerState {
     /// [`LedgerState::digest`], kept as commands apply.
     #[serde(skip)]
     running: crate::digest::Running,
+    /// [`LedgerState::counts`], kept as commands apply, once first asked for.
+    #[serde(skip)]
+    tally: Tally,
+}
+
+/// The kept counts; copies start over (they count when first asked).
+#[derive(Debug, Default)]
+struct Tally(std::sync::Mutex<Option<LedgerCounts>>);
+
+impl Tally {
+    fn take(&self) -> Option<LedgerCounts> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn put(&self, c: Option<LedgerCounts>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+}
+
+impl Clone for Tally {
+    fn clone(&self) -> Self {
+        Tally::default()
+    }
 }
 
 /// Record counts for metrics and status.
@@ -283,6 +306,34 @@ pub struct LedgerCounts {
     pub revoked: usize,
     /// Enrolled servers by the member that issued their credential.
     pub enrolled_by: BTreeMap<String, usize>,
+}
+
+impl LedgerCounts {
+    /// Adds (`add`) or takes out what `r` counts for.
+    fn count(&mut self, r: &Record, add: bool) {
+        fn step<K: Ord>(map: &mut BTreeMap<K, usize>, key: K, add: bool) {
+            if add {
+                *map.entry(key).or_default() += 1;
+            } else if let Some(n) = map.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        step(&mut self.by_state, r.state, add);
+        if let (EnrollState::Claimed, Some(owner)) = (r.state, &r.owner) {
+            step(&mut self.claimed_by, owner.clone(), add);
+        }
+        if add {
+            self.revoked += r.revoked.len();
+        } else {
+            self.revoked = self.revoked.saturating_sub(r.revoked.len());
+        }
+        if let (EnrollState::Enrolled, Some(cred)) = (r.state, &r.credential) {
+            step(&mut self.enrolled_by, cred.issued_by.clone(), add);
+        }
+    }
 }
 
 /// Replicated switches operators flip for the whole cluster.
@@ -320,24 +371,25 @@ impl LedgerState {
             heartbeats,
             settings,
             running: Default::default(),
+            tally: Default::default(),
         }
     }
 
-    /// Records by state, and how many `member` holds a claim on; without copying records.
+    /// Records by state, and how many `member` holds a claim on. Counted over the whole ledger
+    /// once, then kept as commands apply, so metrics and `/status` read it in constant time.
     pub fn counts(&self, member: &str) -> LedgerCounts {
+        let mut tally = self.tally.0.lock().unwrap_or_else(|e| e.into_inner());
+        let c = tally.get_or_insert_with(|| self.full_counts());
+        let mut out = c.clone();
+        out.owned_by_member = c.claimed_by.get(member).copied().unwrap_or(0);
+        out
+    }
+
+    /// [`LedgerState::counts`] without `owned_by_member`, over every record.
+    fn full_counts(&self) -> LedgerCounts {
         let mut c = LedgerCounts::default();
         for r in self.records.values() {
-            *c.by_state.entry(r.state).or_default() += 1;
-            if let (EnrollState::Claimed, Some(owner)) = (r.state, &r.owner) {
-                if owner == member {
-                    c.owned_by_member += 1;
-                }
-                *c.claimed_by.entry(owner.clone()).or_default() += 1;
-            }
-            c.revoked += r.revoked.len();
-            if let (EnrollState::Enrolled, Some(cred)) = (r.state, &r.credential) {
-                *c.enrolled_by.entry(cred.issued_by.clone()).or_default() += 1;
-            }
+            c.count(r, true);
         }
         c
     }
@@ -475,7 +527,18 @@ impl LedgerState {
             }
             _ => None,
         };
-        if let Err(r) = self.apply_command(cmd) {
+        // the record's counts come out before and go back in as it is after (unchanged when
+        // the command is rejected)
+        let mut tally = self.tally.take();
+        if let (Some(t), Some(r)) = (tally.as_mut(), self.records.get(identity)) {
+            t.count(r, false);
+        }
+        let result = self.apply_command(cmd);
+        if let (Some(t), Some(r)) = (tally.as_mut(), self.records.get(identity)) {
+            t.count(r, true);
+        }
+        self.tally.put(tally);
+        if let Err(r) = result {
             return Ok(Err(r));
         }
         let Some(rec) = self.records.get_mut(identity) else {
@@ -1516,9 +1579,10 @@ mod tests {
     /// The digest kept as commands apply is the one computed over the whole ledger, after
     /// every kind of change (rejected commands included), and after a restart from records.
     #[test]
-    fn the_kept_digest_is_the_one_computed_over_the_whole_ledger() {
+    fn the_kept_digest_and_counts_are_those_computed_over_the_whole_ledger() {
         let mut s = rules2();
         let empty = s.digest();
+        assert_eq!(s.counts("a"), LedgerCounts::default());
         let mut seen = vec![empty.clone()];
         let cmds = vec![
             claim("n1", "a", 0),
@@ -1543,16 +1607,26 @@ mod tests {
                 older_than_ms: 1,
                 at_ms: 5000,
             },
+            Command::Revoke {
+                identity: "n1".into(),
+                member: "a".into(),
+                reason: "lost".into(),
+                at_ms: 5001,
+            },
         ];
         for cmd in &cmds {
             let _ = s.apply(cmd);
             assert_eq!(s.digest(), s.full_digest().hex(), "after {cmd:?}");
+            let mut full = s.full_counts();
+            full.owned_by_member = full.claimed_by.get("a").copied().unwrap_or(0);
+            assert_eq!(s.counts("a"), full, "after {cmd:?}");
             seen.push(s.digest());
         }
         // changes change it; a record forgotten leaves it as before that record came
         assert_ne!(seen[1], seen[0]);
         assert_eq!(seen[3], seen[2]);
         assert_eq!(seen[8], seen[4]);
+        assert_eq!(s.counts("a").revoked, 1);
         let restored = LedgerState::restore(
             s.records().cloned().collect(),
             s.serials().map(|(a, b)| (a.clone(), b.clone())).collect(),
