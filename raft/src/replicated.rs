@@ -2,7 +2,7 @@
 //!
 //! Proposals are group-committed by each member's [`Proposer`]: commands that arrive while
 //! earlier batches are being written are collected into one log entry (up to [`MAX_BATCH`]),
-//! with a few batches in flight at once. A member that is not the leader forwards its batch to
+//! one batch in flight per member. A member that is not the leader forwards its batch to
 //! the leader over gRPC, and the leader puts forwarded commands into its own proposer's queue,
 //! so the commands of every member share entries: every entry costs each member a synced log
 //! write, and fewer, fuller entries are what lets the cluster grow without the leader's disk
@@ -207,16 +207,16 @@ async fn batcher(route: Route, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>
 }
 
 /// Commits `batch` through the leader, wherever it is.
-async fn write(member: &Route, batch: Batch) -> Result<BatchResult, LedgerError> {
+async fn write(route: &Route, batch: Batch) -> Result<BatchResult, LedgerError> {
     let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
     let mut last_error = String::from("no leader");
     while tokio::time::Instant::now() < deadline {
-        let leader = crate::member::leader_of(&member.raft);
+        let leader = crate::member::leader_of(&route.raft);
         // every attempt is bounded: a leader cut off from the others never answers
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let outcome = match &leader {
-            Some((id, _)) if *id == member.id => {
-                match tokio::time::timeout(left, member.raft.client_write(batch.clone())).await {
+            Some((id, _)) if *id == route.id => {
+                match tokio::time::timeout(left, route.raft.client_write(batch.clone())).await {
                     Ok(r) => r.map(|r| r.data),
                     Err(_) => {
                         last_error = format!("not committed within {PROPOSE_TIMEOUT:?}");
@@ -224,7 +224,7 @@ async fn write(member: &Route, batch: Batch) -> Result<BatchResult, LedgerError>
                     }
                 }
             }
-            Some((_, node)) => match member
+            Some((_, node)) => match route
                 .network
                 .forward(node, &batch, left.min(FORWARD_ATTEMPT))
                 .await
@@ -247,7 +247,7 @@ async fn write(member: &Route, batch: Batch) -> Result<BatchResult, LedgerError>
             Ok(r) => return Ok(r),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 last_error = format!("leader moved to {:?}", f.leader_id);
-                wait_for_leader_change(member, leader.map(|(id, _)| id)).await;
+                wait_for_leader_change(route, leader.map(|(id, _)| id)).await;
             }
             Err(e) => {
                 last_error = e.to_string();
@@ -258,8 +258,8 @@ async fn write(member: &Route, batch: Batch) -> Result<BatchResult, LedgerError>
     Err(LedgerError::Unavailable(last_error))
 }
 
-async fn wait_for_leader_change(member: &Route, old: Option<NodeId>) {
-    let mut metrics = member.raft.metrics();
+async fn wait_for_leader_change(route: &Route, old: Option<NodeId>) {
+    let mut metrics = route.raft.metrics();
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while metrics.borrow().current_leader == old {
             if metrics.changed().await.is_err() {

@@ -496,9 +496,9 @@ impl LedgerState {
 
     /// Applies `cmd` if the rules allow it; the ledger is unchanged when it is rejected.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), Rejection> {
-        match self.apply_encoded(cmd) {
+        match self.apply_kept(cmd, false) {
             Ok(r) => r.map(|_| ()),
-            // the record is in memory as applied; only its encoding for the store failed
+            // the record is in memory as applied; only its encoding for the digest failed
             Err(_) => Ok(()),
         }
     }
@@ -510,6 +510,16 @@ impl LedgerState {
     pub fn apply_encoded(
         &mut self,
         cmd: &Command,
+    ) -> Result<Result<Encoded, Rejection>, serde_json::Error> {
+        self.apply_kept(cmd, true)
+    }
+
+    /// Applies `cmd`, keeping the digest (when kept) and counts; the record's JSON is made
+    /// only when the store needs it (`store`) or the digest does.
+    fn apply_kept(
+        &mut self,
+        cmd: &Command,
+        store: bool,
     ) -> Result<Result<Encoded, Rejection>, serde_json::Error> {
         use crate::digest::Sum;
         // commands without an identity touch no record (the store writes only the named one)
@@ -547,6 +557,12 @@ impl LedgerState {
             }
             return Ok(Ok(Encoded::Forgotten));
         };
+        if !store && !keeping {
+            // nobody reads the bytes: an in-memory ledger whose digest nobody asked for yet;
+            // a term cached earlier no longer matches the record
+            rec.digest_term = Default::default();
+            return Ok(Ok(Encoded::Record(Vec::new())));
+        }
         let json = match serde_json::to_vec(rec) {
             Ok(j) => j,
             Err(e) => {

@@ -200,14 +200,14 @@ impl Store {
         Ok(Arc::new(store))
     }
 
-    /// A consistent copy of the whole store (log, vote and state machine) in `dest`, which
-    /// must not exist yet. RocksDB's checkpoint: memtables are flushed first, and files are
-    /// hard links where `dest` is on the same file system, so it is quick and small.
     /// The wire format this store's ledger rules call for, shared with the member's network.
     pub fn wire(&self) -> WireFormat {
         self.wire.clone()
     }
 
+    /// A consistent copy of the whole store (log, vote and state machine) in `dest`, which
+    /// must not exist yet. RocksDB's checkpoint: memtables are flushed first, and files are
+    /// hard links where `dest` is on the same file system, so it is quick and small.
     pub fn checkpoint(&self, dest: &Path) -> StoreResult<()> {
         rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dest))
@@ -274,7 +274,6 @@ impl Store {
         })
     }
 
-    /// Writes the state machine changes of applied entries in one batch.
     /// After a failed write: the in-memory ledger goes back to what is on disk, since readers
     /// must never see a ledger the disk does not hold (Raft stops on the error).
     fn roll_back(&self, sm: &mut StateMachine) {
@@ -287,6 +286,7 @@ impl Store {
         }
     }
 
+    /// Writes the state machine changes of applied entries in one batch.
     fn write_applied(&self, batch: WriteBatch) -> StoreResult<()> {
         #[cfg(test)]
         if self
