@@ -114,10 +114,13 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
         Ok(j) => j,
         Err(reason) => return Outcome::Failed(reason),
     };
-    match claim(svc, identity, seen_ms).await {
-        Ok(_) => {}
+    let mut lease = match claim(svc, identity, seen_ms).await {
+        Ok(until_ms) => Lease {
+            until_ms,
+            fenced: false,
+        },
         Err(skip) => return skip,
-    }
+    };
     let before = match svc.ledger.record(identity).await.and_then(|r| {
         let c = r.credential.clone()?;
         Some((c, r))
@@ -132,7 +135,8 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
         }),
         None => None,
     };
-    let (outcome, release) = match run_steps(svc, identity, seen_ms, jwt, before.as_ref()).await {
+    let steps = run_steps(svc, identity, seen_ms, &mut lease, jwt, before.as_ref()).await;
+    let (outcome, release) = match steps {
         Ok(Step::Done(digest, facts)) => {
             let cmd = Command::Enrolled {
                 identity: identity.to_string(),
@@ -380,6 +384,7 @@ async fn run_steps(
     svc: &Services,
     identity: &str,
     seen_ms: u64,
+    lease: &mut Lease,
     jwt: Option<jwt::FetchedJwt>,
     before: Option<&EnrolledBefore>,
 ) -> Result<Step, String> {
@@ -527,10 +532,7 @@ async fn run_steps(
     };
     let ed25519 = ed_key.is_some() && svc.issuer.is_some();
     if fetched_csr.is_some() || (!ed25519 && !decision.certificate.is_empty()) {
-        // the claim must outlive the rest of the flow; renew it before issuing
-        claim(svc, identity, seen_ms)
-            .await
-            .map_err(|o| format!("lost claim before issuing: {o:?}"))?;
+        lease.keep(svc, identity, seen_ms, "issuing").await?;
         let csr = fetched_csr.as_ref().map(|c| &c.csr);
         let cred = enroll::enroll(svc, identity, csr, &from_helper)
             .await
@@ -540,13 +542,12 @@ async fn run_steps(
                 }
                 e.to_string()
             })?;
+        lease.fenced = true;
         tracing::info!(identity, serial = %cred.serial, "certificate issued");
         request.certificate = cred.certificate;
         request.ca = cred.ca;
     } else if let (Some(key), Some(issuer)) = (&ed_key, &svc.issuer) {
-        claim(svc, identity, seen_ms)
-            .await
-            .map_err(|o| format!("lost claim before issuing: {o:?}"))?;
+        lease.keep(svc, identity, seen_ms, "issuing").await?;
         let claims = issuer
             .claims(
                 identity,
@@ -568,6 +569,7 @@ async fn run_steps(
         crate::enroll::record(svc, identity, &issued)
             .await
             .map_err(|e| e.to_string())?;
+        lease.fenced = true;
         tracing::info!(identity, jti = %claims.reg.jti, "server JWT issued");
         request.server_jwt = jwt;
         if request.ssldir.is_empty() {
@@ -575,7 +577,7 @@ async fn run_steps(
         }
     }
 
-    let digest = fenced_configure(svc, identity, seen_ms, &request).await?;
+    let digest = fenced_configure(svc, identity, seen_ms, lease, &request).await?;
     Ok(Step::Done(digest, facts))
 }
 
@@ -593,19 +595,60 @@ fn send_budget(lease_until: u64, lease_ms: u64, now: u64) -> Option<u64> {
     Some(send_by.saturating_sub(now)).filter(|b| *b > 0)
 }
 
-/// `configure`, only while this member holds the claim: renewed first (the credential is in
-/// the ledger by now), and every try sent before the claim's end minus [`lease_margin`]; at
-/// that point the flow gives up, and the server is tried again later.
+/// This flow's claim on its server: when it lapses, and whether the ledger has confirmed it
+/// since it was taken (a credential is recorded only by the claim's holder, at apply time).
+struct Lease {
+    until_ms: u64,
+    fenced: bool,
+}
+
+impl Lease {
+    /// Makes sure the claim holds for at least half a lease more, renewing it only when it
+    /// would not: a flow that takes a fraction of its lease costs the ledger one claim, not
+    /// one per step. `before` names the step, for the error.
+    async fn keep(
+        &mut self,
+        svc: &Services,
+        identity: &str,
+        seen_ms: u64,
+        before: &str,
+    ) -> Result<(), String> {
+        if !needs_renewal(self.until_ms, svc.claim_lease_ms, now_ms()) {
+            return Ok(());
+        }
+        self.until_ms = claim(svc, identity, seen_ms)
+            .await
+            .map_err(|o| format!("lost claim before {before}: {o:?}"))?;
+        Ok(())
+    }
+}
+
+/// True when a claim lapsing at `until_ms` leaves less than half a lease (`lease_ms`) after
+/// `now`.
+fn needs_renewal(until_ms: u64, lease_ms: u64, now: u64) -> bool {
+    until_ms.saturating_sub(now) < lease_ms / 2
+}
+
+/// `configure`, only while this member holds the claim, and every try sent before the claim's
+/// end minus [`lease_margin`]; at that point the flow gives up, and the server is tried again
+/// later. The claim is renewed first unless the ledger confirmed it moments ago by recording
+/// this flow's credential under it and half a lease is still left: a flow without a
+/// credential (configuration only) always asks the ledger.
 async fn fenced_configure(
     svc: &Services,
     identity: &str,
     seen_ms: u64,
+    lease: &mut Lease,
     request: &ConfigureRequest,
 ) -> Result<String, String> {
-    let lease_until = claim(svc, identity, seen_ms)
-        .await
-        .map_err(|o| format!("lost claim before configure: {o:?}"))?;
-    let Some(budget) = send_budget(lease_until, svc.claim_lease_ms, now_ms()) else {
+    if lease.fenced {
+        lease.keep(svc, identity, seen_ms, "configure").await?;
+    } else {
+        lease.until_ms = claim(svc, identity, seen_ms)
+            .await
+            .map_err(|o| format!("lost claim before configure: {o:?}"))?;
+    }
+    let Some(budget) = send_budget(lease.until_ms, svc.claim_lease_ms, now_ms()) else {
         return Err("the claim lapses before configure could be sent; not sent".into());
     };
     match tokio::time::timeout(
@@ -635,6 +678,15 @@ mod tests {
         assert_eq!(send_budget(30_000, 30_000, 20_000), Some(4_000));
         assert_eq!(send_budget(30_000, 30_000, 24_000), None);
         assert_eq!(send_budget(30_000, 30_000, 40_000), None);
+    }
+
+    #[test]
+    fn a_claim_is_renewed_only_when_less_than_half_a_lease_is_left() {
+        use super::needs_renewal;
+        assert!(!needs_renewal(30_000, 30_000, 0));
+        assert!(!needs_renewal(30_000, 30_000, 15_000));
+        assert!(needs_renewal(30_000, 30_000, 15_001));
+        assert!(needs_renewal(30_000, 30_000, 40_000));
     }
 
     #[test]
