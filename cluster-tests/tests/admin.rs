@@ -459,6 +459,87 @@ fn admin_api_drives_a_three_member_cluster() {
         );
     }
 
+    // --- import: servers enrolled elsewhere become enrolled records; the ledger's rules
+    // refuse a serial recorded before, bad lines are refused, records there are left alone
+    let m3 = specs[2].clone();
+    let fp = "ab".repeat(32);
+    let import = d.join("import.jsonl");
+    let lines = [
+        format!(r#"{{"identity":"old-1.example.net","credential":{{"serial":"AB01","fingerprint":"{fp}","not_after":1900000000}},"facts":{{"site":"old"}}}}"#),
+        format!(r#"{{"identity":"old-2.example.net","credential":{{"serial":"ab01","fingerprint":"{fp}","not_after":1900000000}}}}"#),
+        r#"{"identity":"old-3.example.net","credential":{"serial":"ab03","fingerprint":"nothex","not_after":1900000000}}"#.to_string(),
+        r#"{"identity":"old-4.example.net","state":"failed","credential":null}"#.to_string(),
+        format!(r#"{{"identity":"{victim}","credential":{{"serial":"ab05","fingerprint":"{fp}","not_after":1900000000}}}}"#),
+        "{garbage".to_string(),
+    ];
+    std::fs::write(&import, lines.join("\n")).expect("write import file");
+    let out = op.cli(
+        &m2,
+        &[
+            "--json",
+            "ledger",
+            "import",
+            import.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "refusals make the import fail");
+    let sum: Value = serde_json::from_slice(&out.stdout).expect("import summary");
+    assert_eq!(
+        (
+            &sum["imported"],
+            &sum["skipped"],
+            &sum["not_enrolled"],
+            &sum["refused"],
+            &sum["unreadable"]
+        ),
+        (&1.into(), &1.into(), &1.into(), &2.into(), &1.into()),
+        "{sum}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("old-2.example.net") && stderr.contains("serial already issued"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("fingerprint"), "{stderr}");
+    wait_for(
+        "the import on every member",
+        Duration::from_secs(10),
+        || {
+            ledger(&op, &m3)
+                .iter()
+                .any(|r| r["identity"] == "old-1.example.net")
+        },
+    );
+    let old = op.json(&m3, &["ledger", "show", "old-1.example.net"]);
+    assert_eq!(old["state"], "enrolled");
+    assert_eq!(old["credential"]["serial"], "ab01");
+    assert_eq!(old["facts"]["site"], "old");
+    assert_eq!(
+        op.json(&m1, &["ledger", "show", victim])["state"],
+        "revoked"
+    );
+    // a cluster's export imports back as it is: everything is there already
+    let export = d.join("export.jsonl");
+    let exported = op.cli(
+        &m1,
+        &[
+            "ledger",
+            "export",
+            "--out",
+            export.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    let again = op.json(
+        &m1,
+        &["ledger", "import", export.to_str().expect("utf-8 path")],
+    );
+    assert_eq!(
+        (&again["imported"], &again["refused"]),
+        (&0.into(), &0.into()),
+        "{again}"
+    );
+
     // --- rebalance with everyone live releases nothing and names the live members
     let rb = op.json(&m1, &["rebalance"]);
     assert_eq!(rb["live_members"].as_array().map(Vec::len), Some(3), "{rb}");

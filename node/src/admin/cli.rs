@@ -197,6 +197,16 @@ pub enum LedgerCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Record servers enrolled elsewhere (JSON lines, as `export` writes) as enrolled
+    Import {
+        file: PathBuf,
+        /// Servers per call (at most 1000)
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Calls in flight
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,7 +226,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(exit: Exit, message: impl Into<String>) -> Failure {
+    pub(super) fn new(exit: Exit, message: impl Into<String>) -> Failure {
         Failure {
             exit,
             message: message.into(),
@@ -693,6 +703,14 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
                 eprintln!("exported {n} records to {}", p.display());
             }
         }
+        AdminCmd::Ledger {
+            command:
+                LedgerCmd::Import {
+                    file,
+                    batch,
+                    parallel,
+                },
+        } => return super::import_file::run(&mut client, &file, batch, parallel, json).await,
         AdminCmd::Backup { name } => {
             let r = client
                 .backup(pb::BackupRequest { name })

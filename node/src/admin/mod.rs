@@ -1,13 +1,15 @@
 //! The operator API: a gRPC service on every member ([`server`]), over mutual TLS with
 //! operator certificates from the admin CA ([`tls`]), its record selection ([`select`]),
-//! reprovisioning runs ([`reprovision`]), online backups ([`backup`]) and the `provisioner admin`
-//! CLI ([`cli`]).
+//! reprovisioning runs ([`reprovision`]), online backups ([`backup`]), ledger imports
+//! ([`import`], sent by [`import_file`]) and the `provisioner admin` CLI ([`cli`]).
 
 // tonic's `Status` is the error every gRPC method returns; boxing it would only move the cost.
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
 pub mod cli;
+pub mod import;
+mod import_file;
 pub mod reprovision;
 pub mod select;
 pub mod server;

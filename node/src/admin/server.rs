@@ -1,5 +1,5 @@
 //! The admin gRPC service every member serves: status, membership, drain and rebalance,
-//! pause, reprovisioning, ledger queries and revocation.
+//! pause, reprovisioning, ledger queries and imports, and revocation.
 //!
 //! Reads come from this member's replica of the ledger. Writes are ledger commands, which go
 //! through the Raft log (forwarded to the leader by the ledger); membership changes are
@@ -654,6 +654,33 @@ impl Admin for AdminApi {
         let who = operator(&req);
         let r = self.backup_member(req.into_inner(), &who).await;
         self.observe("backup", r).map(Response::new)
+    }
+
+    async fn import_ledger(
+        &self,
+        req: Request<pb::ImportLedgerRequest>,
+    ) -> Result<Response<pb::ImportLedgerReply>, Status> {
+        let who = operator(&req);
+        let servers = req.into_inner().servers;
+        let r = if servers.len() > super::import::MAX_SERVERS {
+            Err(Status::invalid_argument(format!(
+                "{} servers in one call; at most {}",
+                servers.len(),
+                super::import::MAX_SERVERS
+            )))
+        } else {
+            let actor = self.actor(&who);
+            let reply = super::import::import(self.svc(), &actor, servers).await;
+            tracing::info!(
+                operator = who,
+                imported = reply.imported,
+                skipped = reply.skipped,
+                refused = reply.refused,
+                "ledger import"
+            );
+            Ok(reply)
+        };
+        self.observe("import_ledger", r).map(Response::new)
     }
 
     async fn revoke(
