@@ -716,6 +716,7 @@ fn status_fn(
                     "last_log_index": rm.last_log_index,
                     "last_applied": rm.last_applied.map(|l| l.index),
                     "voters": rm.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+                    "snapshot": m.store.last_snapshot(),
                 })
             });
             serde_json::json!({

@@ -42,6 +42,15 @@ impl Ledger for TimedLedger {
     async fn records(&self) -> Vec<Record> {
         self.inner.records().await
     }
+    async fn page(
+        &self,
+        after: &str,
+        limit: usize,
+        count: bool,
+        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+    ) -> raft::state::Page {
+        self.inner.page(after, limit, count, keep).await
+    }
     async fn digest(&self) -> String {
         self.inner.digest().await
     }

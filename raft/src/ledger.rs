@@ -40,6 +40,16 @@ pub trait Ledger: Send + Sync + 'static {
     /// Every record, as last applied on this member.
     async fn records(&self) -> Vec<Record>;
 
+    /// A page of the records `keep` accepts after identity `after`, with how many match in
+    /// all when `count` (see `LedgerState::page`).
+    async fn page(
+        &self,
+        after: &str,
+        limit: usize,
+        count: bool,
+        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+    ) -> crate::state::Page;
+
     /// Digest of the ledger as last applied on this member (see `LedgerState::digest`).
     async fn digest(&self) -> String;
 

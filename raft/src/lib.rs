@@ -6,7 +6,7 @@
 //! every replica reaches the same ledger; [`ledger`] is the small interface the provisioning
 //! pipeline talks to. [`local`] implements it in one process; [`replicated`] implements the
 //! same interface by committing the same commands through the Raft log of a [`member`], whose
-//! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC, with
+//! [`store`] keeps log and state machine in RocksDB (and [`snapshot`]s of it in a file) and whose [`network`] is gRPC, with
 //! [`authz`] deciding which member may make which call on it and [`codec`] how log entries and
 //! peer messages are encoded.
 
@@ -20,6 +20,7 @@ pub mod local;
 pub mod member;
 pub mod network;
 pub mod replicated;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -49,6 +49,16 @@ impl Ledger for LocalLedger {
         self.state.lock().await.records().cloned().collect()
     }
 
+    async fn page(
+        &self,
+        after: &str,
+        limit: usize,
+        count: bool,
+        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+    ) -> crate::state::Page {
+        self.state.lock().await.page(after, limit, count, keep)
+    }
+
     async fn digest(&self) -> String {
         self.state.lock().await.digest()
     }

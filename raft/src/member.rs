@@ -463,6 +463,38 @@ impl RaftMember {
         &self.ctx.proposer
     }
 
+    /// Builds a snapshot of this member's state machine now (an operator compacting the log,
+    /// or measuring) and waits up to `timeout` for it.
+    pub async fn snapshot_now(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<crate::store::SnapshotStats, MemberError> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| MemberError::Raft(e.to_string()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.store.last_snapshot() {
+                Some(s) if s.index >= applied => return Ok(s),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(MemberError::Raft(format!(
+                        "no snapshot of index {applied} within {timeout:?}"
+                    )))
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }

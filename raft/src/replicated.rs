@@ -297,6 +297,21 @@ impl Ledger for RaftLedger {
             .collect()
     }
 
+    async fn page(
+        &self,
+        after: &str,
+        limit: usize,
+        count: bool,
+        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+    ) -> crate::state::Page {
+        self.member
+            .store
+            .state()
+            .await
+            .ledger
+            .page(after, limit, count, keep)
+    }
+
     async fn digest(&self) -> String {
         self.member.store.state().await.ledger.digest()
     }

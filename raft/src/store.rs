@@ -3,7 +3,8 @@
 //! Column families:
 //! - `logs`: entries by big-endian index (so iteration is in log order), binary (entries an
 //!   earlier build wrote, JSON, are read as they are; see [`crate::codec`]);
-//! - `meta`: vote, last purged log id, the current snapshot;
+//! - `meta`: vote, last purged log id (and the current snapshot where an earlier build kept
+//!   it; now it is the file `snapshot/current`, see [`crate::snapshot`]);
 //! - `ledger`: one JSON record per server identity;
 //! - `serials`: serial -> identity, every serial ever recorded;
 //! - `sm_meta`: last applied log id and last membership.
@@ -16,7 +17,8 @@
 //! state machine's column families together, so after a crash the state machine is at some
 //! earlier applied point and Raft applies the rest again from the log. The log is purged only
 //! up to a snapshot (synced); a state machine found older than the stored snapshot at start is
-//! replaced by it first.
+//! replaced by it first. A snapshot is built from a RocksDB snapshot of the state machine's
+//! column families, so apply goes on while it is written.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); boxing it in our
 // own helpers would only add conversions at every trait boundary.
@@ -43,6 +45,7 @@ use tokio::sync::RwLock;
 use crate::codec::{self, WireFormat};
 use crate::command::Command;
 use crate::ledger::Applied;
+use crate::snapshot;
 use crate::state::{Encoded, LedgerState, Record, Rejection};
 use crate::types::{BatchResult, Member, NodeId, TypeConfig};
 
@@ -78,13 +81,66 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// A snapshot's data and what it was taken at.
+struct Built {
+    data: Vec<u8>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Member>,
+    records: usize,
+}
+
+/// Reads a format 1 snapshot: the whole state machine as JSON.
+fn format1(data: &[u8]) -> Result<LedgerState, serde_json::Error> {
+    serde_json::from_slice::<StateMachine>(data).map(|sm| sm.ledger)
+}
+
+/// The last snapshot this member built or installed, for `/status` and the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    /// The last log index it holds.
+    pub index: u64,
+    /// `built` here, or `installed` from the leader.
+    pub kind: String,
+    /// How long building (or installing) it took.
+    pub took_ms: u64,
+    pub bytes: u64,
+    pub records: u64,
+    /// When it was done, Unix ms.
+    pub at_ms: u64,
+}
+
+impl SnapshotStats {
+    fn new(
+        kind: &str,
+        index: Option<u64>,
+        started: std::time::Instant,
+        bytes: usize,
+        records: usize,
+    ) -> Self {
+        SnapshotStats {
+            index: index.unwrap_or(0),
+            kind: kind.into(),
+            took_ms: started.elapsed().as_millis() as u64,
+            bytes: bytes as u64,
+            records: records as u64,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        }
+    }
+}
+
 /// One member's storage. Shared (`Arc`) between Raft and the application, which reads the
 /// ledger through [`Store::state`].
 pub struct Store {
     db: DB,
+    /// Where the store lives; its current snapshot is a file in it ([`crate::snapshot`]).
+    dir: std::path::PathBuf,
     sm: RwLock<StateMachine>,
     /// Follows the applied ledger rules: whether this member talks binary to its peers.
     wire: WireFormat,
+    last_snapshot: std::sync::Mutex<Option<SnapshotStats>>,
     /// Tests: the next state machine write fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
@@ -172,18 +228,22 @@ impl Store {
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
         let mut store = Store {
             db,
+            dir: dir.to_path_buf(),
             sm: RwLock::new(StateMachine::default()),
             wire: WireFormat::default(),
+            last_snapshot: Default::default(),
             #[cfg(test)]
             fail_next_write: Default::default(),
         };
         let mut sm = store.load_state_machine()?;
-        if let Some(snap) = store.get_json::<StoredSnapshot>(CF_META, KEY_SNAPSHOT)? {
+        if let Some(snap) = store.stored_snapshot()? {
             if snap.meta.last_log_id > sm.last_applied {
                 // the latest applies were in memory only when the process ended; the snapshot
                 // is newer than what reached the disk (and the log may be purged up to it)
-                let mut incoming: StateMachine =
-                    serde_json::from_slice(&snap.data).map_err(sm_read)?;
+                let mut incoming = StateMachine {
+                    ledger: snapshot::decode(&snap.data, format1).map_err(sm_read)?,
+                    ..Default::default()
+                };
                 incoming.last_applied = snap.meta.last_log_id;
                 incoming.membership = snap.meta.last_membership.clone();
                 store.write_whole_state_machine(&incoming)?;
@@ -200,18 +260,129 @@ impl Store {
         Ok(Arc::new(store))
     }
 
+    /// The last snapshot built or installed since this member started.
+    pub fn last_snapshot(&self) -> Option<SnapshotStats> {
+        self.last_snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_snapshot(&self, stats: SnapshotStats) {
+        tracing::info!(
+            kind = %stats.kind,
+            index = stats.index,
+            took_ms = stats.took_ms,
+            bytes = stats.bytes,
+            records = stats.records,
+            "snapshot"
+        );
+        *self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    }
+
     /// The wire format this store's ledger rules call for, shared with the member's network.
     pub fn wire(&self) -> WireFormat {
         self.wire.clone()
     }
 
-    /// A consistent copy of the whole store (log, vote and state machine) in `dest`, which
-    /// must not exist yet. RocksDB's checkpoint: memtables are flushed first, and files are
-    /// hard links where `dest` is on the same file system, so it is quick and small.
+    /// A consistent copy of the whole store (log, vote, state machine and current snapshot)
+    /// in `dest`, which must not exist yet. RocksDB's checkpoint: memtables are flushed
+    /// first, and files are hard links where `dest` is on the same file system, so it is
+    /// quick and small.
     pub fn checkpoint(&self, dest: &Path) -> StoreResult<()> {
+        let read = |e: &dyn std::fmt::Display| {
+            StorageError::from(StorageIOError::new(
+                ErrorSubject::Store,
+                ErrorVerb::Read,
+                openraft::AnyError::error(e.to_string()),
+            ))
+        };
         rocksdb::checkpoint::Checkpoint::new(&self.db)
             .and_then(|c| c.create_checkpoint(dest))
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
+            .map_err(|e| read(&e))?;
+        // the log may be purged up to the snapshot: the copy needs it too
+        let (from, to) = (snapshot::path(&self.dir), snapshot::path(dest));
+        if from.exists() {
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| read(&e))?;
+            }
+            std::fs::hard_link(&from, &to)
+                .or_else(|_| std::fs::copy(&from, &to).map(|_| ()))
+                .map_err(|e| read(&e))?;
+        }
+        Ok(())
+    }
+
+    /// The current snapshot: the file, or (written by an earlier build) the `snapshot` key.
+    fn stored_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
+        if let Some((meta, data)) = snapshot::load(&snapshot::path(&self.dir)).map_err(sm_read)? {
+            let meta = serde_json::from_slice(&meta).map_err(sm_read)?;
+            return Ok(Some(StoredSnapshot { meta, data }));
+        }
+        self.get_json::<StoredSnapshot>(CF_META, KEY_SNAPSHOT)
+    }
+
+    /// Makes `data` the current snapshot (synced), dropping one an earlier build kept in the
+    /// store.
+    fn keep_snapshot(&self, meta: &SnapshotMeta<NodeId, Member>, data: &[u8]) -> StoreResult<()> {
+        let meta_json = serde_json::to_vec(meta).map_err(sm_write)?;
+        snapshot::save(&snapshot::path(&self.dir), &meta_json, data).map_err(sm_write)?;
+        let meta_cf = self.cf(CF_META)?;
+        if self
+            .db
+            .get_cf(meta_cf, KEY_SNAPSHOT)
+            .map_err(sm_read)?
+            .is_some()
+        {
+            self.db
+                .delete_cf_opt(meta_cf, KEY_SNAPSHOT, &synced())
+                .map_err(sm_write)?;
+        }
+        Ok(())
+    }
+
+    /// Builds a snapshot's data: in format 2 from a RocksDB snapshot taken at the applied
+    /// point, with the state machine locked only that long; in format 1 (the whole state
+    /// machine as JSON, under the lock) while the cluster's rules are older.
+    fn build_blocking(&self) -> StoreResult<Built> {
+        let sm = self.sm.blocking_read();
+        let (last_applied, membership) = (sm.last_applied, sm.membership.clone());
+        if sm.ledger.rules() < snapshot::FORMAT2_RULES {
+            let data = serde_json::to_vec(&*sm).map_err(sm_read)?;
+            let records = sm.ledger.len();
+            return Ok(Built {
+                data,
+                last_applied,
+                membership,
+                records,
+            });
+        }
+        let mut w =
+            snapshot::Writer::new(sm.ledger.heartbeats(), sm.ledger.settings()).map_err(sm_read)?;
+        let at = self.db.snapshot();
+        drop(sm);
+        for (cf, records) in [(CF_LEDGER, true), (CF_SERIALS, false)] {
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_snapshot(&at);
+            for item in self
+                .db
+                .iterator_cf_opt(self.cf(cf)?, ro, IteratorMode::Start)
+            {
+                let (k, v) = item.map_err(sm_read)?;
+                if records {
+                    w.record(&v);
+                } else {
+                    w.serial(&k, &v);
+                }
+            }
+        }
+        let records = w.records();
+        Ok(Built {
+            data: w.finish(),
+            last_applied,
+            membership,
+            records,
+        })
     }
 
     fn cf(&self, name: &str) -> StoreResult<&rocksdb::ColumnFamily> {
@@ -386,11 +557,17 @@ impl RaftLogReader<TypeConfig> for Arc<Store> {
 
 impl RaftSnapshotBuilder<TypeConfig> for Arc<Store> {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
-        let (data, last_applied, membership) = {
-            let sm = self.sm.read().await;
-            let data = serde_json::to_vec(&*sm).map_err(sm_read)?;
-            (data, sm.last_applied, sm.membership.clone())
-        };
+        let started = std::time::Instant::now();
+        // reading every record is blocking work: off the async threads
+        let store = self.clone();
+        let Built {
+            data,
+            last_applied,
+            membership,
+            records,
+        } = tokio::task::spawn_blocking(move || store.build_blocking())
+            .await
+            .map_err(sm_read)??;
         let seq: u64 = self.get_json(CF_META, KEY_SNAPSHOT_SEQ)?.unwrap_or(0) + 1;
         self.put_json_synced(CF_META, KEY_SNAPSHOT_SEQ, &seq)?;
         let snapshot_id = match last_applied {
@@ -402,14 +579,14 @@ impl RaftSnapshotBuilder<TypeConfig> for Arc<Store> {
             last_membership: membership,
             snapshot_id,
         };
-        self.put_json_synced(
-            CF_META,
-            KEY_SNAPSHOT,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data: data.clone(),
-            },
-        )?;
+        self.keep_snapshot(&meta, &data)?;
+        self.note_snapshot(SnapshotStats::new(
+            "built",
+            last_applied.map(|l| l.index),
+            started,
+            data.len(),
+            records,
+        ));
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -597,16 +774,21 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        received: Box<Cursor<Vec<u8>>>,
     ) -> StoreResult<()> {
-        let data = snapshot.into_inner();
-        let mut incoming: StateMachine = serde_json::from_slice(&data).map_err(|e| {
+        let started = std::time::Instant::now();
+        let data = received.into_inner();
+        let ledger = snapshot::decode(&data, format1).map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,
                 e,
             )
         })?;
+        let mut incoming = StateMachine {
+            ledger,
+            ..Default::default()
+        };
         incoming.last_applied = meta.last_log_id;
         incoming.membership = meta.last_membership.clone();
         let mut sm = self.sm.write().await;
@@ -618,20 +800,23 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             "installed a snapshot from the leader"
         );
         self.wire.follow_rules(incoming.ledger.rules());
+        let records = incoming.ledger.len();
         *sm = incoming;
         drop(sm);
-        self.put_json_synced(
-            CF_META,
-            KEY_SNAPSHOT,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            },
-        )
+        let bytes = data.len();
+        self.keep_snapshot(meta, &data)?;
+        self.note_snapshot(SnapshotStats::new(
+            "installed",
+            meta.last_log_id.map(|l| l.index),
+            started,
+            bytes,
+            records,
+        ));
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        let stored: Option<StoredSnapshot> = self.get_json(CF_META, KEY_SNAPSHOT)?;
+        let stored = self.stored_snapshot()?;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
@@ -782,22 +967,113 @@ mod tests {
     /// (the log may be purged up to the snapshot, so applying again could not get there).
     #[tokio::test]
     async fn a_state_machine_older_than_the_snapshot_is_replaced_by_it_at_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let claim = |id: &str, at| Command::Claim {
+        for rules in [3, snapshot::FORMAT2_RULES] {
+            restored_at_start(rules).await;
+        }
+    }
+
+    fn claim(id: &str, at: u64) -> Command {
+        Command::Claim {
             identity: id.into(),
             member: "a".into(),
             lease_until_ms: 100,
             seen_ms: at,
             at_ms: at,
+        }
+    }
+
+    /// A store whose ledger applies `rules` with two claims (n1, n2) and a serial, applied.
+    async fn two_claims(dir: &Path, rules: u32) -> Arc<Store> {
+        let mut store = Store::open(dir).unwrap();
+        let entries = vec![
+            entry(
+                1,
+                vec![Command::SetRules { rules, at_ms: 0 }, claim("n1", 1)],
+            ),
+            entry(
+                2,
+                vec![
+                    claim("n2", 2),
+                    Command::IssueCredential {
+                        identity: "n2".into(),
+                        member: "a".into(),
+                        serial: "0b".into(),
+                        fingerprint: "f".into(),
+                        not_after: 1,
+                        at_ms: 3,
+                    },
+                ],
+            ),
+        ];
+        store.append_to_log(entries.clone()).await.unwrap();
+        store.apply_to_state_machine(&entries).await.unwrap();
+        store
+    }
+
+    /// From rules 4 snapshots are built in format 2, before in format 1; either installs on
+    /// an empty member (one of the earlier build sends format 1 during an upgrade) and gives
+    /// the same ledger.
+    #[tokio::test]
+    async fn snapshots_of_either_format_install_as_the_same_ledger() {
+        for (rules, format2) in [(3, false), (snapshot::FORMAT2_RULES, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = two_claims(dir.path(), rules).await;
+            let snap = store.build_snapshot().await.unwrap();
+            let data = snap.snapshot.into_inner();
+            assert_eq!(data.starts_with(snapshot::MAGIC), format2, "rules {rules}");
+            let stats = store.last_snapshot().unwrap();
+            assert_eq!(
+                (stats.kind.as_str(), stats.index, stats.records),
+                ("built", 2, 2)
+            );
+            let other = tempfile::tempdir().unwrap();
+            let mut empty = Store::open(other.path()).unwrap();
+            empty
+                .install_snapshot(&snap.meta, Box::new(Cursor::new(data)))
+                .await
+                .unwrap();
+            let (a, b) = (store.state().await, empty.state().await);
+            assert_eq!(a.ledger.digest(), b.ledger.digest());
+            assert_eq!(b.ledger.rules(), rules);
+            assert_eq!(b.ledger.serials().count(), 1);
+            drop((a, b));
+            // the installed snapshot is the new member's own current one, across a restart
+            drop(empty);
+            let mut again = Store::open(other.path()).unwrap();
+            let current = again.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(current.meta, snap.meta);
+        }
+    }
+
+    /// An earlier build kept the snapshot in the store itself: it is still the current one
+    /// until the next is built, which leaves only the file.
+    #[tokio::test]
+    async fn a_snapshot_kept_by_an_earlier_build_is_read_then_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = two_claims(dir.path(), 3).await;
+        let built = store.build_snapshot().await.unwrap();
+        let old = StoredSnapshot {
+            meta: built.meta.clone(),
+            data: built.snapshot.into_inner(),
         };
+        std::fs::remove_file(snapshot::path(dir.path())).unwrap();
+        store.put_json_synced(CF_META, KEY_SNAPSHOT, &old).unwrap();
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
+        let current = store.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, old.meta);
+        store.build_snapshot().await.unwrap();
+        assert!(store
+            .get_json::<StoredSnapshot>(CF_META, KEY_SNAPSHOT)
+            .unwrap()
+            .is_none());
+        assert!(snapshot::path(dir.path()).exists());
+    }
+
+    async fn restored_at_start(rules: u32) {
+        let dir = tempfile::tempdir().unwrap();
         {
-            let mut store = Store::open(dir.path()).unwrap();
-            let entries = vec![
-                entry(1, vec![claim("n1", 1)]),
-                entry(2, vec![claim("n2", 2)]),
-            ];
-            store.append_to_log(entries.clone()).await.unwrap();
-            store.apply_to_state_machine(&entries).await.unwrap();
+            let mut store = two_claims(dir.path(), rules).await;
             store.build_snapshot().await.unwrap();
             // what the disk holds after losing the last apply: n2 and index 2 are gone
             store

@@ -9,6 +9,7 @@
 
 mod cgroup;
 mod failover;
+mod ledger;
 mod plot;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ enum Scenario {
     /// An external helper forked per server (Python, or the shell one with `--logic shell`),
     /// then again with `--helper-delay-ms` (default 100) added to each run (a slow CA or CMDB)
     Helper,
+    /// A ledger of `--records` servers (imported through the admin API): memory, status and
+    /// list answers, a snapshot while `--servers` arrive at `--arrival-rate` (default 20/s),
+    /// a restart, a new member catching up
+    Ledger,
 }
 
 #[derive(Parser)]
@@ -73,6 +78,9 @@ struct Args {
     /// capacity
     #[arg(long)]
     arrival_rate: Option<f64>,
+    /// `ledger`: records the ledger holds
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
     /// Where to write `{"runs": [...]}`
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -145,6 +153,9 @@ fn main() -> ExitCode {
         eprintln!("bench: --members must be at least 1 (3 for failover)");
         return ExitCode::from(2);
     }
+    if args.scenario == Scenario::Ledger {
+        return ledger_main(&args);
+    }
     let one = Plan {
         members: args.members,
         logic: args.logic,
@@ -158,7 +169,7 @@ fn main() -> ExitCode {
         other => other,
     };
     let mut plan: Vec<Plan> = match args.scenario {
-        Scenario::Throughput | Scenario::Latency => vec![one],
+        Scenario::Throughput | Scenario::Latency | Scenario::Ledger => vec![one],
         Scenario::Scaling => [1, 3, 5].map(|m| Plan { members: m, ..one }).to_vec(),
         Scenario::Failover => vec![Plan { kill: true, ..one }],
         Scenario::Helper => vec![
@@ -248,6 +259,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// `bench ledger`: one run, added to `--out` as the other scenarios' runs are.
+fn ledger_main(args: &Args) -> ExitCode {
+    let la = ledger::LedgerArgs {
+        records: args.records,
+        members: args.members,
+        servers: args.servers,
+        arrival_rate: args.arrival_rate.unwrap_or(20.0),
+        base: options(args, Logic::Builtin, 0),
+        keep: args.keep,
+    };
+    eprintln!(
+        "bench: ledger of {} records, {} members, {} servers arriving at {}/s",
+        la.records, la.members, la.servers, la.arrival_rate
+    );
+    let run = match ledger::run(&la) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bench: run failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
+    let earlier: Vec<Value> = if args.append {
+        std::fs::read_to_string(&args.out)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["runs"].as_array().cloned())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let all: Vec<Value> = earlier.into_iter().chain([run]).collect();
+    let text = serde_json::to_string_pretty(&json!({ "runs": all })).unwrap_or_default();
+    if let Err(e) = std::fs::write(&args.out, text + "\n") {
+        eprintln!("bench: cannot write {}: {e}", args.out.display());
+        return ExitCode::FAILURE;
+    }
+    eprintln!("bench: wrote {}", args.out.display());
     ExitCode::SUCCESS
 }
 

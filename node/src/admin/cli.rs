@@ -132,6 +132,8 @@ pub enum AdminCmd {
         #[command(subcommand)]
         command: LedgerCmd,
     },
+    /// Build a snapshot of the answering member's ledger now
+    Snapshot,
     /// Revoke a server's current credential (the CRL is rewritten)
     Revoke {
         identity: String,
@@ -711,6 +713,17 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
                     parallel,
                 },
         } => return super::import_file::run(&mut client, &file, batch, parallel, json).await,
+        AdminCmd::Snapshot => {
+            let r = client.snapshot(pb::SnapshotRequest {}).await?.into_inner();
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{} built a snapshot at log index {}: {} records, {} bytes, {} ms",
+                    r.member, r.index, r.records, r.bytes, r.took_ms
+                );
+            }
+        }
         AdminCmd::Backup { name } => {
             let r = client
                 .backup(pb::BackupRequest { name })

@@ -30,6 +30,8 @@ use crate::VERSION;
 const HEALTHY_LAG: u64 = 1_000;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;
+/// Records an export reads from the ledger at a time.
+const EXPORT_PAGE: usize = 1_000;
 
 /// Everything the admin service works with.
 pub struct AdminContext {
@@ -410,28 +412,28 @@ impl AdminApi {
             }
             n => n,
         } as usize;
-        let mut matched = 0u64;
-        let mut page = Vec::new();
-        let mut next = String::new();
-        for r in self.svc().ledger.records().await {
-            if !sel.matches(&r) || (!req.owner.is_empty() && r.owner.as_deref() != Some(&req.owner))
-            {
-                continue;
-            }
-            matched += 1;
-            if !req.page_token.is_empty() && r.identity.as_str() <= req.page_token.as_str() {
-                continue;
-            }
-            if page.len() < size {
-                page.push(select::record(&r));
-            } else if next.is_empty() {
-                next = page.last().map(|p| p.identity.clone()).unwrap_or_default();
-            }
-        }
+        let owner = req.owner.as_str();
+        let keep = |r: &raft::Record| {
+            sel.matches(r) && (owner.is_empty() || r.owner.as_deref() == Some(owner))
+        };
+        // one page copied out of the replica, however large the ledger
+        let page = self
+            .svc()
+            .ledger
+            .page(&req.page_token, size, true, &keep)
+            .await;
+        let next = match page.more {
+            true => page
+                .records
+                .last()
+                .map(|r| r.identity.clone())
+                .unwrap_or_default(),
+            false => String::new(),
+        };
         Ok(pb::ListLedgerReply {
-            records: page,
+            records: page.records.iter().map(select::record).collect(),
             next_page_token: next,
-            matched,
+            matched: page.matched as u64,
         })
     }
 }
@@ -628,20 +630,31 @@ impl Admin for AdminApi {
     ) -> Result<Response<Self::ExportLedgerStream>, Status> {
         let r = async {
             let sel = Selector::parse(req.into_inner().selector, false)?;
-            let lines: Vec<Result<pb::ExportLine, Status>> = self
-                .svc()
-                .ledger
-                .records()
-                .await
-                .into_iter()
-                .filter(|r| sel.matches(r))
-                .map(|r| {
-                    serde_json::to_string(&r)
-                        .map(|json| pb::ExportLine { json })
-                        .map_err(|e| Status::internal(e.to_string()))
-                })
-                .collect();
-            Ok(Box::pin(futures::stream::iter(lines)) as Self::ExportLedgerStream)
+            // a page at a time, as the client reads: memory stays bounded however large the
+            // ledger
+            let ledger = self.svc().ledger.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_PAGE);
+            tokio::spawn(async move {
+                let mut after = String::new();
+                loop {
+                    let page = ledger
+                        .page(&after, EXPORT_PAGE, false, &|r| sel.matches(r))
+                        .await;
+                    for r in &page.records {
+                        let line = serde_json::to_string(r)
+                            .map(|json| pb::ExportLine { json })
+                            .map_err(|e| Status::internal(e.to_string()));
+                        if tx.send(line).await.is_err() {
+                            return;
+                        }
+                    }
+                    match page.records.last() {
+                        Some(last) if page.more => after = last.identity.clone(),
+                        _ => return,
+                    }
+                }
+            });
+            Ok(Box::pin(ReceiverStream::new(rx)) as Self::ExportLedgerStream)
         }
         .await;
         self.observe("export_ledger", r).map(Response::new)
@@ -654,6 +667,35 @@ impl Admin for AdminApi {
         let who = operator(&req);
         let r = self.backup_member(req.into_inner(), &who).await;
         self.observe("backup", r).map(Response::new)
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotReply>, Status> {
+        let who = operator(&req);
+        let r = async {
+            let member = self.member()?;
+            let s = member
+                .snapshot_now(std::time::Duration::from_secs(600))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            tracing::info!(
+                operator = who,
+                index = s.index,
+                took_ms = s.took_ms,
+                "snapshot built on request"
+            );
+            Ok(pb::SnapshotReply {
+                member: member.me.name.clone(),
+                index: s.index,
+                took_ms: s.took_ms,
+                bytes: s.bytes,
+                records: s.records,
+            })
+        }
+        .await;
+        self.observe("snapshot", r).map(Response::new)
     }
 
     async fn import_ledger(
