@@ -441,6 +441,22 @@ fn run(args: &[&str]) {
     );
 }
 
+/// Writes `n` servers enrolled elsewhere, as `provisioner admin ledger import` reads them:
+/// `{prefix}-0000000.example.net` and on, each with a serial and fingerprint of its own.
+pub fn write_import(path: &Path, prefix: &str, n: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..n {
+        writeln!(
+            w,
+            r#"{{"identity":"{prefix}-{i:07}.example.net","credential":{{"serial":"{:016x}{i:016x}","fingerprint":"{i:064x}","not_after":2000000000}},"config_digest":"imported","facts":{{"rack":"r{}"}}}}"#,
+            0x5eed_u64,
+            i % 64
+        )?;
+    }
+    w.flush()
+}
+
 /// (identity, event, serial) lines a fleet wrote with `--events`.
 pub fn fleet_events(path: &Path) -> Vec<(String, String, Option<String>)> {
     std::fs::read_to_string(path)

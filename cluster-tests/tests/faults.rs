@@ -397,6 +397,9 @@ fn a_broker_outage_mid_run_is_survived() {
     site.finish_and_check();
 }
 
+/// Servers imported into the ledger of `a_member_that_lost_its_data_rejoins_from_a_snapshot`.
+const IMPORTED: usize = 30_000;
+
 #[test]
 fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -404,6 +407,23 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
         snapshot_every: Some(40),
         ..Setup::burst()
     });
+    // a ledger far larger than the burst, imported while the burst runs: the snapshot the
+    // member installs mid-burst carries all of it
+    let import = site.path().join("import.jsonl");
+    cluster_tests::write_import(&import, "imported", IMPORTED).expect("write the import file");
+    let out = site.op.cli(
+        &site.specs[0],
+        &[
+            "--json",
+            "--timeout",
+            "300",
+            "ledger",
+            "import",
+            import.to_str().expect("utf-8 path"),
+        ],
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(summary["imported"], IMPORTED, "{out:?}");
     site.wait_configured(300);
     let l = site.leader();
     let victim = (l + 1) % site.specs.len();
@@ -438,9 +458,14 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
     );
     let raft_addr = format!("127.0.0.1:{}", spec.raft_port);
     let admin_addr = format!("127.0.0.1:{}", spec.admin_port);
-    let added = site.ask(
-        l,
+    // add-member waits for the learner to catch up, here from a snapshot of the whole
+    // imported ledger: longer than `ask` waits
+    let out = site.op.cli(
+        &site.specs[l],
         &[
+            "--json",
+            "--timeout",
+            "120",
             "add-member",
             "--id",
             &id,
@@ -452,7 +477,7 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
             &admin_addr,
         ],
     );
-    assert!(added.is_some(), "add-member {id} failed");
+    assert!(out.status.success(), "add-member {id} failed: {out:?}");
     wait_for(
         "the member installs a snapshot",
         Duration::from_secs(60),
@@ -462,6 +487,12 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
                 .get(before..)
                 .is_some_and(|after| after.contains("installed a snapshot from the leader"))
         },
+    );
+    let installed = site.members[victim].status()["raft"]["snapshot"].clone();
+    assert_eq!(installed["kind"], "installed", "{installed}");
+    assert!(
+        installed["records"].as_u64().unwrap_or(0) > IMPORTED as u64,
+        "the snapshot holds the imported ledger: {installed}"
     );
     assert!(
         site.ask(l, &["promote", &id]).is_some(),

@@ -4,7 +4,6 @@
 //! answer times, a snapshot built while servers keep arriving (and how long provisioning
 //! stalled meanwhile), a member restarted after kill -9, and a new empty member catching up.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,22 +22,6 @@ pub struct LedgerArgs {
     pub arrival_rate: f64,
     pub base: ProvisionerOptions,
     pub keep: bool,
-}
-
-/// Writes `n` enrolled servers as `ledger import` reads them.
-fn write_import(path: &Path, n: usize) -> Result<(), String> {
-    let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut w = std::io::BufWriter::new(f);
-    for i in 0..n {
-        writeln!(
-            w,
-            r#"{{"identity":"led-{i:07}.example.net","credential":{{"serial":"{:016x}{i:016x}","fingerprint":"{i:064x}","not_after":2000000000}},"config_digest":"bench","facts":{{"rack":"r{}"}}}}"#,
-            0x5eed_u64,
-            i % 64
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    w.flush().map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// What every member of the run shares.
@@ -206,7 +189,8 @@ pub fn run(a: &LedgerArgs) -> Result<Value, String> {
 
     // --- seed through the admin API
     let file = d.join("import.jsonl");
-    write_import(&file, a.records)?;
+    cluster_tests::write_import(&file, "led", a.records)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     eprintln!("bench: importing {} records", a.records);
     let (summary, import_s) = admin(
         &op,
