@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::state::Record;
 
 /// A 256-bit sum, little-endian limbs.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sum([u64; 4]);
 
 impl Sum {

@@ -32,6 +32,9 @@ pub enum MemberError {
     Listen { addr: String, reason: String },
 }
 
+/// How long one snapshot chunk may take to be sent and stored before the send starts over.
+const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+
 /// Timing and snapshot settings of the group.
 #[derive(Debug, Clone)]
 pub struct RaftSettings {
@@ -53,7 +56,8 @@ impl Default for RaftSettings {
             election_min_ms: 1000,
             election_max_ms: 2000,
             snapshot_every: 10_000,
-            snapshot_chunk_bytes: 1024 * 1024,
+            // a million-record snapshot is ~850 MB: 8 MiB chunks keep it to ~100 round trips
+            snapshot_chunk_bytes: 8 * 1024 * 1024,
             keep_logs: 1000,
         }
     }
@@ -147,6 +151,9 @@ impl RaftMember {
             election_timeout_max: s.election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
             snapshot_max_chunk_size: s.snapshot_chunk_bytes,
+            // per chunk; openraft's 200 ms default made a large snapshot start over from its
+            // first chunk whenever one chunk was slow (45 times for a million records)
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             max_in_snapshot_log_to_keep: s.keep_logs,
             // each entry stays under its byte budget; this many keep an append under the
             // gRPC message limit

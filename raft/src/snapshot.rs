@@ -131,7 +131,7 @@ pub fn decode(
         });
     };
     let mut header: Option<Header> = None;
-    let mut records = Vec::new();
+    let mut raw: Vec<&[u8]> = Vec::new();
     let mut serials = HashMap::new();
     while !rest.is_empty() {
         let at = data.len() - rest.len();
@@ -152,12 +152,7 @@ pub fn decode(
                         })?,
                     )
             }
-            RECORD => records.push(serde_json::from_slice::<Record>(body).map_err(|source| {
-                SnapshotError::Json {
-                    what: "record",
-                    source,
-                }
-            })?),
+            RECORD => raw.push(body),
             SERIAL => {
                 let n = body
                     .get(..2)
@@ -176,12 +171,50 @@ pub fn decode(
         }
     }
     let h = header.ok_or(SnapshotError::NoHeader)?;
+    let records = parse_records(&raw).map_err(|source| SnapshotError::Json {
+        what: "record",
+        source,
+    })?;
     Ok(LedgerState::restore(
         records,
         serials,
         h.heartbeats,
         h.settings,
     ))
+}
+
+/// Parses records on as many threads as there are cores: most of an install's time for a
+/// large ledger.
+fn parse_records(raw: &[&[u8]]) -> Result<Vec<Record>, serde_json::Error> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let per = raw.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = raw
+            .chunks(per)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|b| serde_json::from_slice::<Record>(b))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(raw.len());
+        for p in parts {
+            match p.join() {
+                Ok(r) => out.extend(r?),
+                // serde_json returns errors rather than panicking; should a parser die
+                // anyway, its records must not go missing quietly
+                Err(_) => {
+                    return Err(serde::de::Error::custom("a record parser panicked"));
+                }
+            }
+        }
+        Ok(out)
+    })
 }
 
 /// Where a store keeps its current snapshot.
@@ -324,6 +357,13 @@ mod tests {
         assert!(matches!(
             decode(MAGIC, no_format1),
             Err(SnapshotError::NoHeader)
+        ));
+        let s = ledger();
+        let mut w = Writer::new(s.heartbeats(), s.settings()).unwrap();
+        w.record(b"{\"identity\": 5");
+        assert!(matches!(
+            decode(&w.finish(), no_format1),
+            Err(SnapshotError::Json { what: "record", .. })
         ));
     }
 

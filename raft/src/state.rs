@@ -472,6 +472,17 @@ impl LedgerState {
         s.hex()
     }
 
+    /// The digest as kept so far, when it is: the store writes it with every batch, so a
+    /// restart reads it back instead of hashing every record again.
+    pub fn kept_digest(&self) -> Option<crate::digest::Sum> {
+        self.running.get()
+    }
+
+    /// Takes up the digest the store kept with the records this ledger was loaded from.
+    pub fn resume_digest(&self, sum: crate::digest::Sum) {
+        self.running.set(Some(sum));
+    }
+
     fn full_digest(&self) -> crate::digest::Sum {
         use crate::digest::Sum;
         let mut sum = Sum::default();

@@ -63,6 +63,10 @@ const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_HEARTBEATS: &[u8] = b"heartbeats";
 const KEY_SETTINGS: &[u8] = b"settings";
+/// The ledger digest as of `last_applied`, present only while the digest is kept.
+const KEY_DIGEST: &[u8] = b"digest";
+/// Records handed to a parsing thread at a time when the ledger is loaded.
+const LOAD_CHUNK: usize = 4096;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -412,15 +416,74 @@ impl Store {
             .map_err(logs_write)
     }
 
+    /// Every stored record, parsed on as many threads as there are cores (a million records
+    /// are most of a restart's time).
+    fn load_records(&self) -> StoreResult<Vec<Record>> {
+        use std::sync::{mpsc, Arc, Mutex};
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let cf = self.cf(CF_LEDGER)?;
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
+            let rx = Arc::new(Mutex::new(rx));
+            let parsers: Vec<_> = (0..workers)
+                .map(|_| {
+                    let rx = rx.clone();
+                    scope.spawn(move || -> Result<Vec<Record>, serde_json::Error> {
+                        let mut out = Vec::new();
+                        loop {
+                            let next = match rx.lock() {
+                                Ok(r) => r.recv(),
+                                Err(_) => break,
+                            };
+                            let Ok(chunk) = next else { break };
+                            for v in chunk {
+                                out.push(serde_json::from_slice(&v)?);
+                            }
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            // once every parser has stopped (an error), sending fails instead of blocking
+            drop(rx);
+            let mut chunk = Vec::with_capacity(LOAD_CHUNK);
+            let mut read_error = None;
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                match item {
+                    Ok((_, v)) => chunk.push(v.into_vec()),
+                    Err(e) => {
+                        read_error = Some(e);
+                        break;
+                    }
+                }
+                if chunk.len() == LOAD_CHUNK && tx.send(std::mem::take(&mut chunk)).is_err() {
+                    break;
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            drop(tx);
+            let mut records = Vec::new();
+            for p in parsers {
+                match p.join() {
+                    Ok(Ok(r)) => records.extend(r),
+                    Ok(Err(e)) => return Err(sm_read(e)),
+                    Err(_) => return Err(sm_read(Corrupt("a record parser panicked".into()))),
+                }
+            }
+            match read_error {
+                Some(e) => Err(sm_read(e)),
+                None => Ok(records),
+            }
+        })
+    }
+
     fn load_state_machine(&self) -> StoreResult<StateMachine> {
-        let mut records = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_LEDGER)?, IteratorMode::Start)
-        {
-            let (_, v) = item.map_err(sm_read)?;
-            records.push(serde_json::from_slice::<Record>(&v).map_err(sm_read)?);
-        }
+        let records = self.load_records()?;
         let mut serials = HashMap::new();
         for item in self
             .db
@@ -436,8 +499,12 @@ impl Store {
             .get_json(CF_SM_META, KEY_HEARTBEATS)?
             .unwrap_or_default();
         let settings = self.get_json(CF_SM_META, KEY_SETTINGS)?.unwrap_or_default();
+        let ledger = LedgerState::restore(records, serials, heartbeats, settings);
+        if let Some(sum) = self.get_json(CF_SM_META, KEY_DIGEST)? {
+            ledger.resume_digest(sum);
+        }
         Ok(StateMachine {
-            ledger: LedgerState::restore(records, serials, heartbeats, settings),
+            ledger,
             last_applied: self.get_json(CF_SM_META, KEY_APPLIED)?,
             membership: self
                 .get_json(CF_SM_META, KEY_MEMBERSHIP)?
@@ -508,8 +575,8 @@ impl Store {
         self.db.write_opt(batch, &synced()).map_err(sm_write)
     }
 
-    /// Adds the state machine's applied index and membership (and heartbeats and cluster
-    /// settings when asked) to
+    /// Adds the state machine's applied index, membership and kept digest (and heartbeats and
+    /// cluster settings when asked) to
     /// `batch`, so they commit atomically with the records they describe.
     fn put_sm_meta(
         &self,
@@ -519,6 +586,11 @@ impl Store {
     ) -> StoreResult<()> {
         let meta = self.cf(CF_SM_META)?;
         batch.put_cf(meta, KEY_APPLIED, sm_json(&sm.last_applied)?);
+        // the digest of exactly these records, or none: never one that no longer matches
+        match sm.ledger.kept_digest() {
+            Some(sum) => batch.put_cf(meta, KEY_DIGEST, sm_json(&sum)?),
+            None => batch.delete_cf(meta, KEY_DIGEST),
+        }
         batch.put_cf(meta, KEY_MEMBERSHIP, sm_json(&sm.membership)?);
         if heartbeats {
             batch.put_cf(meta, KEY_HEARTBEATS, sm_json(sm.ledger.heartbeats())?);
@@ -1043,6 +1115,67 @@ mod tests {
             let current = again.get_current_snapshot().await.unwrap().unwrap();
             assert_eq!(current.meta, snap.meta);
         }
+    }
+
+    /// The digest, once kept, is written with the records it covers and read back at start,
+    /// so a restarted member does not hash a million records before it can answer; a store
+    /// whose digest was never kept has none to read.
+    #[tokio::test]
+    async fn the_kept_digest_is_read_back_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = two_claims(dir.path(), 4).await;
+        assert!(store.state().await.ledger.kept_digest().is_none());
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
+        assert!(store.state().await.ledger.kept_digest().is_none());
+        store.state().await.ledger.digest();
+        let more = vec![entry(3, vec![claim("n3", 3)])];
+        store.append_to_log(more.clone()).await.unwrap();
+        store.apply_to_state_machine(&more).await.unwrap();
+        let want = store.state().await.ledger.digest();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let sm = store.state().await;
+        assert_eq!(sm.ledger.kept_digest().map(|s| s.hex()), Some(want.clone()));
+        let recomputed = LedgerState::restore(
+            sm.ledger.records().cloned().collect(),
+            sm.ledger
+                .serials()
+                .map(|(s, i)| (s.clone(), i.clone()))
+                .collect(),
+            Default::default(),
+            Default::default(),
+        );
+        assert_eq!(recomputed.digest(), want);
+        assert_eq!(sm.ledger.len(), 3);
+    }
+
+    /// Records are parsed on several threads at start: all of them come back, and one that
+    /// does not parse is an error, not a hang or a ledger without it.
+    #[tokio::test]
+    async fn many_records_load_back_and_a_damaged_one_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * LOAD_CHUNK + 7;
+        let want = {
+            let mut store = Store::open(dir.path()).unwrap();
+            let cmds = (0..n).map(|i| claim(&format!("n{i:05}"), 1)).collect();
+            let entries = vec![entry(1, cmds)];
+            store.append_to_log(entries.clone()).await.unwrap();
+            store.apply_to_state_machine(&entries).await.unwrap();
+            let digest = store.state().await.ledger.digest();
+            digest
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let sm = store.state().await;
+            assert_eq!(sm.ledger.len(), n);
+            assert_eq!(sm.ledger.digest(), want);
+            store
+                .db
+                .put_cf(store.cf(CF_LEDGER).unwrap(), b"n02000", b"{not a record")
+                .unwrap();
+        }
+        assert!(Store::open(dir.path()).is_err());
     }
 
     /// An earlier build kept the snapshot in the store itself: it is still the current one
