@@ -228,32 +228,22 @@ pub fn run(a: &LedgerArgs) -> Result<Value, String> {
     }
     status_s.sort_by(f64::total_cmp);
     let mid = format!("led-{:07}.example.net", a.records / 2);
-    let (first, first_s) = admin(
-        &op,
-        &specs[follower],
-        &[
+    let page = |after: &str| {
+        let mut args = vec![
             "ledger",
             "list",
             "--state",
             "enrolled",
             "--page-size",
             "1000",
-        ],
-    )?;
-    let (_, middle_s) = admin(
-        &op,
-        &specs[follower],
-        &[
-            "ledger",
-            "list",
-            "--state",
-            "enrolled",
-            "--page-size",
-            "1000",
-            "--page-token",
-            &mid,
-        ],
-    )?;
+        ];
+        if !after.is_empty() {
+            args.extend(["--page-token", after]);
+        }
+        admin(&op, &specs[follower], &args)
+    };
+    let (first, first_s) = page("")?;
+    let (_, middle_s) = page(&mid)?;
     let matched = first["matched"].as_u64().unwrap_or(0);
 
     // --- a snapshot built while servers arrive
