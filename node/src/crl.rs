@@ -129,20 +129,6 @@ impl CrlState {
             return;
         }
         let now_s = (now_ms() / 1000) as i64;
-        let records = svc.ledger.records().await;
-        let mut expiry = HashMap::new();
-        let mut ledger = Vec::new();
-        for r in records.iter() {
-            for v in &r.revoked {
-                expiry.insert(norm(&v.serial), v.not_after);
-                if v.not_after > now_s {
-                    ledger.push((v.serial.clone(), (v.revoked_at_ms / 1000) as i64));
-                }
-            }
-            for c in r.credential.iter().chain(r.superseded.iter()) {
-                expiry.insert(norm(&c.serial), c.not_after);
-            }
-        }
         let (disk, disk_number) = match read(&path, ca) {
             Ok(Some(d)) => d,
             Ok(None) => (Vec::new(), 0),
@@ -152,6 +138,28 @@ impl CrlState {
                 (Vec::new(), 0)
             }
         };
+        // one pass over the ledger, keeping revocations and the expiry of serials the CRL
+        // on disk names: no copy of a million records
+        let on_disk: std::collections::HashSet<String> =
+            disk.iter().map(|(s, _)| norm(s)).collect();
+        let mut expiry = HashMap::new();
+        let mut ledger = Vec::new();
+        svc.ledger
+            .scan(&mut |r| {
+                for v in &r.revoked {
+                    expiry.insert(norm(&v.serial), v.not_after);
+                    if v.not_after > now_s {
+                        ledger.push((v.serial.clone(), (v.revoked_at_ms / 1000) as i64));
+                    }
+                }
+                for c in r.credential.iter().chain(r.superseded.iter()) {
+                    let serial = norm(&c.serial);
+                    if on_disk.contains(&serial) {
+                        expiry.insert(serial, c.not_after);
+                    }
+                }
+            })
+            .await;
         let entries = merge(&ledger, &disk, &expiry, svc.config.cert_validity, now_s);
         // CRL numbers must grow; time-based numbers keep growing across restarts
         self.number = self.number.max(now_ms()).max(disk_number) + 1;

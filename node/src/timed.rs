@@ -42,6 +42,9 @@ impl Ledger for TimedLedger {
     async fn records(&self) -> Vec<Record> {
         self.inner.records().await
     }
+    async fn scan(&self, visit: &mut (dyn for<'r> FnMut(&'r Record) + Send)) {
+        self.inner.scan(visit).await
+    }
     async fn page(
         &self,
         after: &str,

@@ -37,8 +37,14 @@ pub trait Ledger: Send + Sync + 'static {
     /// The record of one server, as last applied on this member.
     async fn record(&self, identity: &str) -> Option<Record>;
 
-    /// Every record, as last applied on this member.
+    /// A copy of every record, as last applied on this member (tests, small ledgers; a sweep
+    /// over a large one uses [`Ledger::scan`] or [`Ledger::page`]).
     async fn records(&self) -> Vec<Record>;
+
+    /// Shows `visit` every record in identity order, under this member's read of the
+    /// ledger, without copying any: what a sweep over a large ledger (the CRL, a reprovision
+    /// selection) uses to keep only what it needs.
+    async fn scan(&self, visit: &mut (dyn for<'r> FnMut(&'r Record) + Send));
 
     /// A page of the records `keep` accepts after identity `after`, with how many match in
     /// all when `count` (see `LedgerState::page`).

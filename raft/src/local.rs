@@ -49,6 +49,10 @@ impl Ledger for LocalLedger {
         self.state.lock().await.records().cloned().collect()
     }
 
+    async fn scan(&self, visit: &mut (dyn for<'r> FnMut(&'r Record) + Send)) {
+        self.state.lock().await.records().for_each(visit)
+    }
+
     async fn page(
         &self,
         after: &str,

@@ -297,6 +297,16 @@ impl Ledger for RaftLedger {
             .collect()
     }
 
+    async fn scan(&self, visit: &mut (dyn for<'r> FnMut(&'r Record) + Send)) {
+        self.member
+            .store
+            .state()
+            .await
+            .ledger
+            .records()
+            .for_each(visit)
+    }
+
     async fn page(
         &self,
         after: &str,

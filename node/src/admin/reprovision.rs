@@ -29,15 +29,23 @@ pub async fn start(
 ) -> Result<mpsc::Receiver<pb::ReprovisionProgress>, Status> {
     let sel = Selector::parse(req.selector.clone(), true)?;
     let (batch, rate, timeout) = reprovision_limits(&req)?;
-    let records = ctx.svc.ledger.records().await;
-    let mut targets: Vec<(String, Option<String>)> = records
-        .iter()
-        .filter(|r| sel.matches_running(r))
-        .map(|r| (r.identity.clone(), None))
-        .collect();
+    // the selected identities only, not a copy of the ledger
+    let mut targets: Vec<(String, Option<String>)> = Vec::new();
+    let mut known = std::collections::BTreeSet::new();
+    ctx.svc
+        .ledger
+        .scan(&mut |r| {
+            if sel.identities().contains(&r.identity) {
+                known.insert(r.identity.clone());
+            }
+            if sel.matches_running(r) {
+                targets.push((r.identity.clone(), None));
+            }
+        })
+        .await;
     // identities asked for by name that the ledger does not know are reported, not skipped
     for id in sel.identities() {
-        if !records.iter().any(|r| &r.identity == id) {
+        if !known.contains(id) {
             targets.push((id.clone(), Some(format!("{id} is not in the ledger"))));
         }
     }

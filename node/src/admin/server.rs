@@ -312,13 +312,20 @@ impl AdminApi {
         let ledger = &self.svc().ledger;
         let live = ledger.live_members(now_ms(), LIVE_WINDOW_MS).await;
         let mut released = 0u64;
-        for r in ledger.records().await {
-            let Some(owner) = &r.owner else { continue };
-            if r.state != EnrollState::Claimed || live.contains(owner) {
-                continue;
-            }
+        // claims of members that are not live, found in one pass without copying the ledger
+        let mut stranded = Vec::new();
+        ledger
+            .scan(&mut |r| {
+                if let (EnrollState::Claimed, Some(owner)) = (r.state, &r.owner) {
+                    if !live.contains(owner) {
+                        stranded.push((r.identity.clone(), owner.clone()));
+                    }
+                }
+            })
+            .await;
+        for (identity, owner) in stranded {
             let cmd = Command::Reassign {
-                identity: r.identity.clone(),
+                identity,
                 from: owner.clone(),
                 member: self.actor(operator),
                 reason: format!("rebalanced: {owner} is not live or is draining"),
