@@ -50,9 +50,9 @@ impl Ledger for TimedLedger {
         after: &str,
         limit: usize,
         count: bool,
-        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+        filter: raft::state::Filter<'_>,
     ) -> raft::state::Page {
-        self.inner.page(after, limit, count, keep).await
+        self.inner.page(after, limit, count, filter).await
     }
     async fn digest(&self) -> String {
         self.inner.digest().await

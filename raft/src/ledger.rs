@@ -46,14 +46,14 @@ pub trait Ledger: Send + Sync + 'static {
     /// selection) uses to keep only what it needs.
     async fn scan(&self, visit: &mut (dyn for<'r> FnMut(&'r Record) + Send));
 
-    /// A page of the records `keep` accepts after identity `after`, with how many match in
+    /// A page of the records `filter` keeps after identity `after`, with how many match in
     /// all when `count` (see `LedgerState::page`).
     async fn page(
         &self,
         after: &str,
         limit: usize,
         count: bool,
-        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+        filter: crate::state::Filter<'_>,
     ) -> crate::state::Page;
 
     /// Digest of the ledger as last applied on this member (see `LedgerState::digest`).

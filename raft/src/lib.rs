@@ -6,21 +6,26 @@
 //! every replica reaches the same ledger; [`ledger`] is the small interface the provisioning
 //! pipeline talks to. [`local`] implements it in one process; [`replicated`] implements the
 //! same interface by committing the same commands through the Raft log of a [`member`], whose
-//! [`store`] keeps log and state machine in RocksDB (and [`snapshot`]s of it in a file) and whose [`network`] is gRPC, with
+//! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC, with
 //! [`authz`] deciding which member may make which call on it and [`codec`] how log entries and
-//! peer messages are encoded.
+//! peer messages are encoded. A replica's records stay in RocksDB ([`disk`]), the state
+//! machine holding in memory only what the batch being applied touches ([`records`]);
+//! [`snapshot`]s of it are written, sent and installed from a file ([`snapshot_file`]).
 
 pub mod admin;
 pub mod authz;
 pub mod codec;
 pub mod command;
 pub mod digest;
+pub mod disk;
 pub mod ledger;
 pub mod local;
 pub mod member;
 pub mod network;
+pub mod records;
 pub mod replicated;
 pub mod snapshot;
+pub mod snapshot_file;
 pub mod state;
 pub mod store;
 pub mod types;

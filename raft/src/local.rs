@@ -42,15 +42,22 @@ impl Ledger for LocalLedger {
     }
 
     async fn record(&self, identity: &str) -> Option<Record> {
-        self.state.lock().await.record(identity).cloned()
+        self.state.lock().await.record(identity)
     }
 
     async fn records(&self) -> Vec<Record> {
-        self.state.lock().await.records().cloned().collect()
+        self.state.lock().await.all_records()
     }
 
     async fn scan(&self, visit: &mut (dyn for<'r> FnMut(&'r Record) + Send)) {
-        self.state.lock().await.records().for_each(visit)
+        let state = self.state.lock().await;
+        let read = state.for_each("", &Default::default(), &mut |r| {
+            visit(r);
+            true
+        });
+        if let Err(e) = read {
+            tracing::error!(error = %e, "cannot read the ledger");
+        }
     }
 
     async fn page(
@@ -58,9 +65,9 @@ impl Ledger for LocalLedger {
         after: &str,
         limit: usize,
         count: bool,
-        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+        filter: crate::state::Filter<'_>,
     ) -> crate::state::Page {
-        self.state.lock().await.page(after, limit, count, keep)
+        self.state.lock().await.page(after, limit, count, filter)
     }
 
     async fn digest(&self) -> String {

@@ -10,6 +10,7 @@
 //! leader can be reached within the timeout the result is `Unavailable` and the caller must
 //! not act on it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ use crate::command::Command;
 use crate::ledger::{Applied, Ledger, LedgerError};
 use crate::member::RaftMember;
 use crate::network::{Network, PeerError, Raft};
-use crate::state::{ClusterSettings, LedgerCounts, Record, LEDGER_RULES};
+use crate::records::ReadError;
+use crate::state::{ClusterSettings, EnrollState, LedgerCounts, Record, LEDGER_RULES};
 use crate::types::{Batch, BatchResult, NodeId};
 
 /// Most commands in one log entry.
@@ -270,6 +272,43 @@ async fn wait_for_leader_change(route: &Route, old: Option<NodeId>) {
     .await;
 }
 
+/// Reads records after `after` (in the states given, any when empty) until the visitor
+/// returns false.
+type ReadFn<'g> = dyn FnOnce(&str, &BTreeSet<EnrollState>, &mut dyn FnMut(&Record) -> bool) -> Result<(), ReadError>
+    + 'g;
+
+impl RaftLedger {
+    /// Runs `body` with the ledger's kept counts and a way to read its records once. A
+    /// ledger kept in the store is read from one consistent view of it, and the state
+    /// machine's lock is let go as soon as that view is taken, so a sweep over a million
+    /// records does not hold up apply.
+    async fn read(
+        &self,
+        body: impl FnOnce(LedgerCounts, Box<ReadFn<'_>>) -> Result<(), ReadError>,
+    ) {
+        let guard = self.member.store.state().await;
+        let counts = guard.ledger.counts("");
+        let source = guard.ledger.source().cloned();
+        let result = match source {
+            None => body(
+                counts,
+                Box::new(|after, states, visit| guard.ledger.for_each(after, states, visit)),
+            ),
+            Some(src) => body(
+                counts,
+                Box::new(move |after, states, visit| {
+                    src.scan(Box::new(move || drop(guard)), after, states, &mut |r| {
+                        visit(&r)
+                    })
+                }),
+            ),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot read the ledger");
+        }
+    }
+}
+
 #[async_trait]
 impl Ledger for RaftLedger {
     async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
@@ -277,34 +316,21 @@ impl Ledger for RaftLedger {
     }
 
     async fn record(&self, identity: &str) -> Option<Record> {
-        self.member
-            .store
-            .state()
-            .await
-            .ledger
-            .record(identity)
-            .cloned()
+        self.member.store.state().await.ledger.record(identity)
     }
 
     async fn records(&self) -> Vec<Record> {
-        self.member
-            .store
-            .state()
-            .await
-            .ledger
-            .records()
-            .cloned()
-            .collect()
+        self.member.store.state().await.ledger.all_records()
     }
 
     async fn scan(&self, visit: &mut (dyn for<'r> FnMut(&'r Record) + Send)) {
-        self.member
-            .store
-            .state()
-            .await
-            .ledger
-            .records()
-            .for_each(visit)
+        self.read(|_, read| {
+            read("", &BTreeSet::new(), &mut |r| {
+                visit(r);
+                true
+            })
+        })
+        .await;
     }
 
     async fn page(
@@ -312,14 +338,14 @@ impl Ledger for RaftLedger {
         after: &str,
         limit: usize,
         count: bool,
-        keep: &(dyn for<'r> Fn(&'r Record) -> bool + Sync),
+        filter: crate::state::Filter<'_>,
     ) -> crate::state::Page {
-        self.member
-            .store
-            .state()
-            .await
-            .ledger
-            .page(after, limit, count, keep)
+        let mut page = crate::state::Page::default();
+        self.read(|counts, read| {
+            crate::state::page_into(&mut page, after, limit, count, filter, counts, read)
+        })
+        .await;
+        page
     }
 
     async fn digest(&self) -> String {

@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, ReleaseOutcome};
+use crate::records::{ReadError, Records};
 
 /// Entries kept in a record's history; older ones are dropped.
 pub const HISTORY_LIMIT: usize = 32;
@@ -204,10 +205,15 @@ impl Record {
 pub enum Encoded {
     /// The command changed no record (heartbeats, settings).
     NoRecord,
-    /// The JSON of the record as it is now.
-    Record(Vec<u8>),
+    /// The JSON of the record as it is now, its state before (none when it is new) and now
+    /// (for the store's index by state).
+    Record {
+        json: Vec<u8>,
+        was: Option<EnrollState>,
+        now: EnrollState,
+    },
     /// The record is gone.
-    Forgotten,
+    Forgotten { was: Option<EnrollState> },
 }
 
 /// Why a command did not apply.
@@ -259,9 +265,10 @@ impl std::fmt::Display for Rejection {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LedgerState {
-    records: BTreeMap<String, Record>,
-    /// serial -> identity, to refuse a serial that was issued before.
-    serials: HashMap<String, String>,
+    /// Records by identity and serial -> identity (to refuse a serial issued before): in
+    /// memory, or in the store (see [`crate::records`]).
+    #[serde(flatten)]
+    records: Records,
     /// member -> time of its last heartbeat (Unix ms).
     #[serde(default)]
     heartbeats: BTreeMap<String, u64>,
@@ -274,6 +281,37 @@ pub struct LedgerState {
     /// [`LedgerState::counts`], kept as commands apply, once first asked for.
     #[serde(skip)]
     tally: Tally,
+}
+
+/// Why a command could not be applied to a stored ledger (the store stops and reloads).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("encoding a record: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// Which records a page reads (see [`LedgerState::page`]).
+#[derive(Clone, Copy)]
+pub struct Filter<'a> {
+    /// Only records in these states (any when empty): a store reads its index by state.
+    pub states: &'a BTreeSet<EnrollState>,
+    /// `keep` accepts every record in `states`: the kept counts say how many match.
+    pub by_state_only: bool,
+    pub keep: &'a (dyn Fn(&Record) -> bool + Sync),
+}
+
+impl<'a> Filter<'a> {
+    /// Every record `keep` accepts, read one by one.
+    pub fn keep(keep: &'a (dyn Fn(&Record) -> bool + Sync)) -> Filter<'a> {
+        static ANY: BTreeSet<EnrollState> = BTreeSet::new();
+        Filter {
+            states: &ANY,
+            by_state_only: false,
+            keep,
+        }
+    }
 }
 
 /// The kept counts; copies start over (they count when first asked).
@@ -307,7 +345,7 @@ pub struct Page {
 }
 
 /// Record counts for metrics and status.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerCounts {
     pub by_state: BTreeMap<EnrollState, usize>,
     pub owned_by_member: usize,
@@ -321,7 +359,7 @@ pub struct LedgerCounts {
 
 impl LedgerCounts {
     /// Adds (`add`) or takes out what `r` counts for.
-    fn count(&mut self, r: &Record, add: bool) {
+    pub(crate) fn count(&mut self, r: &Record, add: bool) {
         fn step<K: Ord>(map: &mut BTreeMap<K, usize>, key: K, add: bool) {
             if add {
                 *map.entry(key).or_default() += 1;
@@ -366,7 +404,7 @@ pub struct ClusterSettings {
 }
 
 impl LedgerState {
-    /// Rebuilds the ledger from stored records, the serial index and heartbeats.
+    /// A ledger held in memory, from records, the serial index and heartbeats.
     pub fn restore(
         records: Vec<Record>,
         serials: HashMap<String, String>,
@@ -374,11 +412,7 @@ impl LedgerState {
         settings: ClusterSettings,
     ) -> Self {
         LedgerState {
-            records: records
-                .into_iter()
-                .map(|r| (r.identity.clone(), r))
-                .collect(),
-            serials,
+            records: Records::in_memory(records, serials),
             heartbeats,
             settings,
             running: Default::default(),
@@ -386,23 +420,99 @@ impl LedgerState {
         }
     }
 
+    /// A ledger whose records a store keeps (`source`), with the counts and digest the store
+    /// kept with them (counted and summed over the store when it kept none).
+    pub fn stored(
+        source: std::sync::Arc<dyn crate::records::Source>,
+        heartbeats: BTreeMap<String, u64>,
+        settings: ClusterSettings,
+        counts: Option<LedgerCounts>,
+        digest: Option<crate::digest::Sum>,
+    ) -> Result<Self, ReadError> {
+        let s = LedgerState {
+            records: Records::stored(source),
+            heartbeats,
+            settings,
+            running: Default::default(),
+            tally: Default::default(),
+        };
+        let counts = match counts {
+            Some(c) => c,
+            None => s.full_counts()?,
+        };
+        s.tally.put(Some(counts));
+        let digest = match digest {
+            Some(d) => d,
+            None => s.full_digest()?,
+        };
+        s.running.set(Some(digest));
+        Ok(s)
+    }
+
+    /// The store this ledger's records are in, when they are not in memory.
+    pub fn source(&self) -> Option<&std::sync::Arc<dyn crate::records::Source>> {
+        self.records.source()
+    }
+
+    /// A copy held wholly in memory (what a format 1 snapshot is written from).
+    pub fn to_memory(&self) -> Result<LedgerState, ReadError> {
+        let mut records = Vec::new();
+        self.records.for_each("", &BTreeSet::new(), &mut |r| {
+            records.push(r.clone());
+            true
+        })?;
+        let mut serials = HashMap::new();
+        self.records.for_each_serial(&mut |s, i| {
+            serials.insert(s.to_string(), i.to_string());
+        })?;
+        Ok(LedgerState::restore(
+            records,
+            serials,
+            self.heartbeats.clone(),
+            self.settings.clone(),
+        ))
+    }
+
+    /// The store wrote what was applied: nothing of it needs to stay in memory.
+    pub fn settle(&mut self) {
+        self.records.settle();
+    }
+
     /// Records by state, and how many `member` holds a claim on. Counted over the whole ledger
     /// once, then kept as commands apply, so metrics and `/status` read it in constant time.
     pub fn counts(&self, member: &str) -> LedgerCounts {
         let mut tally = self.tally.0.lock().unwrap_or_else(|e| e.into_inner());
-        let c = tally.get_or_insert_with(|| self.full_counts());
-        let mut out = c.clone();
-        out.owned_by_member = c.claimed_by.get(member).copied().unwrap_or(0);
+        if tally.is_none() {
+            match self.full_counts() {
+                Ok(c) => *tally = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot count the ledger");
+                    return LedgerCounts::default();
+                }
+            }
+        }
+        let mut out = tally.clone().unwrap_or_default();
+        out.owned_by_member = out.claimed_by.get(member).copied().unwrap_or(0);
         out
     }
 
+    /// The counts as kept so far, when they are: the store writes them with every batch.
+    pub fn kept_counts(&self) -> Option<LedgerCounts> {
+        self.tally
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// [`LedgerState::counts`] without `owned_by_member`, over every record.
-    fn full_counts(&self) -> LedgerCounts {
+    fn full_counts(&self) -> Result<LedgerCounts, ReadError> {
         let mut c = LedgerCounts::default();
-        for r in self.records.values() {
+        self.records.for_each("", &BTreeSet::new(), &mut |r| {
             c.count(r, true);
-        }
-        c
+            true
+        })?;
+        Ok(c)
     }
 
     pub fn settings(&self) -> &ClusterSettings {
@@ -417,12 +527,18 @@ impl LedgerState {
     /// Failed records that never held a credential and have not changed since `before_ms`,
     /// at most `limit`: what `Forget` may drop.
     pub fn forgettable(&self, before_ms: u64, limit: usize) -> Vec<String> {
-        self.records
-            .values()
-            .filter(|r| forgettable(r) && r.updated_ms < before_ms)
-            .take(limit)
-            .map(|r| r.identity.clone())
-            .collect()
+        let mut out = Vec::new();
+        let failed = BTreeSet::from([EnrollState::Failed]);
+        let read = self.records.for_each("", &failed, &mut |r| {
+            if forgettable(r) && r.updated_ms < before_ms {
+                out.push(r.identity.clone());
+            }
+            out.len() < limit
+        });
+        if let Err(e) = read {
+            tracing::error!(error = %e, "cannot read the failed records");
+        }
+        out
     }
 
     /// Last heartbeat of every member that ever sent one.
@@ -467,9 +583,16 @@ impl LedgerState {
         if let Some(s) = self.running.get() {
             return s.hex();
         }
-        let s = self.full_digest();
-        self.running.set(Some(s));
-        s.hex()
+        match self.full_digest() {
+            Ok(s) => {
+                self.running.set(Some(s));
+                s.hex()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the ledger for its digest");
+                String::new()
+            }
+        }
     }
 
     /// The digest as kept so far, when it is: the store writes it with every batch, so a
@@ -483,77 +606,84 @@ impl LedgerState {
         self.running.set(Some(sum));
     }
 
-    fn full_digest(&self) -> crate::digest::Sum {
+    fn full_digest(&self) -> Result<crate::digest::Sum, ReadError> {
         use crate::digest::Sum;
         let mut sum = Sum::default();
-        for rec in self.records.values() {
-            sum.add(Sum::record(rec));
-        }
-        for (s, i) in &self.serials {
-            sum.add(Sum::serial(s, i));
-        }
-        sum
+        self.records.for_each("", &BTreeSet::new(), &mut |rec| {
+            sum.add(rec.digest_term.get().unwrap_or_else(|| Sum::record(rec)));
+            true
+        })?;
+        self.records
+            .for_each_serial(&mut |s, i| sum.add(Sum::serial(s, i)))?;
+        Ok(sum)
     }
 
     /// Every serial ever recorded, with the identity it was issued to.
-    pub fn serials(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.serials.iter()
+    pub fn for_each_serial(&self, visit: &mut dyn FnMut(&str, &str)) -> Result<(), ReadError> {
+        self.records.for_each_serial(visit)
     }
 
-    pub fn record(&self, identity: &str) -> Option<&Record> {
-        self.records.get(identity)
+    /// The record of `identity` as applied (`None`, logged, when the store cannot read it).
+    pub fn record(&self, identity: &str) -> Option<Record> {
+        self.records.get(identity).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read a ledger record");
+            None
+        })
     }
 
-    pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.records.values()
-    }
-
-    /// The records `keep` accepts with an identity after `after` (all when empty), at most
-    /// `limit` of them in identity order, and (with `count`) how many it accepts in all. Only
-    /// the page is copied, so a page of a large ledger costs no more memory than the page.
-    pub fn page(
+    /// Shows `visit` the records after `after` in identity order (only those in `states`
+    /// unless it is empty) until it returns false.
+    pub fn for_each(
         &self,
         after: &str,
-        limit: usize,
-        count: bool,
-        keep: impl Fn(&Record) -> bool,
-    ) -> Page {
-        use std::ops::Bound;
-        let matched = match count {
-            true => self.records.values().filter(|r| keep(r)).count(),
-            false => 0,
-        };
-        let from = match after {
-            "" => Bound::Unbounded,
-            a => Bound::Excluded(a),
-        };
-        let mut records = Vec::new();
-        let mut more = false;
-        for r in self
-            .records
-            .range::<str, _>((from, Bound::Unbounded))
-            .map(|(_, r)| r)
-            .filter(|r| keep(r))
-        {
-            if records.len() == limit {
-                more = true;
-                break;
-            }
-            records.push(r.clone());
-        }
-        Page {
-            records,
-            matched,
-            more,
-        }
+        states: &BTreeSet<EnrollState>,
+        visit: &mut dyn FnMut(&Record) -> bool,
+    ) -> Result<(), ReadError> {
+        self.records.for_each(after, states, visit)
     }
 
+    /// Every record (tests and small ledgers; a sweep over a large one uses `for_each`).
+    pub fn all_records(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        if let Err(e) = self.for_each("", &BTreeSet::new(), &mut |r| {
+            out.push(r.clone());
+            true
+        }) {
+            tracing::error!(error = %e, "cannot read the ledger");
+        }
+        out
+    }
+
+    /// The records `filter` keeps with an identity after `after` (all when empty), at most
+    /// `limit` of them in identity order, and (with `count`) how many it keeps in all. Only
+    /// the page is copied, so a page of a large ledger costs no more memory than the page.
+    pub fn page(&self, after: &str, limit: usize, count: bool, filter: Filter<'_>) -> Page {
+        let mut page = Page::default();
+        let read = page_into(
+            &mut page,
+            after,
+            limit,
+            count,
+            filter,
+            self.counts(""),
+            |a, s, v| self.records.for_each(a, s, v),
+        );
+        if let Err(e) = read {
+            tracing::error!(error = %e, "cannot read a page of the ledger");
+        }
+        page
+    }
+
+    /// Records in the ledger.
     pub fn len(&self) -> usize {
-        self.records.len()
+        match self.records.source() {
+            None => self.records.loaded_len(),
+            Some(_) => self.counts("").by_state.values().sum(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len() == 0
     }
 
     /// Applies `cmd` if the rules allow it; the ledger is unchanged when it is rejected.
@@ -567,12 +697,12 @@ impl LedgerState {
 
     /// [`LedgerState::apply`], returning what the store writes: the JSON of the record the
     /// command changed. The same bytes give the record's digest term, so a record is encoded
-    /// once per command. The outer error is a record that could not be encoded (applied in
-    /// memory but not writable: the store treats it as a failed write and reloads).
+    /// once per command. The outer error is a record that could not be read or encoded
+    /// (the store treats it as a failed write and reloads).
     pub fn apply_encoded(
         &mut self,
         cmd: &Command,
-    ) -> Result<Result<Encoded, Rejection>, serde_json::Error> {
+    ) -> Result<Result<Encoded, Rejection>, ApplyError> {
         self.apply_kept(cmd, true)
     }
 
@@ -582,19 +712,24 @@ impl LedgerState {
         &mut self,
         cmd: &Command,
         store: bool,
-    ) -> Result<Result<Encoded, Rejection>, serde_json::Error> {
+    ) -> Result<Result<Encoded, Rejection>, ApplyError> {
         use crate::digest::Sum;
         // commands without an identity touch no record (the store writes only the named one)
         let Some(identity) = cmd.identity() else {
             return Ok(self.apply_command(cmd).map(|()| Encoded::NoRecord));
         };
+        self.records.fault_in(identity)?;
+        if let Command::IssueCredential { serial, .. } = cmd {
+            self.records.fault_in_serial(serial)?;
+        }
         let keeping = self.running.get().is_some();
-        let before = match self.records.get(identity) {
+        let was = self.records.loaded(identity).map(|r| r.state);
+        let before = match self.records.loaded(identity) {
             Some(r) if keeping => Some(r.digest_term.get().unwrap_or_else(|| Sum::record(r))),
             _ => None,
         };
         let new_serial = match cmd {
-            Command::IssueCredential { serial, .. } if !self.serials.contains_key(serial) => {
+            Command::IssueCredential { serial, .. } if self.records.serial(serial).is_none() => {
                 Some(serial)
             }
             _ => None,
@@ -602,41 +737,46 @@ impl LedgerState {
         // the record's counts come out before and go back in as it is after (unchanged when
         // the command is rejected)
         let mut tally = self.tally.take();
-        if let (Some(t), Some(r)) = (tally.as_mut(), self.records.get(identity)) {
+        if let (Some(t), Some(r)) = (tally.as_mut(), self.records.loaded(identity)) {
             t.count(r, false);
         }
         let result = self.apply_command(cmd);
-        if let (Some(t), Some(r)) = (tally.as_mut(), self.records.get(identity)) {
+        if let (Some(t), Some(r)) = (tally.as_mut(), self.records.loaded(identity)) {
             t.count(r, true);
         }
         self.tally.put(tally);
         if let Err(r) = result {
             return Ok(Err(r));
         }
-        let Some(rec) = self.records.get_mut(identity) else {
+        let Some(rec) = self.records.loaded_mut(identity) else {
             if let Some(b) = before {
                 self.running.update(|sum| sum.sub(b));
             }
-            return Ok(Ok(Encoded::Forgotten));
+            return Ok(Ok(Encoded::Forgotten { was }));
         };
+        let now = rec.state;
         if !store && !keeping {
             // nobody reads the bytes: an in-memory ledger whose digest nobody asked for yet;
             // a term cached earlier no longer matches the record
             rec.digest_term = Default::default();
-            return Ok(Ok(Encoded::Record(Vec::new())));
+            return Ok(Ok(Encoded::Record {
+                json: Vec::new(),
+                was,
+                now,
+            }));
         }
         let json = match serde_json::to_vec(rec) {
             Ok(j) => j,
             Err(e) => {
                 // the running digest no longer follows; computed again when next asked
                 self.running.set(None);
-                return Err(e);
+                return Err(ApplyError::Encode(e));
             }
         };
         let after = Sum::encoded_record(&json);
         rec.digest_term.set(after);
         if keeping {
-            let serial = new_serial.and_then(|s| self.serials.get(s).map(|i| Sum::serial(s, i)));
+            let serial = new_serial.and_then(|s| self.records.serial(s).map(|i| Sum::serial(s, i)));
             self.running.update(|sum| {
                 before.into_iter().for_each(|b| sum.sub(b));
                 std::iter::once(after)
@@ -644,7 +784,7 @@ impl LedgerState {
                     .for_each(|a| sum.add(a));
             });
         }
-        Ok(Ok(Encoded::Record(json)))
+        Ok(Ok(Encoded::Record { json, was, now }))
     }
 
     fn apply_command(&mut self, cmd: &Command) -> Result<(), Rejection> {
@@ -666,12 +806,12 @@ impl LedgerState {
                 at_ms,
             } => {
                 let event = format!("credential issued, serial {serial}");
-                if self.serials.get(serial) == Some(identity)
+                if self.records.serial(serial) == Some(identity)
                     && self.replayed(identity, member, *at_ms, &event)
                 {
                     return Ok(());
                 }
-                if let Some(other) = self.serials.get(serial) {
+                if let Some(other) = self.records.serial(serial) {
                     return Err(Rejection::SerialInUse {
                         identity: other.clone(),
                     });
@@ -703,7 +843,7 @@ impl LedgerState {
                     issued_at_ms: *at_ms,
                 });
                 note(rec, *at_ms, member, event);
-                self.serials.insert(serial.clone(), identity.clone());
+                self.records.insert_serial(serial, identity);
                 Ok(())
             }
 
@@ -946,7 +1086,10 @@ impl LedgerState {
                 if self.rules() < 2 {
                     return Err(Rejection::NotEnabled { rules: 2 });
                 }
-                let rec = self.records.get(identity).ok_or(Rejection::UnknownServer)?;
+                let rec = self
+                    .records
+                    .loaded(identity)
+                    .ok_or(Rejection::UnknownServer)?;
                 if !forgettable(rec) || rec.updated_ms.saturating_add(*older_than_ms) > *at_ms {
                     return Err(Rejection::NotForgettable);
                 }
@@ -966,34 +1109,31 @@ impl LedgerState {
     ) -> Result<(), Rejection> {
         let rules2 = self.rules() >= 2;
         let mut fell_back = false;
-        if let Some(rec) = self.records.get(identity) {
+        if let Some(rec) = self.records.loaded(identity) {
             if let Some(refusal) = rec.claim_refusal(member, seen_ms, at_ms) {
                 return Err(refusal);
             }
             fell_back = rec.state == EnrollState::Enrolled;
         }
-        let rec = self
-            .records
-            .entry(identity.to_string())
-            .or_insert_with(|| Record {
-                identity: identity.to_string(),
-                state: EnrollState::Claimed,
-                owner: None,
-                lease_until_ms: 0,
-                attempts: 0,
-                credential: None,
-                config_digest: None,
-                last_error: None,
-                first_seen_ms: at_ms,
-                updated_ms: at_ms,
-                history: Vec::new(),
-                revoked: Vec::new(),
-                facts: BTreeMap::new(),
-                superseded: None,
-                claimed_while_enrolled: false,
-                issued_at_ms: Vec::new(),
-                digest_term: Default::default(),
-            });
+        let rec = self.records.entry(identity, || Record {
+            identity: identity.to_string(),
+            state: EnrollState::Claimed,
+            owner: None,
+            lease_until_ms: 0,
+            attempts: 0,
+            credential: None,
+            config_digest: None,
+            last_error: None,
+            first_seen_ms: at_ms,
+            updated_ms: at_ms,
+            history: Vec::new(),
+            revoked: Vec::new(),
+            facts: BTreeMap::new(),
+            superseded: None,
+            claimed_while_enrolled: false,
+            issued_at_ms: Vec::new(),
+            digest_term: Default::default(),
+        });
         let renewal = rec.state == EnrollState::Claimed && rec.owner.as_deref() == Some(member);
         if fell_back && rules2 {
             rec.claimed_while_enrolled = true;
@@ -1015,7 +1155,7 @@ impl LedgerState {
 
     fn record_mut(&mut self, identity: &str) -> Result<&mut Record, Rejection> {
         self.records
-            .get_mut(identity)
+            .loaded_mut(identity)
             .ok_or(Rejection::UnknownServer)
     }
 
@@ -1027,7 +1167,7 @@ impl LedgerState {
     /// server is picked up again.
     fn replayed(&self, identity: &str, member: &str, at_ms: u64, event: &str) -> bool {
         self.records
-            .get(identity)
+            .loaded(identity)
             .and_then(|r| r.history.last())
             .is_some_and(|h| h.at_ms == at_ms && h.member == member && h.event == event)
     }
@@ -1050,6 +1190,57 @@ impl LedgerState {
         }
         Ok(rec)
     }
+}
+
+/// Fills `page` from `read` (see [`LedgerState::page`]); `counts` are the ledger's kept counts.
+pub(crate) fn page_into(
+    page: &mut Page,
+    after: &str,
+    limit: usize,
+    count: bool,
+    filter: Filter<'_>,
+    counts: LedgerCounts,
+    read: impl FnOnce(
+        &str,
+        &BTreeSet<EnrollState>,
+        &mut dyn FnMut(&Record) -> bool,
+    ) -> Result<(), ReadError>,
+) -> Result<(), ReadError> {
+    let counted = count && filter.by_state_only;
+    if counted {
+        page.matched = match filter.states.is_empty() {
+            true => counts.by_state.values().sum(),
+            false => filter
+                .states
+                .iter()
+                .map(|s| counts.by_state.get(s).copied().unwrap_or(0))
+                .sum(),
+        };
+    }
+    // counting by reading goes over every record; otherwise the page starts at `after`
+    let (from, scan_all) = match count && !counted {
+        true => ("", true),
+        false => (after, false),
+    };
+    read(from, filter.states, &mut |r| {
+        if !(filter.keep)(r) {
+            return true;
+        }
+        if scan_all {
+            page.matched += 1;
+        }
+        if !after.is_empty() && r.identity.as_str() <= after {
+            return true;
+        }
+        if page.records.len() == limit {
+            page.more = true;
+            return scan_all;
+        }
+        if !page.more {
+            page.records.push(r.clone());
+        }
+        true
+    })
 }
 
 /// A failed record that never held a credential and is not worked on.
@@ -1133,25 +1324,28 @@ mod tests {
                 .map(|r| r.identity.clone())
                 .collect::<Vec<_>>()
         };
-        let first = s.page("", 2, true, |_| true);
+        let first = s.page("", 2, true, Filter::keep(&|_| true));
         assert_eq!(
             (ids(&first), first.matched, first.more),
             (vec!["n1".into(), "n2".into()], 5, true)
         );
-        let rest = s.page("n2", 10, true, |_| true);
+        let rest = s.page("n2", 10, true, Filter::keep(&|_| true));
         assert_eq!(
             (ids(&rest), rest.more),
             (vec!["n3".into(), "n4".into(), "n5".into()], false)
         );
         let odd = |r: &Record| r.identity.ends_with(['1', '3', '5']);
-        let p = s.page("n1", 1, true, odd);
+        let p = s.page("n1", 1, true, Filter::keep(&odd));
         assert_eq!((ids(&p), p.matched, p.more), (vec!["n3".into()], 3, true));
         assert_eq!(
-            s.page("n1", 1, false, odd).matched,
+            s.page("n1", 1, false, Filter::keep(&odd)).matched,
             0,
             "not counted when not asked"
         );
-        assert!(s.page("n5", 10, true, |_| true).records.is_empty());
+        assert!(s
+            .page("n5", 10, true, Filter::keep(&|_| true))
+            .records
+            .is_empty());
     }
 
     #[test]
@@ -1161,9 +1355,9 @@ mod tests {
             s.apply(&cmd).unwrap();
             s.apply(&cmd).unwrap();
         }
-        let before = s.record("n1").unwrap().clone();
+        let before = s.record("n1").unwrap();
         s.apply(&issue("n1", "a", "01", 10)).unwrap();
-        assert_eq!(s.record("n1").unwrap(), &before);
+        assert_eq!(s.record("n1").unwrap(), before);
         // the serial is still refused to anyone else, and again later
         assert!(matches!(
             s.apply(&issue("n2", "a", "01", 11)),
@@ -1174,9 +1368,9 @@ mod tests {
             Err(Rejection::SerialInUse { .. })
         ));
         s.apply(&enrolled("n1", "a", 20)).unwrap();
-        let done = s.record("n1").unwrap().clone();
+        let done = s.record("n1").unwrap();
         s.apply(&enrolled("n1", "a", 20)).unwrap();
-        assert_eq!(s.record("n1").unwrap(), &done);
+        assert_eq!(s.record("n1").unwrap(), done);
         // a new enrollment without a claim is still refused
         assert!(matches!(
             s.apply(&enrolled("n1", "a", 21)),
@@ -1193,9 +1387,9 @@ mod tests {
             at_ms: 5,
         };
         s.apply(&release).unwrap();
-        let released = s.record("n3").unwrap().clone();
+        let released = s.record("n3").unwrap();
         s.apply(&release).unwrap();
-        assert_eq!(s.record("n3").unwrap(), &released);
+        assert_eq!(s.record("n3").unwrap(), released);
         assert_eq!(released.state, EnrollState::Deferred);
     }
 
@@ -1557,7 +1751,7 @@ mod tests {
         // sent again: nothing left to do
         let before = r.clone();
         s.apply(&restarted("b", 100_004)).unwrap();
-        assert_eq!(s.record("n1").unwrap(), &before);
+        assert_eq!(s.record("n1").unwrap(), before);
     }
 
     #[test]
@@ -1684,7 +1878,10 @@ mod tests {
         assert!(s.record("n1").is_none());
         assert_eq!(s.apply(&forget("n1", 5000)), Err(Rejection::UnknownServer));
         // the serial of a failed record with a credential stays taken
-        assert!(s.serials().any(|(serial, _)| serial == "02"));
+        let mut serials = Vec::new();
+        s.for_each_serial(&mut |serial, _| serials.push(serial.to_string()))
+            .unwrap();
+        assert!(serials.contains(&"02".to_string()));
     }
 
     /// The digest kept as commands apply is the one computed over the whole ledger, after
@@ -1727,8 +1924,8 @@ mod tests {
         ];
         for cmd in &cmds {
             let _ = s.apply(cmd);
-            assert_eq!(s.digest(), s.full_digest().hex(), "after {cmd:?}");
-            let mut full = s.full_counts();
+            assert_eq!(s.digest(), s.full_digest().unwrap().hex(), "after {cmd:?}");
+            let mut full = s.full_counts().unwrap();
             full.owned_by_member = full.claimed_by.get("a").copied().unwrap_or(0);
             assert_eq!(s.counts("a"), full, "after {cmd:?}");
             seen.push(s.digest());
@@ -1738,9 +1935,14 @@ mod tests {
         assert_eq!(seen[3], seen[2]);
         assert_eq!(seen[8], seen[4]);
         assert_eq!(s.counts("a").revoked, 1);
+        let mut serials = HashMap::new();
+        s.for_each_serial(&mut |a, b| {
+            serials.insert(a.to_string(), b.to_string());
+        })
+        .unwrap();
         let restored = LedgerState::restore(
-            s.records().cloned().collect(),
-            s.serials().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            s.all_records(),
+            serials,
             BTreeMap::new(),
             s.settings().clone(),
         );

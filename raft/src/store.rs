@@ -5,9 +5,10 @@
 //!   earlier build wrote, JSON, are read as they are; see [`crate::codec`]);
 //! - `meta`: vote, last purged log id (and the current snapshot where an earlier build kept
 //!   it; now it is the file `snapshot/current`, see [`crate::snapshot`]);
-//! - `ledger`: one JSON record per server identity;
-//! - `serials`: serial -> identity, every serial ever recorded;
-//! - `sm_meta`: last applied log id and last membership.
+//! - `ledger`, `serials`, `by_state`: the ledger's records, serials and index by state (see
+//!   [`crate::disk`]), read in place: a member's memory does not hold the ledger;
+//! - `sm_meta`: last applied log id and last membership, heartbeats, settings, and the
+//!   ledger's digest and counts as of the last applied entry.
 //!
 //! Durability: log appends, the vote and snapshots are written with `sync`, so an acknowledged
 //! entry survives power loss. State machine writes skip RocksDB's write-ahead log: the log
@@ -18,15 +19,17 @@
 //! earlier applied point and Raft applies the rest again from the log. The log is purged only
 //! up to a snapshot (synced); a state machine found older than the stored snapshot at start is
 //! replaced by it first. A snapshot is built from a RocksDB snapshot of the state machine's
-//! column families, so apply goes on while it is written.
+//! column families, so apply goes on while it is written, straight into its file; one
+//! received is written to a file as it arrives and installed from it a batch of records at a
+//! time, so neither is ever held in memory whole. An install first marks the state machine
+//! incomplete (no applied index), so a crash halfway installs the kept snapshot again.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); boxing it in our
 // own helpers would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
@@ -44,16 +47,19 @@ use tokio::sync::RwLock;
 
 use crate::codec::{self, WireFormat};
 use crate::command::Command;
+use crate::digest::Sum;
+use crate::disk::{self, StoredRecords, CF_BY_STATE, CF_LEDGER, CF_SERIALS};
 use crate::ledger::Applied;
 use crate::snapshot;
-use crate::state::{Encoded, LedgerState, Record, Rejection};
+use crate::snapshot_file::SnapshotFile;
+use crate::state::{Encoded, LedgerCounts, LedgerState, Rejection};
 use crate::types::{BatchResult, Member, NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
-const CF_LEDGER: &str = "ledger";
-const CF_SERIALS: &str = "serials";
 const CF_SM_META: &str = "sm_meta";
+/// The state machine's column families, which a snapshot replaces.
+const SM_DATA: [&str; 3] = [CF_LEDGER, CF_SERIALS, CF_BY_STATE];
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_PURGED: &[u8] = b"last_purged";
@@ -65,13 +71,20 @@ const KEY_HEARTBEATS: &[u8] = b"heartbeats";
 const KEY_SETTINGS: &[u8] = b"settings";
 /// The ledger digest as of `last_applied`, present only while the digest is kept.
 const KEY_DIGEST: &[u8] = b"digest";
-/// Records handed to a parsing thread at a time when the ledger is loaded.
-const LOAD_CHUNK: usize = 4096;
+/// The ledger's counts as of `last_applied`, present only while they are kept.
+const KEY_COUNTS: &[u8] = b"counts";
+/// Present once the index by state holds every record (a store an earlier build wrote
+/// gets it at its first start).
+const KEY_INDEXED: &[u8] = b"by_state_indexed";
+/// Records written per batch while a snapshot is installed or the index built.
+const INSTALL_BATCH: usize = 4096;
+/// Above any key of the state machine's column families (UTF-8 never holds 0xff).
+const END_KEY: &[u8] = &[0xff];
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
-/// What the state machine holds in memory; mirrored in the `ledger`, `serials` and `sm_meta`
-/// column families.
+/// The state machine: the ledger (its records read from the store), the applied index and
+/// membership.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct StateMachine {
     pub ledger: LedgerState,
@@ -85,11 +98,10 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// A snapshot's data and what it was taken at.
+/// A snapshot built into the current snapshot file.
 struct Built {
-    data: Vec<u8>,
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, Member>,
+    meta: SnapshotMeta<NodeId, Member>,
+    bytes: u64,
     records: usize,
 }
 
@@ -138,7 +150,7 @@ impl SnapshotStats {
 /// One member's storage. Shared (`Arc`) between Raft and the application, which reads the
 /// ledger through [`Store::state`].
 pub struct Store {
-    db: DB,
+    db: Arc<DB>,
     /// Where the store lives; its current snapshot is a file in it ([`crate::snapshot`]).
     dir: std::path::PathBuf,
     sm: RwLock<StateMachine>,
@@ -225,13 +237,20 @@ impl Store {
         opts.create_missing_column_families(true);
         // state machine writes skip the WAL: their column families are flushed together
         opts.set_atomic_flush(true);
-        let cfs = [CF_LOGS, CF_META, CF_LEDGER, CF_SERIALS, CF_SM_META]
-            .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [
+            CF_LOGS,
+            CF_META,
+            CF_LEDGER,
+            CF_SERIALS,
+            CF_BY_STATE,
+            CF_SM_META,
+        ]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
         let mut store = Store {
-            db,
+            db: Arc::new(db),
             dir: dir.to_path_buf(),
             sm: RwLock::new(StateMachine::default()),
             wire: WireFormat::default(),
@@ -239,24 +258,20 @@ impl Store {
             #[cfg(test)]
             fail_next_write: Default::default(),
         };
+        store.index_once()?;
         let mut sm = store.load_state_machine()?;
-        if let Some(snap) = store.stored_snapshot()? {
-            if snap.meta.last_log_id > sm.last_applied {
-                // the latest applies were in memory only when the process ended; the snapshot
-                // is newer than what reached the disk (and the log may be purged up to it)
-                let mut incoming = StateMachine {
-                    ledger: snapshot::decode(&snap.data, format1).map_err(sm_read)?,
-                    ..Default::default()
-                };
-                incoming.last_applied = snap.meta.last_log_id;
-                incoming.membership = snap.meta.last_membership.clone();
-                store.write_whole_state_machine(&incoming)?;
+        if let Some((meta, saved)) = store.current_snapshot()? {
+            if meta.last_log_id > sm.last_applied {
+                // the latest applies were in memory only when the process ended (or an install
+                // stopped halfway); the snapshot is newer than what reached the disk (and the
+                // log may be purged up to it)
+                let from = sm.last_applied.map(|l| l.index);
+                sm = store.install_from(&meta, saved)?;
                 tracing::info!(
-                    from = ?sm.last_applied.map(|l| l.index),
-                    to = ?incoming.last_applied.map(|l| l.index),
+                    from = ?from,
+                    to = ?sm.last_applied.map(|l| l.index),
                     "state machine restored from the stored snapshot"
                 );
-                sm = incoming;
             }
         }
         store.wire.follow_rules(sm.ledger.rules());
@@ -317,20 +332,36 @@ impl Store {
         Ok(())
     }
 
-    /// The current snapshot: the file, or (written by an earlier build) the `snapshot` key.
-    fn stored_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
-        if let Some((meta, data)) = snapshot::load(&snapshot::path(&self.dir)).map_err(sm_read)? {
-            let meta = serde_json::from_slice(&meta).map_err(sm_read)?;
-            return Ok(Some(StoredSnapshot { meta, data }));
+    /// The current snapshot's meta and file. One an earlier build kept in the store (the
+    /// `snapshot` key) is moved to the file first.
+    fn current_snapshot(
+        &self,
+    ) -> StoreResult<Option<(SnapshotMeta<NodeId, Member>, snapshot::Saved)>> {
+        let path = snapshot::path(&self.dir);
+        if let Some(old) = self.get_json::<StoredSnapshot>(CF_META, KEY_SNAPSHOT)? {
+            self.keep_snapshot(&old.meta, &mut &old.data[..])?;
         }
-        self.get_json::<StoredSnapshot>(CF_META, KEY_SNAPSHOT)
+        let Some(saved) = snapshot::open(&path).map_err(sm_read)? else {
+            return Ok(None);
+        };
+        let meta = serde_json::from_slice(&saved.meta).map_err(sm_read)?;
+        Ok(Some((meta, saved)))
     }
 
-    /// Makes `data` the current snapshot (synced), dropping one an earlier build kept in the
-    /// store.
-    fn keep_snapshot(&self, meta: &SnapshotMeta<NodeId, Member>, data: &[u8]) -> StoreResult<()> {
+    /// Makes the snapshot `data` holds the current one (synced), dropping one an earlier
+    /// build kept in the store.
+    fn keep_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        data: &mut impl std::io::Read,
+    ) -> StoreResult<u64> {
         let meta_json = serde_json::to_vec(meta).map_err(sm_write)?;
-        snapshot::save(&snapshot::path(&self.dir), &meta_json, data).map_err(sm_write)?;
+        let n = snapshot::save(&snapshot::path(&self.dir), &meta_json, data).map_err(sm_write)?;
+        self.drop_stored_snapshot_key()?;
+        Ok(n)
+    }
+
+    fn drop_stored_snapshot_key(&self) -> StoreResult<()> {
         let meta_cf = self.cf(CF_META)?;
         if self
             .db
@@ -345,24 +376,45 @@ impl Store {
         Ok(())
     }
 
-    /// Builds a snapshot's data: in format 2 from a RocksDB snapshot taken at the applied
-    /// point, with the state machine locked only that long; in format 1 (the whole state
-    /// machine as JSON, under the lock) while the cluster's rules are older.
-    fn build_blocking(&self) -> StoreResult<Built> {
+    /// Builds a snapshot into the current snapshot file: in format 2 from a RocksDB snapshot
+    /// taken at the applied point, with the state machine locked only that long; in format 1
+    /// (the whole state machine as JSON) while the cluster's rules are older.
+    fn build_blocking(&self, seq: u64) -> StoreResult<Built> {
+        use std::io::Write;
         let sm = self.sm.blocking_read();
         let (last_applied, membership) = (sm.last_applied, sm.membership.clone());
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
+            None => format!("--{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership.clone(),
+            snapshot_id,
+        };
+        let meta_json = serde_json::to_vec(&meta).map_err(sm_write)?;
+        let mut out =
+            snapshot::Pending::create(&snapshot::path(&self.dir), &meta_json).map_err(sm_write)?;
         if sm.ledger.rules() < snapshot::FORMAT2_RULES {
-            let data = serde_json::to_vec(&*sm).map_err(sm_read)?;
-            let records = sm.ledger.len();
-            return Ok(Built {
-                data,
+            let whole = StateMachine {
+                ledger: sm.ledger.to_memory().map_err(sm_read)?,
                 last_applied,
                 membership,
+            };
+            drop(sm);
+            serde_json::to_writer(&mut out, &whole).map_err(sm_write)?;
+            let records = whole.ledger.len();
+            let bytes = out.bytes();
+            out.commit().map_err(sm_write)?;
+            self.drop_stored_snapshot_key()?;
+            return Ok(Built {
+                meta,
+                bytes,
                 records,
             });
         }
-        let mut w =
-            snapshot::Writer::new(sm.ledger.heartbeats(), sm.ledger.settings()).map_err(sm_read)?;
+        let mut w = snapshot::Writer::new(out, sm.ledger.heartbeats(), sm.ledger.settings())
+            .map_err(sm_write)?;
         let at = self.db.snapshot();
         drop(sm);
         for (cf, records) in [(CF_LEDGER, true), (CF_SERIALS, false)] {
@@ -373,18 +425,22 @@ impl Store {
                 .iterator_cf_opt(self.cf(cf)?, ro, IteratorMode::Start)
             {
                 let (k, v) = item.map_err(sm_read)?;
-                if records {
-                    w.record(&v);
-                } else {
-                    w.serial(&k, &v);
+                match records {
+                    true => w.record(&v),
+                    false => w.serial(&k, &v),
                 }
+                .map_err(sm_write)?;
             }
         }
         let records = w.records();
+        let mut out = w.finish().map_err(sm_write)?;
+        out.flush().map_err(sm_write)?;
+        let bytes = out.bytes();
+        out.commit().map_err(sm_write)?;
+        self.drop_stored_snapshot_key()?;
         Ok(Built {
-            data: w.finish(),
-            last_applied,
-            membership,
+            meta,
+            bytes,
             records,
         })
     }
@@ -416,93 +472,66 @@ impl Store {
             .map_err(logs_write)
     }
 
-    /// Every stored record, parsed on as many threads as there are cores (a million records
-    /// are most of a restart's time).
-    fn load_records(&self) -> StoreResult<Vec<Record>> {
-        use std::sync::{mpsc, Arc, Mutex};
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
-        let cf = self.cf(CF_LEDGER)?;
-        std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::sync_channel::<Vec<Vec<u8>>>(workers * 2);
-            let rx = Arc::new(Mutex::new(rx));
-            let parsers: Vec<_> = (0..workers)
-                .map(|_| {
-                    let rx = rx.clone();
-                    scope.spawn(move || -> Result<Vec<Record>, serde_json::Error> {
-                        let mut out = Vec::new();
-                        loop {
-                            let next = match rx.lock() {
-                                Ok(r) => r.recv(),
-                                Err(_) => break,
-                            };
-                            let Ok(chunk) = next else { break };
-                            for v in chunk {
-                                out.push(serde_json::from_slice(&v)?);
-                            }
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            // once every parser has stopped (an error), sending fails instead of blocking
-            drop(rx);
-            let mut chunk = Vec::with_capacity(LOAD_CHUNK);
-            let mut read_error = None;
-            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-                match item {
-                    Ok((_, v)) => chunk.push(v.into_vec()),
-                    Err(e) => {
-                        read_error = Some(e);
-                        break;
-                    }
-                }
-                if chunk.len() == LOAD_CHUNK && tx.send(std::mem::take(&mut chunk)).is_err() {
-                    break;
-                }
-            }
-            if !chunk.is_empty() {
-                let _ = tx.send(chunk);
-            }
-            drop(tx);
-            let mut records = Vec::new();
-            for p in parsers {
-                match p.join() {
-                    Ok(Ok(r)) => records.extend(r),
-                    Ok(Err(e)) => return Err(sm_read(e)),
-                    Err(_) => return Err(sm_read(Corrupt("a record parser panicked".into()))),
-                }
-            }
-            match read_error {
-                Some(e) => Err(sm_read(e)),
-                None => Ok(records),
-            }
-        })
-    }
-
-    fn load_state_machine(&self) -> StoreResult<StateMachine> {
-        let records = self.load_records()?;
-        let mut serials = HashMap::new();
+    /// Builds the index by state of a store an earlier build wrote (once; a start that stops
+    /// halfway builds it again).
+    fn index_once(&self) -> StoreResult<()> {
+        if self
+            .db
+            .get_cf(self.cf(CF_SM_META)?, KEY_INDEXED)
+            .map_err(sm_read)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        #[derive(serde::Deserialize)]
+        struct StateOf {
+            state: crate::state::EnrollState,
+        }
+        let index = self.cf(CF_BY_STATE)?;
+        self.db
+            .delete_range_cf(index, &[][..], END_KEY)
+            .map_err(sm_write)?;
+        let mut batch = WriteBatch::default();
+        let mut n = 0usize;
         for item in self
             .db
-            .iterator_cf(self.cf(CF_SERIALS)?, IteratorMode::Start)
+            .iterator_cf(self.cf(CF_LEDGER)?, IteratorMode::Start)
         {
             let (k, v) = item.map_err(sm_read)?;
-            serials.insert(
-                String::from_utf8_lossy(&k).into_owned(),
-                String::from_utf8_lossy(&v).into_owned(),
+            let s: StateOf = serde_json::from_slice(&v).map_err(sm_read)?;
+            batch.put_cf(
+                index,
+                disk::state_key(s.state, &String::from_utf8_lossy(&k)),
+                [],
             );
+            n += 1;
+            if batch.len() >= INSTALL_BATCH {
+                self.db
+                    .write(std::mem::take(&mut batch))
+                    .map_err(sm_write)?;
+            }
         }
+        batch.put_cf(self.cf(CF_SM_META)?, KEY_INDEXED, b"1");
+        self.db.write_opt(batch, &synced()).map_err(sm_write)?;
+        if n > 0 {
+            tracing::info!(records = n, "indexed the stored ledger by state");
+        }
+        Ok(())
+    }
+
+    /// The state machine as the store holds it: the ledger's records stay in the store; its
+    /// counts and digest come from `sm_meta` (counted and summed once when an earlier build
+    /// kept none).
+    fn load_state_machine(&self) -> StoreResult<StateMachine> {
         let heartbeats = self
             .get_json(CF_SM_META, KEY_HEARTBEATS)?
             .unwrap_or_default();
         let settings = self.get_json(CF_SM_META, KEY_SETTINGS)?.unwrap_or_default();
-        let ledger = LedgerState::restore(records, serials, heartbeats, settings);
-        if let Some(sum) = self.get_json(CF_SM_META, KEY_DIGEST)? {
-            ledger.resume_digest(sum);
-        }
+        let counts: Option<LedgerCounts> = self.get_json(CF_SM_META, KEY_COUNTS)?;
+        let digest: Option<Sum> = self.get_json(CF_SM_META, KEY_DIGEST)?;
+        let source = Arc::new(StoredRecords::new(self.db.clone()));
+        let ledger =
+            LedgerState::stored(source, heartbeats, settings, counts, digest).map_err(sm_read)?;
         Ok(StateMachine {
             ledger,
             last_applied: self.get_json(CF_SM_META, KEY_APPLIED)?,
@@ -538,10 +567,7 @@ impl Store {
                 "No space left on device",
             )));
         }
-        let mut w = WriteOptions::default();
-        // see the module doc: the log holds what this batch applied, until a snapshot does
-        w.disable_wal(true);
-        self.db.write_opt(batch, &w).map_err(sm_write)
+        self.db.write_opt(batch, &no_wal()).map_err(sm_write)
     }
 
     /// Read access to the state machine as last applied on this member.
@@ -549,35 +575,111 @@ impl Store {
         self.sm.read().await
     }
 
-    /// Replaces the persisted state machine with `sm` in one write.
-    fn write_whole_state_machine(&self, sm: &StateMachine) -> StoreResult<()> {
+    /// Empties the state machine's records, serials and index, and marks it incomplete (no
+    /// applied index) until what replaces them is written (synced).
+    fn clear_state_machine(&self) -> StoreResult<()> {
         let mut batch = WriteBatch::default();
-        for cf in [CF_LEDGER, CF_SERIALS] {
-            let handle = self.cf(cf)?;
-            for item in self.db.iterator_cf(handle, IteratorMode::Start) {
-                let (k, _) = item.map_err(sm_read)?;
-                batch.delete_cf(handle, k);
-            }
+        batch.delete_cf(self.cf(CF_SM_META)?, KEY_APPLIED);
+        for cf in SM_DATA {
+            batch.delete_range_cf(self.cf(cf)?, &[][..], END_KEY);
         }
-        let ledger = self.cf(CF_LEDGER)?;
-        for rec in sm.ledger.records() {
-            batch.put_cf(
-                ledger,
-                rec.identity.as_bytes(),
-                serde_json::to_vec(rec).map_err(sm_write)?,
-            );
-        }
-        let serials = self.cf(CF_SERIALS)?;
-        for (serial, identity) in sm.ledger.serials() {
-            batch.put_cf(serials, serial.as_bytes(), identity.as_bytes());
-        }
-        self.put_sm_meta(&mut batch, sm, true)?;
         self.db.write_opt(batch, &synced()).map_err(sm_write)
     }
 
-    /// Adds the state machine's applied index, membership and kept digest (and heartbeats and
-    /// cluster settings when asked) to
-    /// `batch`, so they commit atomically with the records they describe.
+    /// Writes the state machine's meta and makes everything written since it was cleared
+    /// durable; the state machine is complete again.
+    fn finish_state_machine(&self, mut batch: WriteBatch, sm: &StateMachine) -> StoreResult<()> {
+        self.put_sm_meta(&mut batch, sm, true)?;
+        self.db.write_opt(batch, &no_wal()).map_err(sm_write)?;
+        // the records first, then the meta that says they are complete
+        for cf in SM_DATA.into_iter().chain([CF_SM_META]) {
+            self.db.flush_cf(self.cf(cf)?).map_err(sm_write)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the persisted state machine with `sm`, a ledger held in memory (format 1
+    /// snapshots, tests), and returns it as the store holds it.
+    fn write_whole_state_machine(&self, sm: &StateMachine) -> StoreResult<StateMachine> {
+        self.clear_state_machine()?;
+        let mut batch = WriteBatch::default();
+        let (ledger, index) = (self.cf(CF_LEDGER)?, self.cf(CF_BY_STATE)?);
+        let mut failed = None;
+        sm.ledger
+            .for_each("", &BTreeSet::new(), &mut |rec| {
+                match serde_json::to_vec(rec) {
+                    Ok(json) => {
+                        batch.put_cf(ledger, rec.identity.as_bytes(), json);
+                        batch.put_cf(index, disk::state_key(rec.state, &rec.identity), []);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+                failed.is_none()
+            })
+            .map_err(sm_read)?;
+        if let Some(e) = failed {
+            return Err(sm_write(e));
+        }
+        let serials = self.cf(CF_SERIALS)?;
+        sm.ledger
+            .for_each_serial(&mut |serial, identity| {
+                batch.put_cf(serials, serial.as_bytes(), identity.as_bytes())
+            })
+            .map_err(sm_read)?;
+        // the digest and counts go with the records
+        sm.ledger.digest();
+        sm.ledger.counts("");
+        self.finish_state_machine(batch, sm)?;
+        let mut stored = self.load_state_machine()?;
+        stored.last_applied = sm.last_applied;
+        stored.membership = sm.membership.clone();
+        Ok(stored)
+    }
+
+    /// Installs the snapshot `saved` holds (the current one) as the state machine, a batch
+    /// of records at a time, and returns the state machine.
+    fn install_from(
+        &self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        saved: snapshot::Saved,
+    ) -> StoreResult<StateMachine> {
+        use std::io::{BufReader, Seek, SeekFrom};
+        let snap_err = |e: snapshot::SnapshotError| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        };
+        let mut file = saved.file;
+        file.seek(SeekFrom::Start(saved.offset)).map_err(sm_read)?;
+        self.clear_state_machine()?;
+        let mut sink = Installer::new(self)?;
+        let found = snapshot::read(BufReader::with_capacity(1 << 20, file), format1, &mut sink)
+            .map_err(snap_err)?;
+        let ledger = match found {
+            snapshot::Found::Format1(ledger) => {
+                let whole = StateMachine {
+                    ledger: *ledger,
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                };
+                return self.write_whole_state_machine(&whole);
+            }
+            snapshot::Found::Streamed => sink.finish()?,
+        };
+        let whole = StateMachine {
+            ledger,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        self.finish_state_machine(WriteBatch::default(), &whole)?;
+        Ok(whole)
+    }
+
+    /// Adds the state machine's applied index, membership, kept digest and counts (and
+    /// heartbeats and cluster settings when asked) to `batch`, so they commit atomically
+    /// with the records they describe.
     fn put_sm_meta(
         &self,
         batch: &mut WriteBatch,
@@ -586,10 +688,14 @@ impl Store {
     ) -> StoreResult<()> {
         let meta = self.cf(CF_SM_META)?;
         batch.put_cf(meta, KEY_APPLIED, sm_json(&sm.last_applied)?);
-        // the digest of exactly these records, or none: never one that no longer matches
+        // the digest and counts of exactly these records, or none: never stale ones
         match sm.ledger.kept_digest() {
             Some(sum) => batch.put_cf(meta, KEY_DIGEST, sm_json(&sum)?),
             None => batch.delete_cf(meta, KEY_DIGEST),
+        }
+        match sm.ledger.kept_counts() {
+            Some(c) => batch.put_cf(meta, KEY_COUNTS, sm_json(&c)?),
+            None => batch.delete_cf(meta, KEY_COUNTS),
         }
         batch.put_cf(meta, KEY_MEMBERSHIP, sm_json(&sm.membership)?);
         if heartbeats {
@@ -598,6 +704,96 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Writes a format 2 snapshot's frames into the store as they are read, counting and
+/// summing the records on the way.
+struct Installer<'s> {
+    store: &'s Store,
+    batch: WriteBatch,
+    header: Option<snapshot::Header>,
+    counts: LedgerCounts,
+    digest: Sum,
+}
+
+impl<'s> Installer<'s> {
+    fn new(store: &'s Store) -> StoreResult<Installer<'s>> {
+        Ok(Installer {
+            store,
+            batch: WriteBatch::default(),
+            header: None,
+            counts: LedgerCounts::default(),
+            digest: Sum::default(),
+        })
+    }
+
+    fn sink_err(e: StorageError<NodeId>) -> snapshot::SnapshotError {
+        snapshot::SnapshotError::Sink(e.to_string().into())
+    }
+
+    fn written(&mut self) -> Result<(), snapshot::SnapshotError> {
+        if self.batch.len() >= INSTALL_BATCH {
+            let batch = std::mem::take(&mut self.batch);
+            self.store
+                .db
+                .write_opt(batch, &no_wal())
+                .map_err(|e| snapshot::SnapshotError::Sink(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// The ledger installed, with the records still to be written.
+    fn finish(self) -> StoreResult<LedgerState> {
+        let Installer {
+            store,
+            batch,
+            header,
+            counts,
+            digest,
+        } = self;
+        store.db.write_opt(batch, &no_wal()).map_err(sm_write)?;
+        let h = header.ok_or_else(|| sm_read(snapshot::SnapshotError::NoHeader))?;
+        let source = Arc::new(StoredRecords::new(store.db.clone()));
+        LedgerState::stored(source, h.heartbeats, h.settings, Some(counts), Some(digest))
+            .map_err(sm_read)
+    }
+}
+
+impl snapshot::Sink for Installer<'_> {
+    fn header(&mut self, header: snapshot::Header) -> Result<(), snapshot::SnapshotError> {
+        self.header = Some(header);
+        Ok(())
+    }
+
+    fn record(&mut self, stored: &[u8]) -> Result<(), snapshot::SnapshotError> {
+        let rec =
+            disk::decode(b"", stored).map_err(|e| snapshot::SnapshotError::Sink(Box::new(e)))?;
+        let (ledger, index) = (
+            self.store.cf(CF_LEDGER).map_err(Self::sink_err)?,
+            self.store.cf(CF_BY_STATE).map_err(Self::sink_err)?,
+        );
+        self.batch.put_cf(ledger, rec.identity.as_bytes(), stored);
+        self.batch
+            .put_cf(index, disk::state_key(rec.state, &rec.identity), []);
+        self.counts.count(&rec, true);
+        self.digest.add(Sum::encoded_record(stored));
+        self.written()
+    }
+
+    fn serial(&mut self, serial: &str, identity: &str) -> Result<(), snapshot::SnapshotError> {
+        let cf = self.store.cf(CF_SERIALS).map_err(Self::sink_err)?;
+        self.batch
+            .put_cf(cf, serial.as_bytes(), identity.as_bytes());
+        self.digest.add(Sum::serial(serial, identity));
+        self.written()
+    }
+}
+
+fn no_wal() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    // see the module doc: the log holds what this batch applied, until a snapshot does
+    w.disable_wal(true);
+    w
 }
 
 impl RaftLogReader<TypeConfig> for Arc<Store> {
@@ -630,39 +826,37 @@ impl RaftLogReader<TypeConfig> for Arc<Store> {
 impl RaftSnapshotBuilder<TypeConfig> for Arc<Store> {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
         let started = std::time::Instant::now();
+        let seq: u64 = self.get_json(CF_META, KEY_SNAPSHOT_SEQ)?.unwrap_or(0) + 1;
+        self.put_json_synced(CF_META, KEY_SNAPSHOT_SEQ, &seq)?;
         // reading every record is blocking work: off the async threads
         let store = self.clone();
         let Built {
-            data,
-            last_applied,
-            membership,
+            meta,
+            bytes,
             records,
-        } = tokio::task::spawn_blocking(move || store.build_blocking())
+        } = tokio::task::spawn_blocking(move || store.build_blocking(seq))
             .await
             .map_err(sm_read)??;
-        let seq: u64 = self.get_json(CF_META, KEY_SNAPSHOT_SEQ)?.unwrap_or(0) + 1;
-        self.put_json_synced(CF_META, KEY_SNAPSHOT_SEQ, &seq)?;
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
-            None => format!("--{seq}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        self.keep_snapshot(&meta, &data)?;
         self.note_snapshot(SnapshotStats::new(
             "built",
-            last_applied.map(|l| l.index),
+            meta.last_log_id.map(|l| l.index),
             started,
-            data.len(),
+            bytes as usize,
             records,
         ));
+        let current = self
+            .current_snapshot()?
+            .ok_or_else(|| sm_read(Corrupt("the snapshot just built is gone".into())))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(self.snapshot_file(current.1)),
         })
+    }
+}
+
+impl Store {
+    fn snapshot_file(&self, saved: snapshot::Saved) -> SnapshotFile {
+        SnapshotFile::new(saved.file, saved.offset, snapshot::path(&self.dir))
     }
 }
 
@@ -750,6 +944,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         let mut batch = WriteBatch::default();
         let ledger_cf = self.cf(CF_LEDGER)?;
         let serials_cf = self.cf(CF_SERIALS)?;
+        let index_cf = self.cf(CF_BY_STATE)?;
         let mut out = Vec::with_capacity(entries.len());
         let mut meta_changed = false;
         let mut names = member_names(&sm.membership);
@@ -783,11 +978,30 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                                 match (encoded, cmd.identity()) {
                                     // heartbeats and cluster settings
                                     (Encoded::NoRecord, _) | (_, None) => meta_changed = true,
-                                    (Encoded::Record(json), Some(identity)) => {
-                                        batch.put_cf(ledger_cf, identity.as_bytes(), json)
+                                    (Encoded::Record { json, was, now }, Some(identity)) => {
+                                        batch.put_cf(ledger_cf, identity.as_bytes(), json);
+                                        if was != Some(now) {
+                                            if let Some(was) = was {
+                                                batch.delete_cf(
+                                                    index_cf,
+                                                    disk::state_key(was, identity),
+                                                );
+                                            }
+                                            batch.put_cf(
+                                                index_cf,
+                                                disk::state_key(now, identity),
+                                                [],
+                                            );
+                                        }
                                     }
-                                    (Encoded::Forgotten, Some(identity)) => {
-                                        batch.delete_cf(ledger_cf, identity.as_bytes())
+                                    (Encoded::Forgotten { was }, Some(identity)) => {
+                                        batch.delete_cf(ledger_cf, identity.as_bytes());
+                                        if let Some(was) = was {
+                                            batch.delete_cf(
+                                                index_cf,
+                                                disk::state_key(was, identity),
+                                            );
+                                        }
                                     }
                                 }
                                 if let Command::IssueCredential {
@@ -829,6 +1043,8 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             self.roll_back(&mut sm);
             return Err(e);
         }
+        // what was applied is in the store now
+        sm.ledger.settle();
         if meta_changed {
             // a `SetRules` may have turned the wire binary
             self.wire.follow_rules(sm.ledger.rules());
@@ -839,59 +1055,72 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<SnapshotFile>> {
+        let dir = snapshot::path(&self.dir);
+        let dir = dir.parent().unwrap_or(&self.dir);
+        Ok(Box::new(SnapshotFile::incoming(dir).map_err(sm_write)?))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        received: Box<Cursor<Vec<u8>>>,
+        received: Box<SnapshotFile>,
     ) -> StoreResult<()> {
         let started = std::time::Instant::now();
-        let data = received.into_inner();
-        let ledger = snapshot::decode(&data, format1).map_err(|e| {
-            io_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                e,
-            )
-        })?;
-        let mut incoming = StateMachine {
-            ledger,
-            ..Default::default()
+        let (incoming, offset) = {
+            let (p, o) = received.path();
+            (p.to_path_buf(), o)
         };
-        incoming.last_applied = meta.last_log_id;
-        incoming.membership = meta.last_membership.clone();
+        drop(received);
+        // kept first: a crash while it is installed installs it again at the next start
+        let store = self.clone();
+        let meta_owned = meta.clone();
         let mut sm = self.sm.write().await;
-        self.write_whole_state_machine(&incoming)?;
+        let installed = tokio::task::spawn_blocking(move || -> StoreResult<(StateMachine, u64)> {
+            use std::io::{Seek, SeekFrom};
+            let mut data = std::fs::File::open(&incoming).map_err(sm_read)?;
+            data.seek(SeekFrom::Start(offset)).map_err(sm_read)?;
+            let bytes = store.keep_snapshot(&meta_owned, &mut data)?;
+            let _ = std::fs::remove_file(&incoming);
+            let (_, saved) = store
+                .current_snapshot()?
+                .ok_or_else(|| sm_read(Corrupt("the snapshot just kept is gone".into())))?;
+            Ok((store.install_from(&meta_owned, saved)?, bytes))
+        })
+        .await
+        .map_err(sm_write)?;
+        let (incoming, bytes) = match installed {
+            Ok(i) => i,
+            Err(e) => {
+                // whatever the store holds now is not the ledger: read back what it is
+                self.roll_back(&mut sm);
+                return Err(e);
+            }
+        };
+        let records = incoming.ledger.len();
         tracing::info!(
             last_log = ?meta.last_log_id.map(|l| l.index),
-            records = incoming.ledger.len(),
-            bytes = data.len(),
+            records,
+            bytes,
             "installed a snapshot from the leader"
         );
         self.wire.follow_rules(incoming.ledger.rules());
-        let records = incoming.ledger.len();
         *sm = incoming;
         drop(sm);
-        let bytes = data.len();
-        self.keep_snapshot(meta, &data)?;
         self.note_snapshot(SnapshotStats::new(
             "installed",
             meta.last_log_id.map(|l| l.index),
             started,
-            bytes,
+            bytes as usize,
             records,
         ));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        let stored = self.stored_snapshot()?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
+        Ok(self.current_snapshot()?.map(|(meta, saved)| Snapshot {
+            meta,
+            snapshot: Box::new(self.snapshot_file(saved)),
         }))
     }
 }
@@ -922,6 +1151,31 @@ mod tests {
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(Builder).unwrap();
+    }
+
+    fn serial_count(l: &LedgerState) -> usize {
+        let mut n = 0;
+        l.for_each_serial(&mut |_, _| n += 1).unwrap();
+        n
+    }
+
+    /// The data of a snapshot, read as openraft sends it.
+    async fn bytes_of(snap: Snapshot<TypeConfig>) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut f = snap.snapshot;
+        f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).await.unwrap();
+        data
+    }
+
+    /// `data` received into the store in `dir`, as openraft writes a snapshot it is sent.
+    async fn received(dir: &Path, data: &[u8]) -> Box<SnapshotFile> {
+        use tokio::io::AsyncWriteExt;
+        let mut f = SnapshotFile::incoming(&dir.join("snapshot")).unwrap();
+        f.write_all(data).await.unwrap();
+        f.shutdown().await.unwrap();
+        Box::new(f)
     }
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
@@ -987,7 +1241,7 @@ mod tests {
             let mut copied = Store::open(&copy.path().join("raft")).unwrap();
             let (applied, _) = copied.last_applied_state().await.unwrap();
             assert_eq!(applied.map(|l| l.index), Some(3));
-            assert_eq!(copied.state().await.ledger.serials().count(), 1);
+            assert_eq!(serial_count(&copied.state().await.ledger), 1);
             assert_eq!(copied.try_get_log_entries(1..).await.unwrap().len(), 2);
         }
         let mut store = Store::open(dir.path()).unwrap();
@@ -997,7 +1251,7 @@ mod tests {
         let sm = store.state().await;
         let rec = sm.ledger.record("n1").unwrap();
         assert_eq!(rec.credential.as_ref().unwrap().serial, "0a");
-        assert_eq!(sm.ledger.serials().count(), 1);
+        assert_eq!(serial_count(&sm.ledger), 1);
         drop(sm);
         let logs = store.try_get_log_entries(1..).await.unwrap();
         assert_eq!(logs.len(), 2);
@@ -1091,7 +1345,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut store = two_claims(dir.path(), rules).await;
             let snap = store.build_snapshot().await.unwrap();
-            let data = snap.snapshot.into_inner();
+            let meta = snap.meta.clone();
+            let data = bytes_of(snap).await;
             assert_eq!(data.starts_with(snapshot::MAGIC), format2, "rules {rules}");
             let stats = store.last_snapshot().unwrap();
             assert_eq!(
@@ -1100,86 +1355,200 @@ mod tests {
             );
             let other = tempfile::tempdir().unwrap();
             let mut empty = Store::open(other.path()).unwrap();
-            empty
-                .install_snapshot(&snap.meta, Box::new(Cursor::new(data)))
-                .await
-                .unwrap();
+            let incoming = received(other.path(), &data).await;
+            empty.install_snapshot(&meta, incoming).await.unwrap();
             let (a, b) = (store.state().await, empty.state().await);
             assert_eq!(a.ledger.digest(), b.ledger.digest());
             assert_eq!(b.ledger.rules(), rules);
-            assert_eq!(b.ledger.serials().count(), 1);
+            assert_eq!(serial_count(&b.ledger), 1);
+            assert_eq!(b.ledger.counts("a"), a.ledger.counts("a"));
             drop((a, b));
             // the installed snapshot is the new member's own current one, across a restart
             drop(empty);
             let mut again = Store::open(other.path()).unwrap();
             let current = again.get_current_snapshot().await.unwrap().unwrap();
-            assert_eq!(current.meta, snap.meta);
+            assert_eq!(current.meta, meta);
+            assert_eq!(bytes_of(current).await, data);
+            assert_eq!(
+                again.state().await.ledger.digest(),
+                store.state().await.ledger.digest()
+            );
         }
     }
 
-    /// The digest, once kept, is written with the records it covers and read back at start,
-    /// so a restarted member does not hash a million records before it can answer; a store
-    /// whose digest was never kept has none to read.
+    /// The digest and counts are written with the records they cover and read back at
+    /// start, so a restarted member does not read a million records before it can answer;
+    /// a store an earlier build wrote (no counts, no index by state) gets them at its first
+    /// start.
     #[tokio::test]
-    async fn the_kept_digest_is_read_back_at_start() {
+    async fn the_kept_digest_and_counts_are_read_back_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let store = two_claims(dir.path(), 4).await;
-        assert!(store.state().await.ledger.kept_digest().is_none());
-        drop(store);
-        let mut store = Store::open(dir.path()).unwrap();
-        assert!(store.state().await.ledger.kept_digest().is_none());
-        store.state().await.ledger.digest();
+        let mut store = two_claims(dir.path(), 4).await;
         let more = vec![entry(3, vec![claim("n3", 3)])];
         store.append_to_log(more.clone()).await.unwrap();
         store.apply_to_state_machine(&more).await.unwrap();
         let want = store.state().await.ledger.digest();
+        let counts = store.state().await.ledger.counts("a");
+        assert_eq!(counts.claimed_by.get("a"), Some(&3));
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        {
+            let sm = store.state().await;
+            assert_eq!(sm.ledger.kept_digest().map(|s| s.hex()), Some(want.clone()));
+            assert_eq!(sm.ledger.counts("a"), counts);
+            let mut serials = std::collections::HashMap::new();
+            sm.ledger
+                .for_each_serial(&mut |s, i| {
+                    serials.insert(s.to_string(), i.to_string());
+                })
+                .unwrap();
+            let recomputed = LedgerState::restore(
+                sm.ledger.all_records(),
+                serials,
+                Default::default(),
+                Default::default(),
+            );
+            assert_eq!(recomputed.digest(), want);
+            assert_eq!(sm.ledger.len(), 3);
+        }
+        // what an earlier build left: records and serials only
+        let meta = store.cf(CF_SM_META).unwrap();
+        for key in [KEY_DIGEST, KEY_COUNTS, KEY_INDEXED] {
+            store.db.delete_cf(meta, key).unwrap();
+        }
+        let index = store.cf(CF_BY_STATE).unwrap();
+        store.db.delete_range_cf(index, &[][..], END_KEY).unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         let sm = store.state().await;
-        assert_eq!(sm.ledger.kept_digest().map(|s| s.hex()), Some(want.clone()));
-        let recomputed = LedgerState::restore(
-            sm.ledger.records().cloned().collect(),
-            sm.ledger
-                .serials()
-                .map(|(s, i)| (s.clone(), i.clone()))
-                .collect(),
-            Default::default(),
-            Default::default(),
-        );
-        assert_eq!(recomputed.digest(), want);
-        assert_eq!(sm.ledger.len(), 3);
+        assert_eq!(sm.ledger.digest(), want);
+        assert_eq!(sm.ledger.counts("a"), counts);
+        let claimed = BTreeSet::from([crate::state::EnrollState::Claimed]);
+        let mut listed = 0;
+        sm.ledger
+            .for_each("", &claimed, &mut |_| {
+                listed += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(listed, 3, "the index by state was built");
     }
 
-    /// Records are parsed on several threads at start: all of them come back, and one that
-    /// does not parse is an error, not a hang or a ledger without it.
+    /// The index by state follows every change of a record's state, a forgotten record
+    /// included: what `ledger list --state` and the forget sweep read.
     #[tokio::test]
-    async fn many_records_load_back_and_a_damaged_one_stops_the_start() {
+    async fn the_index_by_state_follows_every_change() {
+        use crate::command::ReleaseOutcome;
+        use crate::state::EnrollState;
         let dir = tempfile::tempdir().unwrap();
-        let n = 3 * LOAD_CHUNK + 7;
-        let want = {
-            let mut store = Store::open(dir.path()).unwrap();
-            let cmds = (0..n).map(|i| claim(&format!("n{i:05}"), 1)).collect();
-            let entries = vec![entry(1, cmds)];
-            store.append_to_log(entries.clone()).await.unwrap();
-            store.apply_to_state_machine(&entries).await.unwrap();
-            let digest = store.state().await.ledger.digest();
-            digest
+        let mut store = two_claims(dir.path(), 4).await;
+        let release = |id: &str, at_ms| Command::Release {
+            identity: id.into(),
+            member: "a".into(),
+            outcome: ReleaseOutcome::Failed { reason: "x".into() },
+            at_ms,
         };
+        let enrolled = Command::Enrolled {
+            identity: "n2".into(),
+            member: "a".into(),
+            config_digest: "d".into(),
+            facts: Default::default(),
+            at_ms: 4,
+        };
+        let forget = Command::Forget {
+            identity: "n1".into(),
+            member: "a".into(),
+            older_than_ms: 1,
+            at_ms: 100,
+        };
+        let listed = |store: &Arc<Store>, state| {
+            let store = store.clone();
+            async move {
+                let mut ids = Vec::new();
+                store
+                    .state()
+                    .await
+                    .ledger
+                    .for_each("", &BTreeSet::from([state]), &mut |r| {
+                        assert_eq!(r.state, state);
+                        ids.push(r.identity.clone());
+                        true
+                    })
+                    .unwrap();
+                ids
+            }
+        };
+        assert_eq!(listed(&store, EnrollState::Claimed).await, ["n1", "n2"]);
+        let entries = vec![entry(3, vec![release("n1", 5), enrolled])];
+        store.apply_to_state_machine(&entries).await.unwrap();
+        assert_eq!(
+            listed(&store, EnrollState::Claimed).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(listed(&store, EnrollState::Failed).await, ["n1"]);
+        assert_eq!(listed(&store, EnrollState::Enrolled).await, ["n2"]);
+        assert_eq!(store.state().await.ledger.forgettable(50, 10), ["n1"]);
+        // forgotten, then claimed again in the same batch: one record, claimed
+        let entries = vec![entry(4, vec![forget, claim("n1", 101)])];
+        let res = store.apply_to_state_machine(&entries).await.unwrap();
+        assert_eq!(res[0].results, vec![Applied::Ok, Applied::Ok]);
+        assert_eq!(
+            listed(&store, EnrollState::Failed).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(listed(&store, EnrollState::Claimed).await, ["n1"]);
+        let rec = store.state().await.ledger.record("n1").unwrap();
+        assert_eq!(rec.attempts, 1, "a new record, not the forgotten one");
+    }
+
+    /// Records stay in the store: many read back in order, through the index by state too,
+    /// and one that does not parse stops the command that needs it (a storage error: Raft
+    /// stops) instead of being applied over.
+    #[tokio::test]
+    async fn records_are_read_in_place_and_a_damaged_one_stops_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * INSTALL_BATCH + 7;
+        let mut store = Store::open(dir.path()).unwrap();
+        let cmds = (0..n).map(|i| claim(&format!("n{i:05}"), 1)).collect();
+        let entries = vec![entry(1, cmds)];
+        store.append_to_log(entries.clone()).await.unwrap();
+        store.apply_to_state_machine(&entries).await.unwrap();
+        let want = store.state().await.ledger.digest();
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
             let sm = store.state().await;
             assert_eq!(sm.ledger.len(), n);
             assert_eq!(sm.ledger.digest(), want);
-            store
-                .db
-                .put_cf(store.cf(CF_LEDGER).unwrap(), b"n02000", b"{not a record")
-                .unwrap();
+            let claimed = BTreeSet::from([crate::state::EnrollState::Claimed]);
+            let page = sm.ledger.page(
+                "n00009",
+                2,
+                true,
+                crate::state::Filter {
+                    states: &claimed,
+                    by_state_only: true,
+                    keep: &|_| true,
+                },
+            );
+            let ids: Vec<_> = page.records.iter().map(|r| r.identity.as_str()).collect();
+            assert_eq!(
+                (ids, page.matched, page.more),
+                (vec!["n00010", "n00011"], n, true)
+            );
         }
-        assert!(Store::open(dir.path()).is_err());
+        store
+            .db
+            .put_cf(store.cf(CF_LEDGER).unwrap(), b"n02000", b"{not a record")
+            .unwrap();
+        assert!(store.state().await.ledger.record("n02000").is_none());
+        let touch = vec![entry(2, vec![claim("n02000", 2)])];
+        assert!(store.apply_to_state_machine(&touch).await.is_err());
+        assert_eq!(store.state().await.ledger.digest(), want, "nothing applied");
     }
 
-    /// An earlier build kept the snapshot in the store itself: it is still the current one
-    /// until the next is built, which leaves only the file.
+    /// An earlier build kept the snapshot in the store itself: it is still the current one,
+    /// moved to the file at start.
     #[tokio::test]
     async fn a_snapshot_kept_by_an_earlier_build_is_read_then_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -1187,7 +1556,7 @@ mod tests {
         let built = store.build_snapshot().await.unwrap();
         let old = StoredSnapshot {
             meta: built.meta.clone(),
-            data: built.snapshot.into_inner(),
+            data: bytes_of(built).await,
         };
         std::fs::remove_file(snapshot::path(dir.path())).unwrap();
         store.put_json_synced(CF_META, KEY_SNAPSHOT, &old).unwrap();
@@ -1195,7 +1564,7 @@ mod tests {
         let mut store = Store::open(dir.path()).unwrap();
         let current = store.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, old.meta);
-        store.build_snapshot().await.unwrap();
+        assert_eq!(bytes_of(current).await, old.data);
         assert!(store
             .get_json::<StoredSnapshot>(CF_META, KEY_SNAPSHOT)
             .unwrap()
@@ -1252,13 +1621,7 @@ mod tests {
         };
         let e1 = entry(1, vec![claim("n1", 1)]);
         store.apply_to_state_machine(&[e1]).await.unwrap();
-        let before = store
-            .state()
-            .await
-            .ledger
-            .records()
-            .cloned()
-            .collect::<Vec<_>>();
+        let before = store.state().await.ledger.all_records();
 
         store
             .fail_next_write
@@ -1278,8 +1641,8 @@ mod tests {
             .is_err());
         {
             let sm = store.state().await;
-            assert_eq!(sm.ledger.records().cloned().collect::<Vec<_>>(), before);
-            assert_eq!(sm.ledger.serials().count(), 0);
+            assert_eq!(sm.ledger.all_records(), before);
+            assert_eq!(serial_count(&sm.ledger), 0);
             assert_eq!(sm.last_applied.map(|l| l.index), Some(1));
         }
         // the same entries applied again once the disk has room

@@ -201,7 +201,7 @@ async fn three_members_agree_and_survive_restart() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let learned: Vec<_> = m4.store.state().await.ledger.records().cloned().collect();
+    let learned: Vec<_> = m4.store.state().await.ledger.all_records();
     assert_eq!(learned, a);
 
     // the learner becomes a voter, then leaves again
@@ -243,7 +243,7 @@ async fn three_members_agree_and_survive_restart() {
     }
     wait_leader(&again).await;
     for m in &again {
-        let recs: Vec<_> = m.store.state().await.ledger.records().cloned().collect();
+        let recs: Vec<_> = m.store.state().await.ledger.all_records();
         assert_eq!(recs, a);
     }
 }

@@ -229,11 +229,11 @@ fn state_machine(c: &mut Criterion) {
     });
     // what `/status` pays for the digest: once over the whole ledger (after a start), then
     // kept as commands apply
-    let records: Vec<_> = ledger.records().cloned().collect();
-    let serials: std::collections::HashMap<String, String> = ledger
-        .serials()
-        .map(|(a, b)| (a.clone(), b.clone()))
-        .collect();
+    let records = ledger.all_records();
+    let mut serials = std::collections::HashMap::new();
+    let _ = ledger.for_each_serial(&mut |a, b| {
+        serials.insert(a.to_string(), b.to_string());
+    });
     g.bench_function("digest of 100,000 records, computed whole", |b| {
         b.iter_batched(
             || {

@@ -106,6 +106,16 @@ impl Selector {
             && self.states.is_empty()
     }
 
+    /// The states asked for (any when empty).
+    pub fn states(&self) -> &BTreeSet<EnrollState> {
+        &self.states
+    }
+
+    /// Selects by state alone: every record in [`Selector::states`] matches.
+    pub fn by_state_only(&self) -> bool {
+        self.identities.is_empty() && self.regex.is_none() && self.facts.is_empty()
+    }
+
     /// Exact identities asked for.
     pub fn identities(&self) -> &BTreeSet<String> {
         &self.identities

@@ -424,10 +424,15 @@ impl AdminApi {
             sel.matches(r) && (owner.is_empty() || r.owner.as_deref() == Some(owner))
         };
         // one page copied out of the replica, however large the ledger
+        let filter = raft::state::Filter {
+            states: sel.states(),
+            by_state_only: sel.by_state_only() && owner.is_empty(),
+            keep: &keep,
+        };
         let page = self
             .svc()
             .ledger
-            .page(&req.page_token, size, true, &keep)
+            .page(&req.page_token, size, true, filter)
             .await;
         let next = match page.more {
             true => page
@@ -644,9 +649,13 @@ impl Admin for AdminApi {
             tokio::spawn(async move {
                 let mut after = String::new();
                 loop {
-                    let page = ledger
-                        .page(&after, EXPORT_PAGE, false, &|r| sel.matches(r))
-                        .await;
+                    let keep = |r: &raft::Record| sel.matches(r);
+                    let filter = raft::state::Filter {
+                        states: sel.states(),
+                        by_state_only: false,
+                        keep: &keep,
+                    };
+                    let page = ledger.page(&after, EXPORT_PAGE, false, filter).await;
                     for r in &page.records {
                         let line = serde_json::to_string(r)
                             .map(|json| pb::ExportLine { json })
