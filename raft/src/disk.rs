@@ -46,12 +46,17 @@ fn no_cf(name: &str) -> ReadError {
 
 /// A stored record, its digest term taken from the bytes it is stored as.
 pub fn decode(identity: &[u8], stored: &[u8]) -> Result<Record, ReadError> {
-    let mut r: Record = serde_json::from_slice(stored).map_err(|source| ReadError::Record {
-        identity: String::from_utf8_lossy(identity).into_owned(),
-        source,
-    })?;
+    let mut r = parse(identity, stored)?;
     r.digest_term.set(Sum::encoded_record(stored));
     Ok(r)
+}
+
+/// A stored record, for reading only (no digest term).
+fn parse(identity: &[u8], stored: &[u8]) -> Result<Record, ReadError> {
+    serde_json::from_slice(stored).map_err(|source| ReadError::Record {
+        identity: String::from_utf8_lossy(identity).into_owned(),
+        source,
+    })
 }
 
 /// The records of one store.
@@ -71,12 +76,16 @@ impl StoredRecords {
 }
 
 impl Source for StoredRecords {
-    fn record(&self, identity: &str) -> Result<Option<Record>, ReadError> {
+    fn record(&self, identity: &str, term: bool) -> Result<Option<Record>, ReadError> {
         let raw = self
             .db
             .get_pinned_cf(self.cf(CF_LEDGER)?, identity.as_bytes())
             .map_err(store_err)?;
-        raw.map(|v| decode(identity.as_bytes(), &v)).transpose()
+        raw.map(|v| match term {
+            true => decode(identity.as_bytes(), &v),
+            false => parse(identity.as_bytes(), &v),
+        })
+        .transpose()
     }
 
     fn serial(&self, serial: &str) -> Result<Option<String>, ReadError> {
@@ -110,7 +119,7 @@ impl Source for StoredRecords {
                 if *k == *after.as_bytes() {
                     continue;
                 }
-                if !visit(decode(&k, &v)?) {
+                if !visit(parse(&k, &v)?) {
                     break;
                 }
             }
@@ -159,10 +168,25 @@ impl Source for StoredRecords {
                 .map_err(store_err)?;
             // an index entry without its record would be a bug; the record is the truth
             let Some(raw) = raw else { continue };
-            if !visit(decode(&identity, &raw)?) {
+            if !visit(parse(&identity, &raw)?) {
                 return Ok(());
             }
         }
+    }
+
+    fn sum(&self) -> Result<Sum, ReadError> {
+        // a record's term is the hash of the bytes it is stored as: what apply takes out when
+        // it changes the record and a snapshot's install adds up
+        let mut sum = Sum::default();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_LEDGER)?, IteratorMode::Start)
+        {
+            let (_, v) = item.map_err(store_err)?;
+            sum.add(Sum::encoded_record(&v));
+        }
+        self.serials(&mut |s, i| sum.add(Sum::serial(s, i)))?;
+        Ok(sum)
     }
 
     fn serials(&self, visit: &mut dyn FnMut(&str, &str)) -> Result<(), ReadError> {

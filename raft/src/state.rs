@@ -608,6 +608,9 @@ impl LedgerState {
 
     fn full_digest(&self) -> Result<crate::digest::Sum, ReadError> {
         use crate::digest::Sum;
+        if let Some(src) = self.records.source() {
+            return src.sum();
+        }
         let mut sum = Sum::default();
         self.records.for_each("", &BTreeSet::new(), &mut |rec| {
             sum.add(rec.digest_term.get().unwrap_or_else(|| Sum::record(rec)));

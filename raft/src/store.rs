@@ -246,7 +246,7 @@ impl Store {
             CF_SM_META,
         ]
         .into_iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
         let mut store = Store {
@@ -787,6 +787,18 @@ impl snapshot::Sink for Installer<'_> {
         self.digest.add(Sum::serial(serial, identity));
         self.written()
     }
+}
+
+/// Records and serials are read by key, most of all keys not there yet (a new server's
+/// claim, a new serial): a Bloom filter answers those without reading the tables.
+fn cf_options(name: &str) -> Options {
+    let mut o = Options::default();
+    if name == CF_LEDGER || name == CF_SERIALS {
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        o.set_block_based_table_factory(&table);
+    }
+    o
 }
 
 fn no_wal() -> WriteOptions {
