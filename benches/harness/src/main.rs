@@ -426,6 +426,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         .filter_map(|m| m.status()["raft"]["last_log_index"].as_u64())
         .max();
     let ledger = ledger_check(&provisioners);
+    let exited = exited(&mut provisioners);
     drop(provisioners);
     if args.keep {
         let _ = dir.keep();
@@ -489,6 +490,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         "enrollment": "x509",
         "verified": n("verified"),
         "ledger": ledger,
+        "exited": exited,
         "timed_out": summary["timed_out"],
         "timeline_ms": timeline,
     }))
@@ -530,6 +532,27 @@ fn coordination(cpu_s: &[f64], leader: Option<u64>, provisioned: u64) -> Cost {
         server_ms,
         coordination_ms,
     }
+}
+
+/// Members whose process ended during the run (none is killed without being started again),
+/// each with how it ended; the end of its log goes to stderr, so a run that lost a member
+/// says why.
+fn exited(members: &mut [cluster_tests::ProvisionerProcess]) -> Value {
+    let mut out = Vec::new();
+    for m in members.iter_mut() {
+        let Ok(Some(status)) = m.proc.child.try_wait() else {
+            continue;
+        };
+        let log = m.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        eprintln!(
+            "bench: {} exited during the run ({status}); the end of its log:\n{}",
+            m.proc.name,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        out.push(json!({ "member": m.proc.name, "status": status.to_string() }));
+    }
+    Value::Array(out)
 }
 
 /// What the members' ledgers say at the end: enrolled records per live member and whether

@@ -105,6 +105,8 @@ fn failover_kills_the_leader_then_a_follower_and_nothing_is_lost() {
     assert_eq!(n(r, "provisioned"), 300, "{r}");
     assert_eq!(n(r, "lost"), 0, "{r}");
     assert_eq!(n(r, "duplicates"), 0, "{r}");
+    // a member that ended on its own says how (and its log's end is on stderr)
+    assert_eq!(r["exited"], serde_json::json!([]), "{r}");
     assert_eq!(r["ledger"]["digests_agree"], true, "{r}");
     assert_eq!(
         r["ledger"]["enrolled"],
