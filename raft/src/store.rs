@@ -654,7 +654,7 @@ impl Store {
         let mut file = saved.file;
         file.seek(SeekFrom::Start(saved.offset)).map_err(sm_read)?;
         self.clear_state_machine()?;
-        let mut sink = Installer::new(self)?;
+        let mut sink = Installer::new(self);
         let found = snapshot::read(BufReader::with_capacity(1 << 20, file), format1, &mut sink)
             .map_err(snap_err)?;
         let ledger = match found {
@@ -717,14 +717,14 @@ struct Installer<'s> {
 }
 
 impl<'s> Installer<'s> {
-    fn new(store: &'s Store) -> StoreResult<Installer<'s>> {
-        Ok(Installer {
+    fn new(store: &'s Store) -> Installer<'s> {
+        Installer {
             store,
             batch: WriteBatch::default(),
             header: None,
             counts: LedgerCounts::default(),
             digest: Sum::default(),
-        })
+        }
     }
 
     fn sink_err(e: StorageError<NodeId>) -> snapshot::SnapshotError {
