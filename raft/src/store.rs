@@ -653,7 +653,8 @@ impl Store {
         };
         let mut file = saved.file;
         file.seek(SeekFrom::Start(saved.offset)).map_err(sm_read)?;
-        self.clear_state_machine()?;
+        // format 2 clears the state machine at its header (the installer), format 1 when it
+        // is written whole
         let mut sink = Installer::new(self);
         let found = snapshot::read(BufReader::with_capacity(1 << 20, file), format1, &mut sink)
             .map_err(snap_err)?;
@@ -706,8 +707,8 @@ impl Store {
     }
 }
 
-/// Writes a format 2 snapshot's frames into the store as they are read, counting and
-/// summing the records on the way.
+/// Writes a format 2 snapshot's frames into the store as they are read (its header first
+/// empties the state machine), counting and summing the records on the way.
 struct Installer<'s> {
     store: &'s Store,
     batch: WriteBatch,
@@ -761,6 +762,8 @@ impl<'s> Installer<'s> {
 
 impl snapshot::Sink for Installer<'_> {
     fn header(&mut self, header: snapshot::Header) -> Result<(), snapshot::SnapshotError> {
+        // the records that follow replace everything the state machine held
+        self.store.clear_state_machine().map_err(Self::sink_err)?;
         self.header = Some(header);
         Ok(())
     }
