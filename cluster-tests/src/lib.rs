@@ -653,6 +653,9 @@ pub struct ProvisionerOptions {
     /// the process's own (`unshare -m`; needs root), to fill it up from the test through
     /// `/proc/<pid>/root`.
     pub data_tmpfs: Option<String>,
+    /// More keys of the `cluster` section (indented two spaces) of members started by
+    /// [`start_members`].
+    pub cluster_extra: String,
 }
 
 impl Default for ProvisionerOptions {
@@ -677,6 +680,7 @@ impl Default for ProvisionerOptions {
             nats_tls_ca: None,
             memory_ledger: false,
             data_tmpfs: None,
+            cluster_extra: String::new(),
         }
     }
 }
@@ -1063,7 +1067,7 @@ pub fn start_members(
                     admin_ca: admin.as_ref().map(|a| a.0.clone()),
                     auto_join: true,
                     admin_extra: admin.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
-                    cluster_extra: String::new(),
+                    cluster_extra: base.cluster_extra.clone(),
                 }),
                 ..base.clone()
             };

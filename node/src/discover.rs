@@ -32,18 +32,30 @@ pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>, now: Arc<N
         }
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     }
-    let mut ticker = tokio::time::interval(svc.config.interval);
+    rounds(svc.config.interval, &now, || discover_once(&svc, &queue)).await
+}
+
+/// Runs `round` now, then every `interval` and whenever `now` is notified, until dropped.
+/// Every member parses every waiting server's reply, so one wake-up is one round: requests
+/// made before the first round, or a tick and a request due together, make one round, not
+/// two back to back.
+async fn rounds<F, Fut>(interval: std::time::Duration, now: &Notify, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = futures::FutureExt::now_or_never(now.notified());
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        round().await;
         tokio::select! {
-            _ = ticker.tick() => {}
+            biased;
             _ = now.notified() => {}
+            _ = ticker.tick() => {}
         }
-        // a request made before this discovery starts is answered by it: every member parses
-        // every waiting server's reply, so a second full round right after the first (the
-        // live set and the leader are learnt together at start) costs each member a fleet
-        let _ = futures::FutureExt::now_or_never(now.notified());
-        discover_once(&svc, &queue).await;
+        // the next tick is a whole interval after this round
+        ticker.reset();
     }
 }
 
@@ -119,5 +131,65 @@ pub fn handle_event(svc: &Services, queue: &WorkQueue, payload: &[u8]) {
     if queue.offer(&event.identity, Source::Event) {
         m.inc(&m.event_discovered);
         tracing::info!(identity = %event.identity, "found through a startup event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Rounds started by `rounds` after each step of virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn one_wake_up_is_one_round() {
+        let now = Arc::new(Notify::new());
+        let count = Arc::new(AtomicUsize::new(0));
+        // asked for twice while the member got ready: the first round answers both
+        now.notify_one();
+        now.notify_one();
+        let task = {
+            let (now, count) = (now.clone(), count.clone());
+            tokio::spawn(async move {
+                rounds(Duration::from_secs(60), &now, || {
+                    let count = count.clone();
+                    async move {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        // a round takes a while; a request made meanwhile gets its own
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                })
+                .await
+            })
+        };
+        let settle = |secs| tokio::time::sleep(Duration::from_secs(secs));
+        settle(10).await;
+        assert_eq!(count.load(Ordering::SeqCst), 1, "the first round only");
+
+        now.notify_one();
+        settle(10).await;
+        assert_eq!(count.load(Ordering::SeqCst), 2, "a request makes one round");
+
+        // during a round: one more after it
+        now.notify_one();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        now.notify_one();
+        settle(10).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            4,
+            "one for the request made meanwhile"
+        );
+
+        // the interval counts from the last wake-up: 60 s after round 4 began (at 22 s)
+        settle(40).await;
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            4,
+            "no tick before a whole interval"
+        );
+        settle(30).await;
+        assert_eq!(count.load(Ordering::SeqCst), 5, "the tick");
+        task.abort();
     }
 }

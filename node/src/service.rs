@@ -349,15 +349,26 @@ impl Provisioner {
         )));
         // a server this member enrolled just before it stopped may not have restarted: it
         // waits in provisioning mode, and counts as fallen back only after the settle time;
-        // look again then rather than a whole interval later
-        let again = rediscover.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(
-                raft::state::REENROLL_SETTLE_MS + 1_000,
-            ))
-            .await;
-            again.notify_one();
-        }));
+        // look again then rather than a whole interval later. A member that never issued a
+        // credential has no such server, and a fleet-wide discovery costs every member a
+        // reply from each waiting server.
+        let issued_before = services
+            .ledger
+            .counts(&services.member)
+            .await
+            .enrolled_by
+            .get(&services.member)
+            .is_some_and(|n| *n > 0);
+        if issued_before {
+            let again = rediscover.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(
+                    raft::state::REENROLL_SETTLE_MS + 1_000,
+                ))
+                .await;
+                again.notify_one();
+            }));
+        }
         tasks.push(tokio::spawn(discover::run_discovery(
             services.clone(),
             queue.clone(),
@@ -490,6 +501,7 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
             election_max_ms: election * 2,
             snapshot_every: c.snapshot_every,
             keep_logs: c.snapshot_keep_logs,
+            commit_linger_ms: c.commit_linger.as_millis() as u64,
             ..Default::default()
         },
         tls,

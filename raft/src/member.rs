@@ -47,7 +47,13 @@ pub struct RaftSettings {
     pub snapshot_chunk_bytes: u64,
     /// Log entries kept behind a snapshot, for followers that lag a little.
     pub keep_logs: u64,
+    /// Pause a busy member makes after each log entry (see `Proposer::start`).
+    pub commit_linger_ms: u64,
 }
+
+/// No commit linger by default: on members with CPU to spare it costs throughput (measured
+/// in `benches/BENCHMARKS.md`).
+pub const DEFAULT_COMMIT_LINGER_MS: u64 = 0;
 
 impl Default for RaftSettings {
     fn default() -> Self {
@@ -59,6 +65,7 @@ impl Default for RaftSettings {
             // a million-record snapshot is ~850 MB: 8 MiB chunks keep it to ~100 round trips
             snapshot_chunk_bytes: 8 * 1024 * 1024,
             keep_logs: 1000,
+            commit_linger_ms: DEFAULT_COMMIT_LINGER_MS,
         }
     }
 }
@@ -101,6 +108,8 @@ impl MemberConfig {
                 heartbeat_ms: 50,
                 election_min_ms: 150,
                 election_max_ms: 300,
+                // an entry costs a group of one a synced append only: no reason to wait
+                commit_linger_ms: 0,
                 ..Default::default()
             },
             tls: None,
@@ -180,7 +189,12 @@ impl RaftMember {
             None => None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let proposer = Proposer::start(cfg.id, raft.clone(), network.clone());
+        let proposer = Proposer::start(
+            cfg.id,
+            raft.clone(),
+            network.clone(),
+            std::time::Duration::from_millis(cfg.settings.commit_linger_ms),
+        );
         let ctx = Arc::new(PeerContext {
             proposer,
             id: cfg.id,

@@ -39,6 +39,9 @@ const _: () = assert!(
 );
 /// Batches written at the same time.
 const IN_FLIGHT: usize = 1;
+/// A member whose last entry carried at least this many commands is busy: its next entry
+/// lingers (see [`Proposer::start`]).
+const LINGER_FROM: usize = 8;
 /// How long a proposal may wait for a leader.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// One try at forwarding to the leader; shorter than an election, so a batch sent to a leader
@@ -62,10 +65,16 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the member's batcher.
-    pub fn start(id: NodeId, raft: Raft, network: Network) -> Proposer {
+    /// Starts the member's batcher. While the member is busy (its last entry carried
+    /// [`LINGER_FROM`] commands or more) it waits `linger` after each entry is committed
+    /// before it starts the next, so what queues meanwhile shares one: every entry costs
+    /// each member a synced append, an append message, openraft's bookkeeping and (from a
+    /// follower) a forward, whatever it carries. That trades latency for CPU: it pays on
+    /// members short of CPU and costs throughput where flows wait on commits instead
+    /// (measured in `benches/BENCHMARKS.md`). Zero, or a quiet member, writes at once.
+    pub fn start(id: NodeId, raft: Raft, network: Network, linger: Duration) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batcher(Route { id, raft, network }, rx));
+        tokio::spawn(batcher(Route { id, raft, network }, rx, linger));
         Proposer { tx }
     }
 
@@ -141,8 +150,14 @@ pub async fn advance_rules(
     }
 }
 
-async fn batcher(route: Route, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>) {
+async fn batcher(
+    route: Route,
+    mut rx: mpsc::UnboundedReceiver<(Command, Reply)>,
+    linger: Duration,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // commands in the last entry
+    let mut last_len = 0;
     // a command taken off the queue that did not fit the last entry goes first in the next
     let mut carry: Option<(Command, Reply)> = None;
     loop {
@@ -163,6 +178,9 @@ async fn batcher(route: Route, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        if last_len >= LINGER_FROM && !linger.is_zero() {
+            tokio::time::sleep(linger).await;
+        }
         // everything that queued up while we waited for a slot goes into this entry, up to
         // its byte budget
         let mut bytes = size;
@@ -181,6 +199,7 @@ async fn batcher(route: Route, mut rx: mpsc::UnboundedReceiver<(Command, Reply)>
                 Err(_) => break,
             }
         }
+        last_len = pending.len();
         let route = route.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) = pending.into_iter().unzip();

@@ -102,6 +102,9 @@ struct Args {
     /// per server); the run object says what stopped it (`stopped_by`)
     #[arg(long)]
     deadline_s: Option<u64>,
+    /// Members' `cluster.commit_linger` in milliseconds (default: the provisioner's own)
+    #[arg(long)]
+    commit_linger_ms: Option<u64>,
 }
 
 impl Args {
@@ -305,7 +308,11 @@ fn ledger_main(args: &Args) -> ExitCode {
 
 /// The provisioner options for a run's user logic.
 fn options(args: &Args, logic: Logic, delay_ms: u64) -> ProvisionerOptions {
-    match logic {
+    let cluster_extra = args
+        .commit_linger_ms
+        .map(|ms| format!("  commit_linger: {ms}ms\n"))
+        .unwrap_or_default();
+    let opts = match logic {
         Logic::Builtin => ProvisionerOptions {
             token: "bench-token".into(),
             workers: args.workers,
@@ -339,6 +346,10 @@ fn options(args: &Args, logic: Logic, delay_ms: u64) -> ProvisionerOptions {
                 ..base
             }
         }
+    };
+    ProvisionerOptions {
+        cluster_extra,
+        ..opts
     }
 }
 
@@ -475,6 +486,8 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         },
         "member_cpu_s": members_cpu_s.iter().sum::<f64>(),
         "member_cpu": args.member_cpu,
+        "commit_linger_ms": args.commit_linger_ms,
+        "workers": args.workers,
         "members_cpu_s": members_cpu_s,
         "members_throttled_s": throttled,
         "leader": leader.map(|id| format!("prov{id}")),

@@ -73,6 +73,14 @@ pub struct ClusterSection {
     /// one over the number of followers, since it coordinates theirs.
     #[serde(default)]
     pub leader_share: Option<f64>,
+    /// Pause a busy member makes after each Raft log entry, so the commands of many servers
+    /// share the next: less CPU per server, more latency; `0s` (default) writes at once.
+    #[serde(default = "default_commit_linger")]
+    pub commit_linger: String,
+}
+
+fn default_commit_linger() -> String {
+    format!("{}ms", raft::member::DEFAULT_COMMIT_LINGER_MS)
 }
 
 fn default_snapshot_every() -> u64 {
@@ -127,6 +135,7 @@ pub struct Cluster {
     pub snapshot_keep_logs: u64,
     /// `None`: one over the number of followers.
     pub leader_share: Option<f64>,
+    pub commit_linger: Duration,
 }
 
 /// The checked section, or `None` when a problem leaves nothing to run with; every problem
@@ -278,6 +287,14 @@ pub(super) fn check_cluster(
             d
         }
     };
+    let commit_linger = duration(p, "cluster.commit_linger", &c.commit_linger);
+    // longer would hold every command past a heartbeat's worth of waiting for nothing
+    if commit_linger > Duration::from_secs(1) {
+        p.add(invalid(
+            "cluster.commit_linger",
+            format!("{commit_linger:?} is more than 1s"),
+        ));
+    }
     if let Some(share) = c.leader_share.filter(|s| !(0.0..=1.0).contains(s)) {
         p.add(invalid(
             "cluster.leader_share",
@@ -300,6 +317,7 @@ pub(super) fn check_cluster(
         snapshot_every: c.snapshot_every,
         snapshot_keep_logs: c.snapshot_keep_logs,
         leader_share: c.leader_share,
+        commit_linger,
     })
 }
 
@@ -353,6 +371,7 @@ cluster:
         assert_eq!(cl.claim_lease, Duration::from_secs(30));
         assert_eq!(cl.max_clock_skew, Duration::from_secs(2));
         assert_eq!((cl.source_ip, cl.snapshot_every), (None, 10_000));
+        assert_eq!(cl.commit_linger, Duration::ZERO);
         // the allowed skew follows the lease: a tenth of it by default, never more
         let short = parse(&format!(
             "{MINIMAL}{CLUSTER}  claim_lease: 5s
@@ -371,10 +390,11 @@ cluster:
         .unwrap_or_default();
         assert!(err.contains("cluster.max_clock_skew"), "{err}");
         let tuned = parse(&format!(
-            "{MINIMAL}{CLUSTER}  source_ip: 127.0.0.12\n  snapshot_every: 50\n  leader_share: 0.3\n"
+            "{MINIMAL}{CLUSTER}  source_ip: 127.0.0.12\n  snapshot_every: 50\n  leader_share: 0.3\n  commit_linger: 80ms\n"
         ))
         .unwrap();
         let cl = tuned.cluster.as_ref().unwrap();
+        assert_eq!(cl.commit_linger, Duration::from_millis(80));
         assert_eq!(cl.source_ip, "127.0.0.12".parse().ok());
         assert_eq!(cl.snapshot_every, 50);
         assert_eq!(cl.leader_share, Some(0.3));
@@ -414,6 +434,14 @@ cluster:
             (
                 format!("{CLUSTER}  leader_share: 1.5\n"),
                 "cluster.leader_share",
+            ),
+            (
+                format!("{CLUSTER}  commit_linger: 2s\n"),
+                "cluster.commit_linger",
+            ),
+            (
+                format!("{CLUSTER}  commit_linger: soon\n"),
+                "cluster.commit_linger",
             ),
         ];
         for (text, key) in cases {

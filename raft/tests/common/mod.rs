@@ -33,6 +33,8 @@ pub fn settings() -> RaftSettings {
         snapshot_every: 50,
         snapshot_chunk_bytes: 4 * 1024,
         keep_logs: 0,
+        // a short linger, so the busy path runs in every group test
+        commit_linger_ms: 5,
     }
 }
 
