@@ -11,6 +11,7 @@ mod cgroup;
 mod failover;
 mod ledger;
 mod plot;
+mod scaling;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +106,9 @@ struct Args {
     /// Members' `cluster.commit_linger` in milliseconds (default: the provisioner's own)
     #[arg(long)]
     commit_linger_ms: Option<u64>,
+    /// `scaling`: rounds of 1, 3 and 5 members, interleaved; ratios use each size's median
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 impl Args {
@@ -173,7 +177,9 @@ fn main() -> ExitCode {
     };
     let mut plan: Vec<Plan> = match args.scenario {
         Scenario::Throughput | Scenario::Latency | Scenario::Ledger => vec![one],
-        Scenario::Scaling => [1, 3, 5].map(|m| Plan { members: m, ..one }).to_vec(),
+        Scenario::Scaling => (0..args.rounds.max(1))
+            .flat_map(|_| [1, 3, 5].map(|m| Plan { members: m, ..one }))
+            .collect(),
         Scenario::Failover => vec![Plan { kill: true, ..one }],
         Scenario::Helper => vec![
             Plan {
@@ -234,6 +240,20 @@ fn main() -> ExitCode {
         i += 1;
     }
     print_table(&runs);
+    if args.scenario == Scenario::Scaling {
+        for line in scaling::summarize(&mut runs) {
+            let ratio = line["ratio_to_one_member"]
+                .as_f64()
+                .map(|r| format!(", {r:.2}x one member"))
+                .unwrap_or_default();
+            println!(
+                "scaling: {} member(s), median of {} run(s): {:.0}/min{ratio}",
+                line["members"],
+                line["runs"],
+                line["median_per_minute"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
     let mut all = runs.clone();
     if args.append {
         let earlier: Vec<Value> = std::fs::read_to_string(&args.out)
