@@ -253,8 +253,12 @@ fn check_dashboard_metrics(d: &Deployed) {
         changes.is_some_and(|n| n >= 1.0),
         "leader changes {changes:?}"
     );
+    // credentials are recorded with `enroll` once the cluster applies rules 5, with
+    // `issue_credential` before that
     assert!(
-        text.contains("choria_provisioner_ledger_commit_time_count{command=\"issue_credential\",result=\"ok\",site=\"lon1\"}"),
+        ["enroll", "issue_credential"].iter().any(|c| text.contains(&format!(
+            "choria_provisioner_ledger_commit_time_count{{command=\"{c}\",result=\"ok\",site=\"lon1\"}}"
+        ))),
         "{text}"
     );
     std::fs::write(&scrape, text).expect("write the scrape");

@@ -8,8 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::pipeline::Services;
 use crate::rpc::RpcError;
 
-/// Sends the configuration; returns the SHA-256 (hex) of the configuration text sent, which
-/// the ledger records.
+/// Sends the configuration; returns its [`digest`], which the ledger records.
 pub async fn configure(
     svc: &Services,
     identity: &str,
@@ -25,28 +24,38 @@ pub async fn configure(
             5,
         )
         .await?;
-    Ok(hex::encode(Sha256::digest(request.config.as_bytes())))
+    Ok(digest(&request.config))
+}
+
+/// The SHA-256 (hex) of a configuration text: what the ledger records of it.
+pub fn digest(config: &str) -> String {
+    hex::encode(Sha256::digest(config.as_bytes()))
 }
 
 /// Asks the server to restart into its new configuration within a second of splay.
 ///
-/// One try, answered within [`RESTART_WITHIN`]: the ledger shows the server enrolled and
-/// unowned by now, and once the settle time has passed another member may take it over as
-/// fallen back; a restart sent after that could boot it into a credential that was replaced.
-pub async fn restart(svc: &Services, identity: &str) -> Result<(), RpcError> {
+/// One try, answered within [`RESTART_WITHIN`] and `budget_ms`: the ledger shows the server
+/// enrolled and unowned by now, and once the settle time has passed another member may take
+/// it over as fallen back; a restart sent after that could boot it into a credential that
+/// was replaced. No budget left: not sent.
+pub async fn restart(svc: &Services, identity: &str, budget_ms: u64) -> Result<(), RpcError> {
+    let timeout = svc
+        .config
+        .rpc_timeout
+        .min(RESTART_WITHIN)
+        .min(std::time::Duration::from_millis(budget_ms));
+    if timeout.is_zero() {
+        return Err(RpcError::NoTime {
+            rpc: format!("{PROVISION_AGENT}#restart"),
+            identity: identity.to_string(),
+        });
+    }
     let req = RestartRequest {
         token: svc.config.token.clone(),
         splay: Some(1),
     };
     svc.rpc
-        .call_ok(
-            identity,
-            PROVISION_AGENT,
-            "restart",
-            &req,
-            svc.config.rpc_timeout.min(RESTART_WITHIN),
-            1,
-        )
+        .call_ok(identity, PROVISION_AGENT, "restart", &req, timeout, 1)
         .await
         .map(|_| ())
 }

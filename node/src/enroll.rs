@@ -5,6 +5,8 @@
 //! which must pass [`certcheck`](crate::certcheck) first, or the built-in CA signs the checked
 //! CSR (feature `pki`). Both are recorded with serial, fingerprint and expiry; a serial the
 //! ledger has seen before is refused and, for the built-in CA, signed again with a new one.
+//! Once the cluster applies ledger rules 5 the same command also records the enrollment
+//! ([`Enrollment`]): one replicated command per server instead of two.
 
 use proto::agents::CsrReply;
 use raft::{Applied, Command, Rejection};
@@ -42,6 +44,15 @@ pub struct Credential {
     pub certificate: String,
     pub ca: String,
     pub serial: String,
+    /// When the ledger recorded it, Unix ms (the command's time).
+    pub recorded_at_ms: u64,
+}
+
+/// The enrollment recorded with the credential (`Command::Enroll`): the digest of the
+/// configuration the server is about to be sent and the inventory facts kept.
+pub struct Enrollment {
+    pub config_digest: String,
+    pub facts: std::collections::BTreeMap<String, String>,
 }
 
 /// What the helper answered about the server's credential.
@@ -52,12 +63,14 @@ pub struct FromHelper<'a> {
     pub key: &'a str,
 }
 
-/// The server's certificate: the helper's, checked, or one the built-in CA signs for `csr`.
+/// The server's certificate: the helper's, checked, or one the built-in CA signs for `csr`;
+/// recorded with `enrollment` when there is one.
 pub async fn enroll(
     svc: &Services,
     identity: &str,
     csr: Option<&ValidCsr>,
     helper: &FromHelper<'_>,
+    enrollment: Option<&Enrollment>,
 ) -> Result<Credential, EnrollError> {
     match (helper.certificate.is_empty(), helper.ca.is_empty()) {
         (false, false) => {
@@ -77,11 +90,12 @@ pub async fn enroll(
                     now: (now_ms() / 1000) as i64,
                 },
             )?;
-            record(svc, identity, &issued).await?;
+            let recorded_at_ms = record(svc, identity, &issued, enrollment).await?;
             Ok(Credential {
                 certificate: issued.pem,
                 ca: helper.ca.to_string(),
                 serial: issued.serial,
+                recorded_at_ms,
             })
         }
         (true, true) => {
@@ -91,12 +105,13 @@ pub async fn enroll(
             loop {
                 attempt += 1;
                 let issued = ca.sign(&csr.spki_der, identity)?;
-                match record(svc, identity, &issued).await {
-                    Ok(()) => {
+                match record(svc, identity, &issued, enrollment).await {
+                    Ok(recorded_at_ms) => {
                         return Ok(Credential {
                             certificate: issued.pem,
                             ca: ca.cert_pem().to_string(),
                             serial: issued.serial,
+                            recorded_at_ms,
                         })
                     }
                     Err(EnrollError::Refused(Rejection::SerialInUse { .. }))
@@ -112,22 +127,37 @@ pub async fn enroll(
     }
 }
 
-/// Records an issued credential (certificate or server JWT) under the caller's claim.
+/// Records an issued credential (certificate or server JWT) under the caller's claim, and
+/// with it `enrollment` if given; returns the command's time (Unix ms).
 pub(crate) async fn record(
     svc: &Services,
     identity: &str,
     issued: &Issued,
-) -> Result<(), EnrollError> {
-    let cmd = Command::IssueCredential {
-        identity: identity.to_string(),
-        member: svc.member.clone(),
-        serial: issued.serial.clone(),
-        fingerprint: issued.fingerprint.clone(),
-        not_after: issued.not_after,
-        at_ms: now_ms(),
+    enrollment: Option<&Enrollment>,
+) -> Result<u64, EnrollError> {
+    let at_ms = now_ms();
+    let cmd = match enrollment {
+        Some(e) => Command::Enroll {
+            identity: identity.to_string(),
+            member: svc.member.clone(),
+            serial: issued.serial.clone(),
+            fingerprint: issued.fingerprint.clone(),
+            not_after: issued.not_after,
+            config_digest: e.config_digest.clone(),
+            facts: e.facts.clone(),
+            at_ms,
+        },
+        None => Command::IssueCredential {
+            identity: identity.to_string(),
+            member: svc.member.clone(),
+            serial: issued.serial.clone(),
+            fingerprint: issued.fingerprint.clone(),
+            not_after: issued.not_after,
+            at_ms,
+        },
     };
     match svc.ledger.propose(cmd).await {
-        Ok(Applied::Ok) => Ok(()),
+        Ok(Applied::Ok) => Ok(at_ms),
         Ok(Applied::Rejected(r)) => Err(EnrollError::Refused(r)),
         Err(e) => Err(EnrollError::Ledger(e.to_string())),
     }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::agents::ConfigureRequest;
+use raft::state::{ENROLL_RULES, REENROLL_SETTLE_MS};
 use raft::{Applied, Command, Ledger, Rejection, ReleaseOutcome};
 use sha2::{Digest, Sha256};
 
@@ -118,6 +119,7 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
         Ok(until_ms) => Lease {
             until_ms,
             fenced: false,
+            enrolled_at_ms: None,
         },
         Err(skip) => return skip,
     };
@@ -137,7 +139,28 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
     };
     let steps = run_steps(svc, identity, seen_ms, &mut lease, jwt, before.as_ref()).await;
     let (outcome, release) = match steps {
-        Ok(Step::Done(digest, facts)) => {
+        Ok(Step::Done {
+            enrolled_at_ms: Some(at_ms),
+            ..
+        }) => {
+            // the ledger shows it enrolled since its credential was recorded; the restart
+            // goes out within the settle time that keeps other members off it
+            let budget = (at_ms + REENROLL_SETTLE_MS).saturating_sub(SETTLE_MARGIN_MS + now_ms());
+            if let Err(e) = configure::restart(svc, identity, budget).await {
+                tracing::error!(identity, error = %e, "enrolled but the restart failed");
+                return Outcome::Failed(format!("restart: {e}"));
+            }
+            if before.is_some() {
+                svc.metrics.inc(&svc.metrics.reenrolled);
+                retire_superseded(svc, identity).await;
+            }
+            return Outcome::Provisioned;
+        }
+        Ok(Step::Done {
+            digest,
+            facts,
+            enrolled_at_ms: None,
+        }) => {
             let cmd = Command::Enrolled {
                 identity: identity.to_string(),
                 member: svc.member.clone(),
@@ -149,7 +172,8 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
                 Ok(()) => {
                     // the ledger shows it enrolled (and unowned) now; a server that does not
                     // restart stays in provisioning mode and the next discovery finds it there
-                    if let Err(e) = configure::restart(svc, identity).await {
+                    let budget = configure::RESTART_WITHIN.as_millis() as u64;
+                    if let Err(e) = configure::restart(svc, identity, budget).await {
                         tracing::error!(identity, error = %e, "enrolled but the restart failed");
                         return Outcome::Failed(format!("restart: {e}"));
                     }
@@ -341,8 +365,14 @@ async fn retire_superseded(svc: &Services, identity: &str) {
 const LEDGER_FACTS_BUDGET: usize = 2048;
 
 enum Step {
-    /// Configured (not yet restarted): the configuration digest and the facts to keep.
-    Done(String, std::collections::BTreeMap<String, String>),
+    /// Configured (not yet restarted): the configuration digest and the facts to keep, and
+    /// when the ledger recorded the enrollment with the credential (`Command::Enroll`), if
+    /// it did.
+    Done {
+        digest: String,
+        facts: std::collections::BTreeMap<String, String>,
+        enrolled_at_ms: Option<u64>,
+    },
     Deferred(String),
     Shutdown(String),
     Upgrading {
@@ -531,10 +561,16 @@ async fn run_steps(
         key: &decision.key,
     };
     let ed25519 = ed_key.is_some() && svc.issuer.is_some();
+    // from ledger rules 5 the credential's command records the enrollment too
+    let enrollment =
+        (svc.ledger.settings().await.rules >= ENROLL_RULES).then(|| enroll::Enrollment {
+            config_digest: configure::digest(&request.config),
+            facts: facts.clone(),
+        });
     if fetched_csr.is_some() || (!ed25519 && !decision.certificate.is_empty()) {
         lease.keep(svc, identity, seen_ms, "issuing").await?;
         let csr = fetched_csr.as_ref().map(|c| &c.csr);
-        let cred = enroll::enroll(svc, identity, csr, &from_helper)
+        let cred = enroll::enroll(svc, identity, csr, &from_helper, enrollment.as_ref())
             .await
             .map_err(|e| {
                 if let enroll::EnrollError::HelperCertificate(h) = &e {
@@ -543,6 +579,7 @@ async fn run_steps(
                 e.to_string()
             })?;
         lease.fenced = true;
+        lease.enrolled_at_ms = enrollment.as_ref().map(|_| cred.recorded_at_ms);
         tracing::info!(identity, serial = %cred.serial, "certificate issued");
         request.certificate = cred.certificate;
         request.ca = cred.ca;
@@ -566,10 +603,11 @@ async fn run_steps(
             not_after: claims.reg.exp,
             pem: String::new(),
         };
-        crate::enroll::record(svc, identity, &issued)
+        let recorded_at_ms = crate::enroll::record(svc, identity, &issued, enrollment.as_ref())
             .await
             .map_err(|e| e.to_string())?;
         lease.fenced = true;
+        lease.enrolled_at_ms = enrollment.as_ref().map(|_| recorded_at_ms);
         tracing::info!(identity, jti = %claims.reg.jti, "server JWT issued");
         request.server_jwt = jwt;
         if request.ssldir.is_empty() {
@@ -578,7 +616,25 @@ async fn run_steps(
     }
 
     let digest = fenced_configure(svc, identity, seen_ms, lease, &request).await?;
-    Ok(Step::Done(digest, facts))
+    Ok(Step::Done {
+        digest,
+        facts,
+        enrolled_at_ms: lease.enrolled_at_ms,
+    })
+}
+
+/// Time kept back from the end of the settle time after an `Enroll`: the restart is not sent
+/// later than this before other members may take the server as fallen back.
+const SETTLE_MARGIN_MS: u64 = 2_000;
+
+/// How long `configure` may still be sent (and sent again) after the ledger recorded the
+/// enrollment at `enrolled_at` (Unix ms): until the restart's own time
+/// ([`configure::RESTART_WITHIN`]) and [`SETTLE_MARGIN_MS`] before the settle time ends;
+/// `None` when that has passed.
+fn settle_budget(enrolled_at: u64, now: u64) -> Option<u64> {
+    let send_by = (enrolled_at + REENROLL_SETTLE_MS)
+        .saturating_sub(SETTLE_MARGIN_MS + configure::RESTART_WITHIN.as_millis() as u64);
+    Some(send_by.saturating_sub(now)).filter(|b| *b > 0)
 }
 
 /// Time kept back from the end of a claim: `configure` is not sent (or sent again) later
@@ -597,9 +653,12 @@ fn send_budget(lease_until: u64, lease_ms: u64, now: u64) -> Option<u64> {
 
 /// This flow's claim on its server: when it lapses, and whether the ledger has confirmed it
 /// since it was taken (a credential is recorded only by the claim's holder, at apply time).
+/// Once the ledger recorded the enrollment (`enrolled_at_ms`) the claim is over and the
+/// settle time fences what is still sent.
 struct Lease {
     until_ms: u64,
     fenced: bool,
+    enrolled_at_ms: Option<u64>,
 }
 
 impl Lease {
@@ -641,6 +700,15 @@ async fn fenced_configure(
     lease: &mut Lease,
     request: &ConfigureRequest,
 ) -> Result<String, String> {
+    if let Some(at) = lease.enrolled_at_ms {
+        let Some(budget) = settle_budget(at, now_ms()) else {
+            return Err(
+                "the settle time after enrollment ends before configure could be sent; not sent"
+                    .into(),
+            );
+        };
+        return send_configure(svc, identity, request, budget).await;
+    }
     if lease.fenced {
         lease.keep(svc, identity, seen_ms, "configure").await?;
     } else {
@@ -651,6 +719,16 @@ async fn fenced_configure(
     let Some(budget) = send_budget(lease.until_ms, svc.claim_lease_ms, now_ms()) else {
         return Err("the claim lapses before configure could be sent; not sent".into());
     };
+    send_configure(svc, identity, request, budget).await
+}
+
+/// `configure`, given up after `budget` ms.
+async fn send_configure(
+    svc: &Services,
+    identity: &str,
+    request: &ConfigureRequest,
+    budget: u64,
+) -> Result<String, String> {
     match tokio::time::timeout(
         Duration::from_millis(budget),
         configure::configure(svc, identity, request),
@@ -659,7 +737,7 @@ async fn fenced_configure(
     {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
-            "configure not answered within the claim ({budget} ms left of it); gave up"
+            "configure not answered within the {budget} ms left to send it; gave up"
         )),
     }
 }
@@ -678,6 +756,22 @@ mod tests {
         assert_eq!(send_budget(30_000, 30_000, 20_000), Some(4_000));
         assert_eq!(send_budget(30_000, 30_000, 24_000), None);
         assert_eq!(send_budget(30_000, 30_000, 40_000), None);
+    }
+
+    #[test]
+    fn after_an_enrollment_configure_goes_out_only_while_the_restart_still_fits_the_settle_time() {
+        use super::{settle_budget, SETTLE_MARGIN_MS};
+        use crate::configure::RESTART_WITHIN;
+        use raft::state::REENROLL_SETTLE_MS;
+        let restart = RESTART_WITHIN.as_millis() as u64;
+        let last = REENROLL_SETTLE_MS - SETTLE_MARGIN_MS - restart;
+        // recorded at t=1000: configure until the restart's time and the margin before the end
+        assert_eq!(settle_budget(1_000, 1_000), Some(last));
+        assert_eq!(settle_budget(1_000, 1_500), Some(last - 500));
+        assert_eq!(settle_budget(1_000, 1_000 + last), None);
+        assert_eq!(settle_budget(1_000, 60_000), None);
+        // the restart after that still answers inside the settle time, with the margin
+        assert!(last + restart + SETTLE_MARGIN_MS <= REENROLL_SETTLE_MS);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub enum RpcError {
     },
     #[error("subscribing to replies failed: {0}")]
     Subscribe(String),
+    /// The time this request had to go out in had passed; it was not sent.
+    #[error("{rpc}: not sent to {identity}: no time left to send it in")]
+    NoTime { rpc: String, identity: String },
 }
 
 impl RpcError {

@@ -116,6 +116,21 @@ pub enum Command {
         older_than_ms: u64,
         at_ms: u64,
     },
+    /// `IssueCredential` and `Enrolled` in one (rules 5): the credential the server is about
+    /// to receive with the configuration whose digest this names. The claim ends here; the
+    /// settle time (`state::REENROLL_SETTLE_MS`) keeps other members off while the owner
+    /// sends the configuration and the restart, and the owner may still record a failure
+    /// (`Release`) within it. Appended last: the binary log encodes variants by position.
+    Enroll {
+        identity: String,
+        member: String,
+        serial: String,
+        fingerprint: String,
+        not_after: i64,
+        config_digest: String,
+        facts: std::collections::BTreeMap<String, String>,
+        at_ms: u64,
+    },
 }
 
 /// Longest free text (a reason, a history line) a command carries into the ledger; what
@@ -153,6 +168,7 @@ impl Command {
             Command::SetRules { .. } => "set_rules",
             Command::Restarted { .. } => "restarted",
             Command::Forget { .. } => "forget",
+            Command::Enroll { .. } => "enroll",
         }
     }
 
@@ -189,6 +205,22 @@ impl Command {
             } => {
                 text(identity)
                     + text(member)
+                    + text(config_digest)
+                    + facts.iter().map(|(k, v)| text(k) + text(v)).sum::<usize>()
+            }
+            Command::Enroll {
+                identity,
+                member,
+                serial,
+                fingerprint,
+                config_digest,
+                facts,
+                ..
+            } => {
+                text(identity)
+                    + text(member)
+                    + text(serial)
+                    + text(fingerprint)
                     + text(config_digest)
                     + facts.iter().map(|(k, v)| text(k) + text(v)).sum::<usize>()
             }
@@ -267,12 +299,26 @@ impl Command {
             | Command::Note { identity, .. }
             | Command::Reassign { identity, .. }
             | Command::Restarted { identity, .. }
-            | Command::Forget { identity, .. } => Some(identity),
+            | Command::Forget { identity, .. }
+            | Command::Enroll { identity, .. } => Some(identity),
             Command::SetRules { .. }
             | Command::Heartbeat { .. }
             | Command::SetPaused { .. }
             | Command::SetDraining { .. }
             | Command::Rebalance { .. } => None,
+        }
+    }
+
+    /// The serial a credential command records, and for which server.
+    pub fn issued_serial(&self) -> Option<(&str, &str)> {
+        match self {
+            Command::IssueCredential {
+                serial, identity, ..
+            }
+            | Command::Enroll {
+                serial, identity, ..
+            } => Some((serial, identity)),
+            _ => None,
         }
     }
 
@@ -292,7 +338,8 @@ impl Command {
             | Command::Note { member, .. }
             | Command::Reassign { member, .. }
             | Command::Restarted { member, .. }
-            | Command::Forget { member, .. } => Some(member),
+            | Command::Forget { member, .. }
+            | Command::Enroll { member, .. } => Some(member),
             Command::SetPaused { .. }
             | Command::SetDraining { .. }
             | Command::Rebalance { .. }
@@ -342,6 +389,16 @@ mod tests {
                 at_ms: 1,
             },
             Command::SetRules { rules: 2, at_ms: 1 },
+            Command::Enroll {
+                identity: "n1.example.net".into(),
+                member: "prov1".into(),
+                serial: "0a".repeat(16),
+                fingerprint: "f".repeat(64),
+                not_after: i64::MAX,
+                config_digest: "d".repeat(64),
+                facts: std::collections::BTreeMap::from([("role".into(), "web \"x\"".into())]),
+                at_ms: u64::MAX,
+            },
         ];
         for cmd in cmds {
             let json = serde_json::to_vec(&cmd).unwrap().len();

@@ -28,6 +28,10 @@
 //!   abandoned, reassigned) leaves it enrolled: a sighting alone never unenrolls a server;
 //! - the record of a server that failed and never held a credential may be forgotten once it
 //!   has not changed for a while (`Forget`).
+//!
+//! Rules 5: a flow that issues a credential records it and the enrollment in one command
+//! (`Enroll`) before it sends the configuration; its owner may still record a failure
+//! (`Release`) within the settle time, while other members are kept off by that same time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -47,8 +51,10 @@ pub const ISSUE_TIMES_KEPT: usize = 16;
 /// reports it applies the new rules (`SetRules`). 1: as first released. 2: see the list above.
 /// 3: commands apply as in 2; every member decodes binary, so members send it to each other
 /// (see [`crate::codec`]). 4: as 3; every member reads snapshots in format 2, so they are
-/// built in it (see [`crate::snapshot`]).
-pub const LEDGER_RULES: u32 = 4;
+/// built in it (see [`crate::snapshot`]). 5: `Enroll` (see the list above).
+pub const LEDGER_RULES: u32 = 5;
+/// The ledger rules from which `Enroll` applies.
+pub const ENROLL_RULES: u32 = 5;
 
 fn rules_v1() -> u32 {
     1
@@ -722,7 +728,7 @@ impl LedgerState {
             return Ok(self.apply_command(cmd).map(|()| Encoded::NoRecord));
         };
         self.records.fault_in(identity)?;
-        if let Command::IssueCredential { serial, .. } = cmd {
+        if let Some((serial, _)) = cmd.issued_serial() {
             self.records.fault_in_serial(serial)?;
         }
         let keeping = self.running.get().is_some();
@@ -731,12 +737,10 @@ impl LedgerState {
             Some(r) if keeping => Some(r.digest_term.get().unwrap_or_else(|| Sum::record(r))),
             _ => None,
         };
-        let new_serial = match cmd {
-            Command::IssueCredential { serial, .. } if self.records.serial(serial).is_none() => {
-                Some(serial)
-            }
-            _ => None,
-        };
+        let new_serial = cmd
+            .issued_serial()
+            .map(|(serial, _)| serial)
+            .filter(|serial| self.records.serial(serial).is_none());
         // the record's counts come out before and go back in as it is after (unchanged when
         // the command is rejected)
         let mut tally = self.tally.take();
@@ -809,44 +813,46 @@ impl LedgerState {
                 at_ms,
             } => {
                 let event = format!("credential issued, serial {serial}");
-                if self.records.serial(serial) == Some(identity)
-                    && self.replayed(identity, member, *at_ms, &event)
+                let issued = Issue {
+                    serial,
+                    fingerprint,
+                    not_after: *not_after,
+                };
+                self.issue(identity, member, *at_ms, event, issued)
+                    .map(|_| ())
+            }
+
+            Command::Enroll {
+                identity,
+                member,
+                serial,
+                fingerprint,
+                not_after,
+                config_digest,
+                facts,
+                at_ms,
+            } => {
+                if self.rules() < ENROLL_RULES {
+                    return Err(Rejection::NotEnabled {
+                        rules: ENROLL_RULES,
+                    });
+                }
+                // the history reads as the two commands' would: issued, then enrolled
+                if self.records.serial(serial).map(String::as_str) == Some(identity.as_str())
+                    && self.replayed(identity, member, *at_ms, "enrolled")
                 {
                     return Ok(());
                 }
-                if let Some(other) = self.records.serial(serial) {
-                    return Err(Rejection::SerialInUse {
-                        identity: other.clone(),
-                    });
-                }
-                let rules = self.rules();
-                let rec = self.owned_by(identity, member, *at_ms)?;
-                if let Some(old) = rec.credential.take() {
-                    if &old.serial != serial {
-                        if rules >= 2 && rec.superseded.is_none() {
-                            // the server may still use it: valid until it restarted with the new
-                            rec.superseded = Some(old);
-                        } else {
-                            let reason = format!("superseded by {serial}");
-                            revoke(rec, old, member, *at_ms, reason);
-                        }
-                    }
-                }
-                if rules >= 2 {
-                    rec.claimed_while_enrolled = false;
-                    rec.issued_at_ms.push(*at_ms);
-                    let excess = rec.issued_at_ms.len().saturating_sub(ISSUE_TIMES_KEPT);
-                    rec.issued_at_ms.drain(..excess);
-                }
-                rec.credential = Some(Credential {
-                    serial: serial.clone(),
-                    fingerprint: fingerprint.clone(),
+                let event = format!("credential issued, serial {serial}");
+                let issued = Issue {
+                    serial,
+                    fingerprint,
                     not_after: *not_after,
-                    issued_by: member.clone(),
-                    issued_at_ms: *at_ms,
-                });
-                note(rec, *at_ms, member, event);
-                self.records.insert_serial(serial, identity);
+                };
+                if let Some(rec) = self.issue(identity, member, *at_ms, event, issued)? {
+                    enrolled(rec, config_digest, facts);
+                    note(rec, *at_ms, member, "enrolled".into());
+                }
                 Ok(())
             }
 
@@ -861,13 +867,7 @@ impl LedgerState {
                     return Ok(());
                 }
                 let rec = self.owned_by(identity, member, *at_ms)?;
-                rec.state = EnrollState::Enrolled;
-                rec.owner = None;
-                rec.lease_until_ms = 0;
-                rec.last_error = None;
-                rec.claimed_while_enrolled = false;
-                rec.config_digest = Some(config_digest.clone());
-                rec.facts = facts.clone();
+                enrolled(rec, config_digest, facts);
                 note(rec, *at_ms, member, "enrolled".into());
                 Ok(())
             }
@@ -1020,7 +1020,14 @@ impl LedgerState {
                     return Ok(());
                 }
                 let rules2 = self.rules() >= 2;
-                let rec = self.owned_by(identity, member, *at_ms)?;
+                let rec = if self.rules() >= ENROLL_RULES
+                    && self.enrolled_just_now(identity, member, *at_ms)
+                {
+                    // the flow that enrolled it could not configure or restart it
+                    self.record_mut(identity)?
+                } else {
+                    self.owned_by(identity, member, *at_ms)?
+                };
                 // a flow on an enrolled server that issued nothing leaves it enrolled
                 let keep_enrolled = rules2
                     && rec.claimed_while_enrolled
@@ -1175,6 +1182,75 @@ impl LedgerState {
             .is_some_and(|h| h.at_ms == at_ms && h.member == member && h.event == event)
     }
 
+    /// Records the credential `issued` for `identity` under `member`'s claim, with `event` in
+    /// its history; `None` when this very command was applied before (a forward sent again).
+    fn issue(
+        &mut self,
+        identity: &str,
+        member: &str,
+        at_ms: u64,
+        event: String,
+        issued: Issue<'_>,
+    ) -> Result<Option<&mut Record>, Rejection> {
+        let serial = issued.serial;
+        if self.records.serial(serial).map(String::as_str) == Some(identity)
+            && self.replayed(identity, member, at_ms, &event)
+        {
+            return Ok(None);
+        }
+        if let Some(other) = self.records.serial(serial) {
+            return Err(Rejection::SerialInUse {
+                identity: other.clone(),
+            });
+        }
+        let rules = self.rules();
+        let rec = self.owned_by(identity, member, at_ms)?;
+        if let Some(old) = rec.credential.take() {
+            if old.serial != serial {
+                if rules >= 2 && rec.superseded.is_none() {
+                    // the server may still use it: valid until it restarted with the new
+                    rec.superseded = Some(old);
+                } else {
+                    let reason = format!("superseded by {serial}");
+                    revoke(rec, old, member, at_ms, reason);
+                }
+            }
+        }
+        if rules >= 2 {
+            rec.claimed_while_enrolled = false;
+            rec.issued_at_ms.push(at_ms);
+            let excess = rec.issued_at_ms.len().saturating_sub(ISSUE_TIMES_KEPT);
+            rec.issued_at_ms.drain(..excess);
+        }
+        rec.credential = Some(Credential {
+            serial: serial.to_string(),
+            fingerprint: issued.fingerprint.to_string(),
+            not_after: issued.not_after,
+            issued_by: member.to_string(),
+            issued_at_ms: at_ms,
+        });
+        note(rec, at_ms, member, event);
+        self.records.insert_serial(serial, identity);
+        self.records
+            .loaded_mut(identity)
+            .map(Some)
+            .ok_or(Rejection::UnknownServer)
+    }
+
+    /// True when `member` enrolled `identity` with `Enroll` less than the settle time before
+    /// `at_ms` and nothing changed it since: that flow may still report it failed.
+    fn enrolled_just_now(&self, identity: &str, member: &str, at_ms: u64) -> bool {
+        self.records.loaded(identity).is_some_and(|r| {
+            r.state == EnrollState::Enrolled
+                && r.owner.is_none()
+                && r.credential.as_ref().is_some_and(|c| {
+                    c.issued_by == member
+                        && c.issued_at_ms == r.updated_ms
+                        && at_ms < c.issued_at_ms.saturating_add(REENROLL_SETTLE_MS)
+                })
+        })
+    }
+
     /// The record of `identity` if `member` holds a live claim on it.
     fn owned_by(
         &mut self,
@@ -1267,6 +1343,24 @@ fn revoke(rec: &mut Record, cred: Credential, member: &str, at_ms: u64, reason: 
     });
 }
 
+/// A credential as a command names it.
+struct Issue<'a> {
+    serial: &'a str,
+    fingerprint: &'a str,
+    not_after: i64,
+}
+
+/// Marks `rec` enrolled with the configuration whose digest is `config_digest`; its claim ends.
+fn enrolled(rec: &mut Record, config_digest: &str, facts: &BTreeMap<String, String>) {
+    rec.state = EnrollState::Enrolled;
+    rec.owner = None;
+    rec.lease_until_ms = 0;
+    rec.last_error = None;
+    rec.claimed_while_enrolled = false;
+    rec.config_digest = Some(config_digest.to_string());
+    rec.facts = facts.clone();
+}
+
 fn note(rec: &mut Record, at_ms: u64, member: &str, event: String) {
     rec.updated_ms = at_ms;
     rec.history.push(HistoryEntry {
@@ -1313,6 +1407,126 @@ mod tests {
             facts: BTreeMap::new(),
             at_ms: at,
         }
+    }
+
+    fn enroll(id: &str, m: &str, serial: &str, at: u64) -> Command {
+        Command::Enroll {
+            identity: id.into(),
+            member: m.into(),
+            serial: serial.into(),
+            fingerprint: "f".into(),
+            not_after: 1,
+            config_digest: "d".into(),
+            facts: BTreeMap::from([("role".into(), "web".into())]),
+            at_ms: at,
+        }
+    }
+
+    fn at_rules(rules: u32) -> LedgerState {
+        let mut s = LedgerState::default();
+        s.apply(&Command::SetRules { rules, at_ms: 0 }).unwrap();
+        s
+    }
+
+    #[test]
+    fn enroll_is_the_credential_and_the_enrollment_in_one_command() {
+        // not before rules 5: a member of an earlier build would not know it
+        let mut old = at_rules(ENROLL_RULES - 1);
+        old.apply(&claim("n1", "a", 0)).unwrap();
+        assert_eq!(
+            old.apply(&enroll("n1", "a", "01", 10)),
+            Err(Rejection::NotEnabled {
+                rules: ENROLL_RULES
+            })
+        );
+        // the same record, serial index and digest as the two commands it stands for
+        let (mut one, mut two) = (at_rules(ENROLL_RULES), at_rules(ENROLL_RULES));
+        one.apply(&claim("n1", "a", 0)).unwrap();
+        two.apply(&claim("n1", "a", 0)).unwrap();
+        one.apply(&enroll("n1", "a", "01", 10)).unwrap();
+        two.apply(&issue("n1", "a", "01", 10)).unwrap();
+        two.apply(&Command::Enrolled {
+            identity: "n1".into(),
+            member: "a".into(),
+            config_digest: "d".into(),
+            facts: BTreeMap::from([("role".into(), "web".into())]),
+            at_ms: 10,
+        })
+        .unwrap();
+        let r = one.record("n1").unwrap();
+        assert_eq!(Some(&r), two.record("n1").as_ref());
+        assert_eq!(one.digest(), two.digest());
+        assert_eq!((r.state, r.owner.as_deref()), (EnrollState::Enrolled, None));
+        assert_eq!(r.credential.as_ref().map(|c| c.serial.as_str()), Some("01"));
+        let events: Vec<_> = r.history.iter().map(|h| h.event.as_str()).collect();
+        assert_eq!(
+            events,
+            ["claimed", "credential issued, serial 01", "enrolled"]
+        );
+        // sent again (a forward retried after it committed): nothing changes
+        one.apply(&enroll("n1", "a", "01", 10)).unwrap();
+        assert_eq!(one.record("n1").unwrap(), r);
+        // the serial is nobody else's, and a credential needs the claim
+        one.apply(&claim("n2", "a", 0)).unwrap();
+        assert!(matches!(
+            one.apply(&enroll("n2", "a", "01", 11)),
+            Err(Rejection::SerialInUse { .. })
+        ));
+        assert!(matches!(
+            one.apply(&enroll("n2", "b", "02", 11)),
+            Err(Rejection::NotOwner { .. })
+        ));
+        // another member that sees it waiting within the settle time leaves it alone: it is
+        // being configured and restarted
+        assert_eq!(
+            one.apply(&claim("n1", "b", 20)),
+            Err(Rejection::AlreadyEnrolled)
+        );
+    }
+
+    #[test]
+    fn the_flow_that_enrolled_a_server_may_record_its_failure_within_the_settle_time() {
+        let failed = |m: &str, at: u64| Command::Release {
+            identity: "n1".into(),
+            member: m.into(),
+            outcome: ReleaseOutcome::Failed {
+                reason: "configure: no reply".into(),
+            },
+            at_ms: at,
+        };
+        let mut s = at_rules(ENROLL_RULES);
+        s.apply(&claim("n1", "a", 0)).unwrap();
+        s.apply(&enroll("n1", "a", "01", 10)).unwrap();
+        // not another member, and not the enroller once the settle time is over
+        assert!(matches!(
+            s.apply(&failed("b", 20)),
+            Err(Rejection::NotOwner { .. })
+        ));
+        let mut late = s.clone();
+        assert!(matches!(
+            late.apply(&failed("a", 10 + REENROLL_SETTLE_MS)),
+            Err(Rejection::NotOwner { .. })
+        ));
+        s.apply(&failed("a", 20)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Failed);
+        assert_eq!(r.last_error.as_deref(), Some("configure: no reply"));
+        // the same release again is a no-op; any other is refused: the record moved on
+        s.apply(&failed("a", 20)).unwrap();
+        assert_eq!(s.record("n1").unwrap(), r);
+        assert!(matches!(
+            s.apply(&failed("a", 21)),
+            Err(Rejection::NotOwner { .. })
+        ));
+        // an enrollment recorded by `Enrolled` after the configure is final, as before
+        let mut two = at_rules(ENROLL_RULES);
+        two.apply(&claim("n1", "a", 0)).unwrap();
+        two.apply(&issue("n1", "a", "01", 10)).unwrap();
+        two.apply(&enrolled("n1", "a", 20)).unwrap();
+        assert!(matches!(
+            two.apply(&failed("a", 30)),
+            Err(Rejection::NotOwner { .. })
+        ));
     }
 
     #[test]

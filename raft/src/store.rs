@@ -46,7 +46,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
 use crate::codec::{self, WireFormat};
-use crate::command::Command;
 use crate::digest::Sum;
 use crate::disk::{self, StoredRecords, CF_BY_STATE, CF_LEDGER, CF_SERIALS};
 use crate::ledger::Applied;
@@ -1019,10 +1018,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                                         }
                                     }
                                 }
-                                if let Command::IssueCredential {
-                                    serial, identity, ..
-                                } = cmd
-                                {
+                                if let Some((serial, identity)) = cmd.issued_serial() {
                                     batch.put_cf(
                                         serials_cf,
                                         serial.as_bytes(),
@@ -1143,6 +1139,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Command;
     use openraft::storage::Adaptor;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::{CommittedLeaderId, Membership};
@@ -1270,6 +1267,82 @@ mod tests {
         drop(sm);
         let logs = store.try_get_log_entries(1..).await.unwrap();
         assert_eq!(logs.len(), 2);
+    }
+
+    /// `Enroll` writes what `IssueCredential` and `Enrolled` do: the serial, kept across a
+    /// restart, and the record under its new state in the index and the counts.
+    #[tokio::test]
+    async fn an_enrollment_keeps_its_serial_and_state_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let claim = |id: &str| Command::Claim {
+            identity: id.into(),
+            member: "a".into(),
+            lease_until_ms: 100,
+            seen_ms: 1,
+            at_ms: 1,
+        };
+        let enroll = |id: &str, at_ms| Command::Enroll {
+            identity: id.into(),
+            member: "a".into(),
+            serial: "0b".into(),
+            fingerprint: "ff".into(),
+            not_after: 9,
+            config_digest: "d".into(),
+            facts: BTreeMap::new(),
+            at_ms,
+        };
+        {
+            let mut store = Store::open(dir.path()).unwrap();
+            let e1 = entry(
+                1,
+                vec![
+                    Command::SetRules {
+                        rules: crate::state::ENROLL_RULES,
+                        at_ms: 0,
+                    },
+                    claim("n1"),
+                    enroll("n1", 2),
+                ],
+            );
+            store.append_to_log(vec![e1.clone()]).await.unwrap();
+            let res = store.apply_to_state_machine(&[e1]).await.unwrap();
+            assert_eq!(res[0].results, vec![Applied::Ok; 3]);
+        }
+        let mut store = Store::open(dir.path()).unwrap();
+        let sm = store.state().await;
+        let rec = sm.ledger.record("n1").unwrap();
+        assert_eq!(rec.state, crate::state::EnrollState::Enrolled);
+        assert_eq!(rec.credential.as_ref().unwrap().serial, "0b");
+        assert_eq!(serial_count(&sm.ledger), 1);
+        let counts = sm.ledger.counts("a");
+        use crate::state::EnrollState;
+        assert_eq!(counts.by_state.get(&EnrollState::Enrolled), Some(&1));
+        assert_eq!(
+            counts
+                .by_state
+                .get(&EnrollState::Claimed)
+                .copied()
+                .unwrap_or(0),
+            0
+        );
+        assert_eq!(counts.enrolled_by.get("a"), Some(&1));
+        let enrolled = BTreeSet::from([EnrollState::Enrolled]);
+        let filter = crate::state::Filter {
+            states: &enrolled,
+            by_state_only: true,
+            keep: &|_| true,
+        };
+        let page = sm.ledger.page("", 10, true, filter);
+        assert_eq!(page.matched, 1);
+        assert_eq!(page.records.len(), 1);
+        drop(sm);
+        // the serial read back from disk is refused to another server
+        let e2 = entry(2, vec![claim("n2"), enroll("n2", 3)]);
+        let res = store.apply_to_state_machine(&[e2]).await.unwrap();
+        assert!(matches!(
+            res[0].results[1],
+            Applied::Rejected(Rejection::SerialInUse { .. })
+        ));
     }
 
     /// A log an earlier build wrote (JSON entries) reads as it is; what this build appends is
