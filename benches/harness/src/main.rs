@@ -106,6 +106,9 @@ struct Args {
     /// Members' `cluster.commit_linger` in milliseconds (default: the provisioner's own)
     #[arg(long)]
     commit_linger_ms: Option<u64>,
+    /// Members' `cluster.leader_share` (default: the provisioner's own)
+    #[arg(long)]
+    leader_share: Option<f64>,
     /// `scaling`: rounds of 1, 3 and 5 members, interleaved; ratios use each size's median
     #[arg(long, default_value_t = 1)]
     rounds: usize,
@@ -328,10 +331,15 @@ fn ledger_main(args: &Args) -> ExitCode {
 
 /// The provisioner options for a run's user logic.
 fn options(args: &Args, logic: Logic, delay_ms: u64) -> ProvisionerOptions {
-    let cluster_extra = args
-        .commit_linger_ms
-        .map(|ms| format!("  commit_linger: {ms}ms\n"))
-        .unwrap_or_default();
+    let cluster_extra = [
+        args.commit_linger_ms
+            .map(|ms| format!("  commit_linger: {ms}ms\n")),
+        args.leader_share
+            .map(|share| format!("  leader_share: {share}\n")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<String>();
     let opts = match logic {
         Logic::Builtin => ProvisionerOptions {
             token: "bench-token".into(),
@@ -478,7 +486,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
     } else {
         "every server done".to_string()
     };
-    Ok(json!({
+    let mut run = json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "members": plan.members,
         "servers": servers,
@@ -526,7 +534,9 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         "exited": exited,
         "timed_out": summary["timed_out"],
         "timeline_ms": timeline,
-    }))
+    });
+    run["leader_share"] = json!(args.leader_share);
+    Ok(run)
 }
 
 /// CPU per server, from the members' CPU seconds: `server_ms` is all members' CPU per server
