@@ -903,6 +903,14 @@ impl LedgerState {
                 member,
                 at_ms,
             } => {
+                // a server enrolled by `Enroll` moments ago is still being configured: its
+                // flow holds it as a claim would, until the settle time ends
+                if let Some(by) = self.enrolled_just_now_by(identity, *at_ms) {
+                    return Err(Rejection::ClaimedBy {
+                        member: by.0,
+                        until_ms: by.1,
+                    });
+                }
                 let rec = self.record_mut(identity)?;
                 if rec.state == EnrollState::Claimed && rec.lease_until_ms > *at_ms {
                     if let Some(owner) = &rec.owner {
@@ -1020,9 +1028,7 @@ impl LedgerState {
                     return Ok(());
                 }
                 let rules2 = self.rules() >= 2;
-                let rec = if self.rules() >= ENROLL_RULES
-                    && self.enrolled_just_now(identity, member, *at_ms)
-                {
+                let rec = if self.enrolled_just_now(identity, member, *at_ms) {
                     // the flow that enrolled it could not configure or restart it
                     self.record_mut(identity)?
                 } else {
@@ -1240,15 +1246,25 @@ impl LedgerState {
     /// True when `member` enrolled `identity` with `Enroll` less than the settle time before
     /// `at_ms` and nothing changed it since: that flow may still report it failed.
     fn enrolled_just_now(&self, identity: &str, member: &str, at_ms: u64) -> bool {
-        self.records.loaded(identity).is_some_and(|r| {
-            r.state == EnrollState::Enrolled
-                && r.owner.is_none()
-                && r.credential.as_ref().is_some_and(|c| {
-                    c.issued_by == member
-                        && c.issued_at_ms == r.updated_ms
-                        && at_ms < c.issued_at_ms.saturating_add(REENROLL_SETTLE_MS)
-                })
-        })
+        self.enrolled_just_now_by(identity, at_ms)
+            .is_some_and(|(by, _)| by == member)
+    }
+
+    /// Who enrolled `identity` with `Enroll` less than the settle time before `at_ms`, with
+    /// nothing changed since, and when that time ends (rules 5): its flow may still be
+    /// sending the configuration and the restart.
+    fn enrolled_just_now_by(&self, identity: &str, at_ms: u64) -> Option<(String, u64)> {
+        if self.rules() < ENROLL_RULES {
+            return None;
+        }
+        let r = self.records.loaded(identity)?;
+        let c = r.credential.as_ref()?;
+        let until = c.issued_at_ms.saturating_add(REENROLL_SETTLE_MS);
+        (r.state == EnrollState::Enrolled
+            && r.owner.is_none()
+            && c.issued_at_ms == r.updated_ms
+            && at_ms < until)
+            .then(|| (c.issued_by.clone(), until))
     }
 
     /// The record of `identity` if `member` holds a live claim on it.
@@ -1518,6 +1534,24 @@ mod tests {
             s.apply(&failed("a", 21)),
             Err(Rejection::NotOwner { .. })
         ));
+        // an operator's reprovision waits for the flow as for a claim, then goes through
+        let mut r = at_rules(ENROLL_RULES);
+        r.apply(&claim("n1", "a", 0)).unwrap();
+        r.apply(&enroll("n1", "a", "01", 10)).unwrap();
+        let reprovision = |at: u64| Command::RequestReprovision {
+            identity: "n1".into(),
+            member: "a/op".into(),
+            at_ms: at,
+        };
+        assert_eq!(
+            r.apply(&reprovision(20)),
+            Err(Rejection::ClaimedBy {
+                member: "a".into(),
+                until_ms: 10 + REENROLL_SETTLE_MS
+            })
+        );
+        r.apply(&reprovision(10 + REENROLL_SETTLE_MS)).unwrap();
+        assert_eq!(r.record("n1").unwrap().state, EnrollState::Reprovisioning);
         // an enrollment recorded by `Enrolled` after the configure is final, as before
         let mut two = at_rules(ENROLL_RULES);
         two.apply(&claim("n1", "a", 0)).unwrap();
