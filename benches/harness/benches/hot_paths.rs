@@ -150,7 +150,31 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
-/// The three commands one provisioned server costs, for server `i`.
+/// The two commands one provisioned server costs from ledger rules 5, for server `i`.
+fn server_commands_enroll(i: usize, at_ms: u64) -> Vec<Command> {
+    let identity = format!("sim-{i:06}.example.net");
+    vec![
+        Command::Claim {
+            identity: identity.clone(),
+            member: "prov1".into(),
+            lease_until_ms: at_ms + 30_000,
+            seen_ms: at_ms,
+            at_ms,
+        },
+        Command::Enroll {
+            identity,
+            member: "prov1".into(),
+            serial: format!("{i:032x}"),
+            fingerprint: format!("{i:064x}"),
+            not_after: 1_900_000_000,
+            config_digest: "0".repeat(64),
+            facts: BTreeMap::new(),
+            at_ms,
+        },
+    ]
+}
+
+/// The three commands one provisioned server cost before ledger rules 5, for server `i`.
 fn server_commands(i: usize, at_ms: u64) -> Vec<Command> {
     let identity = format!("sim-{i:06}.example.net");
     vec![
@@ -190,12 +214,23 @@ fn state_machine(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut store = raft::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store: {e}"));
+    // the ledger rules a cluster of this build applies
+    let rules = entry(
+        1,
+        vec![Command::SetRules {
+            rules: raft::state::LEDGER_RULES,
+            at_ms: 0,
+        }],
+    );
+    if rt.block_on(store.apply_to_state_machine(&[rules])).is_err() {
+        panic!("cannot set the ledger rules");
+    }
     let mut g = c.benchmark_group("state machine");
     // 64 servers' commands in one entry, as a busy leader batches them
     const SERVERS: usize = 64;
     g.throughput(Throughput::Elements(SERVERS as u64));
     let mut next = 0usize;
-    let mut index = 0u64;
+    let mut index = 1u64;
     g.bench_function("apply batch of 64 servers (192 commands, RocksDB)", |b| {
         b.iter_batched(
             || {
@@ -210,6 +245,23 @@ fn state_machine(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    g.bench_function(
+        "apply batch of 64 servers (128 commands with Enroll, RocksDB)",
+        |b| {
+            b.iter_batched(
+                || {
+                    index += 1;
+                    let cmds = (next..next + SERVERS)
+                        .flat_map(|i| server_commands_enroll(i, 1_700_000_000_000))
+                        .collect();
+                    next += SERVERS;
+                    [entry(index, cmds)]
+                },
+                |entries| rt.block_on(store.apply_to_state_machine(&entries)).is_ok(),
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 
     let mut g = c.benchmark_group("ledger");
