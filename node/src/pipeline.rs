@@ -146,15 +146,7 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
             // the ledger shows it enrolled since its credential was recorded; the restart
             // goes out within the settle time that keeps other members off it
             let budget = (at_ms + REENROLL_SETTLE_MS).saturating_sub(SETTLE_MARGIN_MS + now_ms());
-            if let Err(e) = configure::restart(svc, identity, budget).await {
-                tracing::error!(identity, error = %e, "enrolled but the restart failed");
-                return Outcome::Failed(format!("restart: {e}"));
-            }
-            if before.is_some() {
-                svc.metrics.inc(&svc.metrics.reenrolled);
-                retire_superseded(svc, identity).await;
-            }
-            return Outcome::Provisioned;
+            return restart_enrolled(svc, identity, budget, before.is_some()).await;
         }
         Ok(Step::Done {
             digest,
@@ -173,15 +165,7 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
                     // the ledger shows it enrolled (and unowned) now; a server that does not
                     // restart stays in provisioning mode and the next discovery finds it there
                     let budget = configure::RESTART_WITHIN.as_millis() as u64;
-                    if let Err(e) = configure::restart(svc, identity, budget).await {
-                        tracing::error!(identity, error = %e, "enrolled but the restart failed");
-                        return Outcome::Failed(format!("restart: {e}"));
-                    }
-                    if before.is_some() {
-                        svc.metrics.inc(&svc.metrics.reenrolled);
-                        retire_superseded(svc, identity).await;
-                    }
-                    return Outcome::Provisioned;
+                    return restart_enrolled(svc, identity, budget, before.is_some()).await;
                 }
                 Err(reason) => {
                     // not restarted: it stays in provisioning mode and is tried again
@@ -218,6 +202,25 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
         tracing::warn!(identity, %reason, "could not release claim; it lapses with its lease");
     }
     outcome
+}
+
+/// Restarts a server the ledger shows enrolled, sent within `budget_ms`; a re-enrolled one
+/// (`reenrolled`) then has the credential it replaced retired.
+async fn restart_enrolled(
+    svc: &Services,
+    identity: &str,
+    budget_ms: u64,
+    reenrolled: bool,
+) -> Outcome {
+    if let Err(e) = configure::restart(svc, identity, budget_ms).await {
+        tracing::error!(identity, error = %e, "enrolled but the restart failed");
+        return Outcome::Failed(format!("restart: {e}"));
+    }
+    if reenrolled {
+        svc.metrics.inc(&svc.metrics.reenrolled);
+        retire_superseded(svc, identity).await;
+    }
+    Outcome::Provisioned
 }
 
 /// The helper asked for version `to`. With the upgrades feature, an upgradable server at

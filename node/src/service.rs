@@ -347,26 +347,34 @@ impl Provisioner {
             services.clone(),
             member.clone().or_else(|| alone.clone()),
         )));
-        // a server this member enrolled just before it stopped may not have restarted: it
-        // waits in provisioning mode, and counts as fallen back only after the settle time;
-        // look again then rather than a whole interval later. A member that never issued a
-        // credential has no such server, and a fleet-wide discovery costs every member a
-        // reply from each waiting server.
-        let issued_before = services
-            .ledger
-            .counts(&services.member)
-            .await
-            .enrolled_by
-            .get(&services.member)
-            .is_some_and(|n| *n > 0);
-        if issued_before {
-            let again = rediscover.clone();
+        // a server this member enrolled just before it stopped may not have been configured
+        // or restarted: it waits in provisioning mode, and counts as fallen back only after
+        // the settle time; look again then rather than a whole interval later. Only after a
+        // restart (a first start has no such server), and only if the ledger, caught up by
+        // then (a member killed with -9 replays its log at start), shows credentials this
+        // member issued: a fleet-wide discovery costs every member a reply from each
+        // waiting server.
+        let restarted = member
+            .as_ref()
+            .or(alone.as_ref())
+            .is_some_and(|m| m.restarted);
+        if restarted {
+            let (svc, again) = (services.clone(), rediscover.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(
                     raft::state::REENROLL_SETTLE_MS + 1_000,
                 ))
                 .await;
-                again.notify_one();
+                let issued = svc
+                    .ledger
+                    .counts(&svc.member)
+                    .await
+                    .enrolled_by
+                    .get(&svc.member)
+                    .is_some_and(|n| *n > 0);
+                if issued {
+                    again.notify_one();
+                }
             }));
         }
         tasks.push(tokio::spawn(discover::run_discovery(

@@ -135,6 +135,8 @@ pub struct RaftMember {
     pub raft: Raft,
     pub store: Arc<Store>,
     pub network: Network,
+    /// The store held a log when this process started: a restart, not a first start.
+    pub restarted: bool,
     ctx: Arc<PeerContext>,
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -174,6 +176,12 @@ impl RaftMember {
         let network = Network::new(cfg.tls.clone())
             .with_source_ip(cfg.source_ip)
             .with_wire(store.wire());
+        // a log on disk before anything (a bootstrap, a join) appends to it: a restart
+        let restarted = openraft::storage::RaftStorage::get_log_state(&mut store.clone())
+            .await
+            .map_err(|e| MemberError::Storage(e.to_string()))?
+            .last_log_id
+            .is_some();
         let (log, sm) = Adaptor::new(store.clone());
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
@@ -225,6 +233,7 @@ impl RaftMember {
             raft,
             store,
             network,
+            restarted,
             ctx,
             stop: std::sync::Mutex::new(Some(stop)),
         })

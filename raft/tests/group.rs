@@ -50,6 +50,8 @@ async fn three_members_agree_and_survive_restart() {
     for (id, me) in &nodes {
         members.push(start(*id, me, dir.path(), &pki).await);
     }
+    // a first start: nothing on disk yet
+    assert!(members.iter().all(|m| !m.restarted));
     for m in &members {
         m.bootstrap(nodes.clone()).await.unwrap();
     }
@@ -241,6 +243,7 @@ async fn three_members_agree_and_survive_restart() {
     for (id, me) in &nodes {
         again.push(start(*id, me, dir.path(), &pki).await);
     }
+    assert!(again.iter().all(|m| m.restarted));
     wait_leader(&again).await;
     for m in &again {
         let recs: Vec<_> = m.store.state().await.ledger.all_records();

@@ -150,17 +150,24 @@ fn jwt(c: &mut Criterion) {
     g.finish();
 }
 
+/// The commands one provisioned server costs, for server `i` at `at_ms`.
+type ServerCommands = fn(usize, u64) -> Vec<Command>;
+
+fn claim(identity: &str, at_ms: u64) -> Command {
+    Command::Claim {
+        identity: identity.to_string(),
+        member: "prov1".into(),
+        lease_until_ms: at_ms + 30_000,
+        seen_ms: at_ms,
+        at_ms,
+    }
+}
+
 /// The two commands one provisioned server costs from ledger rules 5, for server `i`.
 fn server_commands_enroll(i: usize, at_ms: u64) -> Vec<Command> {
     let identity = format!("sim-{i:06}.example.net");
     vec![
-        Command::Claim {
-            identity: identity.clone(),
-            member: "prov1".into(),
-            lease_until_ms: at_ms + 30_000,
-            seen_ms: at_ms,
-            at_ms,
-        },
+        claim(&identity, at_ms),
         Command::Enroll {
             identity,
             member: "prov1".into(),
@@ -178,13 +185,7 @@ fn server_commands_enroll(i: usize, at_ms: u64) -> Vec<Command> {
 fn server_commands(i: usize, at_ms: u64) -> Vec<Command> {
     let identity = format!("sim-{i:06}.example.net");
     vec![
-        Command::Claim {
-            identity: identity.clone(),
-            member: "prov1".into(),
-            lease_until_ms: at_ms + 30_000,
-            seen_ms: at_ms,
-            at_ms,
-        },
+        claim(&identity, at_ms),
         Command::IssueCredential {
             identity: identity.clone(),
             member: "prov1".into(),
@@ -231,28 +232,23 @@ fn state_machine(c: &mut Criterion) {
     g.throughput(Throughput::Elements(SERVERS as u64));
     let mut next = 0usize;
     let mut index = 1u64;
-    g.bench_function("apply batch of 64 servers (192 commands, RocksDB)", |b| {
-        b.iter_batched(
-            || {
-                index += 1;
-                let cmds = (next..next + SERVERS)
-                    .flat_map(|i| server_commands(i, 1_700_000_000_000))
-                    .collect();
-                next += SERVERS;
-                [entry(index, cmds)]
-            },
-            |entries| rt.block_on(store.apply_to_state_machine(&entries)).is_ok(),
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function(
-        "apply batch of 64 servers (128 commands with Enroll, RocksDB)",
-        |b| {
+    let runs: [(&str, ServerCommands); 2] = [
+        (
+            "apply batch of 64 servers (192 commands, RocksDB)",
+            server_commands,
+        ),
+        (
+            "apply batch of 64 servers (128 commands with Enroll, RocksDB)",
+            server_commands_enroll,
+        ),
+    ];
+    for (name, commands) in runs {
+        g.bench_function(name, |b| {
             b.iter_batched(
                 || {
                     index += 1;
                     let cmds = (next..next + SERVERS)
-                        .flat_map(|i| server_commands_enroll(i, 1_700_000_000_000))
+                        .flat_map(|i| commands(i, 1_700_000_000_000))
                         .collect();
                     next += SERVERS;
                     [entry(index, cmds)]
@@ -260,8 +256,8 @@ fn state_machine(c: &mut Criterion) {
                 |entries| rt.block_on(store.apply_to_state_machine(&entries)).is_ok(),
                 BatchSize::SmallInput,
             )
-        },
-    );
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("ledger");
