@@ -564,10 +564,11 @@ async fn run_steps(
         key: &decision.key,
     };
     let ed25519 = ed_key.is_some() && svc.issuer.is_some();
+    let digest = configure::digest(&request.config);
     // from ledger rules 5 the credential's command records the enrollment too
     let enrollment =
         (svc.ledger.settings().await.rules >= ENROLL_RULES).then(|| enroll::Enrollment {
-            config_digest: configure::digest(&request.config),
+            config_digest: digest.clone(),
             facts: facts.clone(),
         });
     if fetched_csr.is_some() || (!ed25519 && !decision.certificate.is_empty()) {
@@ -618,7 +619,7 @@ async fn run_steps(
         }
     }
 
-    let digest = fenced_configure(svc, identity, seen_ms, lease, &request).await?;
+    fenced_configure(svc, identity, seen_ms, lease, &request).await?;
     Ok(Step::Done {
         digest,
         facts,
@@ -695,14 +696,15 @@ fn needs_renewal(until_ms: u64, lease_ms: u64, now: u64) -> bool {
 /// end minus [`lease_margin`]; at that point the flow gives up, and the server is tried again
 /// later. The claim is renewed first unless the ledger confirmed it moments ago by recording
 /// this flow's credential under it and half a lease is still left: a flow without a
-/// credential (configuration only) always asks the ledger.
+/// credential (configuration only) always asks the ledger. After an `Enroll` the claim is over
+/// and [`settle_budget`] bounds it instead.
 async fn fenced_configure(
     svc: &Services,
     identity: &str,
     seen_ms: u64,
     lease: &mut Lease,
     request: &ConfigureRequest,
-) -> Result<String, String> {
+) -> Result<(), String> {
     if let Some(at) = lease.enrolled_at_ms {
         let Some(budget) = settle_budget(at, now_ms()) else {
             return Err(
@@ -731,7 +733,7 @@ async fn send_configure(
     identity: &str,
     request: &ConfigureRequest,
     budget: u64,
-) -> Result<String, String> {
+) -> Result<(), String> {
     match tokio::time::timeout(
         Duration::from_millis(budget),
         configure::configure(svc, identity, request),
