@@ -19,6 +19,7 @@
 pub mod checker;
 pub mod netfault;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -89,12 +90,22 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never one this process was handed before: the system may
+/// hand out a port again once its probe closed, and two members given one port would collide
+/// (seen in a benchmark: a member's metrics port was another's Raft port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1_000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port != 0 && handed.insert(port) {
+            return port;
+        }
+    }
+    0
 }
 
 /// A base port for `deploy/local-cluster` with every port it derives free: the broker on

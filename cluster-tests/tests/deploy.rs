@@ -253,10 +253,10 @@ fn check_dashboard_metrics(d: &Deployed) {
         changes.is_some_and(|n| n >= 1.0),
         "leader changes {changes:?}"
     );
-    // credentials are recorded with `enroll` once the cluster applies rules 5, with
-    // `issue_credential` before that
+    // credentials are recorded with `finish_enrolled` once the cluster applies rules 6 and
+    // made an ownership epoch, with `enroll` (rules 5) or `issue_credential` before that
     assert!(
-        ["enroll", "issue_credential"].iter().any(|c| text.contains(&format!(
+        ["finish_enrolled", "enroll", "issue_credential"].iter().any(|c| text.contains(&format!(
             "choria_provisioner_ledger_commit_time_count{{command=\"{c}\",result=\"ok\",site=\"lon1\"}}"
         ))),
         "{text}"

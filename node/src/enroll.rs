@@ -53,6 +53,9 @@ pub struct Credential {
 pub struct Enrollment {
     pub config_digest: String,
     pub facts: std::collections::BTreeMap<String, String>,
+    /// The flow runs under this ownership epoch without a claim, for a server last seen
+    /// waiting at the second value (ledger rules 6): recorded as `Command::Finish`.
+    pub owned: Option<(u64, u64)>,
 }
 
 /// What the helper answered about the server's credential.
@@ -137,6 +140,26 @@ pub(crate) async fn record(
 ) -> Result<u64, EnrollError> {
     let at_ms = now_ms();
     let cmd = match enrollment {
+        Some(Enrollment {
+            config_digest,
+            facts,
+            owned: Some((epoch, seen_ms)),
+        }) => Command::Finish {
+            identity: identity.to_string(),
+            member: svc.member.clone(),
+            epoch: *epoch,
+            seen_ms: *seen_ms,
+            end: raft::command::FlowEnd::Enrolled {
+                credential: Some(raft::command::Issued {
+                    serial: issued.serial.clone(),
+                    fingerprint: issued.fingerprint.clone(),
+                    not_after: issued.not_after,
+                }),
+                config_digest: config_digest.clone(),
+                facts: facts.clone(),
+            },
+            at_ms,
+        },
         Some(e) => Command::Enroll {
             identity: identity.to_string(),
             member: svc.member.clone(),

@@ -18,6 +18,7 @@ pub mod csr;
 pub mod discover;
 pub mod diskguard;
 pub mod enroll;
+pub mod flows;
 pub mod helper;
 pub mod inventory;
 pub mod jwt;

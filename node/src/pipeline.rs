@@ -28,12 +28,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::agents::ConfigureRequest;
+use raft::command::FlowEnd;
 use raft::state::{ENROLL_RULES, REENROLL_SETTLE_MS};
 use raft::{Applied, Command, Ledger, Rejection, ReleaseOutcome};
 use sha2::{Digest, Sha256};
 
 use crate::ca::Ca;
 use crate::config::Config;
+use crate::flows::Start;
 use crate::helper::{HelperRequest, UserLogic};
 use crate::jwt::{FetchJwtError, JwtVerifier};
 use crate::metrics::Metrics;
@@ -61,6 +63,8 @@ pub struct Services {
     /// Set in a cluster: which servers this member works on.
     pub shard: Option<Arc<crate::shard::Shard>>,
     pub claim_lease_ms: u64,
+    /// Flows by ownership epoch, and whether a server may be started without a claim.
+    pub flows: Arc<crate::flows::Flows>,
 }
 
 impl Services {
@@ -115,12 +119,9 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
         Ok(j) => j,
         Err(reason) => return Outcome::Failed(reason),
     };
-    let mut lease = match claim(svc, identity, seen_ms).await {
-        Ok(until_ms) => Lease {
-            until_ms,
-            fenced: false,
-            enrolled_at_ms: None,
-        },
+    // held until the flow ends: this member acknowledges a newer epoch only after
+    let (mut lease, _ticket) = match begin(svc, identity, seen_ms).await {
+        Ok(started) => started,
         Err(skip) => return skip,
     };
     let before = match svc.ledger.record(identity).await.and_then(|r| {
@@ -143,6 +144,7 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
             enrolled_at_ms: Some(at_ms),
             ..
         }) => {
+            svc.flows.enrolled(identity, at_ms);
             // the ledger shows it enrolled since its credential was recorded; the restart
             // goes out within the settle time that keeps other members off it
             let budget = (at_ms + REENROLL_SETTLE_MS).saturating_sub(SETTLE_MARGIN_MS + now_ms());
@@ -153,15 +155,27 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
             facts,
             enrolled_at_ms: None,
         }) => {
-            let cmd = Command::Enrolled {
-                identity: identity.to_string(),
-                member: svc.member.clone(),
-                config_digest: digest,
-                facts,
-                at_ms: now_ms(),
+            let cmd = match &lease.owned {
+                Some(o) => o.finish(
+                    svc,
+                    identity,
+                    FlowEnd::Enrolled {
+                        credential: None,
+                        config_digest: digest,
+                        facts,
+                    },
+                ),
+                None => Command::Enrolled {
+                    identity: identity.to_string(),
+                    member: svc.member.clone(),
+                    config_digest: digest,
+                    facts,
+                    at_ms: now_ms(),
+                },
             };
             match propose(svc, cmd).await {
                 Ok(()) => {
+                    svc.flows.enrolled(identity, now_ms());
                     // the ledger shows it enrolled (and unowned) now; a server that does not
                     // restart stays in provisioning mode and the next discovery finds it there
                     let budget = configure::RESTART_WITHIN.as_millis() as u64;
@@ -192,11 +206,21 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
             ReleaseOutcome::Failed { reason },
         ),
     };
-    let cmd = Command::Release {
-        identity: identity.to_string(),
-        member: svc.member.clone(),
-        outcome: release,
-        at_ms: now_ms(),
+    let cmd = match &lease.owned {
+        Some(o) => o.finish(
+            svc,
+            identity,
+            FlowEnd::Released {
+                outcome: release,
+                enrolled_at_ms: lease.enrolled_at_ms,
+            },
+        ),
+        None => Command::Release {
+            identity: identity.to_string(),
+            member: svc.member.clone(),
+            outcome: release,
+            at_ms: now_ms(),
+        },
     };
     if let Err(reason) = propose(svc, cmd).await {
         tracing::warn!(identity, %reason, "could not release claim; it lapses with its lease");
@@ -384,6 +408,46 @@ enum Step {
     },
 }
 
+/// Starts a flow on `identity`: claimed in the ledger, or under the ownership epoch in force
+/// without a claim (ledger rules 6, see [`crate::flows`]).
+async fn begin(
+    svc: &Services,
+    identity: &str,
+    seen_ms: u64,
+) -> Result<(Lease, crate::flows::Ticket), Outcome> {
+    let now = now_ms();
+    let mut lease = Lease {
+        until_ms: 0,
+        fenced: false,
+        enrolled_at_ms: None,
+        owned: None,
+    };
+    match svc.flows.start(identity, now) {
+        Start::Claim(ticket) => {
+            lease.until_ms = claim(svc, identity, seen_ms).await?;
+            Ok((lease, ticket))
+        }
+        Start::Owned(ticket) => {
+            lease.owned = Some(Owned {
+                epoch: ticket.epoch,
+                seen_ms,
+            });
+            Ok((lease, ticket))
+        }
+        // the epoch is not settled for it yet (or this member is fenced): soon again
+        Start::Wait => Err(Outcome::Busy(now + EPOCH_WAIT_MS)),
+        Start::JustEnrolled => Err(Outcome::Skipped(
+            "enrolled by this member moments ago; restarting".into(),
+        )),
+        Start::NotMine => Err(Outcome::Skipped(
+            "another member owns it under the current ownership epoch".into(),
+        )),
+    }
+}
+
+/// How soon a server that waits for its ownership epoch to settle is looked at again.
+const EPOCH_WAIT_MS: u64 = 500;
+
 /// Claims (or renews the claim on) `identity`; `Ok` is when the claim lapses, Unix ms.
 async fn claim(svc: &Services, identity: &str, seen_ms: u64) -> Result<u64, Outcome> {
     let now = now_ms();
@@ -400,6 +464,8 @@ async fn claim(svc: &Services, identity: &str, seen_ms: u64) -> Result<u64, Outc
         Ok(Applied::Rejected(Rejection::ClaimedBy { until_ms, .. })) => {
             Err(Outcome::Busy(until_ms))
         }
+        // the first ownership epoch came: started again without a claim
+        Ok(Applied::Rejected(Rejection::NoClaims)) => Err(Outcome::Busy(now + EPOCH_WAIT_MS)),
         Ok(Applied::Rejected(r)) => Err(Outcome::Skipped(r.to_string())),
         Err(e) => Err(Outcome::Failed(format!("cannot claim: {e}"))),
     }
@@ -440,6 +506,10 @@ async fn run_steps(
         None => (None, String::new()),
     };
 
+    // asking for a key makes the server a new one: only while this flow may drive it
+    if svc.issuer.is_some() && features.ed25519 {
+        lease.check(svc, "asking for the ed25519 key")?;
+    }
     let ed_key = match (&svc.issuer, features.ed25519) {
         (Some(_), true) => match crate::orgissuer::fetch_key(svc, identity).await {
             Ok(k) => Some(k),
@@ -462,6 +532,7 @@ async fn run_steps(
         .map_err(|e| e.to_string())?;
 
     let fetched_csr = if features.pki {
+        lease.check(svc, "asking for a CSR")?;
         match csr::fetch_and_validate(svc, identity).await {
             Ok(c) => Some(c),
             Err(e) => {
@@ -509,6 +580,7 @@ async fn run_steps(
     }
     if decision.shutdown {
         tracing::warn!(identity, reason = %decision.msg, "shutting down server on helper request");
+        lease.check(svc, "shutdown")?;
         configure::shutdown(svc, identity)
             .await
             .map_err(|e| e.to_string())?;
@@ -520,6 +592,7 @@ async fn run_steps(
         return Err("helper returned an empty configuration".into());
     }
     if !decision.upgrade.is_empty() {
+        lease.check(svc, "an update")?;
         if let Some(step) = upgrade(svc, identity, &inventory.parsed, &decision.upgrade).await? {
             return Ok(step);
         }
@@ -570,6 +643,7 @@ async fn run_steps(
         (svc.ledger.settings().await.rules >= ENROLL_RULES).then(|| enroll::Enrollment {
             config_digest: digest.clone(),
             facts: facts.clone(),
+            owned: lease.owned.as_ref().map(|o| (o.epoch, o.seen_ms)),
         });
     if fetched_csr.is_some() || (!ed25519 && !decision.certificate.is_empty()) {
         lease.keep(svc, identity, seen_ms, "issuing").await?;
@@ -663,9 +737,43 @@ struct Lease {
     until_ms: u64,
     fenced: bool,
     enrolled_at_ms: Option<u64>,
+    /// Started without a claim, under an ownership epoch: the member's fence stands in for
+    /// the claim.
+    owned: Option<Owned>,
+}
+
+/// A flow under an ownership epoch (ledger rules 6).
+struct Owned {
+    epoch: u64,
+    seen_ms: u64,
+}
+
+impl Owned {
+    /// The command that ends this flow with `end`.
+    fn finish(&self, svc: &Services, identity: &str, end: FlowEnd) -> Command {
+        Command::Finish {
+            identity: identity.to_string(),
+            member: svc.member.clone(),
+            epoch: self.epoch,
+            seen_ms: self.seen_ms,
+            end,
+            at_ms: now_ms(),
+        }
+    }
 }
 
 impl Lease {
+    /// Before a call that changes the server (a new key, a shutdown, an update): a flow under
+    /// an epoch goes on only while this member is not fenced; a claim was checked when taken.
+    fn check(&self, svc: &Services, before: &str) -> Result<(), String> {
+        if self.owned.is_some() && !svc.flows.unfenced(now_ms()) {
+            return Err(format!(
+                "fenced (no heartbeat committed lately) before {before}; not sent"
+            ));
+        }
+        Ok(())
+    }
+
     /// Makes sure the claim holds for at least half a lease more, renewing it only when it
     /// would not: a flow that takes a fraction of its lease costs the ledger one claim, not
     /// one per step. `before` names the step, for the error.
@@ -676,6 +784,9 @@ impl Lease {
         seen_ms: u64,
         before: &str,
     ) -> Result<(), String> {
+        if self.owned.is_some() {
+            return self.check(svc, before);
+        }
         if !needs_renewal(self.until_ms, svc.claim_lease_ms, now_ms()) {
             return Ok(());
         }
@@ -711,6 +822,14 @@ async fn fenced_configure(
                 "the settle time after enrollment ends before configure could be sent; not sent"
                     .into(),
             );
+        };
+        return send_configure(svc, identity, request, budget).await;
+    }
+    if lease.owned.is_some() {
+        // configuration only, under an epoch: while the fence holds, with its margin
+        let until = svc.flows.fence_until();
+        let Some(budget) = send_budget(until, crate::flows::FENCE_MS, now_ms()) else {
+            return Err("fenced (no heartbeat committed lately) before configure; not sent".into());
         };
         return send_configure(svc, identity, request, budget).await;
     }

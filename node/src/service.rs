@@ -244,6 +244,7 @@ impl Provisioner {
                 .as_ref()
                 .map(|c| c.claim_lease.as_millis() as u64)
                 .unwrap_or(CLAIM_LEASE_MS),
+            flows: crate::flows::Flows::new(&config.identity, config.cluster.is_some()),
         });
         let queue = WorkQueue::start(services.clone());
 
@@ -589,13 +590,17 @@ async fn housekeeping(
         if let Some(shard) = &svc.shard {
             if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
                 let ledger = svc.ledger.clone();
+                let beat_at = now_ms();
                 let cmd = Command::Heartbeat {
                     member: svc.member.clone(),
-                    at_ms: now_ms(),
+                    at_ms: beat_at,
                 };
+                let flows = svc.flows.clone();
                 // in the background: a heartbeat must not hold up the live-set refresh
                 tokio::spawn(async move {
                     match ledger.propose(cmd).await {
+                        // committed: this member still drives servers for a while (the fence)
+                        Ok(Applied::Ok) => flows.heartbeat_committed(beat_at),
                         Ok(Applied::Rejected(r)) => {
                             // removed from the group: its peers stop counting it live and
                             // take its servers; it keeps running for an operator to stop
@@ -605,7 +610,6 @@ async fn housekeeping(
                         Err(LedgerError::Refused(r)) => {
                             tracing::warn!(reason = %r, "heartbeat refused; taking no servers");
                         }
-                        Ok(Applied::Ok) => {}
                         Err(e) => tracing::warn!(error = %e, "heartbeat not committed"),
                     }
                 });
@@ -625,6 +629,9 @@ async fn housekeeping(
             if shard.set_leader(leader.clone()) {
                 tracing::info!(?leader, "leader changed; shares follow");
                 rediscover.notify_one();
+            }
+            if member.as_ref().is_some_and(|m| m.is_leader()) {
+                make_epoch(&svc, shard, &live).await;
             }
         }
         if let Some(member) = &member {
@@ -665,14 +672,85 @@ async fn housekeeping(
     }
 }
 
+/// As leader (ledger rules 6): makes a new ownership epoch when the live members, the leader
+/// or its share differ from the one in force (see [`crate::flows`]).
+async fn make_epoch(svc: &Arc<Services>, shard: &Shard, live: &[String]) {
+    let heartbeats = svc.ledger.heartbeats().await;
+    let grace =
+        crate::flows::FENCE_MS + svc.config.rpc_timeout.as_millis() as u64 + crate::flows::SKEW_MS;
+    let Some(epoch) = svc.flows.next_epoch(
+        live,
+        shard.leader_share_milli(live.len()),
+        &heartbeats,
+        LIVE_WINDOW_MS,
+        grace,
+        now_ms(),
+    ) else {
+        return;
+    };
+    let number = epoch.epoch;
+    let svc = svc.clone();
+    tokio::spawn(async move {
+        match svc.ledger.propose(Command::NewEpoch(epoch)).await {
+            Ok(Applied::Ok) => tracing::info!(epoch = number, "ownership epoch made"),
+            Ok(Applied::Rejected(r)) => {
+                tracing::info!(epoch = number, reason = %r, "ownership epoch not made");
+                svc.flows.proposal_failed();
+            }
+            Err(e) => {
+                tracing::warn!(epoch = number, error = %e, "ownership epoch not committed");
+                svc.flows.proposal_failed();
+            }
+        }
+    });
+}
+
+/// Acknowledges the ownership epoch in force once no flow of an older one is left.
+fn ack_epoch(svc: &Arc<Services>) {
+    let Some(epoch) = svc.flows.ack_due(now_ms()) else {
+        return;
+    };
+    let svc = svc.clone();
+    tokio::spawn(async move {
+        let cmd = Command::EpochAck {
+            member: svc.member.clone(),
+            epoch,
+            at_ms: now_ms(),
+        };
+        match svc.ledger.propose(cmd).await {
+            Ok(Applied::Ok) => tracing::debug!(epoch, "ownership epoch acknowledged"),
+            Ok(Applied::Rejected(r)) => {
+                tracing::info!(epoch, reason = %r, "acknowledgement refused");
+                svc.flows.ack_failed();
+            }
+            Err(e) => {
+                tracing::warn!(epoch, error = %e, "acknowledgement not committed");
+                svc.flows.ack_failed();
+            }
+        }
+    });
+}
+
 /// Follows the replicated settings closely: a pause stops new work on every member within a
-/// fraction of a second, and a rebalance makes this member rediscover.
+/// fraction of a second, a rebalance makes this member rediscover, and a new ownership epoch
+/// moves servers (and is acknowledged once this member's older flows ended).
 async fn follow_settings(svc: Arc<Services>, rediscover: Arc<Notify>) {
     let mut tick = tokio::time::interval(SETTINGS_EVERY);
     let mut epoch = None;
     loop {
         tick.tick().await;
         let settings = svc.ledger.settings().await;
+        svc.flows.follow(settings.rules, &settings.ownership);
+        if let Some(shard) = &svc.shard {
+            if shard.set_epoch(settings.ownership.current.clone()) {
+                tracing::info!(
+                    epoch = settings.ownership.epoch(),
+                    "ownership epoch changed; shares follow"
+                );
+                rediscover.notify_one();
+            }
+            ack_epoch(&svc);
+        }
         if settings.paused != svc.is_paused() {
             tracing::warn!(paused = settings.paused, "provisioning pause changed");
             svc.set_paused(settings.paused);
@@ -745,7 +823,18 @@ fn status_fn(
                 "paused": svc.is_paused(),
                 "live_members": svc.shard.as_ref().map(|s| s.live()),
                 "raft": raft,
-                "work": {"queued": queued, "in_flight": in_flight, "waiting_retry": waiting},
+                "ownership": svc.flows.epoch().map(|e| serde_json::json!({
+                    "epoch": e.epoch,
+                    "members": e.members,
+                    "leader": e.leader,
+                    "leader_share_milli": e.leader_share_milli,
+                })),
+                "work": {
+                    "queued": queued,
+                    "in_flight": in_flight,
+                    "waiting_retry": waiting,
+                    "flows_by_epoch": svc.flows.running(),
+                },
                 "ledger": {
                     "records": records,
                     "by_state": by_state,

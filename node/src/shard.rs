@@ -78,6 +78,9 @@ pub struct Shard {
     leader: RwLock<Option<String>>,
     /// `cluster.leader_share`; `None`: one over the number of followers.
     leader_share: Option<f64>,
+    /// The ownership epoch in force (ledger rules 6): owners come from it, not from this
+    /// member's own view of who is live.
+    epoch: RwLock<Option<raft::ownership::Epoch>>,
 }
 
 impl Shard {
@@ -88,7 +91,37 @@ impl Shard {
             live: RwLock::new(Vec::new()),
             leader: RwLock::new(None),
             leader_share,
+            epoch: RwLock::new(None),
         }
+    }
+
+    /// Takes up the epoch in force; true when that changed who owns what (the first epoch
+    /// usually says what this member's own view of the live members said already).
+    pub fn set_epoch(&self, epoch: Option<raft::ownership::Epoch>) -> bool {
+        let owners = |e: &raft::ownership::Epoch| {
+            (e.members.clone(), e.leader.clone(), e.leader_share_milli)
+        };
+        let before = match self.epoch.read().as_deref() {
+            Ok(Some(e)) => owners(e),
+            _ => {
+                let live = self.live();
+                let share = self.leader_share_milli(live.len());
+                (live, self.leader(), share)
+            }
+        };
+        let changed = epoch.as_ref().map(owners).is_some_and(|now| now != before);
+        if let Ok(mut e) = self.epoch.write() {
+            *e = epoch;
+        }
+        changed
+    }
+
+    /// The leader's share of a follower's, per mille, among `members` members: what an epoch
+    /// this member makes as leader says.
+    pub fn leader_share_milli(&self, members: usize) -> u32 {
+        let followers = members.saturating_sub(1).max(1);
+        let share = self.leader_share.unwrap_or(1.0 / followers as f64);
+        (share.clamp(0.0, 1.0) * 1000.0).round() as u32
     }
 
     /// Replaces who leads; true when it changed.
@@ -107,8 +140,12 @@ impl Shard {
         self.leader.read().ok().and_then(|l| l.clone())
     }
 
-    /// True once this member's own heartbeat is committed.
+    /// True once this member's own heartbeat is committed (under epochs: once it is in the
+    /// one in force).
     pub fn am_live(&self) -> bool {
+        if let Ok(Some(e)) = self.epoch.read().as_deref() {
+            return e.members.contains(&self.me);
+        }
         self.live().contains(&self.me)
     }
 
@@ -131,6 +168,10 @@ impl Shard {
 
     /// True when this member should work on `identity`.
     pub fn owns(&self, identity: &str) -> bool {
+        if let Ok(Some(e)) = self.epoch.read().as_deref() {
+            return weighted_owner(identity, &e.members, e.leader.as_deref(), e.leader_share())
+                == Some(self.me.as_str());
+        }
         let live = self.live();
         let followers = live.len().saturating_sub(1).max(1);
         let share = self.leader_share.unwrap_or(1.0 / followers as f64);
@@ -242,5 +283,42 @@ mod tests {
         full.set_leader(Some("prov1".into()));
         let owned = (0..3000).filter(|i| full.owns(&format!("n{i}"))).count();
         assert!((850..1150).contains(&owned), "{owned}");
+    }
+
+    #[test]
+    fn under_an_epoch_owners_come_from_it_and_only_a_change_of_owners_counts() {
+        let s = Shard::new("prov1", None);
+        s.set_live(members(3));
+        s.set_leader(Some("prov1".into()));
+        let mine: Vec<bool> = (0..300).map(|i| s.owns(&format!("n{i}"))).collect();
+        // the first epoch says what the member's own view said: nothing moves
+        let e1 = raft::ownership::Epoch {
+            epoch: 1,
+            members: members(3),
+            leader: Some("prov1".into()),
+            leader_share_milli: 500,
+            ..Default::default()
+        };
+        assert!(!s.set_epoch(Some(e1.clone())));
+        let same: Vec<bool> = (0..300).map(|i| s.owns(&format!("n{i}"))).collect();
+        assert_eq!(mine, same);
+        // the member's own view no longer decides; the next epoch does
+        s.set_live(vec!["prov1".into()]);
+        assert_eq!(
+            mine,
+            (0..300)
+                .map(|i| s.owns(&format!("n{i}")))
+                .collect::<Vec<_>>()
+        );
+        let e2 = raft::ownership::Epoch {
+            epoch: 2,
+            members: vec!["prov2".into(), "prov3".into()],
+            leader: Some("prov2".into()),
+            leader_share_milli: 1000,
+            ..e1
+        };
+        assert!(s.set_epoch(Some(e2)));
+        assert!(!s.am_live());
+        assert!((0..300).all(|i| !s.owns(&format!("n{i}"))));
     }
 }

@@ -131,6 +131,55 @@ pub enum Command {
         facts: std::collections::BTreeMap<String, String>,
         at_ms: u64,
     },
+    /// The leader's new ownership epoch (rules 6, see [`crate::ownership`]).
+    NewEpoch(crate::ownership::Epoch),
+    /// `member` has no flow left that it started under an epoch older than `epoch`.
+    EpochAck {
+        member: String,
+        epoch: u64,
+        at_ms: u64,
+    },
+    /// A flow that `member` started under ownership `epoch` without claiming the server ends
+    /// (rules 6): enrolled (with the credential the server is about to receive, if any) before
+    /// the configuration goes out, or with an outcome like a `Release`. The first the ledger
+    /// hears of a server may be this.
+    Finish {
+        identity: String,
+        member: String,
+        epoch: u64,
+        /// When the server was last seen in provisioning mode.
+        seen_ms: u64,
+        end: FlowEnd,
+        at_ms: u64,
+    },
+}
+
+/// How a flow without a claim ended (see [`Command::Finish`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlowEnd {
+    /// About to be configured (and restarted): recorded as `Enroll` (or `Enrolled` without a
+    /// credential) records it.
+    Enrolled {
+        credential: Option<Issued>,
+        config_digest: String,
+        facts: std::collections::BTreeMap<String, String>,
+    },
+    /// Deferred, failed, shut down, upgrading: as `Release` records it. `enrolled_at_ms`:
+    /// this very flow enrolled the server then (its `Enrolled` end applied) and could not
+    /// configure or restart it; only such a flow may mark a server it enrolled moments ago
+    /// failed (another flow of the same member is refused as any other would be).
+    Released {
+        outcome: ReleaseOutcome,
+        enrolled_at_ms: Option<u64>,
+    },
+}
+
+/// A credential as a flow issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    pub serial: String,
+    pub fingerprint: String,
+    pub not_after: i64,
 }
 
 /// Longest free text (a reason, a history line) a command carries into the ledger; what
@@ -169,6 +218,13 @@ impl Command {
             Command::Restarted { .. } => "restarted",
             Command::Forget { .. } => "forget",
             Command::Enroll { .. } => "enroll",
+            Command::NewEpoch(_) => "new_epoch",
+            Command::EpochAck { .. } => "epoch_ack",
+            Command::Finish {
+                end: FlowEnd::Enrolled { .. },
+                ..
+            } => "finish_enrolled",
+            Command::Finish { .. } => "finish_released",
         }
     }
 
@@ -229,17 +285,39 @@ impl Command {
                 member,
                 outcome,
                 ..
+            } => text(identity) + text(member) + outcome_bytes(outcome),
+            Command::Finish {
+                identity,
+                member,
+                end,
+                ..
             } => {
                 text(identity)
                     + text(member)
-                    + match outcome {
-                        ReleaseOutcome::Deferred { reason }
-                        | ReleaseOutcome::Failed { reason }
-                        | ReleaseOutcome::Shutdown { reason } => text(reason),
-                        ReleaseOutcome::Upgrading { from, to } => text(from) + text(to),
-                        ReleaseOutcome::Abandoned => 0,
+                    + match end {
+                        FlowEnd::Enrolled {
+                            credential,
+                            config_digest,
+                            facts,
+                        } => {
+                            credential
+                                .as_ref()
+                                .map_or(0, |c| text(&c.serial) + text(&c.fingerprint))
+                                + text(config_digest)
+                                + facts.iter().map(|(k, v)| text(k) + text(v)).sum::<usize>()
+                        }
+                        FlowEnd::Released { outcome, .. } => outcome_bytes(outcome),
                     }
             }
+            Command::NewEpoch(e) => {
+                e.members
+                    .iter()
+                    .chain(&e.must_ack)
+                    .map(|m| text(m))
+                    .sum::<usize>()
+                    + e.leader.as_deref().map_or(0, text)
+            }
+            Command::EpochAck { member, .. } => text(member),
             Command::Revoke {
                 identity,
                 member,
@@ -268,16 +346,11 @@ impl Command {
     /// ledger applies this to what it is asked to propose.
     pub fn bounded(mut self) -> Command {
         match &mut self {
-            Command::Release { outcome, .. } => match outcome {
-                ReleaseOutcome::Deferred { reason }
-                | ReleaseOutcome::Failed { reason }
-                | ReleaseOutcome::Shutdown { reason } => *reason = bounded(reason, MAX_TEXT),
-                ReleaseOutcome::Upgrading { from, to } => {
-                    *from = bounded(from, MAX_TEXT);
-                    *to = bounded(to, MAX_TEXT);
-                }
-                ReleaseOutcome::Abandoned => {}
-            },
+            Command::Release { outcome, .. }
+            | Command::Finish {
+                end: FlowEnd::Released { outcome, .. },
+                ..
+            } => bound_outcome(outcome),
             Command::Revoke { reason, .. } | Command::Reassign { reason, .. } => {
                 *reason = bounded(reason, MAX_TEXT)
             }
@@ -300,7 +373,9 @@ impl Command {
             | Command::Reassign { identity, .. }
             | Command::Restarted { identity, .. }
             | Command::Forget { identity, .. }
-            | Command::Enroll { identity, .. } => Some(identity),
+            | Command::Enroll { identity, .. }
+            | Command::Finish { identity, .. } => Some(identity),
+            Command::NewEpoch(_) | Command::EpochAck { .. } => None,
             Command::SetRules { .. }
             | Command::Heartbeat { .. }
             | Command::SetPaused { .. }
@@ -318,6 +393,15 @@ impl Command {
             | Command::Enroll {
                 serial, identity, ..
             } => Some((serial, identity)),
+            Command::Finish {
+                identity,
+                end:
+                    FlowEnd::Enrolled {
+                        credential: Some(c),
+                        ..
+                    },
+                ..
+            } => Some((&c.serial, identity)),
             _ => None,
         }
     }
@@ -339,13 +423,40 @@ impl Command {
             | Command::Reassign { member, .. }
             | Command::Restarted { member, .. }
             | Command::Forget { member, .. }
-            | Command::Enroll { member, .. } => Some(member),
+            | Command::Enroll { member, .. }
+            | Command::EpochAck { member, .. }
+            | Command::Finish { member, .. } => Some(member),
+            Command::NewEpoch(_) => None,
             Command::SetPaused { .. }
             | Command::SetDraining { .. }
             | Command::Rebalance { .. }
             | Command::SetRules { .. } => None,
         };
         named.map(|m: &String| m.split_once('/').map_or(m.as_str(), |(member, _)| member))
+    }
+}
+
+fn outcome_bytes(outcome: &ReleaseOutcome) -> usize {
+    let text = |s: &str| s.len() + 8;
+    match outcome {
+        ReleaseOutcome::Deferred { reason }
+        | ReleaseOutcome::Failed { reason }
+        | ReleaseOutcome::Shutdown { reason } => text(reason),
+        ReleaseOutcome::Upgrading { from, to } => text(from) + text(to),
+        ReleaseOutcome::Abandoned => 0,
+    }
+}
+
+fn bound_outcome(outcome: &mut ReleaseOutcome) {
+    match outcome {
+        ReleaseOutcome::Deferred { reason }
+        | ReleaseOutcome::Failed { reason }
+        | ReleaseOutcome::Shutdown { reason } => *reason = bounded(reason, MAX_TEXT),
+        ReleaseOutcome::Upgrading { from, to } => {
+            *from = bounded(from, MAX_TEXT);
+            *to = bounded(to, MAX_TEXT);
+        }
+        ReleaseOutcome::Abandoned => {}
     }
 }
 
@@ -397,6 +508,50 @@ mod tests {
                 not_after: i64::MAX,
                 config_digest: "d".repeat(64),
                 facts: std::collections::BTreeMap::from([("role".into(), "web \"x\"".into())]),
+                at_ms: u64::MAX,
+            },
+            Command::Finish {
+                identity: "n1.example.net".into(),
+                member: "prov1".into(),
+                epoch: u64::MAX,
+                seen_ms: u64::MAX,
+                end: FlowEnd::Enrolled {
+                    credential: Some(Issued {
+                        serial: "0a".repeat(16),
+                        fingerprint: "f".repeat(64),
+                        not_after: i64::MAX,
+                    }),
+                    config_digest: "d".repeat(64),
+                    facts: std::collections::BTreeMap::from([("role".into(), "web".into())]),
+                },
+                at_ms: u64::MAX,
+            },
+            Command::Finish {
+                identity: "n1".into(),
+                member: "prov1".into(),
+                epoch: 1,
+                seen_ms: 1,
+                end: FlowEnd::Released {
+                    outcome: ReleaseOutcome::Failed {
+                        reason: "x".repeat(MAX_TEXT),
+                    },
+                    enrolled_at_ms: Some(1),
+                },
+                at_ms: 1,
+            },
+            Command::NewEpoch(crate::ownership::Epoch {
+                epoch: u64::MAX,
+                members: vec!["prov1".into(), "prov2".into(), "prov3".into()],
+                leader: Some("prov1".into()),
+                leader_share_milli: 500,
+                must_ack: ["prov1".to_string(), "prov2".to_string()].into(),
+                settle_by_ms: u64::MAX,
+                not_before_ms: u64::MAX,
+                at_ms: u64::MAX,
+            }),
+            Command::EpochAck {
+                member: "prov1".into(),
+                epoch: u64::MAX,
                 at_ms: u64::MAX,
             },
         ];

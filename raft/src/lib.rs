@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod local;
 pub mod member;
 pub mod network;
+pub mod ownership;
 pub mod records;
 pub mod replicated;
 pub mod snapshot;

@@ -32,12 +32,18 @@
 //! Rules 5: a flow that issues a credential records it and the enrollment in one command
 //! (`Enroll`) before it sends the configuration; its owner may still record a failure
 //! (`Release`) within the settle time, while other members are kept off by that same time.
+//!
+//! Rules 6: once the leader made an ownership epoch (see [`crate::ownership`]) servers are
+//! not claimed one by one; a flow's only command is its end (`Finish`), enrolled or with an
+//! outcome, applied under the same rules as `Enroll` and `Release` except the claim, and
+//! refused when its member acknowledged an epoch newer than the flow's. New claims are
+//! refused (`NoClaims`); one held from before runs to its end.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, ReleaseOutcome};
+use crate::command::{Command, FlowEnd, ReleaseOutcome};
 use crate::records::{ReadError, Records};
 
 /// Entries kept in a record's history; older ones are dropped.
@@ -51,10 +57,13 @@ pub const ISSUE_TIMES_KEPT: usize = 16;
 /// reports it applies the new rules (`SetRules`). 1: as first released. 2: see the list above.
 /// 3: commands apply as in 2; every member decodes binary, so members send it to each other
 /// (see [`crate::codec`]). 4: as 3; every member reads snapshots in format 2, so they are
-/// built in it (see [`crate::snapshot`]). 5: `Enroll` (see the list above).
-pub const LEDGER_RULES: u32 = 5;
+/// built in it (see [`crate::snapshot`]). 5: `Enroll` (see the list above). 6: ownership
+/// epochs and `Finish` (see the list above).
+pub const LEDGER_RULES: u32 = 6;
 /// The ledger rules from which `Enroll` applies.
 pub const ENROLL_RULES: u32 = 5;
+/// The ledger rules from which ownership epochs and `Finish` apply.
+pub const OWNED_RULES: u32 = 6;
 
 fn rules_v1() -> u32 {
     1
@@ -244,6 +253,11 @@ pub enum Rejection {
     /// The record may not be forgotten: it held a credential, is not failed, or changed
     /// recently.
     NotForgettable,
+    /// Servers are not claimed once ownership epochs apply (rules 6).
+    NoClaims,
+    /// The command names an ownership epoch that is not (or no longer) the one it needs; the
+    /// current one is `epoch`.
+    StaleEpoch { epoch: u64 },
 }
 
 impl std::fmt::Display for Rejection {
@@ -265,6 +279,10 @@ impl std::fmt::Display for Rejection {
                 )
             }
             Rejection::NotForgettable => f.write_str("the record may not be forgotten"),
+            Rejection::NoClaims => f.write_str("servers are not claimed under ownership epochs"),
+            Rejection::StaleEpoch { epoch } => {
+                write!(f, "not under the ownership epoch it names (now {epoch})")
+            }
         }
     }
 }
@@ -407,6 +425,13 @@ pub struct ClusterSettings {
     /// the setting existed apply rules 1.
     #[serde(default = "rules_v1")]
     pub rules: u32,
+    /// Ownership epochs (rules 6).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ownership: crate::ownership::Ownership,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl LedgerState {
@@ -563,11 +588,13 @@ impl LedgerState {
     /// Notes a membership change from member names `before` to `after`: who left is
     /// departed, who is (back) in is not. True when that changed anything.
     pub fn note_membership(&mut self, before: &BTreeSet<String>, after: &BTreeSet<String>) -> bool {
+        let acks = self.settings.ownership.acked.len();
+        self.settings.ownership.retain(after);
         let departed = &mut self.settings.departed;
         let was = departed.clone();
         departed.extend(before.difference(after).cloned());
         departed.retain(|n| !after.contains(n));
-        *departed != was
+        *departed != was || self.settings.ownership.acked.len() != acks
     }
 
     /// Members that take work: a heartbeat within `window_ms` of `now_ms` and not draining;
@@ -802,7 +829,41 @@ impl LedgerState {
                 lease_until_ms,
                 seen_ms,
                 at_ms,
-            } => self.claim(identity, member, *lease_until_ms, *seen_ms, *at_ms),
+            } => {
+                // under epochs only a claim held from before may be renewed
+                if self.settings.ownership.current.is_some() && !self.holds(identity, member) {
+                    return Err(Rejection::NoClaims);
+                }
+                self.claim(identity, member, *lease_until_ms, *seen_ms, *at_ms)
+            }
+
+            Command::NewEpoch(epoch) => {
+                self.needs(OWNED_RULES)?;
+                self.settings
+                    .ownership
+                    .advance(epoch.clone())
+                    .map_err(|epoch| Rejection::StaleEpoch { epoch })
+            }
+
+            Command::EpochAck { member, epoch, .. } => {
+                self.needs(OWNED_RULES)?;
+                self.settings
+                    .ownership
+                    .ack(member, *epoch)
+                    .map_err(|epoch| Rejection::StaleEpoch { epoch })
+            }
+
+            Command::Finish {
+                identity,
+                member,
+                epoch,
+                seen_ms,
+                end,
+                at_ms,
+            } => {
+                self.needs(OWNED_RULES)?;
+                self.finish(identity, member, *epoch, *seen_ms, end, *at_ms)
+            }
 
             Command::IssueCredential {
                 identity,
@@ -999,31 +1060,7 @@ impl LedgerState {
                 outcome,
                 at_ms,
             } => {
-                let (state, error, event) = match outcome {
-                    ReleaseOutcome::Deferred { reason } => (
-                        EnrollState::Deferred,
-                        Some(reason.clone()),
-                        format!("deferred: {reason}"),
-                    ),
-                    ReleaseOutcome::Failed { reason } => (
-                        EnrollState::Failed,
-                        Some(reason.clone()),
-                        format!("failed: {reason}"),
-                    ),
-                    ReleaseOutcome::Shutdown { reason } => {
-                        (EnrollState::Shutdown, None, format!("shut down: {reason}"))
-                    }
-                    ReleaseOutcome::Upgrading { from, to } => (
-                        EnrollState::Upgrading,
-                        None,
-                        format!("upgrading from {from} to {to}"),
-                    ),
-                    ReleaseOutcome::Abandoned => (
-                        EnrollState::Failed,
-                        Some("abandoned".into()),
-                        "abandoned".into(),
-                    ),
-                };
+                let (state, error, event) = released_as(outcome);
                 if self.replayed(identity, member, *at_ms, &event) {
                     return Ok(());
                 }
@@ -1131,25 +1168,7 @@ impl LedgerState {
             }
             fell_back = rec.state == EnrollState::Enrolled;
         }
-        let rec = self.records.entry(identity, || Record {
-            identity: identity.to_string(),
-            state: EnrollState::Claimed,
-            owner: None,
-            lease_until_ms: 0,
-            attempts: 0,
-            credential: None,
-            config_digest: None,
-            last_error: None,
-            first_seen_ms: at_ms,
-            updated_ms: at_ms,
-            history: Vec::new(),
-            revoked: Vec::new(),
-            facts: BTreeMap::new(),
-            superseded: None,
-            claimed_while_enrolled: false,
-            issued_at_ms: Vec::new(),
-            digest_term: Default::default(),
-        });
+        let rec = self.records.entry(identity, || new_record(identity, at_ms));
         let renewal = rec.state == EnrollState::Claimed && rec.owner.as_deref() == Some(member);
         if fell_back && rules2 {
             rec.claimed_while_enrolled = true;
@@ -1165,6 +1184,137 @@ impl LedgerState {
                 "claimed"
             };
             note(rec, at_ms, member, event.into());
+        }
+        Ok(())
+    }
+
+    fn needs(&self, rules: u32) -> Result<(), Rejection> {
+        if self.rules() < rules {
+            return Err(Rejection::NotEnabled { rules });
+        }
+        Ok(())
+    }
+
+    /// Whether `member` holds the claim on `identity` (live or not).
+    fn holds(&self, identity: &str, member: &str) -> bool {
+        self.records
+            .loaded(identity)
+            .is_some_and(|r| r.state == EnrollState::Claimed && r.owner.as_deref() == Some(member))
+    }
+
+    /// The end of a flow without a claim (see [`Command::Finish`]).
+    fn finish(
+        &mut self,
+        identity: &str,
+        member: &str,
+        epoch: u64,
+        seen_ms: u64,
+        end: &FlowEnd,
+        at_ms: u64,
+    ) -> Result<(), Rejection> {
+        let own = &self.settings.ownership;
+        if !own.flow_may_end(member, epoch) {
+            return Err(Rejection::StaleEpoch { epoch: own.epoch() });
+        }
+        let (released, enrolled_at) = match end {
+            FlowEnd::Released {
+                outcome,
+                enrolled_at_ms,
+            } => (Some(outcome), *enrolled_at_ms),
+            FlowEnd::Enrolled { .. } => (None, None),
+        };
+        let (event, failed_now) = match released {
+            Some(outcome) => {
+                let (state, error, event) = released_as(outcome);
+                (event, Some((state, error)))
+            }
+            None => ("enrolled".to_string(), None),
+        };
+        if self.replayed(identity, member, at_ms, &event) {
+            return Ok(());
+        }
+        // the flow that enrolled it moments ago could not configure or restart it
+        let own_enrollment = enrolled_at.is_some_and(|t| {
+            self.enrolled_just_now(identity, member, at_ms)
+                && self
+                    .records
+                    .loaded(identity)
+                    .and_then(|r| r.credential.as_ref())
+                    .is_some_and(|c| c.issued_at_ms == t)
+        });
+        if !own_enrollment {
+            if let Some((by, until_ms)) = self.enrolled_just_now_by(identity, at_ms) {
+                return Err(Rejection::ClaimedBy {
+                    member: by,
+                    until_ms,
+                });
+            }
+            if let Some(rec) = self.records.loaded(identity) {
+                if let Some(refusal) = rec.claim_refusal(member, seen_ms, at_ms) {
+                    return Err(refusal);
+                }
+            }
+        }
+        if let FlowEnd::Enrolled {
+            credential: Some(c),
+            ..
+        } = end
+        {
+            if let Some(other) = self.records.serial(&c.serial) {
+                return Err(Rejection::SerialInUse {
+                    identity: other.clone(),
+                });
+            }
+        }
+        let rules = self.rules();
+        let rec = self.records.entry(identity, || new_record(identity, at_ms));
+        let was_enrolled = rec.state == EnrollState::Enrolled && rec.credential.is_some();
+        if !own_enrollment {
+            rec.attempts += 1;
+        }
+        rec.owner = None;
+        rec.lease_until_ms = 0;
+        rec.claimed_while_enrolled = false;
+        match (end, failed_now) {
+            (
+                FlowEnd::Enrolled {
+                    credential,
+                    config_digest,
+                    facts,
+                },
+                _,
+            ) => {
+                if let Some(c) = credential {
+                    let issued = Issue {
+                        serial: &c.serial,
+                        fingerprint: &c.fingerprint,
+                        not_after: c.not_after,
+                    };
+                    let event = format!("credential issued, serial {}", c.serial);
+                    record_credential(rec, rules, member, at_ms, event, issued);
+                    self.records.insert_serial(&c.serial, identity);
+                }
+                let rec = self.record_mut(identity)?;
+                enrolled(rec, config_digest, facts);
+                note(rec, at_ms, member, event);
+            }
+            (FlowEnd::Released { outcome, .. }, Some((state, error))) => {
+                // a flow on an enrolled server that issued nothing leaves it enrolled
+                let keep_enrolled = was_enrolled
+                    && !own_enrollment
+                    && matches!(
+                        outcome,
+                        ReleaseOutcome::Deferred { .. }
+                            | ReleaseOutcome::Failed { .. }
+                            | ReleaseOutcome::Abandoned
+                    );
+                if !keep_enrolled {
+                    rec.state = state;
+                }
+                rec.last_error = error;
+                note(rec, at_ms, member, event);
+            }
+            (FlowEnd::Released { .. }, None) => {}
         }
         Ok(())
     }
@@ -1211,31 +1361,7 @@ impl LedgerState {
         }
         let rules = self.rules();
         let rec = self.owned_by(identity, member, at_ms)?;
-        if let Some(old) = rec.credential.take() {
-            if old.serial != serial {
-                if rules >= 2 && rec.superseded.is_none() {
-                    // the server may still use it: valid until it restarted with the new
-                    rec.superseded = Some(old);
-                } else {
-                    let reason = format!("superseded by {serial}");
-                    revoke(rec, old, member, at_ms, reason);
-                }
-            }
-        }
-        if rules >= 2 {
-            rec.claimed_while_enrolled = false;
-            rec.issued_at_ms.push(at_ms);
-            let excess = rec.issued_at_ms.len().saturating_sub(ISSUE_TIMES_KEPT);
-            rec.issued_at_ms.drain(..excess);
-        }
-        rec.credential = Some(Credential {
-            serial: serial.to_string(),
-            fingerprint: issued.fingerprint.to_string(),
-            not_after: issued.not_after,
-            issued_by: member.to_string(),
-            issued_at_ms: at_ms,
-        });
-        note(rec, at_ms, member, event);
+        record_credential(rec, rules, member, at_ms, event, issued);
         self.records.insert_serial(serial, identity);
         self.records
             .loaded_mut(identity)
@@ -1339,6 +1465,96 @@ pub(crate) fn page_into(
 }
 
 /// A failed record that never held a credential and is not worked on.
+/// A record for a server the ledger has not heard of, first seen at `at_ms`.
+fn new_record(identity: &str, at_ms: u64) -> Record {
+    Record {
+        identity: identity.to_string(),
+        state: EnrollState::Claimed,
+        owner: None,
+        lease_until_ms: 0,
+        attempts: 0,
+        credential: None,
+        config_digest: None,
+        last_error: None,
+        first_seen_ms: at_ms,
+        updated_ms: at_ms,
+        history: Vec::new(),
+        revoked: Vec::new(),
+        facts: BTreeMap::new(),
+        superseded: None,
+        claimed_while_enrolled: false,
+        issued_at_ms: Vec::new(),
+        digest_term: Default::default(),
+    }
+}
+
+/// The state, error and history line a flow's outcome leaves.
+fn released_as(outcome: &ReleaseOutcome) -> (EnrollState, Option<String>, String) {
+    match outcome {
+        ReleaseOutcome::Deferred { reason } => (
+            EnrollState::Deferred,
+            Some(reason.clone()),
+            format!("deferred: {reason}"),
+        ),
+        ReleaseOutcome::Failed { reason } => (
+            EnrollState::Failed,
+            Some(reason.clone()),
+            format!("failed: {reason}"),
+        ),
+        ReleaseOutcome::Shutdown { reason } => {
+            (EnrollState::Shutdown, None, format!("shut down: {reason}"))
+        }
+        ReleaseOutcome::Upgrading { from, to } => (
+            EnrollState::Upgrading,
+            None,
+            format!("upgrading from {from} to {to}"),
+        ),
+        ReleaseOutcome::Abandoned => (
+            EnrollState::Failed,
+            Some("abandoned".into()),
+            "abandoned".into(),
+        ),
+    }
+}
+
+/// Makes `issued` the server's credential: the one it replaces stays valid until the server
+/// restarted (rules 2) or is revoked.
+fn record_credential(
+    rec: &mut Record,
+    rules: u32,
+    member: &str,
+    at_ms: u64,
+    event: String,
+    issued: Issue<'_>,
+) {
+    let serial = issued.serial;
+    if let Some(old) = rec.credential.take() {
+        if old.serial != serial {
+            if rules >= 2 && rec.superseded.is_none() {
+                // the server may still use it: valid until it restarted with the new
+                rec.superseded = Some(old);
+            } else {
+                let reason = format!("superseded by {serial}");
+                revoke(rec, old, member, at_ms, reason);
+            }
+        }
+    }
+    if rules >= 2 {
+        rec.claimed_while_enrolled = false;
+        rec.issued_at_ms.push(at_ms);
+        let excess = rec.issued_at_ms.len().saturating_sub(ISSUE_TIMES_KEPT);
+        rec.issued_at_ms.drain(..excess);
+    }
+    rec.credential = Some(Credential {
+        serial: serial.to_string(),
+        fingerprint: issued.fingerprint.to_string(),
+        not_after: issued.not_after,
+        issued_by: member.to_string(),
+        issued_at_ms: at_ms,
+    });
+    note(rec, at_ms, member, event);
+}
+
 fn forgettable(rec: &Record) -> bool {
     rec.state == EnrollState::Failed
         && rec.owner.is_none()
@@ -1498,6 +1714,213 @@ mod tests {
             one.apply(&claim("n1", "b", 20)),
             Err(Rejection::AlreadyEnrolled)
         );
+    }
+
+    fn finish(id: &str, m: &str, epoch: u64, serial: Option<&str>, at: u64) -> Command {
+        Command::Finish {
+            identity: id.into(),
+            member: m.into(),
+            epoch,
+            seen_ms: at,
+            end: FlowEnd::Enrolled {
+                credential: serial.map(|s| crate::command::Issued {
+                    serial: s.into(),
+                    fingerprint: "f".into(),
+                    not_after: 1,
+                }),
+                config_digest: "d".into(),
+                facts: BTreeMap::from([("role".into(), "web".into())]),
+            },
+            at_ms: at,
+        }
+    }
+
+    fn failed(id: &str, m: &str, epoch: u64, at: u64) -> Command {
+        failed_after(id, m, epoch, at, None)
+    }
+
+    /// A flow's failure; `enrolled_at`: after its own enrollment then.
+    fn failed_after(id: &str, m: &str, epoch: u64, at: u64, enrolled_at: Option<u64>) -> Command {
+        Command::Finish {
+            identity: id.into(),
+            member: m.into(),
+            epoch,
+            seen_ms: at,
+            end: FlowEnd::Released {
+                outcome: ReleaseOutcome::Failed {
+                    reason: "no csr".into(),
+                },
+                enrolled_at_ms: enrolled_at,
+            },
+            at_ms: at,
+        }
+    }
+
+    fn new_epoch(n: u64, must_ack: &[&str], settle_by_ms: u64) -> Command {
+        Command::NewEpoch(crate::ownership::Epoch {
+            epoch: n,
+            members: vec!["a".into(), "b".into()],
+            leader: Some("a".into()),
+            leader_share_milli: 500,
+            must_ack: must_ack.iter().map(|m| m.to_string()).collect(),
+            settle_by_ms,
+            not_before_ms: 0,
+            at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn a_flow_under_an_epoch_enrolls_its_server_with_one_command() {
+        let mut old = at_rules(OWNED_RULES - 1);
+        assert_eq!(
+            old.apply(&finish("n1", "a", 0, Some("01"), 10)),
+            Err(Rejection::NotEnabled { rules: OWNED_RULES })
+        );
+        assert_eq!(
+            old.apply(&new_epoch(1, &[], 0)),
+            Err(Rejection::NotEnabled { rules: OWNED_RULES })
+        );
+
+        let mut s = at_rules(OWNED_RULES);
+        // one member alone makes no epochs: its flows carry 0
+        s.apply(&finish("n1", "a", 0, Some("01"), 10)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!(r.state, EnrollState::Enrolled);
+        assert_eq!(r.attempts, 1);
+        assert_eq!(r.owner, None);
+        assert_eq!(r.credential.as_ref().map(|c| c.serial.as_str()), Some("01"));
+        assert_eq!(r.facts["role"], "web");
+        let events: Vec<_> = r.history.iter().map(|h| h.event.as_str()).collect();
+        assert_eq!(events, ["credential issued, serial 01", "enrolled"]);
+        // the same command again (a forward sent twice) changes nothing
+        let digest = s.digest();
+        s.apply(&finish("n1", "a", 0, Some("01"), 10)).unwrap();
+        assert_eq!(s.digest(), digest);
+        // a serial is never recorded twice; without a credential it is Enrolled's record
+        assert_eq!(
+            s.apply(&finish("n2", "a", 0, Some("01"), 11)),
+            Err(Rejection::SerialInUse {
+                identity: "n1".into()
+            })
+        );
+        s.apply(&finish("n3", "a", 0, None, 12)).unwrap();
+        assert_eq!(s.record("n3").unwrap().state, EnrollState::Enrolled);
+        assert!(s.record("n3").unwrap().credential.is_none());
+        // the server that just enrolled is the enroller's until the settle time ends
+        assert_eq!(
+            s.apply(&finish("n1", "b", 0, Some("02"), 20)),
+            Err(Rejection::ClaimedBy {
+                member: "a".into(),
+                until_ms: 10 + REENROLL_SETTLE_MS
+            })
+        );
+    }
+
+    #[test]
+    fn under_epochs_nobody_claims_and_a_flow_ends_only_under_an_epoch_not_left_behind() {
+        let mut s = at_rules(OWNED_RULES);
+        // a claim from before the first epoch is still renewed and may end as it began
+        s.apply(&claim("old", "b", 1)).unwrap();
+        s.apply(&new_epoch(1, &["a", "b"], 100_000)).unwrap();
+        assert_eq!(s.apply(&claim("n1", "a", 2)), Err(Rejection::NoClaims));
+        s.apply(&claim("old", "b", 3)).unwrap();
+        // a flow that ends while another member holds the claim is refused
+        assert!(matches!(
+            s.apply(&finish("old", "a", 1, Some("09"), 4)),
+            Err(Rejection::ClaimedBy { .. })
+        ));
+        // with epochs a flow must name one, and not one yet to come
+        assert_eq!(
+            s.apply(&finish("n1", "a", 0, Some("01"), 5)),
+            Err(Rejection::StaleEpoch { epoch: 1 })
+        );
+        assert_eq!(
+            s.apply(&finish("n1", "a", 2, Some("01"), 5)),
+            Err(Rejection::StaleEpoch { epoch: 1 })
+        );
+        s.apply(&finish("n1", "a", 1, Some("01"), 5)).unwrap();
+        // epochs follow one another
+        assert_eq!(
+            s.apply(&new_epoch(3, &[], 0)),
+            Err(Rejection::StaleEpoch { epoch: 1 })
+        );
+        assert_eq!(
+            s.apply(&Command::EpochAck {
+                member: "a".into(),
+                epoch: 2,
+                at_ms: 6
+            }),
+            Err(Rejection::StaleEpoch { epoch: 1 })
+        );
+        s.apply(&new_epoch(2, &["a", "b"], 100_000)).unwrap();
+        // a flow of epoch 1 ends until its member says it has none left
+        s.apply(&finish("n2", "a", 1, Some("02"), 7)).unwrap();
+        s.apply(&Command::EpochAck {
+            member: "a".into(),
+            epoch: 2,
+            at_ms: 8,
+        })
+        .unwrap();
+        assert_eq!(
+            s.apply(&finish("n3", "a", 1, Some("03"), 9)),
+            Err(Rejection::StaleEpoch { epoch: 2 })
+        );
+        assert!(s.record("n3").is_none());
+        s.apply(&finish("n3", "b", 1, Some("03"), 9)).unwrap();
+        s.apply(&finish("n4", "a", 2, Some("04"), 9)).unwrap();
+        let own = &s.settings().ownership;
+        assert_eq!(own.epoch(), 2);
+        assert_eq!(own.previous.as_ref().map(|e| e.epoch), Some(1));
+        // settled by a's and b's acks, or by the settle time; b acknowledged neither yet
+        assert_eq!(own.newest_settled(10).map(|e| e.epoch), None);
+        assert_eq!(own.newest_settled(100_000).map(|e| e.epoch), Some(2));
+        s.apply(&Command::EpochAck {
+            member: "b".into(),
+            epoch: 2,
+            at_ms: 10,
+        })
+        .unwrap();
+        assert_eq!(
+            s.settings().ownership.newest_settled(10).map(|e| e.epoch),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_flow_that_ends_without_enrolling_keeps_an_enrolled_server_enrolled() {
+        let mut s = at_rules(OWNED_RULES);
+        // the first the ledger hears of a server may be its failure
+        s.apply(&failed("n1", "a", 0, 10)).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!((r.state, r.attempts), (EnrollState::Failed, 1));
+        assert_eq!(r.last_error.as_deref(), Some("no csr"));
+        // the flow that enrolled it may record that it could not configure it, within the
+        // settle time; another flow of the same member (a second sighting) may not
+        s.apply(&finish("n1", "a", 0, Some("01"), 20)).unwrap();
+        assert!(matches!(
+            s.apply(&failed("n1", "a", 0, 25)),
+            Err(Rejection::ClaimedBy { .. })
+        ));
+        assert!(matches!(
+            s.apply(&failed_after("n1", "a", 0, 25, Some(19))),
+            Err(Rejection::ClaimedBy { .. })
+        ));
+        s.apply(&failed_after("n1", "a", 0, 30, Some(20))).unwrap();
+        let r = s.record("n1").unwrap();
+        assert_eq!((r.state, r.attempts), (EnrollState::Failed, 2));
+        // a server that enrolled and fell back later stays enrolled when a flow fails
+        s.apply(&finish("n2", "a", 0, Some("02"), 40)).unwrap();
+        let later = 40 + REENROLL_SETTLE_MS + 1;
+        s.apply(&failed("n2", "b", 0, later)).unwrap();
+        let r = s.record("n2").unwrap();
+        assert_eq!(r.state, EnrollState::Enrolled);
+        assert_eq!(r.last_error.as_deref(), Some("no csr"));
+        // but within the settle time another member's flow is refused
+        s.apply(&finish("n3", "a", 0, Some("03"), 50)).unwrap();
+        assert!(matches!(
+            s.apply(&failed("n3", "b", 0, 60)),
+            Err(Rejection::ClaimedBy { .. })
+        ));
     }
 
     #[test]

@@ -181,6 +181,26 @@ fn server_commands_enroll(i: usize, at_ms: u64) -> Vec<Command> {
     ]
 }
 
+/// The one command one provisioned server costs under ownership epochs (ledger rules 6).
+fn server_commands_finish(i: usize, at_ms: u64) -> Vec<Command> {
+    vec![Command::Finish {
+        identity: format!("sim-{i:06}.example.net"),
+        member: "prov1".into(),
+        epoch: 0,
+        seen_ms: at_ms,
+        end: raft::command::FlowEnd::Enrolled {
+            credential: Some(raft::command::Issued {
+                serial: format!("{i:032x}"),
+                fingerprint: format!("{i:064x}"),
+                not_after: 1_900_000_000,
+            }),
+            config_digest: "0".repeat(64),
+            facts: BTreeMap::new(),
+        },
+        at_ms,
+    }]
+}
+
 /// The three commands one provisioned server cost before ledger rules 5, for server `i`.
 fn server_commands(i: usize, at_ms: u64) -> Vec<Command> {
     let identity = format!("sim-{i:06}.example.net");
@@ -232,7 +252,7 @@ fn state_machine(c: &mut Criterion) {
     g.throughput(Throughput::Elements(SERVERS as u64));
     let mut next = 0usize;
     let mut index = 1u64;
-    let runs: [(&str, ServerCommands); 2] = [
+    let runs: [(&str, ServerCommands); 3] = [
         (
             "apply batch of 64 servers (192 commands, RocksDB)",
             server_commands,
@@ -240,6 +260,10 @@ fn state_machine(c: &mut Criterion) {
         (
             "apply batch of 64 servers (128 commands with Enroll, RocksDB)",
             server_commands_enroll,
+        ),
+        (
+            "apply batch of 64 servers (64 Finish commands, RocksDB)",
+            server_commands_finish,
         ),
     ];
     for (name, commands) in runs {

@@ -2,7 +2,8 @@
 //! `ledger export`) recorded as enrolled with their credential.
 //!
 //! Each server goes through the commands a provisioning flow proposes (claim, credential,
-//! enrolled), so every ledger rule applies as it would to a flow: a serial recorded before is
+//! enrolled; from ledger rules 6 the one `Finish`), so every ledger rule applies as it would
+//! to a flow: a serial recorded before is
 //! refused, a server another member works on is left alone, and nothing an import sends can
 //! change a record that is already there. What comes in is checked and bounded first; the
 //! ledger's own record of who imported it is `member/operator`, as for other operator writes.
@@ -11,6 +12,8 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use proto::grpc::admin as pb;
+use raft::command::{FlowEnd, Issued};
+use raft::state::OWNED_RULES;
 use raft::{Applied, Command, Rejection, ReleaseOutcome};
 
 use crate::pipeline::{now_ms, Services};
@@ -146,6 +149,34 @@ async fn import_one(svc: &Services, actor: &str, v: &Valid) -> One {
         }
     }
     let at = now_ms();
+    // from ledger rules 6 one command records it, under the ownership epoch in force
+    let settings = svc.ledger.settings().await;
+    if settings.rules >= OWNED_RULES {
+        let cmd = Command::Finish {
+            identity: v.identity.clone(),
+            member: actor.to_string(),
+            epoch: settings.ownership.epoch(),
+            seen_ms: at,
+            end: FlowEnd::Enrolled {
+                credential: Some(Issued {
+                    serial: v.serial.clone(),
+                    fingerprint: v.fingerprint.clone(),
+                    not_after: v.not_after,
+                }),
+                config_digest: v.config_digest.clone(),
+                facts: v.facts.clone(),
+            },
+            at_ms: at,
+        };
+        return match svc.ledger.propose(cmd).await {
+            Ok(Applied::Ok) => One::Imported,
+            Ok(Applied::Rejected(Rejection::ClaimedBy { .. } | Rejection::AlreadyEnrolled)) => {
+                One::Skipped
+            }
+            Ok(Applied::Rejected(r)) => One::Refused(r.to_string()),
+            Err(e) => One::Refused(format!("ledger: {e}")),
+        };
+    }
     let claim = Command::Claim {
         identity: v.identity.clone(),
         member: actor.to_string(),
