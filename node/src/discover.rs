@@ -23,17 +23,28 @@ use crate::work::{Source, WorkQueue};
 
 /// Runs broadcast discovery now and then every `interval`, and whenever `now` is notified
 /// (cluster membership changed), until the task is dropped. A cluster member first waits
-/// until its own heartbeat is committed and its peers had a heartbeat's time to show up, so
-/// the first discovery already shares the work.
+/// until its own heartbeat is committed and then until the ownership epoch in force names it
+/// (ledger rules 6), or its peers had [`PEERS_SHOW_UP`] to, so the first discovery already
+/// shares the work. A restarted member finds its epoch at once: its servers, which nobody
+/// else may take meanwhile, wait no longer than its start.
 pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>, now: Arc<Notify>) {
     if let Some(shard) = &svc.shard {
+        let step = std::time::Duration::from_millis(100);
         while !shard.am_live() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(step).await;
         }
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let until = tokio::time::Instant::now() + PEERS_SHOW_UP;
+        while !svc.flows.in_force(crate::pipeline::now_ms()) && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(step).await;
+        }
     }
     rounds(svc.config.interval, &now, || discover_once(&svc, &queue)).await
 }
+
+/// How long a member that is live but named by no epoch yet (a new cluster, or one below
+/// ledger rules 6) waits for its peers' heartbeats before its first discovery.
+const PEERS_SHOW_UP: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Runs `round` now, then every `interval` and whenever `now` is notified, until dropped.
 /// Every member parses every waiting server's reply, so one wake-up is one round: requests

@@ -146,6 +146,19 @@ impl Flows {
         now_ms < self.fence_until()
     }
 
+    /// Whether this member works under an ownership epoch that names it, with its fence open:
+    /// then who owns what is settled, whoever else is live. What a restarted member finds
+    /// once its first heartbeat is committed.
+    pub fn in_force(&self, now_ms: u64) -> bool {
+        let named = self
+            .lock()
+            .view
+            .current
+            .as_ref()
+            .is_some_and(|e| e.members.contains(&self.me));
+        named && self.unfenced(now_ms)
+    }
+
     /// How a flow on `identity` may start at `now_ms`; a ticket is held from here.
     pub fn start(self: &Arc<Self>, identity: &str, now_ms: u64) -> Start {
         let mut inner = self.lock();
@@ -425,6 +438,43 @@ mod tests {
         assert_eq!(e2.must_ack, BTreeSet::from(["a".to_string()]));
         assert_eq!(e2.not_before_ms, 27_000);
         assert_eq!(e2.settle_by_ms, 36_000);
+    }
+
+    #[test]
+    fn an_epoch_is_in_force_for_a_member_it_names_while_its_fence_is_open() {
+        let e1 = Epoch {
+            epoch: 1,
+            members: names(&["a", "b"]),
+            leader: Some("a".into()),
+            leader_share_milli: 1000,
+            must_ack: BTreeSet::new(),
+            settle_by_ms: 0,
+            not_before_ms: 0,
+            at_ms: 10_000,
+        };
+        let own = Ownership {
+            current: Some(e1),
+            ..Default::default()
+        };
+        // restarted: the replayed epoch names it, but no heartbeat of this process is committed
+        let b = Flows::new("b", true);
+        b.follow(OWNED_RULES, &own);
+        assert!(
+            !b.in_force(20_000),
+            "fenced until its heartbeat is committed"
+        );
+        b.heartbeat_committed(20_000);
+        assert!(b.in_force(20_001));
+        assert!(!b.in_force(20_000 + FENCE_MS), "the fence closed again");
+        // not named by the epoch, or no epoch at all
+        let c = Flows::new("c", true);
+        c.follow(OWNED_RULES, &own);
+        c.heartbeat_committed(20_000);
+        assert!(!c.in_force(20_001));
+        let d = Flows::new("d", true);
+        d.follow(OWNED_RULES, &Ownership::default());
+        d.heartbeat_committed(20_000);
+        assert!(!d.in_force(20_001));
     }
 
     #[test]

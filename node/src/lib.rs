@@ -24,6 +24,7 @@ pub mod inventory;
 pub mod jwt;
 pub mod keywrap;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod orgissuer;
 pub mod pipeline;

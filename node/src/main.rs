@@ -134,6 +134,8 @@ enum CaCmd {
 }
 
 fn main() -> ExitCode {
+    // before the runtime's threads touch much memory; see node::memory
+    node::memory::no_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Ca {
