@@ -267,10 +267,9 @@ fn admin_api_drives_a_three_member_cluster() {
     wait_for("provisioning resumed", Duration::from_secs(60), || {
         issued(&ledger(&op, &m1)) > later
     });
-    let drained = op.json(&m1, &["drain", &m2.name]);
+    // returns once the flows prov2 had in flight finished: from then on its count stays put
+    let drained = op.json(&m1, &["drain", &m2.name, "--wait", "30s"]);
     assert_eq!(drained["draining"], serde_json::json!([m2.name]));
-    // flows prov2 had in flight finish; then its count stays put
-    std::thread::sleep(Duration::from_secs(3));
     let records = ledger(&op, &m1);
     let by_m2 = issued_by(&records, &m2.name);
     let at_drain = issued(&records);
@@ -290,7 +289,8 @@ fn admin_api_drives_a_three_member_cluster() {
         .and_then(|a| a.iter().find(|m| m["name"] == m2.name.as_str()).cloned())
         .expect("prov2 in status");
     assert_eq!(m2_status["draining"], true);
-    assert_eq!(m2_status["owned"], 0, "a drained member holds no claims");
+    assert_eq!(m2_status["drained"], true, "{m2_status}");
+    assert_eq!(m2_status["owned"], 0, "a drained member holds no server");
     let undrained = op.json(&m1, &["undrain", &m2.name]);
     assert_eq!(undrained["draining"], serde_json::json!([]));
 

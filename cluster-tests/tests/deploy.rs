@@ -45,10 +45,15 @@ fn script(args: &[&str]) -> Output {
 
 impl Deployed {
     fn up(config: &str, members: u16) -> Deployed {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("deploy-test-")
             .tempdir()
             .expect("tempdir");
+        // members' logs and data, to read after a run that went wrong
+        if std::env::var_os("DEPLOY_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let base = free_port_block(members);
         let config = repo_root().join("deploy/config").join(config);
         let out = script(&[
@@ -143,22 +148,22 @@ impl Deployed {
         out
     }
 
-    /// docs/operations.md's upgrade of one member: drain it, wait until it holds no server,
-    /// stop it, (put the new binary in place,) start it, undrain it.
+    /// docs/operations.md's upgrade of one member: drain it and wait until it holds no server
+    /// (`drain --wait`), stop it, (put the new binary in place,) start it, undrain it.
     fn restart_drained(&self, id: u16) {
         let name = self.members[usize::from(id - 1)].1.clone();
         let other = if id == 1 { 2 } else { 1 };
-        assert!(self.admin(other, &["drain", &name]).status.success());
-        for _ in 0..60 {
-            let owned = self.status(other)["members"]
+        // returns once its flows ended and it starts none (under ownership epochs there are
+        // no claims to count down)
+        let out = self.admin(other, &["drain", &name, "--wait", "60s"]);
+        assert!(out.status.success(), "{name} did not drain: {out:?}");
+        assert_eq!(
+            self.status(other)["members"]
                 .as_array()
                 .and_then(|ms| ms.iter().find(|m| m["name"] == name.as_str()))
-                .and_then(|m| m["owned"].as_u64());
-            if owned == Some(0) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+                .map(|m| m["drained"].clone()),
+            Some(serde_json::json!(true))
+        );
         self.script(&["down", "--member", &name]);
         self.script(&["start", "--member", &name]);
         assert!(self.admin(other, &["undrain", &name]).status.success());

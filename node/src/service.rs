@@ -781,6 +781,7 @@ fn extra_fn(svc: Arc<Services>, queue: Arc<WorkQueue>) -> raft::admin::ExtraFn {
             "queued": queued,
             "in_flight": in_flight,
             "waiting_retry": waiting,
+            "flows": svc.flows.running().values().sum::<usize>(),
         })
     })
 }

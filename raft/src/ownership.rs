@@ -95,6 +95,14 @@ impl Ownership {
             .find(|e| self.settled(e, now_ms))
     }
 
+    /// Whether `member` holds no server: the current epoch leaves it out and it acknowledged
+    /// that epoch (so no flow it started under an older one runs, and it starts none).
+    pub fn left_out_and_acked(&self, member: &str) -> bool {
+        self.current.as_ref().is_some_and(|e| {
+            !e.members.iter().any(|m| m == member) && self.acked_by(member) >= e.epoch
+        })
+    }
+
     /// Takes up `next` if it follows the current epoch.
     pub fn advance(&mut self, next: Epoch) -> Result<(), u64> {
         let expected = self.epoch() + 1;
@@ -145,6 +153,23 @@ mod tests {
             not_before_ms: 0,
             at_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_member_holds_nothing_once_an_epoch_leaves_it_out_and_it_acknowledged() {
+        let mut o = Ownership::default();
+        assert!(!o.left_out_and_acked("c"), "no epoch yet");
+        let mut with_c = epoch(1, &[], 0);
+        with_c.members.push("c".into());
+        o.advance(with_c).unwrap();
+        o.ack("c", 1).unwrap();
+        assert!(!o.left_out_and_acked("c"), "named by the epoch in force");
+        // drained: the next epoch leaves c out, and c may still run flows of epoch 1
+        o.advance(epoch(2, &["a", "b", "c"], 0)).unwrap();
+        assert!(!o.left_out_and_acked("c"), "not acknowledged yet");
+        o.ack("c", 2).unwrap();
+        assert!(o.left_out_and_acked("c"));
+        assert!(!o.left_out_and_acked("a"), "a is in it");
     }
 
     #[test]

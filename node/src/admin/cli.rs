@@ -96,7 +96,13 @@ pub enum AdminCmd {
         force: bool,
     },
     /// Stop a member taking new servers; its share moves to the others
-    Drain { member: String },
+    Drain {
+        member: String,
+        /// Return once it holds no server (its flows ended; safe to stop), or fail after
+        /// this long (e.g. 60s)
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
     /// Let a drained member take servers again
     Undrain { member: String },
     /// Release claims of gone or draining members and make every member rediscover
@@ -395,6 +401,10 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
     let json = a.json;
     let members_only = matches!(a.command, AdminCmd::Members);
     let drain = matches!(a.command, AdminCmd::Drain { .. });
+    let drain_wait = match &a.command {
+        AdminCmd::Drain { wait, .. } => *wait,
+        _ => None,
+    };
     let pause = matches!(a.command, AdminCmd::Pause);
     match a.command {
         AdminCmd::Status | AdminCmd::Members => {
@@ -465,7 +475,11 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
                 } else {
                     row.extend([
                         yes(m.live),
-                        yes(m.draining),
+                        if m.drained {
+                            "done".to_string()
+                        } else {
+                            yes(m.draining)
+                        },
                         yes(m.paused),
                         m.last_applied.to_string(),
                         m.owned.to_string(),
@@ -529,7 +543,7 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
                 .into_inner();
             membership(&r, json)?;
         }
-        AdminCmd::Drain { member } | AdminCmd::Undrain { member } => {
+        AdminCmd::Drain { member, .. } | AdminCmd::Undrain { member } => {
             let r = client
                 .drain(pb::DrainRequest {
                     member: member.clone(),
@@ -553,6 +567,9 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
                         r.draining.join(", ")
                     }
                 );
+            }
+            if let Some(limit) = drain_wait {
+                return wait_drained(&mut client, &member, limit, json).await;
             }
         }
         AdminCmd::Rebalance => {
@@ -754,6 +771,38 @@ async fn execute(a: AdminArgs) -> Result<Exit, Failure> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// Polls `status` until `member` is drained (its flows ended, it starts none), for at most
+/// `limit`: what an operator waits for before stopping it.
+async fn wait_drained(
+    client: &mut AdminClient<Channel>,
+    member: &str,
+    limit: std::time::Duration,
+    json: bool,
+) -> Result<Exit, Failure> {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let s = client.status(pb::StatusRequest {}).await?.into_inner();
+        let Some(m) = s.members.iter().find(|m| m.name == member) else {
+            eprintln!("{member} is not in the status reply");
+            return Ok(Exit::Failed);
+        };
+        if m.drained {
+            if !json {
+                println!("{member} drained: it holds no server");
+            }
+            return Ok(Exit::Ok);
+        }
+        if tokio::time::Instant::now() >= until {
+            eprintln!(
+                "{member} not drained after {limit:?}: {} flows, {} in flight",
+                m.owned, m.in_flight
+            );
+            return Ok(Exit::Failed);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 fn yes(b: bool) -> String {

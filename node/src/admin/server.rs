@@ -176,15 +176,27 @@ impl AdminApi {
         let extra_u64 = |extra: &serde_json::Value, key: &str| {
             extra.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
         };
-        let base = |name: &str| pb::MemberStatus {
-            name: name.to_string(),
-            live: heartbeats
-                .get(name)
-                .is_some_and(|at| now.saturating_sub(*at) <= LIVE_WINDOW_MS),
-            last_heartbeat_ms: heartbeats.get(name).copied().unwrap_or(0),
-            draining: settings.draining.contains(name),
-            owned: counts.claimed_by.get(name).copied().unwrap_or(0) as u64,
-            ..Default::default()
+        let base = |name: &str| {
+            let draining = settings.draining.contains(name);
+            let claimed = counts.claimed_by.get(name).copied().unwrap_or(0);
+            pb::MemberStatus {
+                name: name.to_string(),
+                live: heartbeats
+                    .get(name)
+                    .is_some_and(|at| now.saturating_sub(*at) <= LIVE_WINDOW_MS),
+                last_heartbeat_ms: heartbeats.get(name).copied().unwrap_or(0),
+                draining,
+                owned: claimed as u64,
+                // under ownership epochs there are no claims to count: the epoch in force
+                // leaving it out, acknowledged, says it holds nothing
+                drained: draining
+                    && if settings.rules >= raft::state::OWNED_RULES {
+                        settings.ownership.left_out_and_acked(name)
+                    } else {
+                        claimed == 0
+                    },
+                ..Default::default()
+            }
         };
         let mut reply = pb::StatusReply {
             cluster: self.ctx.cluster.clone(),
@@ -209,6 +221,9 @@ impl AdminApi {
             me.live = true;
             me.queued = extra_u64(&extra, "queued");
             me.in_flight = extra_u64(&extra, "in_flight");
+            me.owned += extra_u64(&extra, "flows");
+            // alone there are no epochs: drained once nothing runs
+            me.drained = me.draining && me.owned == 0;
             me.waiting_retry = extra_u64(&extra, "waiting_retry");
             me.version = VERSION.into();
             me.paused = self.svc().is_paused();
@@ -245,6 +260,7 @@ impl AdminApi {
                     s.ledger_digest = v.digest.clone();
                     s.queued = extra_u64(&v.extra, "queued");
                     s.in_flight = extra_u64(&v.extra, "in_flight");
+                    s.owned += extra_u64(&v.extra, "flows");
                     s.waiting_retry = extra_u64(&v.extra, "waiting_retry");
                     s.paused = v
                         .extra
