@@ -8,6 +8,7 @@
 //! `restart` into its new configuration (see `fleet::fleet`).
 
 mod cgroup;
+mod cost;
 mod failover;
 mod ledger;
 mod plot;
@@ -244,6 +245,7 @@ fn main() -> ExitCode {
     }
     print_table(&runs);
     if args.scenario == Scenario::Scaling {
+        cost::against_one_member(&mut runs);
         for line in scaling::summarize(&mut runs) {
             let ratio = line["ratio_to_one_member"]
                 .as_f64()
@@ -465,6 +467,15 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         .filter_map(|m| m.status()["raft"]["last_log_index"].as_u64())
         .max();
     let ledger = ledger_check(&provisioners);
+    // servers each member enrolled, as the ledger says
+    let own_servers: Vec<u64> = provisioners
+        .iter()
+        .map(|p| {
+            ledger["enrolled_by"][p.proc.name.as_str()]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .collect();
     let exited = exited(&mut provisioners);
     drop(provisioners);
     if args.keep {
@@ -480,7 +491,6 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
     let kills = failover::stalls(&kills, n("start_unix_ms"), &timeline);
     let stall = kills.iter().filter_map(|k| k["stall_ms"].as_u64()).max();
     let members_cpu_s: Vec<f64> = usage.iter().map(|u| u.cpu_s).collect();
-    let cost = coordination(&members_cpu_s, leader, provisioned);
     let stopped_by = if summary["timed_out"].as_bool().unwrap_or(false) {
         format!("deadline of {} s", args.deadline().as_secs())
     } else {
@@ -520,8 +530,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         "members_throttled_s": throttled,
         "leader": leader.map(|id| format!("prov{id}")),
         "log_entries": log_entries,
-        "server_cost_ms": cost.server_ms,
-        "coordination_ms_per_server": cost.coordination_ms,
+        "own_servers": own_servers,
         "stopped_by": stopped_by,
         "helper_cpu_s": usage.iter().map(|u| u.children_cpu_s).sum::<f64>(),
         "sim_cpu_s": summary["sim_usage"]["cpu_s"],
@@ -536,45 +545,8 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         "timeline_ms": timeline,
     });
     run["leader_share"] = json!(args.leader_share);
+    cost::annotate(&mut run, None);
     Ok(run)
-}
-
-/// CPU per server, from the members' CPU seconds: `server_ms` is all members' CPU per server
-/// provisioned; `coordination_ms` is what the Raft leader spent beyond the followers' mean
-/// (its own share of servers costs it what theirs cost them), per server. `None` where it
-/// does not apply (one member, nothing provisioned, no leader known).
-struct Cost {
-    server_ms: Option<f64>,
-    coordination_ms: Option<f64>,
-}
-
-fn coordination(cpu_s: &[f64], leader: Option<u64>, provisioned: u64) -> Cost {
-    if provisioned == 0 {
-        return Cost {
-            server_ms: None,
-            coordination_ms: None,
-        };
-    }
-    let per_server = |s: f64| s * 1000.0 / provisioned as f64;
-    let server_ms = Some(per_server(cpu_s.iter().sum()));
-    let leader = leader.and_then(|id| (id as usize).checked_sub(1));
-    let coordination_ms = match leader {
-        Some(l) if l < cpu_s.len() && cpu_s.len() > 1 => {
-            let followers: Vec<f64> = cpu_s
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != l)
-                .map(|(_, c)| *c)
-                .collect();
-            let mean = followers.iter().sum::<f64>() / followers.len() as f64;
-            Some(per_server(cpu_s[l] - mean))
-        }
-        _ => None,
-    };
-    Cost {
-        server_ms,
-        coordination_ms,
-    }
 }
 
 /// Members whose process ended during the run (none is killed without being started again),
@@ -598,8 +570,9 @@ fn exited(members: &mut [cluster_tests::ProvisionerProcess]) -> Value {
     Value::Array(out)
 }
 
-/// What the members' ledgers say at the end: enrolled records per live member and whether
-/// their digests agree (`null` where a member did not answer).
+/// What the members' ledgers say at the end: enrolled records per live member, whether
+/// their digests agree (`null` where a member did not answer), and how many each member
+/// enrolled.
 /// Followers may be a moment behind, so this asks again for up to 10 s.
 fn ledger_check(members: &[cluster_tests::ProvisionerProcess]) -> Value {
     let start = std::time::Instant::now();
@@ -613,7 +586,13 @@ fn ledger_check(members: &[cluster_tests::ProvisionerProcess]) -> Value {
         let agree =
             digests.windows(2).all(|w| w[0] == w[1]) && !digests.iter().any(|d| d.is_null());
         if agree || start.elapsed() > Duration::from_secs(10) {
-            return json!({ "enrolled": enrolled, "digests_agree": agree });
+            // who enrolled what (every replica says the same once the digests agree)
+            let enrolled_by = statuses
+                .iter()
+                .map(|s| s["ledger"]["enrolled_by"].clone())
+                .find(|b| b.is_object())
+                .unwrap_or(Value::Null);
+            return json!({ "enrolled": enrolled, "digests_agree": agree, "enrolled_by": enrolled_by });
         }
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 /// Median of `values` (the mean of the middle two for an even count); `None` when empty.
-fn median(values: &mut [f64]) -> Option<f64> {
+pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }

@@ -148,6 +148,11 @@ fn capped_members_report_their_cpu_throttling_and_leader() {
         "{r}"
     );
     assert!(r["coordination_ms_per_server"].is_f64(), "{r}");
+    // from the ledger: who enrolled what, all 60 between them
+    let own = r["own_servers"].as_array().expect("own_servers");
+    assert_eq!(own.len(), 3, "{r}");
+    assert_eq!(own.iter().filter_map(Value::as_u64).sum::<u64>(), 60, "{r}");
+    assert_eq!(r["own_server_cost_from"], "followers", "{r}");
     assert_eq!(r["stopped_by"], "every server done", "{r}");
 }
 
