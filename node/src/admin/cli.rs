@@ -796,7 +796,7 @@ async fn wait_drained(
         }
         if tokio::time::Instant::now() >= until {
             eprintln!(
-                "{member} not drained after {limit:?}: {} flows, {} in flight",
+                "{member} not drained after {limit:?}: it holds {} servers ({} in flight)",
                 m.owned, m.in_flight
             );
             return Ok(Exit::Failed);
