@@ -370,6 +370,17 @@ mod tests {
         n.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Epoch `epoch` of `members`, led by `a` with even shares.
+    fn led_by_a(epoch: u64, members: &[&str]) -> Epoch {
+        Epoch {
+            epoch,
+            members: names(members),
+            leader: Some("a".into()),
+            leader_share_milli: 1000,
+            ..Default::default()
+        }
+    }
+
     fn at_rules(me: &str, rules: u32) -> Arc<Flows> {
         let f = Flows::new(me, true);
         f.follow(rules, &Ownership::default());
@@ -443,14 +454,8 @@ mod tests {
     #[test]
     fn an_epoch_is_in_force_for_a_member_it_names_while_its_fence_is_open() {
         let e1 = Epoch {
-            epoch: 1,
-            members: names(&["a", "b"]),
-            leader: Some("a".into()),
-            leader_share_milli: 1000,
-            must_ack: BTreeSet::new(),
-            settle_by_ms: 0,
-            not_before_ms: 0,
             at_ms: 10_000,
+            ..led_by_a(1, &["a", "b"])
         };
         let own = Ownership {
             current: Some(e1),
@@ -479,24 +484,13 @@ mod tests {
 
     #[test]
     fn a_moved_server_starts_once_its_old_owner_let_go() {
-        let members = names(&["a", "b"]);
-        let e1 = Epoch {
-            epoch: 1,
-            members: members.clone(),
-            leader: Some("a".into()),
-            leader_share_milli: 1000,
-            ..Default::default()
-        };
+        let e1 = led_by_a(1, &["a", "b"]);
         // epoch 2: c joins, a still leads
         let e2 = Epoch {
-            epoch: 2,
-            members: names(&["a", "b", "c"]),
-            leader: Some("a".into()),
-            leader_share_milli: 1000,
             must_ack: BTreeSet::from(["a".into(), "b".into()]),
             settle_by_ms: 50_000,
-            not_before_ms: 0,
             at_ms: 10_000,
+            ..led_by_a(2, &["a", "b", "c"])
         };
         let c = at_rules("c", OWNED_RULES);
         let mut own = Ownership::default();
@@ -553,22 +547,13 @@ mod tests {
 
     #[test]
     fn a_member_that_stopped_beating_lets_go_of_its_servers_at_not_before() {
-        let e1 = Epoch {
-            epoch: 1,
-            members: names(&["a", "b"]),
-            leader: Some("a".into()),
-            leader_share_milli: 1000,
-            ..Default::default()
-        };
+        let e1 = led_by_a(1, &["a", "b"]);
         let e2 = Epoch {
-            epoch: 2,
-            members: names(&["a"]),
-            leader: Some("a".into()),
-            leader_share_milli: 1000,
             must_ack: BTreeSet::from(["a".into()]),
             settle_by_ms: 60_000,
             not_before_ms: 30_000,
             at_ms: 20_000,
+            ..led_by_a(2, &["a"])
         };
         let mut own = Ownership::default();
         own.advance(e1.clone()).unwrap();
