@@ -218,7 +218,7 @@ impl Metrics {
             ),
             owned: gauge(
                 "choria_provisioner_owned",
-                "Servers this member currently holds a claim on",
+                "Servers this member holds: its flows in progress, plus ledger claims before ownership epochs",
             ),
             ledger_records: {
                 let g = IntGaugeVec::new(

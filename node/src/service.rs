@@ -652,7 +652,9 @@ async fn housekeeping(
             );
         }
         let counts = svc.ledger.counts(&svc.member).await;
-        m.set(&m.owned, counts.owned_by_member as i64);
+        // under ownership epochs a member holds no claims: its flows are what it holds
+        let flows: usize = svc.flows.running().values().sum();
+        m.set(&m.owned, (counts.owned_by_member + flows) as i64);
         m.set(&m.revoked, counts.revoked as i64);
         let caught_up = member
             .as_ref()
