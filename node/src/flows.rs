@@ -209,6 +209,11 @@ impl Flows {
         self.lock().running.clone()
     }
 
+    /// Flows running: the servers this member holds (under epochs it holds no claims).
+    pub fn in_progress(&self) -> usize {
+        self.lock().running.values().sum()
+    }
+
     /// The epoch this member should acknowledge now: the current one, once no flow of an
     /// older one is left, unless acknowledged (or being acknowledged) already. Marks it as
     /// being acknowledged.
@@ -436,7 +441,9 @@ mod tests {
             .next_epoch(&names(&["a", "b"]), 1000, &hb, 7_000, 16_000, 10_002)
             .is_none());
         assert_eq!(a.ack_due(10_003), None);
+        assert_eq!(a.in_progress(), 1, "the claim flow is what a holds");
         drop(claim);
+        assert_eq!(a.in_progress(), 0);
         assert_eq!(a.ack_due(10_004), Some(1));
         assert_eq!(a.ack_due(10_005), None, "sent already");
         // b stopped beating: epoch 2 without it; b need not acknowledge, but its servers wait

@@ -652,9 +652,10 @@ async fn housekeeping(
             );
         }
         let counts = svc.ledger.counts(&svc.member).await;
-        // under ownership epochs a member holds no claims: its flows are what it holds
-        let flows: usize = svc.flows.running().values().sum();
-        m.set(&m.owned, (counts.owned_by_member + flows) as i64);
+        m.set(
+            &m.owned,
+            (counts.owned_by_member + svc.flows.in_progress()) as i64,
+        );
         m.set(&m.revoked, counts.revoked as i64);
         let caught_up = member
             .as_ref()
@@ -783,7 +784,7 @@ fn extra_fn(svc: Arc<Services>, queue: Arc<WorkQueue>) -> raft::admin::ExtraFn {
             "queued": queued,
             "in_flight": in_flight,
             "waiting_retry": waiting,
-            "flows": svc.flows.running().values().sum::<usize>(),
+            "flows": svc.flows.in_progress(),
         })
     })
 }
