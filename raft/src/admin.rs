@@ -103,6 +103,8 @@ pub struct PeerContext {
     pub max_clock_skew_ms: u64,
     /// When each kind of refusal was last logged, so a removed member that keeps calling
     /// does not flood the log.
+    /// Names of the certificates members called with lately.
+    pub names: crate::authz::Names,
     pub refusals_logged: std::sync::Mutex<
         std::collections::HashMap<(&'static str, &'static str), std::time::Instant>,
     >,

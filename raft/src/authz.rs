@@ -107,6 +107,36 @@ pub fn certificate_names(der: &[u8]) -> Result<Vec<String>, Refusal> {
     Ok(names)
 }
 
+/// The names of the few certificates members call with, so a call does not parse its
+/// caller's certificate again (every append and forward is a call). Only certificates the TLS
+/// handshake accepted reach it, and it holds at most [`Names::MAX`], the oldest going first,
+/// so a stream of distinct certificates cannot grow it.
+#[derive(Debug, Default)]
+pub struct Names {
+    known: std::sync::Mutex<std::collections::VecDeque<(Vec<u8>, Vec<String>)>>,
+}
+
+impl Names {
+    pub const MAX: usize = 16;
+
+    /// [`certificate_names`] of `der`, parsed once while it stays among the last few.
+    pub fn of(&self, der: &[u8]) -> Result<Vec<String>, Refusal> {
+        if let Ok(known) = self.known.lock() {
+            if let Some((_, names)) = known.iter().find(|(d, _)| d.as_slice() == der) {
+                return Ok(names.clone());
+            }
+        }
+        let names = certificate_names(der)?;
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= Self::MAX {
+                known.pop_front();
+            }
+            known.push_back((der.to_vec(), names.clone()));
+        }
+        Ok(names)
+    }
+}
+
 /// What a member knows of the group when a call arrives.
 #[derive(Debug, Clone, Default)]
 pub struct Roster {
@@ -382,6 +412,40 @@ mod tests {
             reason(r.may_join(&Caller::Plaintext, 5, "prov5")),
             "departed"
         );
+    }
+
+    #[test]
+    fn names_are_parsed_once_and_the_cache_stays_bounded() {
+        let names = Names::default();
+        let cert = rcgen::generate_simple_self_signed(vec!["prov1.example".to_string()])
+            .map(|c| c.cert.der().to_vec());
+        let Ok(der) = cert else {
+            panic!("test certificate");
+        };
+        assert_eq!(
+            names.of(&der),
+            Ok(vec![
+                "rcgen self signed cert".to_string(),
+                "prov1.example".to_string()
+            ])
+        );
+        assert_eq!(names.of(&der), certificate_names(&der));
+        assert!(matches!(names.of(b"junk"), Err(Refusal::BadCertificate(_))));
+        for i in 0..Names::MAX + 4 {
+            let der = rcgen::generate_simple_self_signed(vec![format!("m{i}.example")])
+                .map(|c| c.cert.der().to_vec())
+                .unwrap_or_default();
+            assert!(names.of(&der).is_ok());
+        }
+        let held = names.known.lock().map(|k| k.len()).unwrap_or(0);
+        assert_eq!(held, Names::MAX);
+        // the first certificate went first, and is parsed (and correct) again
+        assert!(names
+            .known
+            .lock()
+            .map(|k| k.iter().all(|(d, _)| d != &der))
+            .unwrap_or(false));
+        assert_eq!(names.of(&der), certificate_names(&der));
     }
 
     #[test]

@@ -215,6 +215,7 @@ impl RaftMember {
             tls: cfg.tls.is_some(),
             on_refused: Default::default(),
             max_clock_skew_ms: cfg.max_clock_skew_ms,
+            names: Default::default(),
             refusals_logged: Default::default(),
         });
         let service = RaftGrpc::server(ctx.clone());

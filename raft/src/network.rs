@@ -435,7 +435,7 @@ impl RaftGrpc {
         let roster = self.roster().await;
         let caller = if self.ctx.tls {
             match req.peer_certs().as_deref().and_then(|c| c.first()) {
-                Some(cert) => authz::certificate_names(cert).and_then(|n| roster.identify(&n)),
+                Some(cert) => self.ctx.names.of(cert).and_then(|n| roster.identify(&n)),
                 None => Err(Refusal::NoCertificate),
             }
         } else {

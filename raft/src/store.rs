@@ -792,13 +792,16 @@ impl snapshot::Sink for Installer<'_> {
 }
 
 /// Records and serials are read by key, most of all keys not there yet (a new server's
-/// claim, a new serial): a Bloom filter answers those without reading the tables.
+/// first command, a new serial): Bloom filters answer those without reading the tables, nor
+/// searching the memtable, where the records of a busy minute are.
 fn cf_options(name: &str) -> Options {
     let mut o = Options::default();
     if name == CF_LEDGER || name == CF_SERIALS {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         o.set_block_based_table_factory(&table);
+        o.set_memtable_prefix_bloom_ratio(0.05);
+        o.set_memtable_whole_key_filtering(true);
     }
     o
 }
