@@ -100,6 +100,11 @@ struct Args {
     /// small machine (the broker and the simulator stay uncapped); needs root
     #[arg(long)]
     member_cpu: Option<f64>,
+    /// The scheduler period of that cap: each member gets its share of every period (at 0.05
+    /// core and the kernel's 100 ms, 5 ms at full speed and then 95 ms stopped; the quota must
+    /// be at least 1 ms, so 0.05 core allows 20 ms and up)
+    #[arg(long, default_value_t = cgroup::DEFAULT_PERIOD_MS)]
+    member_cpu_period_ms: u64,
     /// Give up on a run after this many seconds of provisioning (default: 120 s plus 60 ms
     /// per server); the run object says what stopped it (`stopped_by`)
     #[arg(long)]
@@ -427,6 +432,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
                 let cap = cgroup::CpuCap::create(
                     &format!("provisioner-bench-{}-prov{}", std::process::id(), i + 1),
                     cores,
+                    args.member_cpu_period_ms,
                 )?;
                 cap.adopt(p.proc.child.id())?;
                 caps.push(cap);
@@ -524,6 +530,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         },
         "member_cpu_s": members_cpu_s.iter().sum::<f64>(),
         "member_cpu": args.member_cpu,
+        "member_cpu_period_ms": args.member_cpu.map(|_| args.member_cpu_period_ms),
         "commit_linger_ms": args.commit_linger_ms,
         "workers": args.workers,
         "members_cpu_s": members_cpu_s,
