@@ -95,25 +95,23 @@ mod tests {
             },
             Entry {
                 log_id: id(3),
-                payload: EntryPayload::Normal(Batch {
-                    commands: vec![
-                        Command::Claim {
-                            identity: "n1.example.net".into(),
-                            member: "prov1".into(),
-                            lease_until_ms: 99,
-                            seen_ms: 7,
-                            at_ms: 8,
+                payload: EntryPayload::Normal(Batch::new(vec![
+                    Command::Claim {
+                        identity: "n1.example.net".into(),
+                        member: "prov1".into(),
+                        lease_until_ms: 99,
+                        seen_ms: 7,
+                        at_ms: 8,
+                    },
+                    Command::Release {
+                        identity: "n1.example.net".into(),
+                        member: "prov1".into(),
+                        outcome: ReleaseOutcome::Deferred {
+                            reason: "später".into(),
                         },
-                        Command::Release {
-                            identity: "n1.example.net".into(),
-                            member: "prov1".into(),
-                            outcome: ReleaseOutcome::Deferred {
-                                reason: "später".into(),
-                            },
-                            at_ms: 9,
-                        },
-                    ],
-                }),
+                        at_ms: 9,
+                    },
+                ])),
             },
         ]
     }

@@ -23,6 +23,7 @@ pub mod local;
 pub mod member;
 pub mod network;
 pub mod ownership;
+pub mod recent_log;
 pub mod records;
 pub mod replicated;
 pub mod snapshot;

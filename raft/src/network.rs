@@ -648,7 +648,12 @@ impl RaftService for RaftGrpc {
             return reply(&req, &result);
         }
         // the leader commits forwarded commands with its own, in shared entries
-        let result: ForwardResult = match self.ctx.proposer.propose_all(batch.commands).await {
+        let result: ForwardResult = match self
+            .ctx
+            .proposer
+            .propose_all(std::sync::Arc::unwrap_or_clone(batch.commands))
+            .await
+        {
             Ok(r) => Ok(r),
             Err(e) => {
                 tracing::warn!(error = %e, "could not commit a forwarded batch");

@@ -203,7 +203,7 @@ async fn batcher(
         let route = route.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-            let result = write(&route, Batch { commands }).await;
+            let result = write(&route, Batch::new(commands)).await;
             match result {
                 Ok(r) if r.results.len() == replies.len() => {
                     for (reply, applied) in replies.into_iter().zip(r.results) {

@@ -2,7 +2,9 @@
 //!
 //! Column families:
 //! - `logs`: entries by big-endian index (so iteration is in log order), binary (entries an
-//!   earlier build wrote, JSON, are read as they are; see [`crate::codec`]);
+//!   earlier build wrote, JSON, are read as they are; see [`crate::codec`]); the entries
+//!   appended last are also kept decoded in memory ([`crate::recent_log`]), which serves
+//!   replication and apply;
 //! - `meta`: vote, last purged log id (and the current snapshot where an earlier build kept
 //!   it; now it is the file `snapshot/current`, see [`crate::snapshot`]);
 //! - `ledger`, `serials`, `by_state`: the ledger's records, serials and index by state (see
@@ -156,6 +158,8 @@ pub struct Store {
     /// Follows the applied ledger rules: whether this member talks binary to its peers.
     wire: WireFormat,
     last_snapshot: std::sync::Mutex<Option<SnapshotStats>>,
+    /// The log entries appended last, so replication and apply need not read them back.
+    recent: std::sync::Mutex<crate::recent_log::RecentLog>,
     /// Tests: the next state machine write fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
@@ -254,6 +258,7 @@ impl Store {
             sm: RwLock::new(StateMachine::default()),
             wire: WireFormat::default(),
             last_snapshot: Default::default(),
+            recent: Default::default(),
             #[cfg(test)]
             fail_next_write: Default::default(),
         };
@@ -569,6 +574,15 @@ impl Store {
         self.db.write_opt(batch, &no_wal()).map_err(sm_write)
     }
 
+    /// Changes the kept entries as the stored log changes (before a deletion, after an
+    /// append); a poisoned lock (a panic elsewhere) drops them all, and reads go to the store.
+    fn forget_recent(&self, change: impl FnOnce(&mut crate::recent_log::RecentLog)) {
+        match self.recent.lock() {
+            Ok(mut r) => change(&mut r),
+            Err(poisoned) => poisoned.into_inner().clear(),
+        }
+    }
+
     /// Read access to the state machine as last applied on this member.
     pub async fn state(&self) -> tokio::sync::RwLockReadGuard<'_, StateMachine> {
         self.sm.read().await
@@ -818,6 +832,16 @@ impl RaftLogReader<TypeConfig> for Arc<Store> {
         &mut self,
         range: RB,
     ) -> StoreResult<Vec<Entry<TypeConfig>>> {
+        if let Some(kept) = self.recent.lock().ok().and_then(|r| r.get(&range)) {
+            return Ok(kept);
+        }
+        self.read_log(&range)
+    }
+}
+
+impl Store {
+    /// The entries of `range` as the stored log holds them.
+    fn read_log<RB: RangeBounds<u64>>(&self, range: &RB) -> StoreResult<Vec<Entry<TypeConfig>>> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
@@ -918,18 +942,22 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
         let cf = self.cf(CF_LOGS)?;
+        let entries: Vec<_> = entries.into_iter().collect();
         let mut batch = WriteBatch::default();
-        for e in entries {
+        for e in &entries {
             batch.put_cf(
                 cf,
                 index_key(e.log_id.index),
-                codec::encode(&e, true).map_err(logs_write)?,
+                codec::encode(e, true).map_err(logs_write)?,
             );
         }
-        self.db.write_opt(batch, &synced()).map_err(logs_write)
+        self.db.write_opt(batch, &synced()).map_err(logs_write)?;
+        self.forget_recent(|r| r.appended(&entries));
+        Ok(())
     }
 
     async fn delete_conflict_logs_since(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        self.forget_recent(|r| r.truncated_from(log_id.index));
         let cf = self.cf(CF_LOGS)?;
         self.db
             .delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX))
@@ -939,6 +967,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
     }
 
     async fn purge_logs_upto(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+        self.forget_recent(|r| r.purged_upto(log_id.index));
         self.put_json_synced(CF_META, KEY_PURGED, &log_id)?;
         let cf = self.cf(CF_LOGS)?;
         self.db
@@ -971,7 +1000,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(b) => {
-                    for cmd in &b.commands {
+                    for cmd in b.commands.iter() {
                         // a removed member may still be running; what it proposes is refused
                         // (with no named members yet, as in storage tests, everything goes)
                         let outsider = cmd
@@ -1081,6 +1110,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         received: Box<SnapshotFile>,
     ) -> StoreResult<()> {
         let started = std::time::Instant::now();
+        self.forget_recent(|r| r.clear());
         let (incoming, offset) = {
             let (p, o) = received.path();
             (p.to_path_buf(), o)
@@ -1196,7 +1226,7 @@ mod tests {
     fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(crate::types::Batch { commands }),
+            payload: EntryPayload::Normal(crate::types::Batch::new(commands)),
         }
     }
 
@@ -1377,6 +1407,48 @@ mod tests {
         );
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(2));
+    }
+
+    /// The entries kept in memory are the stored log's: after appends, a conflicting suffix
+    /// replaced and a purge, every read answers what the store holds.
+    #[tokio::test]
+    async fn entries_kept_in_memory_are_what_the_log_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let cmd = |i| vec![Command::Rebalance { at_ms: i }];
+        store
+            .append_to_log((1..=6).map(|i| entry(i, cmd(i))).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let same = |store: &Arc<Store>, range: std::ops::Range<u64>| {
+            let mut reader = store.clone();
+            let stored = store.read_log(&range).unwrap();
+            async move {
+                let got = reader.try_get_log_entries(range.clone()).await.unwrap();
+                assert_eq!(got, stored, "{range:?}");
+                got.len()
+            }
+        };
+        assert_eq!(same(&store, 1..7).await, 6);
+        assert_eq!(same(&store, 3..5).await, 2);
+        // a new leader's entry 5 replaces entries 5 and 6
+        store
+            .delete_conflict_logs_since(LogId::new(CommittedLeaderId::new(1, 1), 5))
+            .await
+            .unwrap();
+        let mut other = entry(5, cmd(50));
+        other.log_id = LogId::new(CommittedLeaderId::new(2, 2), 5);
+        store.append_to_log(vec![other.clone()]).await.unwrap();
+        assert_eq!(same(&store, 4..6).await, 2);
+        let mut reader = store.clone();
+        assert_eq!(reader.try_get_log_entries(5..6).await.unwrap(), vec![other]);
+        assert_eq!(same(&store, 1..7).await, 5);
+        store
+            .purge_logs_upto(LogId::new(CommittedLeaderId::new(1, 1), 2))
+            .await
+            .unwrap();
+        assert_eq!(same(&store, 1..6).await, 3);
+        assert_eq!(same(&store, 3..6).await, 3);
     }
 
     /// State machine writes skip the WAL, so a process that ends without a flush leaves an

@@ -26,10 +26,20 @@ impl std::fmt::Display for Member {
     }
 }
 
-/// One log entry's application payload: commands applied in order.
+/// One log entry's application payload: commands applied in order. The commands are shared:
+/// an entry is handed to each follower's replication and to apply without copying them
+/// ([`crate::recent_log`]); encoded, it is the list itself, as before.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
-    pub commands: Vec<Command>,
+    pub commands: std::sync::Arc<Vec<Command>>,
+}
+
+impl Batch {
+    pub fn new(commands: Vec<Command>) -> Batch {
+        Batch {
+            commands: std::sync::Arc::new(commands),
+        }
+    }
 }
 
 /// The result of applying a [`Batch`]: one [`Applied`] per command, in order.

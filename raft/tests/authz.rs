@@ -41,7 +41,7 @@ fn heartbeat(name: &str) -> Command {
 }
 
 fn batch(commands: Vec<Command>) -> Batch {
-    Batch { commands }
+    Batch::new(commands)
 }
 
 /// A refusal as the caller sees it: the call failed with a permission or authentication

@@ -227,7 +227,7 @@ fn server_commands(i: usize, at_ms: u64) -> Vec<Command> {
 fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch { commands }),
+        payload: EntryPayload::Normal(Batch::new(commands)),
     }
 }
 
