@@ -415,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn names_are_parsed_once_and_the_cache_stays_bounded() {
+    fn names_are_kept_for_the_last_few_certificates_only() {
         let names = Names::default();
         let cert = rcgen::generate_simple_self_signed(vec!["prov1.example".to_string()])
             .map(|c| c.cert.der().to_vec());
