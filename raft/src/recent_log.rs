@@ -16,68 +16,62 @@
 use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
 
-use openraft::{Entry, EntryPayload};
+use openraft::Entry;
 
 use crate::types::TypeConfig;
 
 /// Most entries kept.
 pub const MAX_ENTRIES: usize = 1024;
-/// Most commands the kept entries may hold together (a batch of imports can be large).
-pub const MAX_COMMANDS: usize = 65_536;
+/// Most bytes the kept entries may take together as the log stores them (an entry may be
+/// up to `replicated::MAX_BATCH_BYTES`, as a batch of imports is): a busy minute's entries fit,
+/// and a member's memory does not grow with the size of its entries.
+pub const MAX_BYTES: usize = 16 * 1024 * 1024;
 
-/// The last appended entries, consecutive by index.
+/// The last appended entries, consecutive by index, with their stored sizes.
 #[derive(Debug, Default)]
 pub struct RecentLog {
-    entries: VecDeque<Entry<TypeConfig>>,
-    commands: usize,
-}
-
-fn commands_in(e: &Entry<TypeConfig>) -> usize {
-    match &e.payload {
-        EntryPayload::Normal(b) => b.commands.len(),
-        _ => 0,
-    }
+    entries: VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
 }
 
 impl RecentLog {
     fn first_index(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.log_id.index)
+        self.entries.front().map(|(e, _)| e.log_id.index)
     }
 
     fn next_index(&self) -> Option<u64> {
         self.entries
             .back()
-            .map(|e| e.log_id.index.saturating_add(1))
+            .map(|(e, _)| e.log_id.index.saturating_add(1))
     }
 
-    /// `entries` were written to the stored log, in order.
-    pub fn appended(&mut self, entries: &[Entry<TypeConfig>]) {
-        for e in entries {
+    /// `entries` were written to the stored log, in order, each taking the bytes given.
+    pub fn appended(&mut self, entries: impl IntoIterator<Item = (Entry<TypeConfig>, usize)>) {
+        for (e, bytes) in entries {
             // a gap (or an overwrite the truncation did not announce) starts afresh
             if self.next_index().is_some_and(|next| next != e.log_id.index) {
                 self.clear();
             }
-            self.commands += commands_in(e);
-            self.entries.push_back(e.clone());
+            self.bytes += bytes;
+            self.entries.push_back((e, bytes));
         }
-        while self.entries.len() > MAX_ENTRIES
-            || (self.commands > MAX_COMMANDS && self.entries.len() > 1)
+        while self.entries.len() > MAX_ENTRIES || (self.bytes > MAX_BYTES && self.entries.len() > 1)
         {
             self.pop_front();
         }
     }
 
     fn pop_front(&mut self) {
-        if let Some(e) = self.entries.pop_front() {
-            self.commands = self.commands.saturating_sub(commands_in(&e));
+        if let Some((_, bytes)) = self.entries.pop_front() {
+            self.bytes = self.bytes.saturating_sub(bytes);
         }
     }
 
     /// The stored log lost every entry from `index` on (a conflicting suffix).
     pub fn truncated_from(&mut self, index: u64) {
         while self.next_index().is_some_and(|next| next > index) {
-            if let Some(e) = self.entries.pop_back() {
-                self.commands = self.commands.saturating_sub(commands_in(&e));
+            if let Some((_, bytes)) = self.entries.pop_back() {
+                self.bytes = self.bytes.saturating_sub(bytes);
             }
         }
     }
@@ -91,7 +85,7 @@ impl RecentLog {
 
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.commands = 0;
+        self.bytes = 0;
     }
 
     /// The entries of `range`, when they all are here: it starts at or after the first kept
@@ -117,6 +111,7 @@ impl RecentLog {
             self.entries
                 .iter()
                 .skip(skip)
+                .map(|(e, _)| e)
                 .take_while(|e| range.contains(&e.log_id.index))
                 .cloned()
                 .collect(),
@@ -129,7 +124,12 @@ mod tests {
     use super::*;
     use crate::command::Command;
     use crate::types::Batch;
-    use openraft::{CommittedLeaderId, LogId};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    /// Entry `index` as appended, taking `bytes` in the log.
+    fn appended(index: u64, bytes: usize) -> (Entry<TypeConfig>, usize) {
+        (entry(index, 1), bytes)
+    }
 
     fn entry(index: u64, commands: usize) -> Entry<TypeConfig> {
         Entry {
@@ -157,7 +157,7 @@ mod tests {
             None,
             "nothing kept: the store answers"
         );
-        r.appended(&[entry(5, 1), entry(6, 1), entry(7, 1)]);
+        r.appended([appended(5, 10), appended(6, 10), appended(7, 10)]);
         assert_eq!(indexes(r.get(&(5..8))), Some(vec![5, 6, 7]));
         assert_eq!(indexes(r.get(&(6..=6))), Some(vec![6]));
         assert_eq!(indexes(r.get(&(6..=7))), Some(vec![6, 7]));
@@ -172,47 +172,54 @@ mod tests {
     #[test]
     fn follows_truncation_purge_and_gaps_as_the_store_does() {
         let mut r = RecentLog::default();
-        r.appended(&[entry(1, 2), entry(2, 2), entry(3, 2), entry(4, 2)]);
+        r.appended((1..=4).map(|i| appended(i, 2)));
         r.truncated_from(3);
         assert_eq!(indexes(r.get(&(1..3))), Some(vec![1, 2]));
-        assert_eq!(r.commands, 4);
+        assert_eq!(r.bytes, 4);
         // the new leader's entries replace the conflicting ones
-        r.appended(&[entry(3, 1)]);
+        r.appended([appended(3, 1)]);
         assert_eq!(indexes(r.get(&(1..4))), Some(vec![1, 2, 3]));
         r.purged_upto(1);
         assert_eq!(indexes(r.get(&(1..4))), None);
         assert_eq!(indexes(r.get(&(2..4))), Some(vec![2, 3]));
         // an append that does not follow on (after a snapshot, say) starts afresh
-        r.appended(&[entry(10, 1)]);
+        r.appended([appended(10, 1)]);
         assert_eq!(indexes(r.get(&(2..4))), None);
         assert_eq!(indexes(r.get(&(10..11))), Some(vec![10]));
-        assert_eq!(r.commands, 1);
+        assert_eq!(r.bytes, 1);
         r.clear();
         assert_eq!(indexes(r.get(&(10..11))), None);
     }
 
     #[test]
-    fn stays_bounded_in_entries_and_commands() {
+    fn stays_bounded_in_entries_and_bytes() {
         let mut r = RecentLog::default();
         for i in 1..=(MAX_ENTRIES as u64 + 10) {
-            r.appended(&[entry(i, 0)]);
+            r.appended([appended(i, 1)]);
         }
         assert_eq!(r.entries.len(), MAX_ENTRIES);
         assert_eq!(r.first_index(), Some(11));
-        r.appended(&[entry(MAX_ENTRIES as u64 + 11, MAX_COMMANDS + 1)]);
-        // the big entry alone is over the bound and still kept: it was appended last
+        assert_eq!(r.bytes, MAX_ENTRIES);
+        let next = MAX_ENTRIES as u64 + 11;
+        r.appended([appended(next, MAX_BYTES / 2)]);
+        r.appended([appended(next + 1, MAX_BYTES / 2)]);
+        // over the bound: the oldest go until it holds again
+        assert_eq!(r.first_index(), Some(next));
+        assert_eq!(r.bytes, MAX_BYTES);
+        // an entry over the bound alone is still kept: it was appended last
+        r.appended([appended(next + 2, MAX_BYTES + 1)]);
         assert_eq!(r.entries.len(), 1);
-        assert_eq!(r.commands, MAX_COMMANDS + 1);
-        r.appended(&[entry(MAX_ENTRIES as u64 + 12, 3)]);
+        assert_eq!(r.bytes, MAX_BYTES + 1);
+        r.appended([appended(next + 3, 3)]);
         assert_eq!(r.entries.len(), 1);
-        assert_eq!(r.commands, 3);
+        assert_eq!(r.bytes, 3);
     }
 
     #[test]
     fn an_entry_handed_out_shares_its_commands() {
         let mut r = RecentLog::default();
         let e = entry(1, 3);
-        r.appended(std::slice::from_ref(&e));
+        r.appended([(e.clone(), 100)]);
         let got = r.get(&(1..2)).unwrap_or_default();
         match (&e.payload, got.first().map(|g| &g.payload)) {
             (EntryPayload::Normal(a), Some(EntryPayload::Normal(b))) => {

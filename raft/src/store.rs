@@ -942,17 +942,15 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
         let cf = self.cf(CF_LOGS)?;
-        let entries: Vec<_> = entries.into_iter().collect();
+        let mut written = Vec::new();
         let mut batch = WriteBatch::default();
-        for e in &entries {
-            batch.put_cf(
-                cf,
-                index_key(e.log_id.index),
-                codec::encode(e, true).map_err(logs_write)?,
-            );
+        for e in entries {
+            let bytes = codec::encode(&e, true).map_err(logs_write)?;
+            batch.put_cf(cf, index_key(e.log_id.index), &bytes);
+            written.push((e, bytes.len()));
         }
         self.db.write_opt(batch, &synced()).map_err(logs_write)?;
-        self.forget_recent(|r| r.appended(&entries));
+        self.forget_recent(|r| r.appended(written));
         Ok(())
     }
 
