@@ -576,7 +576,7 @@ impl Store {
 
     /// Changes the kept entries as the stored log changes (before a deletion, after an
     /// append); a poisoned lock (a panic elsewhere) drops them all, and reads go to the store.
-    fn forget_recent(&self, change: impl FnOnce(&mut crate::recent_log::RecentLog)) {
+    fn change_recent(&self, change: impl FnOnce(&mut crate::recent_log::RecentLog)) {
         match self.recent.lock() {
             Ok(mut r) => change(&mut r),
             Err(poisoned) => poisoned.into_inner().clear(),
@@ -950,12 +950,12 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             written.push((e, bytes.len()));
         }
         self.db.write_opt(batch, &synced()).map_err(logs_write)?;
-        self.forget_recent(|r| r.appended(written));
+        self.change_recent(|r| r.appended(written));
         Ok(())
     }
 
     async fn delete_conflict_logs_since(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
-        self.forget_recent(|r| r.truncated_from(log_id.index));
+        self.change_recent(|r| r.truncated_from(log_id.index));
         let cf = self.cf(CF_LOGS)?;
         self.db
             .delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX))
@@ -965,7 +965,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
     }
 
     async fn purge_logs_upto(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
-        self.forget_recent(|r| r.purged_upto(log_id.index));
+        self.change_recent(|r| r.purged_upto(log_id.index));
         self.put_json_synced(CF_META, KEY_PURGED, &log_id)?;
         let cf = self.cf(CF_LOGS)?;
         self.db
@@ -1108,7 +1108,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         received: Box<SnapshotFile>,
     ) -> StoreResult<()> {
         let started = std::time::Instant::now();
-        self.forget_recent(|r| r.clear());
+        self.change_recent(|r| r.clear());
         let (incoming, offset) = {
             let (p, o) = received.path();
             (p.to_path_buf(), o)
