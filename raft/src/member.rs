@@ -174,6 +174,7 @@ impl RaftMember {
         .validate()
         .map_err(|e| MemberError::Config(e.to_string()))?;
         let network = Network::new(cfg.tls.clone())
+            .with_id(cfg.id)
             .with_source_ip(cfg.source_ip)
             .with_wire(store.wire());
         // a log on disk before anything (a bootstrap, a join) appends to it: a restart

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use openraft::error::{
     ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    Unreachable,
+    Timeout, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -158,6 +158,8 @@ pub struct Network {
     tls: Option<Tls>,
     source_ip: Option<std::net::IpAddr>,
     wire: WireFormat,
+    /// This member's id, as a timed-out call names its sender.
+    id: NodeId,
 }
 
 impl Network {
@@ -168,7 +170,14 @@ impl Network {
             tls,
             source_ip: None,
             wire: WireFormat::default(),
+            id: 0,
         }
+    }
+
+    /// The member these calls come from.
+    pub fn with_id(mut self, id: NodeId) -> Self {
+        self.id = id;
+        self
     }
 
     /// What this member sends its peers in: its store follows the cluster's ledger rules.
@@ -277,6 +286,7 @@ impl Network {
 
 /// openraft's connection to one peer.
 pub struct PeerClient {
+    id: NodeId,
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
     wire: WireFormat,
@@ -287,11 +297,22 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         PeerClient {
+            id: self.id,
             target,
             client: self.client(node).map_err(|e| e.to_string()),
             wire: self.wire.clone(),
         }
     }
+}
+
+/// Whether a call failed by running out of its time (the peer gave up on it, or we did)
+/// rather than by not reaching the peer. openraft sends a timed-out append again at once
+/// but sends an unreachable peer nothing for a while (500 ms): a follower short of CPU that
+/// answered late was left without entries, and its flows without commits, for that long.
+fn timed_out(s: &Status) -> bool {
+    s.code() == tonic::Code::DeadlineExceeded
+        // what tonic's server answers when the request's `grpc-timeout` passed
+        || (s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired")
 }
 
 #[derive(Debug)]
@@ -323,12 +344,29 @@ impl PeerClient {
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         let mut request = Request::new(payload);
         request.set_timeout(timeout);
-        let reply = match kind {
-            "append" => client.append_entries(request).await,
-            "vote" => client.vote(request).await,
-            _ => client.install_snapshot(request).await,
-        }
-        .map_err(|s| unreachable(format!("{kind}: {s}")))?;
+        let (reply, action) = match kind {
+            "append" => (
+                client.append_entries(request).await,
+                RPCTypes::AppendEntries,
+            ),
+            "vote" => (client.vote(request).await, RPCTypes::Vote),
+            _ => (
+                client.install_snapshot(request).await,
+                RPCTypes::InstallSnapshot,
+            ),
+        };
+        let reply = reply.map_err(|s| {
+            if timed_out(&s) {
+                RPCError::Timeout(Timeout {
+                    action,
+                    id: self.id,
+                    target: self.target,
+                    timeout,
+                })
+            } else {
+                unreachable(format!("{kind}: {s}"))
+            }
+        })?;
         let result: Result<Resp, E> = decode(reply.get_ref())
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -664,5 +702,109 @@ impl RaftService for RaftGrpc {
             }
         };
         reply(&req, &result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Vote};
+
+    /// A peer that takes every call and answers none in time.
+    struct Stuck;
+
+    #[tonic::async_trait]
+    impl RaftService for Stuck {
+        async fn append_entries(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            stuck().await
+        }
+        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            stuck().await
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            stuck().await
+        }
+        async fn forward(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            stuck().await
+        }
+        async fn join(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            stuck().await
+        }
+        async fn peek(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            stuck().await
+        }
+        async fn membership(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            stuck().await
+        }
+    }
+
+    async fn stuck() -> Result<Response<RaftPayload>, Status> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Err(Status::unavailable("too late"))
+    }
+
+    fn peer(addr: std::net::SocketAddr) -> Member {
+        Member {
+            name: "m2".into(),
+            raft_addr: addr.to_string(),
+            admin_addr: String::new(),
+        }
+    }
+
+    fn append() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(openraft::LogId::new(CommittedLeaderId::new(1, 1), 1)),
+            leader_commit: None,
+            entries: Vec::new(),
+        }
+    }
+
+    /// A peer that answers too late timed out (openraft sends to it again at once); one
+    /// that cannot be reached is unreachable (openraft waits before it tries again).
+    #[tokio::test]
+    async fn a_late_answer_is_a_timeout_not_an_unreachable_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(Stuck))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut net = Network::new(None).with_id(1);
+        let mut client = net.new_client(2, &peer(addr)).await;
+        let option = RPCOption::new(Duration::from_millis(200));
+        match client.append_entries(append(), option).await {
+            Err(RPCError::Timeout(t)) => {
+                assert_eq!((t.id, t.target), (1, 2));
+                assert_eq!(t.action, RPCTypes::AppendEntries);
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        server.abort();
+
+        // a port nothing listens on
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut client = Network::new(None)
+            .with_id(1)
+            .new_client(3, &peer(closed))
+            .await;
+        let option = RPCOption::new(Duration::from_millis(200));
+        match client.append_entries(append(), option).await {
+            Err(RPCError::Unreachable(_)) => {}
+            other => panic!("expected an unreachable peer, got {other:?}"),
+        }
     }
 }
