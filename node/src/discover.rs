@@ -71,31 +71,37 @@ where
 }
 
 /// One discovery cycle.
-pub async fn discover_once(svc: &Services, queue: &WorkQueue) {
+pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>) {
     let m = &svc.metrics;
     if svc.is_paused() {
         tracing::warn!("skipping discovery while paused");
         return;
     }
     m.inc(&m.discover_cycles);
+    let added = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // a reply routed after the window closed still gets its server queued
+    let found = {
+        let (queue, added, m) = (queue.clone(), added.clone(), svc.metrics.clone());
+        move |identity: &str| {
+            if queue.offer(identity, Source::Discovery) {
+                m.inc(&m.discovered);
+                added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    };
     match svc
         .rpc
         .discover(
             proto::agents::PROVISION_AGENT,
             svc.config.discovery_timeout,
             svc.config.max_waiting,
+            found,
         )
         .await
     {
         Ok(found) => {
-            let mut added = 0;
-            for identity in &found {
-                if queue.offer(identity, Source::Discovery) {
-                    m.inc(&m.discovered);
-                    added += 1;
-                }
-            }
-            tracing::info!(found = found.len(), added, "discovery finished");
+            let added = added.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(found, added, "discovery finished");
         }
         Err(e) => {
             m.inc(&m.discovery_errors);

@@ -343,13 +343,18 @@ impl RpcClient {
     }
 
     /// Broadcast discovery: asks every server in the collective with `agent` to answer a
-    /// `discovery` ping and returns who answered, at most `max` of them.
+    /// `discovery` ping and hands each valid identity that answers to `found`, at most `max`
+    /// of them: those that answered within the sliding window (`timeout` at most, and
+    /// [`DISCOVERY_IDLE`] after the last reply) when it closes, and how many they were is
+    /// returned; those routed later as they come, for [`DISCOVERY_LATE`] (see
+    /// [`collect_discovery`]).
     pub async fn discover(
         &self,
         agent: &str,
         timeout: Duration,
         max: usize,
-    ) -> Result<Vec<String>, RpcError> {
+        found: impl Fn(&str) + Send + 'static,
+    ) -> Result<usize, RpcError> {
         let rpc = "discovery#ping".to_string();
         let body = base64::engine::general_purpose::STANDARD.encode(b"ping");
         let req = self.request(
@@ -357,35 +362,102 @@ impl RpcClient {
             Filter::agent(agent),
             body.as_bytes(),
         );
-        let (_route, mut replies) = self.open_route(&req.envelope.requestid);
+        let (route, replies) = self.open_route(&req.envelope.requestid);
         self.publish(
             &rpc,
             subject::agent_broadcast(&self.collective, proto::agents::DISCOVERY_AGENT),
             &req,
         )
         .await?;
-
-        let hard = tokio::time::Instant::now() + timeout;
-        let mut deadline = hard;
-        let mut found = std::collections::BTreeSet::new();
-        while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.recv()).await {
-            let who = reply.envelope.senderid;
-            if found.len() >= max {
-                // bounded; the rest answer the next discovery
-                self.metrics
-                    .waiting_dropped
-                    .with_label_values(&[self.metrics.site(), "discovery"])
-                    .inc();
-            } else if subject::is_valid_identity(&who) {
-                found.insert(who);
-            } else {
-                self.metrics.bad_message("discovery_sender");
-                tracing::warn!(sender = %who.chars().take(80).collect::<String>(), "ignoring discovery reply with an invalid identity");
-            }
-            deadline = hard.min(tokio::time::Instant::now() + DISCOVERY_IDLE);
-        }
-        Ok(found.into_iter().collect())
+        let collector = Discovered {
+            found: Box::new(found),
+            seen: std::collections::HashSet::new(),
+            window: Some(Vec::new()),
+            max,
+            metrics: self.metrics.clone(),
+        };
+        Ok(collect_discovery(route, replies, timeout, collector).await)
     }
+}
+
+/// How long replies to a discovery are still taken once its window closed. A member short of
+/// CPU (a busy or capped machine) routes replies long after they arrived: the window may
+/// close with thousands of replies that came in time still queued, and without this those
+/// servers would wait for the next discovery (an `interval` later).
+pub const DISCOVERY_LATE: Duration = Duration::from_secs(10);
+
+/// What one discovery has seen, and where its finds go.
+struct Discovered {
+    found: Box<dyn Fn(&str) + Send>,
+    /// Identities seen, so a server answering twice is offered once; at most `max`.
+    seen: std::collections::HashSet<String>,
+    /// Those seen while the window is open, offered together when it closes.
+    window: Option<Vec<String>>,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Discovered {
+    fn take(&mut self, reply: Reply) {
+        let who = reply.envelope.senderid;
+        if self.seen.contains(&who) {
+            return;
+        }
+        if self.seen.len() >= self.max {
+            // bounded; the rest answer the next discovery
+            self.metrics
+                .waiting_dropped
+                .with_label_values(&[self.metrics.site(), "discovery"])
+                .inc();
+        } else if subject::is_valid_identity(&who) {
+            match &mut self.window {
+                Some(window) => window.push(who.clone()),
+                None => (self.found)(&who),
+            }
+            self.seen.insert(who);
+        } else {
+            self.metrics.bad_message("discovery_sender");
+            tracing::warn!(sender = %who.chars().take(80).collect::<String>(), "ignoring discovery reply with an invalid identity");
+        }
+    }
+}
+
+/// Takes discovery replies from `replies` until `timeout`, or [`DISCOVERY_IDLE`] after the
+/// last one, and returns how many servers answered by then; then leaves a task taking what
+/// is still routed to `route` for [`DISCOVERY_LATE`] before it closes the route.
+async fn collect_discovery(
+    route: Route,
+    mut replies: mpsc::UnboundedReceiver<Reply>,
+    timeout: Duration,
+    mut discovered: Discovered,
+) -> usize {
+    let hard = tokio::time::Instant::now() + timeout;
+    let mut deadline = hard;
+    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.recv()).await {
+        discovered.take(reply);
+        deadline = hard.min(tokio::time::Instant::now() + DISCOVERY_IDLE);
+    }
+    let answered = discovered.seen.len();
+    for who in discovered.window.take().unwrap_or_default() {
+        (discovered.found)(&who);
+    }
+    tokio::spawn(async move {
+        let _route = route;
+        let until = tokio::time::Instant::now() + DISCOVERY_LATE;
+        let mut late = 0usize;
+        while let Ok(Some(reply)) = tokio::time::timeout_at(until, replies.recv()).await {
+            let before = discovered.seen.len();
+            discovered.take(reply);
+            late += discovered.seen.len() - before;
+        }
+        if late > 0 {
+            tracing::info!(
+                late,
+                "servers that answered discovery were routed after its window"
+            );
+        }
+    });
+    answered
 }
 
 /// Hands one reply message to the request waiting for it.
@@ -445,6 +517,81 @@ mod tests {
         assert!(metrics
             .render()
             .contains("choria_provisioner_bad_messages{kind=\"reply\",site=\"t\"} 4"));
+    }
+
+    /// A discovery offers each server once, those in its window when it closes; what is
+    /// routed after that (a member short of CPU) is still offered until the route closes.
+    #[tokio::test(start_paused = true)]
+    async fn discovery_takes_replies_routed_after_its_window() {
+        let metrics = Arc::new(Metrics::new("t"));
+        let pending: Pending = Arc::default();
+        let req = Request::new(
+            "discovery",
+            "provisioning",
+            "choria=p",
+            "p",
+            60,
+            Filter::default(),
+            b"ping",
+        );
+        let id = req.envelope.requestid.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        pending.lock().unwrap().insert(id.clone(), tx.clone());
+        let route = Route {
+            pending: pending.clone(),
+            id: id.clone(),
+        };
+        let offered = Arc::new(Mutex::new(Vec::<String>::new()));
+        let discovered = Discovered {
+            found: Box::new({
+                let offered = offered.clone();
+                move |who: &str| offered.lock().unwrap().push(who.to_string())
+            }),
+            seen: Default::default(),
+            window: Some(Vec::new()),
+            max: 3,
+            metrics: metrics.clone(),
+        };
+        let reply = |who: &str| Reply::new(&req.envelope, who, b"pong");
+        for who in [
+            "n1.example.net",
+            "n1.example.net",
+            "bad id",
+            "n2.example.net",
+        ] {
+            tx.send(reply(who)).unwrap();
+        }
+        let answered = collect_discovery(route, rx, Duration::from_secs(2), discovered).await;
+        assert_eq!(
+            answered, 2,
+            "n1 once, n2; the invalid sender is not counted"
+        );
+        assert_eq!(
+            *offered.lock().unwrap(),
+            ["n1.example.net", "n2.example.net"]
+        );
+
+        // the window closed; replies routed now still reach the queue, up to `max`
+        for who in ["n3.example.net", "n4.example.net"] {
+            tx.send(reply(who)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            *offered.lock().unwrap(),
+            ["n1.example.net", "n2.example.net", "n3.example.net"]
+        );
+        let text = metrics.render();
+        assert!(text
+            .contains("choria_provisioner_bad_messages{kind=\"discovery_sender\",site=\"t\"} 1"));
+        assert!(
+            text.contains("choria_provisioner_waiting_dropped{site=\"t\",source=\"discovery\"} 1"),
+            "{text}"
+        );
+
+        // and the route closes after DISCOVERY_LATE
+        assert!(pending.lock().unwrap().contains_key(&id));
+        tokio::time::sleep(DISCOVERY_LATE).await;
+        assert!(!pending.lock().unwrap().contains_key(&id));
     }
 
     #[test]
