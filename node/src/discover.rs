@@ -89,19 +89,26 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>) {
             }
         }
     };
+    // in a cluster most replies are other members' servers: only counted
+    let wanted = match svc.shard.clone() {
+        Some(shard) => crate::rpc::Wanted::new(move |identity: &str| shard.owns(identity)),
+        None => crate::rpc::Wanted::new(|_: &str| true),
+    };
     match svc
         .rpc
         .discover(
             proto::agents::PROVISION_AGENT,
             svc.config.discovery_timeout,
             svc.config.max_waiting,
+            wanted.clone(),
             found,
         )
         .await
     {
         Ok(found) => {
             let added = added.load(std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(found, added, "discovery finished");
+            let others = wanted.passed();
+            tracing::info!(found, others, added, "discovery finished");
         }
         Err(e) => {
             m.inc(&m.discovery_errors);

@@ -67,7 +67,38 @@ impl RpcError {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Reply>>>>;
+type Pending = Arc<Mutex<HashMap<String, Waiting>>>;
+
+/// Where the replies to one request go.
+#[derive(Clone)]
+struct Waiting {
+    tx: mpsc::UnboundedSender<Reply>,
+    /// A discovery's: replies from other servers are counted, not decoded.
+    wanted: Option<Arc<Wanted>>,
+}
+
+/// Which servers' discovery replies a member decodes. In a cluster every member receives
+/// every waiting server's reply to its own discovery, and most belong to other members: their
+/// transport's sender header is read (`wire::reply_sender_hint`) and the rest of the reply
+/// left alone. A reply without the header is decoded as any other.
+pub struct Wanted {
+    wants: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    passed: std::sync::atomic::AtomicUsize,
+}
+
+impl Wanted {
+    pub fn new(wants: impl Fn(&str) -> bool + Send + Sync + 'static) -> Arc<Wanted> {
+        Arc::new(Wanted {
+            wants: Box::new(wants),
+            passed: Default::default(),
+        })
+    }
+
+    /// Replies passed over so far.
+    pub fn passed(&self) -> usize {
+        self.passed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// Sends requests as one provisioner and routes their replies back.
 #[derive(Clone)]
@@ -164,10 +195,14 @@ impl RpcClient {
         self
     }
 
-    fn open_route(&self, id: &str) -> (Route, mpsc::UnboundedReceiver<Reply>) {
+    fn open_route(
+        &self,
+        id: &str,
+        wanted: Option<Arc<Wanted>>,
+    ) -> (Route, mpsc::UnboundedReceiver<Reply>) {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut p) = self.pending.lock() {
-            p.insert(id.to_string(), tx);
+            p.insert(id.to_string(), Waiting { tx, wanted });
         }
         (
             Route {
@@ -247,7 +282,7 @@ impl RpcClient {
             ..Default::default()
         };
         let req = self.request(agent, filter, &body);
-        let (_route, mut replies) = self.open_route(&req.envelope.requestid);
+        let (_route, mut replies) = self.open_route(&req.envelope.requestid, None);
         self.publish(
             &rpc,
             subject::node_directed(&self.collective, identity),
@@ -347,12 +382,13 @@ impl RpcClient {
     /// of them: those that answered within the sliding window (`timeout` at most, and
     /// [`DISCOVERY_IDLE`] after the last reply) when it closes, and how many they were is
     /// returned; those routed later as they come, for [`DISCOVERY_LATE`] (see
-    /// [`collect_discovery`]).
+    /// [`collect_discovery`]). Replies from servers `wanted` does not want are only counted.
     pub async fn discover(
         &self,
         agent: &str,
         timeout: Duration,
         max: usize,
+        wanted: Arc<Wanted>,
         found: impl Fn(&str) + Send + 'static,
     ) -> Result<usize, RpcError> {
         let rpc = "discovery#ping".to_string();
@@ -362,7 +398,7 @@ impl RpcClient {
             Filter::agent(agent),
             body.as_bytes(),
         );
-        let (route, replies) = self.open_route(&req.envelope.requestid);
+        let (route, replies) = self.open_route(&req.envelope.requestid, Some(wanted.clone()));
         self.publish(
             &rpc,
             subject::agent_broadcast(&self.collective, proto::agents::DISCOVERY_AGENT),
@@ -376,7 +412,7 @@ impl RpcClient {
             max,
             metrics: self.metrics.clone(),
         };
-        Ok(collect_discovery(route, replies, timeout, collector).await)
+        Ok(collect_discovery(route, replies, timeout, &wanted, collector).await)
     }
 }
 
@@ -423,18 +459,29 @@ impl Discovered {
 }
 
 /// Takes discovery replies from `replies` until `timeout`, or [`DISCOVERY_IDLE`] after the
-/// last one, and returns how many servers answered by then; then leaves a task taking what
-/// is still routed to `route` for [`DISCOVERY_LATE`] before it closes the route.
+/// last one (a reply passed over by `wanted` counts), and returns how many servers answered
+/// by then; then leaves a task taking what is still routed to `route` for [`DISCOVERY_LATE`]
+/// before it closes the route.
 async fn collect_discovery(
     route: Route,
     mut replies: mpsc::UnboundedReceiver<Reply>,
     timeout: Duration,
+    wanted: &Wanted,
     mut discovered: Discovered,
 ) -> usize {
     let hard = tokio::time::Instant::now() + timeout;
     let mut deadline = hard;
-    while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.recv()).await {
-        discovered.take(reply);
+    let mut passed = wanted.passed();
+    loop {
+        match tokio::time::timeout_at(deadline, replies.recv()).await {
+            Ok(Some(reply)) => discovered.take(reply),
+            Ok(None) => break,
+            // replies for other members came meanwhile: the servers are still answering
+            Err(_) if wanted.passed() != passed && tokio::time::Instant::now() < hard => {
+                passed = wanted.passed();
+            }
+            Err(_) => break,
+        }
         deadline = hard.min(tokio::time::Instant::now() + DISCOVERY_IDLE);
     }
     let answered = discovered.seen.len();
@@ -462,6 +509,16 @@ async fn collect_discovery(
 
 /// Hands one reply message to the request waiting for it.
 fn route_reply(pending: &Pending, metrics: &Metrics, subject: &str, payload: &[u8]) {
+    if let Some(wanted) = wanted_for(pending, subject) {
+        if let Some(sender) = wire::reply_sender_hint(payload) {
+            if !(wanted.wants)(&sender) {
+                wanted
+                    .passed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        }
+    }
     let reply = match wire::decode_reply(payload) {
         Ok((_, r)) => r,
         Err(e) => {
@@ -481,11 +538,17 @@ fn route_reply(pending: &Pending, metrics: &Metrics, subject: &str, payload: &[u
         .ok()
         .and_then(|p| p.get(&reply.envelope.requestid).cloned());
     match tx {
-        Some(tx) => {
-            let _ = tx.send(reply);
+        Some(waiting) => {
+            let _ = waiting.tx.send(reply);
         }
         None => tracing::debug!(request = %reply.envelope.requestid, "late reply, nobody waiting"),
     }
+}
+
+/// The filter of the discovery the subject's request id names, if it is one.
+fn wanted_for(pending: &Pending, subject: &str) -> Option<Arc<Wanted>> {
+    let id = subject.rsplit('.').next()?;
+    pending.lock().ok()?.get(id)?.wanted.clone()
 }
 
 /// Backoff between RPC tries: 250 ms doubling to 4 s, with jitter.
@@ -504,7 +567,10 @@ mod tests {
         let metrics = Metrics::new("t");
         let pending: Pending = Arc::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        pending.lock().unwrap().insert("a".repeat(32), tx);
+        pending
+            .lock()
+            .unwrap()
+            .insert("a".repeat(32), Waiting { tx, wanted: None });
         for junk in [
             &b""[..],
             b"{}",
@@ -521,6 +587,7 @@ mod tests {
 
     /// A discovery offers each server once, those in its window when it closes; what is
     /// routed after that (a member short of CPU) is still offered until the route closes.
+    /// Replies of servers it does not want are counted, never decoded or offered.
     #[tokio::test(start_paused = true)]
     async fn discovery_takes_replies_routed_after_its_window() {
         let metrics = Arc::new(Metrics::new("t"));
@@ -536,7 +603,14 @@ mod tests {
         );
         let id = req.envelope.requestid.clone();
         let (tx, rx) = mpsc::unbounded_channel();
-        pending.lock().unwrap().insert(id.clone(), tx.clone());
+        let wanted = Wanted::new(|who: &str| !who.starts_with("other"));
+        pending.lock().unwrap().insert(
+            id.clone(),
+            Waiting {
+                tx,
+                wanted: Some(wanted.clone()),
+            },
+        );
         let route = Route {
             pending: pending.clone(),
             id: id.clone(),
@@ -552,16 +626,24 @@ mod tests {
             max: 3,
             metrics: metrics.clone(),
         };
-        let reply = |who: &str| Reply::new(&req.envelope, who, b"pong");
+        let subject = format!("provisioning.reply.x.{id}");
+        let send = |who: &str| {
+            let bytes = Reply::new(&req.envelope, who, b"pong").encode().unwrap();
+            route_reply(&pending, &metrics, &subject, &bytes);
+        };
         for who in [
             "n1.example.net",
+            "other1.example.net",
             "n1.example.net",
             "bad id",
             "n2.example.net",
+            "other2.example.net",
         ] {
-            tx.send(reply(who)).unwrap();
+            send(who);
         }
-        let answered = collect_discovery(route, rx, Duration::from_secs(2), discovered).await;
+        let answered =
+            collect_discovery(route, rx, Duration::from_secs(2), &wanted, discovered).await;
+        assert_eq!(wanted.passed(), 2);
         assert_eq!(
             answered, 2,
             "n1 once, n2; the invalid sender is not counted"
@@ -572,14 +654,15 @@ mod tests {
         );
 
         // the window closed; replies routed now still reach the queue, up to `max`
-        for who in ["n3.example.net", "n4.example.net"] {
-            tx.send(reply(who)).unwrap();
+        for who in ["n3.example.net", "other3.example.net", "n4.example.net"] {
+            send(who);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
             *offered.lock().unwrap(),
             ["n1.example.net", "n2.example.net", "n3.example.net"]
         );
+        assert_eq!(wanted.passed(), 3);
         let text = metrics.render();
         assert!(text
             .contains("choria_provisioner_bad_messages{kind=\"discovery_sender\",site=\"t\"} 1"));
@@ -609,7 +692,10 @@ mod tests {
             b"{}",
         );
         let id = req.envelope.requestid.clone();
-        pending.lock().unwrap().insert(id.clone(), tx);
+        pending
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Waiting { tx, wanted: None });
         let bytes = Reply::new(&req.envelope, "n1", b"{\"statuscode\":0}")
             .encode()
             .unwrap();

@@ -4,6 +4,8 @@
 //! Organization Issuer (ed25519) networks speak v2. A receiver tells them apart by the
 //! transport's `protocol`.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 use crate::error::{Layer, ProtoError};
@@ -95,6 +97,32 @@ pub fn decode_reply(bytes: &[u8]) -> Result<(Version, v1::Reply), ProtoError> {
     }
 }
 
+#[derive(Deserialize)]
+struct SenderPeek<'a> {
+    #[serde(borrow, default)]
+    headers: Option<SenderHeaders<'a>>,
+}
+
+/// The transport headers that name a reply's sender: `mc_sender` in v1, `sender` in v2.
+#[derive(Deserialize)]
+struct SenderHeaders<'a> {
+    #[serde(borrow, default)]
+    mc_sender: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sender: Option<Cow<'a, str>>,
+}
+
+/// The sender a reply's transport headers name, read without decoding the reply they carry
+/// (no base64, no inner JSON, no hash); `None` for anything that is not such a transport.
+/// It is what the server says about itself, as the reply's own `senderid` is: enough to pass
+/// over the replies of servers the reader does not work on, never to act on.
+pub fn reply_sender_hint(bytes: &[u8]) -> Option<String> {
+    v1::check_size(bytes).ok()?;
+    let peek: SenderPeek = serde_json::from_slice(bytes).ok()?;
+    let headers = peek.headers?;
+    headers.mc_sender.or(headers.sender).map(Cow::into_owned)
+}
+
 /// Encodes a reply in `version`.
 pub fn encode_reply(version: Version, reply: &v1::Reply) -> Result<Vec<u8>, ProtoError> {
     match version {
@@ -127,5 +155,41 @@ mod tests {
         }
         assert!(version_of(br#"{"protocol":"choria:transport:9"}"#).is_err());
         assert!(version_of(b"not json").is_err());
+    }
+
+    #[test]
+    fn the_sender_hint_comes_from_either_versions_headers() {
+        let r = v1::Request::new(
+            "discovery",
+            "provisioning",
+            "choria=p",
+            "p",
+            60,
+            v1::Filter::default(),
+            b"ping",
+        );
+        let reply = v1::Reply::new(&r.envelope, "n1.example.net", b"pong");
+        for v in [Version::V1, Version::V2] {
+            let bytes = encode_reply(v, &reply).unwrap();
+            assert_eq!(
+                reply_sender_hint(&bytes).as_deref(),
+                Some("n1.example.net"),
+                "{v:?}"
+            );
+        }
+        // escapes are read as JSON reads them
+        let escaped =
+            br#"{"protocol":"choria:transport:1","data":"","headers":{"mc_sender":"n\u0031"}}"#;
+        assert_eq!(reply_sender_hint(escaped).as_deref(), Some("n1"));
+        for nothing in [
+            &b"not json"[..],
+            br#"{"protocol":"choria:transport:1","data":""}"#,
+            br#"{"headers":{"mc_sender":5}}"#,
+            br#"[1,2]"#,
+        ] {
+            assert_eq!(reply_sender_hint(nothing), None);
+        }
+        let huge = vec![b' '; v1::MAX_MESSAGE_BYTES + 1];
+        assert_eq!(reply_sender_hint(&huge), None);
     }
 }

@@ -61,6 +61,16 @@ fn envelopes(c: &mut Criterion) {
     g.bench_function("v1 reply decode", |b| {
         b.iter(|| proto::wire::decode_reply(&reply_bytes))
     });
+    // a discovery pong: what a member spends on another member's server, decoded or passed over
+    let pong = Reply::new(&req.envelope, "sim-00001.example.net", b"\"pong\"")
+        .encode()
+        .unwrap_or_default();
+    g.bench_function("discovery pong decode", |b| {
+        b.iter(|| proto::wire::decode_reply(&pong))
+    });
+    g.bench_function("discovery pong sender hint", |b| {
+        b.iter(|| proto::wire::reply_sender_hint(&pong))
+    });
 
     let issuer = match node::orgissuer::OrgIssuer::from_seed(&[7; 32]) {
         Ok(i) => Arc::new(i),
