@@ -74,7 +74,7 @@ pub struct ClusterSection {
     #[serde(default)]
     pub leader_share: Option<f64>,
     /// Pause a busy member makes after each Raft log entry, so the commands of many servers
-    /// share the next: less CPU per server, more latency; `0s` (default) writes at once.
+    /// share the next: less CPU per server, more latency; `0s` writes at once (default 20ms).
     #[serde(default = "default_commit_linger")]
     pub commit_linger: String,
 }
@@ -371,7 +371,7 @@ cluster:
         assert_eq!(cl.claim_lease, Duration::from_secs(30));
         assert_eq!(cl.max_clock_skew, Duration::from_secs(2));
         assert_eq!((cl.source_ip, cl.snapshot_every), (None, 10_000));
-        assert_eq!(cl.commit_linger, Duration::ZERO);
+        assert_eq!(cl.commit_linger, Duration::from_millis(20));
         // the allowed skew follows the lease: a tenth of it by default, never more
         let short = parse(&format!(
             "{MINIMAL}{CLUSTER}  claim_lease: 5s
