@@ -135,20 +135,20 @@ pub fn encode_reply(version: Version, reply: &v1::Reply) -> Result<Vec<u8>, Prot
 mod tests {
     use super::*;
 
+    /// A reply from `sender` to an `agent` request, encoded in each version.
+    fn encoded_replies(agent: &str, sender: &str, message: &[u8]) -> Vec<(Version, Vec<u8>)> {
+        let filter = v1::Filter::default();
+        let r = v1::Request::new(agent, "provisioning", "choria=p", "p", 60, filter, b"{}");
+        let reply = v1::Reply::new(&r.envelope, sender, message);
+        [Version::V1, Version::V2]
+            .into_iter()
+            .map(|v| (v, encode_reply(v, &reply).unwrap()))
+            .collect()
+    }
+
     #[test]
     fn versions_are_told_apart_and_unknown_ones_refused() {
-        let r = v1::Request::new(
-            "rpcutil",
-            "provisioning",
-            "choria=p",
-            "p",
-            60,
-            v1::Filter::default(),
-            b"{}",
-        );
-        let reply = v1::Reply::new(&r.envelope, "n1", b"{}");
-        for v in [Version::V1, Version::V2] {
-            let bytes = encode_reply(v, &reply).unwrap();
+        for (v, bytes) in encoded_replies("rpcutil", "n1", b"{}") {
             let (got, back) = decode_reply(&bytes).unwrap();
             assert_eq!(got, v);
             assert_eq!(back.message, "{}");
@@ -159,18 +159,7 @@ mod tests {
 
     #[test]
     fn the_sender_hint_comes_from_either_versions_headers() {
-        let r = v1::Request::new(
-            "discovery",
-            "provisioning",
-            "choria=p",
-            "p",
-            60,
-            v1::Filter::default(),
-            b"ping",
-        );
-        let reply = v1::Reply::new(&r.envelope, "n1.example.net", b"pong");
-        for v in [Version::V1, Version::V2] {
-            let bytes = encode_reply(v, &reply).unwrap();
+        for (v, bytes) in encoded_replies("discovery", "n1.example.net", b"pong") {
             assert_eq!(
                 reply_sender_hint(&bytes).as_deref(),
                 Some("n1.example.net"),
