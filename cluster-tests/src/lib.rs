@@ -468,6 +468,28 @@ pub fn write_import(path: &Path, prefix: &str, n: usize) -> std::io::Result<()> 
     w.flush()
 }
 
+/// Waits until the last credential issued to any of `identities` in `records` (`ledger export`
+/// lines) is older than `settle_ms` (`raft::state::REENROLL_SETTLE_MS`): until then its member
+/// is still configuring and restarting the server, and a reprovision skips it.
+pub fn wait_out_settle_time(
+    records: &[serde_json::Value],
+    identities: &BTreeSet<String>,
+    settle_ms: u64,
+) {
+    let last_issued = records
+        .iter()
+        .filter(|r| identities.contains(r["identity"].as_str().unwrap_or_default()))
+        .filter_map(|r| r["credential"]["issued_at_ms"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let settled = last_issued + settle_ms + 500;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(settled.saturating_sub(now)));
+}
+
 /// (identity, event, serial) lines a fleet wrote with `--events`.
 pub fn fleet_events(path: &Path) -> Vec<(String, String, Option<String>)> {
     std::fs::read_to_string(path)

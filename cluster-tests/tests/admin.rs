@@ -340,21 +340,9 @@ fn admin_api_drives_a_three_member_cluster() {
     let dry = op.json(&m1, &["reprovision", "--fact", "index=7", "--dry-run"]);
     assert_eq!(dry["counts"], serde_json::json!({"planned": 1}));
     let targets: BTreeSet<String> = (0..5).map(|i| format!("sim-{i:05}.example.net")).collect();
-    // a server enrolled moments ago is still being configured and restarted: its member holds
-    // it for the settle time, and a reprovision then skips it. Discovery offers servers in the
-    // order their replies arrive, so the targets may be among the last enrolled.
-    let last_issued = before_records
-        .iter()
-        .filter(|r| targets.contains(r["identity"].as_str().unwrap_or_default()))
-        .filter_map(|r| r["credential"]["issued_at_ms"].as_u64())
-        .max()
-        .expect("targets enrolled");
-    let settled = last_issued + raft::state::REENROLL_SETTLE_MS + 500;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(settled.saturating_sub(now)));
+    // discovery offers servers as they answer: the targets may be among the last enrolled
+    let settle_ms = raft::state::REENROLL_SETTLE_MS;
+    cluster_tests::wait_out_settle_time(&before_records, &targets, settle_ms);
     let run = op.json(
         &m2,
         &[
