@@ -837,7 +837,8 @@ nats:
         std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
     }
 
-    /// Waits until the provisioner listens for events and has run its first discovery.
+    /// Waits until the provisioner listens for events and has run its first discovery (or, in
+    /// a cluster, left it to the leader's, which covers it).
     pub fn wait_ready(&mut self, timeout: Duration) {
         let start = Instant::now();
         while start.elapsed() < timeout {
@@ -849,7 +850,10 @@ nats:
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
-            if metric_sum(&self.metrics(), "choria_provisioner_discover_cycles", "") >= 1.0 {
+            let text = self.metrics();
+            let rounds = metric_sum(&text, "choria_provisioner_discover_cycles", "")
+                + metric_sum(&text, "choria_provisioner_discover_deferred", "");
+            if rounds >= 1.0 {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -172,6 +172,19 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
         let c = by[&spec.name].as_u64().unwrap_or(0);
         assert!(c >= 10, "{} enrolled only {c}: {by}", spec.name);
     }
+    // one discovery for the cluster: the leader's covered the others, whose own rounds waited
+    let sum = |name: &str, labels: &str| -> f64 {
+        members
+            .iter()
+            .map(|m| cluster_tests::metric_sum(&m.metrics(), name, labels))
+            .sum()
+    };
+    let queued = sum("choria_provisioner_discovery_offers", "result=\"queued\"");
+    let deferred = sum("choria_provisioner_discover_deferred", "");
+    assert!(
+        queued > 0.0 && deferred >= 2.0,
+        "offers queued {queued}, rounds left to the leader {deferred}"
+    );
 
     // kill every member and start them again: the ledger comes back from RocksDB. They come
     // back with a configuration that also lists a fourth member, which may then join

@@ -5,7 +5,9 @@
 //! - lifecycle `startup` events of the configured component, so new servers are picked up
 //!   between discovery runs.
 //!
-//! Both offer what they find to the work queue, which ignores servers it knows already.
+//! Both offer what they find to the work queue, which ignores servers it knows already. In a
+//! cluster the leader's discovery covers every member ([`crate::offers`]): the others leave
+//! their rounds to it while its offers keep coming.
 //! Nothing is discovered while provisioning is paused. An identity that is not a host name
 //! (`proto::subject::is_valid_identity`) never gets here: discovery replies from one are
 //! dropped and counted as `bad_messages{kind="discovery_sender"}`, startup events naming one
@@ -21,13 +23,28 @@ use tokio::sync::Notify;
 use crate::pipeline::Services;
 use crate::work::{Source, WorkQueue};
 
+/// A cluster member's share in the group's one discovery.
+pub struct Shared {
+    pub member: Arc<raft::member::RaftMember>,
+    /// Where the leader's rounds send other members' servers.
+    pub outbox: crate::offers::Outbox,
+    /// What this member heard from the leader.
+    pub inbox: Arc<crate::offers::Inbox>,
+}
+
 /// Runs broadcast discovery now and then every `interval`, and whenever `now` is notified
 /// (cluster membership changed), until the task is dropped. A cluster member first waits
 /// until its own heartbeat is committed and then until the ownership epoch in force names it
 /// (ledger rules 6), or its peers had [`PEERS_SHOW_UP`] to, so the first discovery already
 /// shares the work. A restarted member finds its epoch at once: its servers, which nobody
-/// else may take meanwhile, wait no longer than its start.
-pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>, now: Arc<Notify>) {
+/// else may take meanwhile, wait no longer than its start. A member that is not the leader
+/// then gives the leader's first round a discovery window to reach it.
+pub async fn run_discovery(
+    svc: Arc<Services>,
+    queue: Arc<WorkQueue>,
+    now: Arc<Notify>,
+    shared: Option<Shared>,
+) {
     if let Some(shard) = &svc.shard {
         let step = std::time::Duration::from_millis(100);
         while !shard.am_live() {
@@ -38,8 +55,36 @@ pub async fn run_discovery(svc: Arc<Services>, queue: Arc<WorkQueue>, now: Arc<N
         {
             tokio::time::sleep(step).await;
         }
+        if let Some(s) = &shared {
+            let until = tokio::time::Instant::now()
+                + svc.config.discovery_timeout
+                + crate::offers::LEADER_GRACE;
+            while !s.member.is_leader()
+                && !s.inbox.leader_discovers(svc.config.discovery_timeout)
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(step).await;
+            }
+        }
     }
-    rounds(svc.config.interval, &now, || discover_once(&svc, &queue)).await
+    let round = || async {
+        match &shared {
+            None => discover_once(&svc, &queue, None).await,
+            Some(s) if s.member.is_leader() => discover_once(&svc, &queue, Some(s)).await,
+            Some(s) => {
+                let quiet = svc.config.interval
+                    + svc.config.discovery_timeout
+                    + crate::offers::LEADER_GRACE;
+                if !s.inbox.take_forced() && s.inbox.leader_discovers(quiet) {
+                    svc.metrics.inc(&svc.metrics.discover_deferred);
+                    tracing::debug!("the leader's discovery covers this member");
+                } else {
+                    discover_once(&svc, &queue, None).await
+                }
+            }
+        }
+    };
+    rounds(svc.config.interval, &now, round).await
 }
 
 /// How long a member that is live but named by no epoch yet (a new cluster, or one below
@@ -70,8 +115,8 @@ where
     }
 }
 
-/// One discovery cycle.
-pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>) {
+/// One discovery cycle; `shared` when this member is the leader and discovers for all.
+pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Option<&Shared>) {
     let m = &svc.metrics;
     if svc.is_paused() {
         tracing::warn!("skipping discovery while paused");
@@ -79,22 +124,50 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>) {
     }
     m.inc(&m.discover_cycles);
     let added = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let offered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let for_all = shared
+        .zip(svc.shard.clone())
+        .map(|(s, shard)| (s.outbox.clone(), shard));
+    // the other members told of the round: they leave theirs to it while they hear of it
+    let others: Vec<String> = for_all
+        .as_ref()
+        .map(|(_, shard)| {
+            let me = &shard.me;
+            shard.members().into_iter().filter(|n| n != me).collect()
+        })
+        .unwrap_or_default();
+    let round = for_all
+        .as_ref()
+        .map(|(outbox, _)| outbox.start_round(others.clone()));
     // a reply routed after the window closed still gets its server queued
     let found = {
         let (queue, added, m) = (queue.clone(), added.clone(), svc.metrics.clone());
+        let (offered, to) = (offered.clone(), for_all.clone());
         move |identity: &str| {
+            if let Some((outbox, shard)) = &to {
+                match shard.owner(identity) {
+                    Some(owner) if owner != shard.me => {
+                        outbox.found(&owner, identity);
+                        offered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
             if queue.offer(identity, Source::Discovery) {
                 m.inc(&m.discovered);
                 added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     };
-    // in a cluster most replies are other members' servers: only counted
-    let wanted = match svc.shard.clone() {
-        Some(shard) => crate::rpc::Wanted::new(move |identity: &str| shard.owns(identity)),
-        None => crate::rpc::Wanted::new(|_: &str| true),
+    // in a cluster most replies are other members' servers: only counted, unless this
+    // member discovers for all of them
+    let wanted = match (svc.shard.clone(), &for_all) {
+        (Some(shard), None) => crate::rpc::Wanted::new(move |identity: &str| shard.owns(identity)),
+        _ => crate::rpc::Wanted::new(|_: &str| true),
     };
-    match svc
+    let result = svc
         .rpc
         .discover(
             proto::agents::PROVISION_AGENT,
@@ -103,12 +176,16 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>) {
             wanted.clone(),
             found,
         )
-        .await
-    {
+        .await;
+    if let (Some((outbox, _)), Some(round)) = (&for_all, round) {
+        outbox.end_round(round, others);
+    }
+    match result {
         Ok(found) => {
             let added = added.load(std::sync::atomic::Ordering::Relaxed);
+            let offered = offered.load(std::sync::atomic::Ordering::Relaxed);
             let others = wanted.passed();
-            tracing::info!(found, others, added, "discovery finished");
+            tracing::info!(found, others, added, offered, "discovery finished");
         }
         Err(e) => {
             m.inc(&m.discovery_errors);

@@ -1,6 +1,7 @@
 //! The provisioner: finds Choria Servers waiting in provisioning mode and provisions them.
 //!
-//! Follow one server top-down: [`discover`] finds it and offers it to the [`work`] queue; a
+//! Follow one server top-down: [`discover`] finds it (in a cluster the leader's discovery
+//! [`offers`] it to its owner) and offers it to the [`work`] queue; a
 //! worker runs the [`pipeline`], which goes through [`jwt`], [`inventory`], [`csr`],
 //! [`helper`], [`enroll`] (with the built-in [`ca`], or [`orgissuer`] in ed25519 networks) and [`configure`], recording each state
 //! change in the ledger (the `raft` crate). [`rpc`] carries every request over NATS,
@@ -26,6 +27,7 @@ pub mod keywrap;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod offers;
 pub mod orgissuer;
 pub mod pipeline;
 pub mod rpc;

@@ -65,6 +65,11 @@ pub struct Metrics {
     pub ledger_forgotten: IntCounterVec,
     /// Reprovision requests sent by the admin API, by result (ok, no_answer, error).
     pub reprovision_requests: IntCounterVec,
+    /// Servers in the leader's discovery offers, by result: sent and failed (as the leader),
+    /// queued and refused (as the member offered them).
+    pub discovery_offers: IntCounterVec,
+    /// Discovery rounds this member left to the leader, whose discovery covers it.
+    pub discover_deferred: IntCounterVec,
     /// Revoked credentials in the ledger (the CRL's size before expired entries drop out).
     pub revoked: IntGaugeVec,
 }
@@ -262,6 +267,16 @@ impl Metrics {
                 "Reprovision requests sent to servers, by result",
                 &["site", "result"],
             ),
+            discovery_offers: counter(
+                "choria_provisioner_discovery_offers",
+                "Servers in the leader's discovery offers, by result (sent, failed, queued, refused)",
+                &["site", "result"],
+            ),
+            discover_deferred: counter(
+                "choria_provisioner_discover_deferred",
+                "Discovery rounds left to the leader, whose discovery covers this member",
+                site_l,
+            ),
             revoked: gauge(
                 "choria_provisioner_revoked_credentials",
                 "Revoked credentials recorded in the ledger",
@@ -274,6 +289,7 @@ impl Metrics {
             &m.discovered,
             &m.event_discovered,
             &m.discover_cycles,
+            &m.discover_deferred,
             &m.helper_errors,
             &m.discovery_errors,
             &m.provision_errors,
@@ -310,6 +326,13 @@ impl Metrics {
 
     pub fn add(&self, g: &IntGaugeVec, v: i64) {
         g.with_label_values(&[&self.site]).add(v);
+    }
+
+    /// Adds `n` servers to the offers counted under `result`.
+    pub fn offers(&self, result: &str, n: u64) {
+        self.discovery_offers
+            .with_label_values(&[&self.site, result])
+            .inc_by(n);
     }
 
     pub fn bad_message(&self, kind: &str) {

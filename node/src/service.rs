@@ -283,7 +283,20 @@ impl Provisioner {
         )));
 
         let extra = extra_fn(services.clone(), queue.clone());
+        let inbox = Arc::new(crate::offers::Inbox::default());
         if let Some(m) = &member {
+            let (svc, queue, inbox, raft) = (
+                services.clone(),
+                queue.clone(),
+                inbox.clone(),
+                m.raft.clone(),
+            );
+            m.on_offer(Arc::new(move |from, batch| {
+                // only the leader's offers say that its discovery covers this member
+                let leader = raft::member::leader_of(&raft).map(|(id, _)| id);
+                let from_leader = from.is_none() || from == leader;
+                inbox.take(&svc, &queue, from_leader, &batch)
+            }));
             m.set_extra(extra.clone());
             let metrics = services.metrics.clone();
             m.on_refused(Arc::new(move |rpc, reason| {
@@ -360,7 +373,7 @@ impl Provisioner {
             .or(alone.as_ref())
             .is_some_and(|m| m.restarted);
         if restarted {
-            let (svc, again) = (services.clone(), rediscover.clone());
+            let (svc, again, inbox) = (services.clone(), rediscover.clone(), inbox.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(
                     raft::state::REENROLL_SETTLE_MS + 1_000,
@@ -374,14 +387,22 @@ impl Provisioner {
                     .get(&svc.member)
                     .is_some_and(|n| *n > 0);
                 if issued {
+                    // this member's own round: the leader knows nothing of its restart
+                    inbox.force_own_round();
                     again.notify_one();
                 }
             }));
         }
+        let shared = member.as_ref().map(|m| discover::Shared {
+            member: m.clone(),
+            outbox: crate::offers::Outbox::through(m.clone(), services.metrics.clone()),
+            inbox,
+        });
         tasks.push(tokio::spawn(discover::run_discovery(
             services.clone(),
             queue.clone(),
             rediscover,
+            shared,
         )));
 
         tracing::info!(

@@ -1,6 +1,7 @@
 //! Sharing the waiting servers between live cluster members.
 //!
-//! Every member hears every discovery reply and lifecycle event; each works only the servers
+//! Every member hears every lifecycle event and the leader's discovery finds every waiting
+//! server (`crate::offers` gives each member its own); each works only the servers
 //! it owns. The owner of a server is chosen by rendezvous hashing over the live members (those
 //! with a recent heartbeat in the replicated ledger): every member computes the same owner from
 //! the same committed state, and when a member dies only its servers move. Two members that
@@ -176,13 +177,41 @@ impl Shard {
 
     /// True when this member should work on `identity`.
     pub fn owns(&self, identity: &str) -> bool {
+        self.with_owner(identity, |o| o == Some(self.me.as_str()))
+    }
+
+    /// Who works on `identity`.
+    pub fn owner(&self, identity: &str) -> Option<String> {
+        self.with_owner(identity, |o| o.map(str::to_string))
+    }
+
+    /// `f` of the owner of `identity`: from the epoch in force, else from this member's own
+    /// view of who is live and who leads.
+    fn with_owner<R>(&self, identity: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
         if let Ok(Some(e)) = self.epoch.read().as_deref() {
-            return weighted_owner(identity, &e.members, e.leader.as_deref(), e.leader_share())
-                == Some(self.me.as_str());
+            return f(weighted_owner(
+                identity,
+                &e.members,
+                e.leader.as_deref(),
+                e.leader_share(),
+            ));
         }
         let live = self.live();
         let share = self.leader_share(live.len());
-        weighted_owner(identity, &live, self.leader().as_deref(), share) == Some(self.me.as_str())
+        f(weighted_owner(
+            identity,
+            &live,
+            self.leader().as_deref(),
+            share,
+        ))
+    }
+
+    /// The members servers are shared between: the epoch's, else the live ones.
+    pub fn members(&self) -> Vec<String> {
+        if let Ok(Some(e)) = self.epoch.read().as_deref() {
+            return e.members.clone();
+        }
+        self.live()
     }
 }
 

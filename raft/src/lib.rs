@@ -10,7 +10,8 @@
 //! [`authz`] deciding which member may make which call on it and [`codec`] how log entries and
 //! peer messages are encoded. A replica's records stay in RocksDB ([`disk`]), the state
 //! machine holding in memory only what the batch being applied touches ([`records`]);
-//! [`snapshot`]s of it are written, sent and installed from a file ([`snapshot_file`]).
+//! [`snapshot`]s of it are written, sent and installed from a file ([`snapshot_file`]). The
+//! leader's discovery [`offer`]s each member the waiting servers it found for it.
 
 pub mod admin;
 pub mod authz;
@@ -22,6 +23,7 @@ pub mod ledger;
 pub mod local;
 pub mod member;
 pub mod network;
+pub mod offer;
 pub mod ownership;
 pub mod recent_log;
 pub mod records;

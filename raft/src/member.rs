@@ -219,6 +219,7 @@ impl RaftMember {
             configured: cfg.configured.clone(),
             tls: cfg.tls.is_some(),
             on_refused: Default::default(),
+            on_offer: Default::default(),
             max_clock_skew_ms: cfg.max_clock_skew_ms,
             names: Default::default(),
             refusals_logged: Default::default(),
@@ -434,6 +435,38 @@ impl RaftMember {
     /// Sets what is told of calls refused on the Raft port (once): a metric.
     pub fn on_refused(&self, f: crate::admin::RefusedFn) {
         let _ = self.ctx.on_refused.set(f);
+    }
+
+    /// Sets what takes the leader's discovery offers (once).
+    pub fn on_offer(&self, f: crate::offer::OfferFn) {
+        let _ = self.ctx.on_offer.set(f);
+    }
+
+    /// Sends `batch` to the member named `name` (by the group's membership); its answer says
+    /// what it queued.
+    pub async fn offer(
+        &self,
+        name: &str,
+        batch: &crate::offer::OfferBatch,
+    ) -> Result<crate::offer::OfferTaken, crate::network::PeerError> {
+        let peer = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let found = m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(_, n)| n)
+                .find(|n| n.name == name)
+                .cloned();
+            found
+        };
+        let Some(peer) = peer else {
+            return Err(crate::network::PeerError::Unavailable(format!(
+                "{name} is not a member of the group"
+            )));
+        };
+        self.ctx.network.offer(&peer, batch).await
     }
 
     /// Sets what this member adds to its view for peers and operators (once).

@@ -265,6 +265,19 @@ impl Network {
         Ok(decode(reply.get_ref())?)
     }
 
+    /// Offers `peer` the waiting servers the leader's discovery found for it.
+    pub async fn offer(
+        &self,
+        peer: &Member,
+        batch: &crate::offer::OfferBatch,
+    ) -> Result<crate::offer::OfferTaken, PeerError> {
+        let mut client = self.client(peer).map_err(unavailable)?;
+        let req = encode(batch, self.wire.binary())?;
+        let reply = within(crate::offer::OFFER_TIMEOUT, client.offer(req)).await?;
+        let taken: Result<crate::offer::OfferTaken, String> = decode(reply.get_ref())?;
+        taken.map_err(PeerError::Unavailable)
+    }
+
     /// Sends a batch of commands to `leader` to commit, waiting at most `limit`. A batch
     /// whose answer was lost may still commit; the ledger answers a replay as a success.
     pub async fn forward(
@@ -672,6 +685,20 @@ impl RaftService for RaftGrpc {
             .await?;
         tracing::warn!(?change, ?caller, "membership change requested by a peer");
         reply(&req, &self.ctx.change(change).await)
+    }
+
+    async fn offer(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let caller = self.authorize(&req, "offer", |r, c| r.member(c)).await?;
+        let from = match caller {
+            Caller::Member { id, .. } => Some(id),
+            Caller::Plaintext => None,
+        };
+        let batch: crate::offer::OfferBatch = decode(req.get_ref())?;
+        let taken = crate::offer::check(&batch).and_then(|()| match self.ctx.on_offer.get() {
+            Some(take) => Ok(take(from, batch)),
+            None => Err("this member takes no offers yet".to_string()),
+        });
+        reply(&req, &taken)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

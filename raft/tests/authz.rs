@@ -369,3 +369,55 @@ async fn a_member_whose_clock_is_off_gets_no_commands_taken() {
         .await
         .unwrap();
 }
+
+/// The leader's discovery offers reach a member from its peers only, bounded, through the
+/// hook the member set; the hook hears who sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_come_from_members_only() {
+    use raft::offer::{OfferBatch, OfferTaken, MAX_OFFER_IDENTITIES};
+    let g = Group::start(3).await;
+    type Seen = Arc<Mutex<Vec<(Option<u64>, OfferBatch)>>>;
+    let seen: Seen = Arc::default();
+    let hook_seen = seen.clone();
+    g.members[0].on_offer(Arc::new(move |from, batch: OfferBatch| {
+        let queued = batch.identities.len() as u32;
+        hook_seen.lock().unwrap().push((from, batch));
+        OfferTaken { queued, refused: 0 }
+    }));
+    let m1 = g.nodes[&1].clone();
+    let batch = OfferBatch {
+        round: 1,
+        identities: vec!["a.example".into(), "b.example".into()],
+        done: false,
+    };
+
+    // a member's offer, by its network and by name through the group's membership
+    let taken = g.as_("m2").offer(&m1, &batch).await.unwrap();
+    assert_eq!(taken.queued, 2);
+    let taken = g.members[2].offer("m1", &batch).await.unwrap();
+    assert_eq!(taken.queued, 2);
+    assert!(g.members[2].offer("m9", &batch).await.is_err());
+    {
+        let seen = seen.lock().unwrap();
+        let from: Vec<_> = seen.iter().map(|(f, _)| *f).collect();
+        assert_eq!(from, vec![Some(2), Some(3)]);
+        assert_eq!(seen[0].1, batch);
+    }
+
+    // an outsider, and a configured member that has not joined, get nothing taken
+    refused(g.as_("m9").offer(&m1, &batch).await, "offer from outside");
+    refused(g.as_("m4").offer(&m1, &batch).await, "offer before joining");
+    // a batch over the bound is refused whole
+    let big = OfferBatch {
+        identities: vec!["n.example".into(); MAX_OFFER_IDENTITIES + 1],
+        ..batch.clone()
+    };
+    let e = g.as_("m2").offer(&m1, &big).await.unwrap_err();
+    assert!(e.to_string().contains("more than"), "{e}");
+    // a member that set no hook says so
+    let m2 = g.nodes[&2].clone();
+    let e = g.as_("m3").offer(&m2, &batch).await.unwrap_err();
+    assert!(e.to_string().contains("no offers"), "{e}");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert!(g.saw("offer", "unknown"));
+}

@@ -45,6 +45,9 @@ impl RaftService for Stuck {
     async fn membership(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         stuck().await
     }
+    async fn offer(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        stuck().await
+    }
 }
 
 async fn stuck() -> Result<Response<RaftPayload>, Status> {

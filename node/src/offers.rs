@@ -1,0 +1,338 @@
+//! One discovery for the cluster: the leader discovers and offers each member its servers.
+//!
+//! Every waiting server answers every broadcast discovery, so with each member discovering
+//! on its own a server answers once per member and every member takes in (and passes over)
+//! the replies of the other members' servers: with five members four fifths of what a
+//! member's discovery brings in is somebody else's, and it all comes in one burst at the
+//! start of a round. Here only the leader sends broadcast discovery; it queues its own
+//! servers and sends every other owner the identities it found for it, batched
+//! ([`Outbox`], [`raft::offer`]). The other members take those batches as they would
+//! discovery replies ([`Inbox::take`]): each name is checked and queued only if this member
+//! owns it by its own view of the ownership epoch.
+//!
+//! A member leaves its round to the leader only while the leader's offers keep coming
+//! (each of its rounds sends every member at least a start and an end, empty or not); a
+//! member that has heard nothing from the leader for an interval (a leader of an older
+//! version, a leader short of CPU, no leader) discovers on its own as before. Lifecycle
+//! events are still every member's own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raft::member::RaftMember;
+use raft::offer::{OfferBatch, OfferTaken, MAX_OFFER_IDENTITIES};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::pipeline::Services;
+use crate::work::{Source, WorkQueue};
+
+/// How often the leader sends what it has gathered for each member (a batch also goes out
+/// as soon as it is full).
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// Identities per batch: large enough that a round of thousands of servers is a few calls,
+/// small enough that a member starts on its first servers within a flush.
+const BATCH: usize = 512;
+/// How long past `interval + discovery_timeout` a member waits for the leader's next round
+/// before it discovers on its own.
+pub const LEADER_GRACE: Duration = Duration::from_secs(5);
+
+/// What the leader's discovery task tells the outbox.
+enum Out {
+    /// A round begins: `to` are the members to tell (all but the leader).
+    Start { round: u64, to: Vec<String> },
+    /// `identity` was found for `owner`.
+    Found { owner: String, identity: String },
+    /// The round's window closed.
+    Done { round: u64, to: Vec<String> },
+}
+
+/// The leader's side: gathers found identities by owner and sends them in batches.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Out>,
+    round: Arc<AtomicU64>,
+}
+
+/// Where the outbox's batches go: a member's name and the batch (the Raft port in a member,
+/// a recorder in tests).
+pub type SendFn = Arc<
+    dyn Fn(String, OfferBatch) -> futures::future::BoxFuture<'static, Result<OfferTaken, String>>
+        + std::marker::Send
+        + Sync,
+>;
+
+impl Outbox {
+    /// Starts the task that sends batches through `send`.
+    pub fn start(send: SendFn, metrics: Arc<Metrics>) -> Outbox {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_outbox(rx, send, metrics));
+        Outbox {
+            tx,
+            round: Arc::default(),
+        }
+    }
+
+    /// Sends through `member`'s Raft port.
+    pub fn through(member: Arc<RaftMember>, metrics: Arc<Metrics>) -> Outbox {
+        let send: SendFn = Arc::new(move |to: String, batch: OfferBatch| {
+            let member = member.clone();
+            Box::pin(async move { member.offer(&to, &batch).await.map_err(|e| e.to_string()) })
+        });
+        Outbox::start(send, metrics)
+    }
+
+    /// A new round, told to `to`; returns its number.
+    pub fn start_round(&self, to: Vec<String>) -> u64 {
+        let round = self.round.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = self.tx.send(Out::Start { round, to });
+        round
+    }
+
+    /// `identity` was found for `owner` (another member).
+    pub fn found(&self, owner: &str, identity: &str) {
+        let _ = self.tx.send(Out::Found {
+            owner: owner.to_string(),
+            identity: identity.to_string(),
+        });
+    }
+
+    /// The round's window closed; what it found is sent with the end marker.
+    pub fn end_round(&self, round: u64, to: Vec<String>) {
+        let _ = self.tx.send(Out::Done { round, to });
+    }
+}
+
+/// Gathers by owner; a batch goes when full, on the flush tick, or with a round's markers.
+async fn run_outbox(mut rx: mpsc::UnboundedReceiver<Out>, send: SendFn, metrics: Arc<Metrics>) {
+    let mut pending: HashMap<String, Vec<String>> = HashMap::new();
+    let mut round = 0;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let post = |to: String, batch: OfferBatch| {
+        let (send, metrics) = (send.clone(), metrics.clone());
+        let n = batch.identities.len() as u64;
+        // each call on its own: a member that is slow to answer holds up nobody else's
+        tokio::spawn(async move {
+            let result = match send(to.clone(), batch).await {
+                Ok(_) => "sent",
+                Err(e) => {
+                    tracing::warn!(member = %to, error = %e, "could not offer servers");
+                    "failed"
+                }
+            };
+            metrics.offers(result, n);
+        });
+    };
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => return,
+                Some(Out::Start { round: r, to }) => {
+                    round = r;
+                    for member in to {
+                        let identities = pending.remove(&member).unwrap_or_default();
+                        post(member, OfferBatch { round, identities, done: false });
+                    }
+                }
+                Some(Out::Found { owner, identity }) => {
+                    let batch = pending.entry(owner.clone()).or_default();
+                    batch.push(identity);
+                    if batch.len() >= BATCH.min(MAX_OFFER_IDENTITIES) {
+                        let identities = std::mem::take(batch);
+                        post(owner, OfferBatch { round, identities, done: false });
+                    }
+                }
+                Some(Out::Done { round: r, to }) => {
+                    for member in to {
+                        let identities = pending.remove(&member).unwrap_or_default();
+                        post(member, OfferBatch { round: r, identities, done: true });
+                    }
+                }
+            },
+            _ = tick.tick() => {
+                for (member, identities) in pending.drain() {
+                    if !identities.is_empty() {
+                        post(member, OfferBatch { round, identities, done: false });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A member's side: takes the leader's batches and remembers when it last heard from it.
+pub struct Inbox {
+    last_from_leader: Mutex<Option<Instant>>,
+    /// A round this member must run itself (after a restart, for the servers it enrolled).
+    forced: AtomicBool,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox {
+            last_from_leader: Mutex::new(None),
+            forced: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Inbox {
+    /// Queues what `batch` offers that this member owns. `from_leader`: the sender is the
+    /// leader this member knows (only then does the batch say the leader is discovering).
+    pub fn take(
+        &self,
+        svc: &Services,
+        queue: &WorkQueue,
+        from_leader: bool,
+        batch: &OfferBatch,
+    ) -> OfferTaken {
+        let metrics = &svc.metrics;
+        if from_leader {
+            if let Ok(mut last) = self.last_from_leader.lock() {
+                *last = Some(Instant::now());
+            }
+        }
+        let mut taken = OfferTaken::default();
+        for identity in &batch.identities {
+            if !proto::subject::is_valid_identity(identity) {
+                metrics.bad_message("offer");
+                taken.refused += 1;
+                continue;
+            }
+            if queue.offer(identity, Source::Discovery) {
+                metrics.inc(&metrics.discovered);
+                taken.queued += 1;
+            } else if !svc.owns(identity) {
+                taken.refused += 1;
+            }
+        }
+        if taken.refused > 0 {
+            tracing::debug!(
+                round = batch.round,
+                refused = taken.refused,
+                "offered servers this member does not own"
+            );
+        }
+        metrics.offers("queued", taken.queued.into());
+        metrics.offers("refused", taken.refused.into());
+        taken
+    }
+
+    /// True when the leader's offers came within `within`: its discovery covers this member.
+    pub fn leader_discovers(&self, within: Duration) -> bool {
+        self.last_from_leader
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// Makes the next round this member's own, whatever the leader does.
+    pub fn force_own_round(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the forced round, if one was asked for.
+    pub fn take_forced(&self) -> bool {
+        self.forced.swap(false, Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Sent = Arc<Mutex<Vec<(String, OfferBatch)>>>;
+
+    fn recorder() -> (SendFn, Sent) {
+        let sent: Sent = Arc::default();
+        let s = sent.clone();
+        let send: SendFn = Arc::new(move |to: String, batch: OfferBatch| {
+            s.lock().unwrap().push((to, batch));
+            Box::pin(async { Ok(OfferTaken::default()) })
+        });
+        (send, sent)
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A round tells every member it starts and ends, with what was found for each, in
+    /// batches no larger than [`BATCH`].
+    #[tokio::test(start_paused = true)]
+    async fn a_round_reaches_every_member_in_batches() {
+        let (send, sent) = recorder();
+        let out = Outbox::start(send, Arc::new(Metrics::new("t")));
+        let to = vec!["b".to_string(), "c".to_string()];
+        let round = out.start_round(to.clone());
+        for i in 0..(BATCH + 3) {
+            out.found("b", &format!("n{i}.example"));
+        }
+        out.found("c", "m.example");
+        settle().await;
+        // the full batch went at once; the rest waits for the tick or the end
+        {
+            let s = sent.lock().unwrap();
+            let starts: Vec<_> = s.iter().filter(|(_, b)| b.identities.is_empty()).collect();
+            assert_eq!(starts.len(), 2, "a start for each member: {s:?}");
+            let full: Vec<_> = s.iter().filter(|(_, b)| !b.identities.is_empty()).collect();
+            assert_eq!(full.len(), 1);
+            assert_eq!(full[0].0, "b");
+            assert_eq!(full[0].1.identities.len(), BATCH);
+        }
+        out.end_round(round, to);
+        settle().await;
+        let s = sent.lock().unwrap();
+        let ends: Vec<_> = s.iter().filter(|(_, b)| b.done).collect();
+        assert_eq!(ends.len(), 2, "an end for each member");
+        let of = |m: &str| -> Vec<String> {
+            s.iter()
+                .filter(|(t, _)| t == m)
+                .flat_map(|(_, b)| b.identities.clone())
+                .collect()
+        };
+        assert_eq!(of("b").len(), BATCH + 3);
+        assert_eq!(of("c"), vec!["m.example".to_string()]);
+        assert!(s.iter().all(|(_, b)| b.round == round));
+    }
+
+    /// Finds after the window closed (a late reply) go out on the next tick.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_find_goes_out_on_the_tick() {
+        let (send, sent) = recorder();
+        let out = Outbox::start(send, Arc::new(Metrics::new("t")));
+        let round = out.start_round(vec!["b".into()]);
+        out.end_round(round, vec!["b".into()]);
+        out.found("b", "late.example");
+        settle().await;
+        tokio::time::sleep(FLUSH_EVERY * 2).await;
+        settle().await;
+        let s = sent.lock().unwrap();
+        assert!(
+            s.iter()
+                .any(|(t, b)| t == "b" && b.identities == vec!["late.example".to_string()]),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn the_leader_discovers_while_its_offers_keep_coming() {
+        let inbox = Inbox::default();
+        assert!(!inbox.leader_discovers(Duration::from_secs(60)));
+        *inbox.last_from_leader.lock().unwrap() = Some(Instant::now());
+        assert!(inbox.leader_discovers(Duration::from_secs(60)));
+        *inbox.last_from_leader.lock().unwrap() =
+            Instant::now().checked_sub(Duration::from_secs(61));
+        assert!(!inbox.leader_discovers(Duration::from_secs(60)));
+        assert!(!inbox.take_forced());
+        inbox.force_own_round();
+        assert!(inbox.take_forced());
+        assert!(!inbox.take_forced(), "once");
+    }
+}
