@@ -37,8 +37,9 @@ pub struct Shared {
 /// until its own heartbeat is committed and then until the ownership epoch in force names it
 /// (ledger rules 6), or its peers had [`PEERS_SHOW_UP`] to, so the first discovery already
 /// shares the work. A restarted member finds its epoch at once: its servers, which nobody
-/// else may take meanwhile, wait no longer than its start. A member that is not the leader
-/// then gives the leader's first round a discovery window to reach it.
+/// else may take meanwhile, wait no longer than its start, and it runs its first round
+/// itself. A member on its first start that is not the leader gives the leader's first round
+/// a discovery window to reach it.
 pub async fn run_discovery(
     svc: Arc<Services>,
     queue: Arc<WorkQueue>,
@@ -55,7 +56,11 @@ pub async fn run_discovery(
         {
             tokio::time::sleep(step).await;
         }
-        if let Some(s) = &shared {
+        // a restarted member's servers are its own again at once, and the leader, which saw
+        // nothing change, runs no round for them: its first round is its own
+        if let Some(s) = shared.as_ref().filter(|s| s.member.restarted) {
+            s.inbox.force_own_round();
+        } else if let Some(s) = &shared {
             let until = tokio::time::Instant::now()
                 + svc.config.discovery_timeout
                 + crate::offers::LEADER_GRACE;
