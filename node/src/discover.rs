@@ -166,10 +166,32 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Optio
             }
         }
     };
-    // in a cluster most replies are other members' servers: only counted, unless this
-    // member discovers for all of them
+    // in a cluster most replies are other members' servers: only counted, or, when this
+    // member discovers for all, their names (from the header, the reply left undecoded)
+    // handed to their owners; at most `max_waiting` a member, as a flood of forged replies
+    // would otherwise be
     let wanted = match (svc.shard.clone(), &for_all) {
         (Some(shard), None) => crate::rpc::Wanted::new(move |identity: &str| shard.owns(identity)),
+        (Some(shard), Some((outbox, _))) => {
+            let (owns, outbox, offered) = (shard.clone(), outbox.clone(), offered.clone());
+            let most = svc.config.max_waiting.saturating_mul(others.len());
+            crate::rpc::Wanted::passing(
+                move |identity: &str| owns.owns(identity),
+                move |identity: &str| {
+                    if !proto::subject::is_valid_identity(identity) {
+                        return;
+                    }
+                    let Some(owner) = shard.owner(identity) else {
+                        return;
+                    };
+                    if owner != shard.me
+                        && offered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < most
+                    {
+                        outbox.found(&owner, identity);
+                    }
+                },
+            )
+        }
         _ => crate::rpc::Wanted::new(|_: &str| true),
     };
     let result = svc

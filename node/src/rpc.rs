@@ -77,12 +77,14 @@ struct Waiting {
     wanted: Option<Arc<Wanted>>,
 }
 
-/// Which servers' discovery replies a member decodes. In a cluster every member receives
-/// every waiting server's reply to its own discovery, and most belong to other members: their
-/// transport's sender header is read (`wire::reply_sender_hint`) and the rest of the reply
-/// left alone. A reply without the header is decoded as any other.
+/// Which servers' discovery replies a member decodes. Every waiting server answers every
+/// discovery, and in a cluster most belong to other members: their transport's sender header
+/// is read (`wire::reply_sender_hint`) and the rest of the reply left alone; the leader, which
+/// discovers for all, hands the sender's name on (`pass`). A reply without the header is
+/// decoded as any other.
 pub struct Wanted {
     wants: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    pass: Option<PassFn>,
     passed: std::sync::atomic::AtomicUsize,
 }
 
@@ -90,6 +92,20 @@ impl Wanted {
     pub fn new(wants: impl Fn(&str) -> bool + Send + Sync + 'static) -> Arc<Wanted> {
         Arc::new(Wanted {
             wants: Box::new(wants),
+            pass: None,
+            passed: Default::default(),
+        })
+    }
+
+    /// Replies of servers `wants` refuses go to `pass` with the name their header gives (not
+    /// checked here: a name to ask, no more trusted than the reply it came in).
+    pub fn passing(
+        wants: impl Fn(&str) -> bool + Send + Sync + 'static,
+        pass: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Arc<Wanted> {
+        Arc::new(Wanted {
+            wants: Box::new(wants),
+            pass: Some(Box::new(pass)),
             passed: Default::default(),
         })
     }
@@ -99,6 +115,9 @@ impl Wanted {
         self.passed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// Takes the name a passed-over discovery reply's header gives.
+type PassFn = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Sends requests as one provisioner and routes their replies back.
 #[derive(Clone)]
@@ -515,6 +534,9 @@ fn route_reply(pending: &Pending, metrics: &Metrics, subject: &str, payload: &[u
                 wanted
                     .passed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(pass) = &wanted.pass {
+                    pass(&sender);
+                }
                 return;
             }
         }
@@ -675,6 +697,52 @@ mod tests {
         assert!(pending.lock().unwrap().contains_key(&id));
         tokio::time::sleep(DISCOVERY_LATE).await;
         assert!(!pending.lock().unwrap().contains_key(&id));
+    }
+
+    /// The leader's discovery hands the names of other members' servers on, read from the
+    /// header, and decodes only its own servers' replies.
+    #[test]
+    fn passed_replies_hand_their_sender_on() {
+        let metrics = Metrics::new("t");
+        let pending: Pending = Arc::default();
+        let req = Request::new(
+            "discovery",
+            "provisioning",
+            "choria=p",
+            "p",
+            60,
+            Filter::default(),
+            b"ping",
+        );
+        let id = req.envelope.requestid.clone();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let handed = Arc::new(Mutex::new(Vec::<String>::new()));
+        let wanted = Wanted::passing(|who: &str| !who.starts_with("other"), {
+            let handed = handed.clone();
+            move |who: &str| handed.lock().unwrap().push(who.to_string())
+        });
+        pending.lock().unwrap().insert(
+            id.clone(),
+            Waiting {
+                tx,
+                wanted: Some(wanted.clone()),
+            },
+        );
+        let subject = format!("provisioning.reply.x.{id}");
+        for who in ["other1.example.net", "n1.example.net", "other2.example.net"] {
+            let bytes = Reply::new(&req.envelope, who, b"pong").encode().unwrap();
+            route_reply(&pending, &metrics, &subject, &bytes);
+        }
+        assert_eq!(
+            *handed.lock().unwrap(),
+            ["other1.example.net", "other2.example.net"]
+        );
+        assert_eq!(wanted.passed(), 2);
+        assert_eq!(rx.try_recv().unwrap().envelope.senderid, "n1.example.net");
+        assert!(
+            rx.try_recv().is_err(),
+            "only its own server's reply is routed"
+        );
     }
 
     #[test]

@@ -115,7 +115,8 @@ struct SenderHeaders<'a> {
 /// The sender a reply's transport headers name, read without decoding the reply they carry
 /// (no base64, no inner JSON, no hash); `None` for anything that is not such a transport.
 /// It is what the server says about itself, as the reply's own `senderid` is: enough to pass
-/// over the replies of servers the reader does not work on, never to act on.
+/// over the replies of servers the reader does not work on, or to name a server to ask (as a
+/// discovery reply does), never to record or to trust.
 pub fn reply_sender_hint(bytes: &[u8]) -> Option<String> {
     v1::check_size(bytes).ok()?;
     let peek: SenderPeek = serde_json::from_slice(bytes).ok()?;
