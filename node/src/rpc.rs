@@ -584,6 +584,19 @@ fn backoff(attempt: u32) -> Duration {
 mod tests {
     use super::*;
 
+    /// A discovery request, as a member sends one.
+    fn ping() -> Request {
+        Request::new(
+            "discovery",
+            "provisioning",
+            "choria=p",
+            "p",
+            60,
+            Filter::default(),
+            b"ping",
+        )
+    }
+
     #[test]
     fn garbage_replies_are_counted_not_routed() {
         let metrics = Metrics::new("t");
@@ -614,15 +627,7 @@ mod tests {
     async fn discovery_takes_replies_routed_after_its_window() {
         let metrics = Arc::new(Metrics::new("t"));
         let pending: Pending = Arc::default();
-        let req = Request::new(
-            "discovery",
-            "provisioning",
-            "choria=p",
-            "p",
-            60,
-            Filter::default(),
-            b"ping",
-        );
+        let req = ping();
         let id = req.envelope.requestid.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let wanted = Wanted::new(|who: &str| !who.starts_with("other"));
@@ -705,15 +710,7 @@ mod tests {
     fn passed_replies_hand_their_sender_on() {
         let metrics = Metrics::new("t");
         let pending: Pending = Arc::default();
-        let req = Request::new(
-            "discovery",
-            "provisioning",
-            "choria=p",
-            "p",
-            60,
-            Filter::default(),
-            b"ping",
-        );
+        let req = ping();
         let id = req.envelope.requestid.clone();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let handed = Arc::new(Mutex::new(Vec::<String>::new()));
