@@ -111,15 +111,24 @@ async fn run_outbox(mut rx: mpsc::UnboundedReceiver<Out>, send: SendFn, metrics:
     let mut round = 0;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // a member that cannot take offers (an older build, or one that is down) fails every
+    // batch of a round: logged once a round per member, every batch counted
+    let logged: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let post = |to: String, batch: OfferBatch| {
-        let (send, metrics) = (send.clone(), metrics.clone());
-        let n = batch.identities.len() as u64;
+        let (send, metrics, logged) = (send.clone(), metrics.clone(), logged.clone());
+        let (n, round) = (batch.identities.len() as u64, batch.round);
         // each call on its own: a member that is slow to answer holds up nobody else's
         tokio::spawn(async move {
             let result = match send(to.clone(), batch).await {
                 Ok(_) => "sent",
                 Err(e) => {
-                    tracing::warn!(member = %to, error = %e, "could not offer servers");
+                    let first = logged
+                        .lock()
+                        .map(|mut l| l.insert(to.clone(), round) != Some(round))
+                        .unwrap_or(true);
+                    if first {
+                        tracing::warn!(member = %to, round, error = %e, "could not offer servers");
+                    }
                     "failed"
                 }
             };
@@ -319,6 +328,28 @@ mod tests {
                 .any(|(t, b)| t == "b" && b.identities == vec!["late.example".to_string()]),
             "{s:?}"
         );
+    }
+
+    /// A member that takes no offers fails each batch: every one is counted.
+    #[tokio::test(start_paused = true)]
+    async fn failed_offers_are_counted() {
+        let send: SendFn = Arc::new(|_: String, _: OfferBatch| {
+            Box::pin(async { Err("unimplemented".to_string()) })
+        });
+        let metrics = Arc::new(Metrics::new("t"));
+        let out = Outbox::start(send, metrics.clone());
+        let round = out.start_round(vec!["old".into()]);
+        for i in 0..(BATCH + 1) {
+            out.found("old", &format!("n{i}.example"));
+        }
+        out.end_round(round, vec!["old".into()]);
+        settle().await;
+        let text = metrics.render();
+        let line = format!(
+            "choria_provisioner_discovery_offers{{result=\"failed\",site=\"t\"}} {}",
+            BATCH + 1
+        );
+        assert!(text.contains(&line), "{text}");
     }
 
     #[test]
