@@ -129,36 +129,30 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Optio
     }
     m.inc(&m.discover_cycles);
     let added = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let offered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let for_all = shared
-        .zip(svc.shard.clone())
-        .map(|(s, shard)| (s.outbox.clone(), shard));
-    // the other members told of the round: they leave theirs to it while they hear of it
-    let others: Vec<String> = for_all
-        .as_ref()
-        .map(|(_, shard)| {
-            let me = &shard.me;
-            shard.members().into_iter().filter(|n| n != me).collect()
+    let hand_on = shared.zip(svc.shard.clone()).map(|(s, shard)| {
+        // the other members are told of the round: they leave theirs to it while they hear
+        let others: Vec<String> = shard
+            .members()
+            .into_iter()
+            .filter(|n| *n != shard.me)
+            .collect();
+        let round = s.outbox.start_round(others.clone());
+        Arc::new(HandOn {
+            most: svc.config.max_waiting.saturating_mul(others.len()),
+            outbox: s.outbox.clone(),
+            shard,
+            offered: Default::default(),
+            round,
+            others,
         })
-        .unwrap_or_default();
-    let round = for_all
-        .as_ref()
-        .map(|(outbox, _)| outbox.start_round(others.clone()));
+    });
     // a reply routed after the window closed still gets its server queued
     let found = {
         let (queue, added, m) = (queue.clone(), added.clone(), svc.metrics.clone());
-        let (offered, to) = (offered.clone(), for_all.clone());
+        let hand_on = hand_on.clone();
         move |identity: &str| {
-            if let Some((outbox, shard)) = &to {
-                match shard.owner(identity) {
-                    Some(owner) if owner != shard.me => {
-                        outbox.found(&owner, identity);
-                        offered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return;
-                    }
-                    Some(_) => {}
-                    None => return,
-                }
+            if hand_on.as_ref().is_some_and(|h| !h.keep(identity)) {
+                return;
             }
             if queue.offer(identity, Source::Discovery) {
                 m.inc(&m.discovered);
@@ -166,33 +160,13 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Optio
             }
         }
     };
-    // in a cluster most replies are other members' servers: only counted, or, when this
-    // member discovers for all, their names (from the header, the reply left undecoded)
-    // handed to their owners; at most `max_waiting` a member, as a flood of forged replies
-    // would otherwise be
-    let wanted = match (svc.shard.clone(), &for_all) {
+    // in a cluster most replies are other members' servers: only counted (their sender read
+    // from the header, the reply left undecoded), and handed to their owners when this member
+    // discovers for all
+    let wanted = match (svc.shard.clone(), hand_on.clone()) {
+        (_, Some(h)) => crate::rpc::Wanted::new(move |identity: &str| h.keep(identity)),
         (Some(shard), None) => crate::rpc::Wanted::new(move |identity: &str| shard.owns(identity)),
-        (Some(shard), Some((outbox, _))) => {
-            let (owns, outbox, offered) = (shard.clone(), outbox.clone(), offered.clone());
-            let most = svc.config.max_waiting.saturating_mul(others.len());
-            crate::rpc::Wanted::passing(
-                move |identity: &str| owns.owns(identity),
-                move |identity: &str| {
-                    if !proto::subject::is_valid_identity(identity) {
-                        return;
-                    }
-                    let Some(owner) = shard.owner(identity) else {
-                        return;
-                    };
-                    if owner != shard.me
-                        && offered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < most
-                    {
-                        outbox.found(&owner, identity);
-                    }
-                },
-            )
-        }
-        _ => crate::rpc::Wanted::new(|_: &str| true),
+        (None, None) => crate::rpc::Wanted::new(|_: &str| true),
     };
     let result = svc
         .rpc
@@ -204,13 +178,13 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Optio
             found,
         )
         .await;
-    if let (Some((outbox, _)), Some(round)) = (&for_all, round) {
-        outbox.end_round(round, others);
+    if let Some(h) = &hand_on {
+        h.outbox.end_round(h.round, h.others.clone());
     }
     match result {
         Ok(found) => {
             let added = added.load(std::sync::atomic::Ordering::Relaxed);
-            let offered = offered.load(std::sync::atomic::Ordering::Relaxed);
+            let offered = hand_on.as_ref().map_or(0, |h| h.offered());
             let others = wanted.passed();
             tracing::info!(found, others, added, offered, "discovery finished");
         }
@@ -218,6 +192,46 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Optio
             m.inc(&m.discovery_errors);
             tracing::error!(error = %e, "discovery failed");
         }
+    }
+}
+
+/// The leader's round: the servers it finds that are other members' go to their owners.
+struct HandOn {
+    outbox: crate::offers::Outbox,
+    shard: Arc<crate::shard::Shard>,
+    round: u64,
+    others: Vec<String>,
+    offered: std::sync::atomic::AtomicUsize,
+    /// Most names handed on in a round: `max_waiting` a member, as a flood of forged replies
+    /// would otherwise be.
+    most: usize,
+}
+
+impl HandOn {
+    /// True when `identity` is this member's own; another member's is handed on (a name
+    /// from a reply's header is checked first: it is what the server says of itself).
+    fn keep(&self, identity: &str) -> bool {
+        match self.shard.owner(identity) {
+            Some(owner) if owner == self.shard.me => true,
+            Some(owner) => {
+                if proto::subject::is_valid_identity(identity)
+                    && self
+                        .offered
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        < self.most
+                {
+                    self.outbox.found(&owner, identity);
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn offered(&self) -> usize {
+        self.offered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(self.most)
     }
 }
 

@@ -79,12 +79,11 @@ struct Waiting {
 
 /// Which servers' discovery replies a member decodes. Every waiting server answers every
 /// discovery, and in a cluster most belong to other members: their transport's sender header
-/// is read (`wire::reply_sender_hint`) and the rest of the reply left alone; the leader, which
-/// discovers for all, hands the sender's name on (`pass`). A reply without the header is
-/// decoded as any other.
+/// is read (`wire::reply_sender_hint`) and the rest of the reply left alone (the leader, which
+/// discovers for all, hands the name on to its owner from `wants`). A reply without the
+/// header is decoded as any other.
 pub struct Wanted {
     wants: Box<dyn Fn(&str) -> bool + Send + Sync>,
-    pass: Option<PassFn>,
     passed: std::sync::atomic::AtomicUsize,
 }
 
@@ -92,20 +91,6 @@ impl Wanted {
     pub fn new(wants: impl Fn(&str) -> bool + Send + Sync + 'static) -> Arc<Wanted> {
         Arc::new(Wanted {
             wants: Box::new(wants),
-            pass: None,
-            passed: Default::default(),
-        })
-    }
-
-    /// Replies of servers `wants` refuses go to `pass` with the name their header gives (not
-    /// checked here: a name to ask, no more trusted than the reply it came in).
-    pub fn passing(
-        wants: impl Fn(&str) -> bool + Send + Sync + 'static,
-        pass: impl Fn(&str) + Send + Sync + 'static,
-    ) -> Arc<Wanted> {
-        Arc::new(Wanted {
-            wants: Box::new(wants),
-            pass: Some(Box::new(pass)),
             passed: Default::default(),
         })
     }
@@ -115,9 +100,6 @@ impl Wanted {
         self.passed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
-
-/// Takes the name a passed-over discovery reply's header gives.
-type PassFn = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Sends requests as one provisioner and routes their replies back.
 #[derive(Clone)]
@@ -534,9 +516,6 @@ fn route_reply(pending: &Pending, metrics: &Metrics, subject: &str, payload: &[u
                 wanted
                     .passed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(pass) = &wanted.pass {
-                    pass(&sender);
-                }
                 return;
             }
         }
@@ -714,9 +693,15 @@ mod tests {
         let id = req.envelope.requestid.clone();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let handed = Arc::new(Mutex::new(Vec::<String>::new()));
-        let wanted = Wanted::passing(|who: &str| !who.starts_with("other"), {
+        let wanted = Wanted::new({
             let handed = handed.clone();
-            move |who: &str| handed.lock().unwrap().push(who.to_string())
+            move |who: &str| {
+                let other = who.starts_with("other");
+                if other {
+                    handed.lock().unwrap().push(who.to_string());
+                }
+                !other
+            }
         });
         pending.lock().unwrap().insert(
             id.clone(),
