@@ -198,7 +198,24 @@ impl Inbox {
         from_leader: bool,
         batch: &OfferBatch,
     ) -> OfferTaken {
-        let metrics = &svc.metrics;
+        self.take_with(
+            &svc.metrics,
+            from_leader,
+            batch,
+            |identity| queue.offer(identity, Source::Discovery),
+            |identity| svc.owns(identity),
+        )
+    }
+
+    /// [`Inbox::take`] with the queue's `offer` and the shard's `owns` given.
+    fn take_with(
+        &self,
+        metrics: &Metrics,
+        from_leader: bool,
+        batch: &OfferBatch,
+        mut offer: impl FnMut(&str) -> bool,
+        owns: impl Fn(&str) -> bool,
+    ) -> OfferTaken {
         if from_leader {
             if let Ok(mut last) = self.last_from_leader.lock() {
                 *last = Some(Instant::now());
@@ -211,10 +228,10 @@ impl Inbox {
                 taken.refused += 1;
                 continue;
             }
-            if queue.offer(identity, Source::Discovery) {
+            if offer(identity) {
                 metrics.inc(&metrics.discovered);
                 taken.queued += 1;
-            } else if !svc.owns(identity) {
+            } else if !owns(identity) {
                 taken.refused += 1;
             }
         }
@@ -350,6 +367,58 @@ mod tests {
             BATCH + 1
         );
         assert!(text.contains(&line), "{text}");
+    }
+
+    /// Names that are not host names are refused and counted, as are servers this member
+    /// does not own; only the rest reach the queue. Only the leader's batch says it discovers.
+    #[test]
+    fn an_offer_of_garbage_queues_nothing_of_it() {
+        let inbox = Inbox::default();
+        let metrics = Metrics::new("t");
+        let batch = OfferBatch {
+            round: 1,
+            identities: vec![
+                "".into(),
+                "bad id".into(),
+                "../../etc".into(),
+                "x".repeat(300),
+                "n\u{0}.example".into(),
+                "other.example".into(),
+                "mine.example".into(),
+            ],
+            done: false,
+        };
+        let mut queued = Vec::new();
+        let taken = inbox.take_with(
+            &metrics,
+            false,
+            &batch,
+            |id| {
+                let mine = id.starts_with("mine");
+                if mine {
+                    queued.push(id.to_string());
+                }
+                mine
+            },
+            |id| id.starts_with("mine"),
+        );
+        assert_eq!(queued, ["mine.example"]);
+        assert_eq!(
+            taken,
+            OfferTaken {
+                queued: 1,
+                refused: 6
+            }
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains("choria_provisioner_bad_messages{kind=\"offer\",site=\"t\"} 5"),
+            "{text}"
+        );
+        assert!(
+            !inbox.leader_discovers(Duration::from_secs(60)),
+            "not from the leader"
+        );
     }
 
     #[test]
