@@ -380,7 +380,7 @@ mod tests {
             identities: vec![
                 "".into(),
                 "bad id".into(),
-                "../../etc".into(),
+                "a/b.example".into(),
                 "x".repeat(300),
                 "n\u{0}.example".into(),
                 "other.example".into(),
