@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod offers;
 pub mod orgissuer;
 pub mod pipeline;
+pub mod raft_runtime;
 pub mod rpc;
 pub mod service;
 pub mod shard;

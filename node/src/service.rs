@@ -61,6 +61,8 @@ pub enum ServiceError {
     Admin(#[from] crate::admin::tls::TlsError),
     #[error("{0}")]
     Issuer(#[from] crate::orgissuer::IssuerError),
+    #[error("cannot start the Raft thread: {0}")]
+    RaftThread(#[source] std::io::Error),
 }
 
 /// A running provisioner.
@@ -71,6 +73,9 @@ pub struct Provisioner {
     /// Without a cluster, the group of one that keeps the ledger on disk.
     alone: Option<Arc<RaftMember>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// A cluster member's Raft tasks run here (see [`crate::raft_runtime`]); kept last, so
+    /// it stops after everything that calls into it.
+    _raft_runtime: Option<crate::raft_runtime::RaftRuntime>,
 }
 
 impl Provisioner {
@@ -132,11 +137,20 @@ impl Provisioner {
             })?;
         }
         let mut alone = None;
+        let mut raft_runtime = None;
         let (ledger, member): (Arc<dyn Ledger>, Option<Arc<RaftMember>>) =
             match (ledger, &config.cluster, &config.data_dir) {
                 (Some(l), _, _) => (l, None),
                 (None, Some(cluster), _) => {
-                    let member = join_cluster(&config, cluster).await?;
+                    // Raft's tasks on a thread of their own (see `crate::raft_runtime`)
+                    let rt = crate::raft_runtime::RaftRuntime::start()
+                        .map_err(ServiceError::RaftThread)?;
+                    let (cfg, cl) = (config.clone(), cluster.clone());
+                    let member = rt
+                        .spawn(async move { join_cluster(&cfg, &cl).await })
+                        .await
+                        .map_err(|e| ServiceError::Cluster(format!("Raft runtime: {e}")))??;
+                    raft_runtime = Some(rt);
                     (RaftLedger::new(member.clone()), Some(member))
                 }
                 (None, None, Some(dir)) => {
@@ -421,6 +435,7 @@ impl Provisioner {
             member,
             alone,
             tasks,
+            _raft_runtime: raft_runtime,
         })
     }
 

@@ -118,6 +118,24 @@ impl CpuCap {
     }
 }
 
+impl CpuCap {
+    /// The share of the scheduler periods in which the group ran (`nr_periods`) that it
+    /// used its whole quota in (`nr_throttled`): near 1, the member was short of CPU all
+    /// along; lower, it waited on something else (another member, the broker) part of the
+    /// time.
+    pub fn saturated_share(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+        let value = |key: &str| {
+            stat.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+            })
+        };
+        let (periods, throttled) = (value("nr_periods")?, value("nr_throttled")?);
+        (periods > 0).then(|| throttled as f64 / periods as f64)
+    }
+}
+
 impl Drop for CpuCap {
     fn drop(&mut self) {
         // a group with processes in it cannot be removed; whatever is left goes to the root
@@ -181,11 +199,17 @@ mod tests {
         cap.adopt(child.id()).unwrap_or_else(|e| panic!("{e}"));
         std::thread::sleep(std::time::Duration::from_millis(700));
         let throttled = cap.throttled_s().unwrap_or(0.0);
+        let saturated = cap.saturated_share();
         let _ = child.kill();
         let _ = child.wait();
         assert!(
             throttled > 0.0,
             "a busy loop at 0.05 core was never throttled"
+        );
+        // a busy loop wants more than its quota in (nearly) every period it runs in
+        assert!(
+            saturated.is_some_and(|s| s > 0.8),
+            "a busy loop saturated {saturated:?} of its periods"
         );
         let dir = cap.dir.clone();
         drop(cap);

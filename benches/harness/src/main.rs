@@ -464,6 +464,10 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         .map(|p| fleet::usage::of(p.proc.child.id()).unwrap_or_default())
         .collect();
     let throttled: Vec<Option<f64>> = caps.iter().map(|c| c.throttled_s()).collect();
+    let saturated: Vec<Option<f64>> = caps
+        .iter()
+        .map(|c| c.saturated_share().map(|s| (s * 1000.0).round() / 1000.0))
+        .collect();
     let leader = provisioners
         .iter()
         .find_map(|m| m.status()["raft"]["leader"].as_u64());
@@ -552,6 +556,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         "timeline_ms": timeline,
     });
     run["leader_share"] = json!(args.leader_share);
+    run["members_saturated"] = json!(saturated);
     cost::annotate(&mut run, None);
     Ok(run)
 }
