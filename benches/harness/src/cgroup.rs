@@ -116,9 +116,7 @@ impl CpuCap {
             Some(v / per_s)
         })
     }
-}
 
-impl CpuCap {
     /// The share of the scheduler periods in which the group ran (`nr_periods`) that it
     /// used its whole quota in (`nr_throttled`): near 1, the member was short of CPU all
     /// along; lower, it waited on something else (another member, the broker) part of the
