@@ -240,6 +240,9 @@ impl Store {
         opts.create_missing_column_families(true);
         // state machine writes skip the WAL: their column families are flushed together
         opts.set_atomic_flush(true);
+        // a vector memtable takes one writer at a time (see `cf_options`); writes come from
+        // Raft's one thread anyway
+        opts.set_allow_concurrent_memtable_write(false);
         let cfs = [
             CF_LOGS,
             CF_META,
@@ -602,7 +605,7 @@ impl Store {
     /// Writes the state machine's meta and makes everything written since it was cleared
     /// durable; the state machine is complete again.
     fn finish_state_machine(&self, mut batch: WriteBatch, sm: &StateMachine) -> StoreResult<()> {
-        self.put_sm_meta(&mut batch, sm, true)?;
+        self.put_sm_meta(&mut batch, sm, SmMeta::All)?;
         self.db.write_opt(batch, &no_wal()).map_err(sm_write)?;
         // the records first, then the meta that says they are complete
         for cf in SM_DATA.into_iter().chain([CF_SM_META]) {
@@ -691,14 +694,13 @@ impl Store {
         Ok(whole)
     }
 
-    /// Adds the state machine's applied index, membership, kept digest and counts (and
-    /// heartbeats and cluster settings when asked) to `batch`, so they commit atomically
-    /// with the records they describe.
+    /// Adds the state machine's applied index, kept digest and counts (and what else `what`
+    /// names) to `batch`, so they commit atomically with the records they describe.
     fn put_sm_meta(
         &self,
         batch: &mut WriteBatch,
         sm: &StateMachine,
-        heartbeats: bool,
+        what: SmMeta,
     ) -> StoreResult<()> {
         let meta = self.cf(CF_SM_META)?;
         batch.put_cf(meta, KEY_APPLIED, sm_json(&sm.last_applied)?);
@@ -711,12 +713,32 @@ impl Store {
             Some(c) => batch.put_cf(meta, KEY_COUNTS, sm_json(&c)?),
             None => batch.delete_cf(meta, KEY_COUNTS),
         }
-        batch.put_cf(meta, KEY_MEMBERSHIP, sm_json(&sm.membership)?);
-        if heartbeats {
+        if what.membership() {
+            batch.put_cf(meta, KEY_MEMBERSHIP, sm_json(&sm.membership)?);
+        }
+        if what == SmMeta::All {
             batch.put_cf(meta, KEY_HEARTBEATS, sm_json(sm.ledger.heartbeats())?);
             batch.put_cf(meta, KEY_SETTINGS, sm_json(sm.ledger.settings())?);
         }
         Ok(())
+    }
+}
+
+/// What of the state machine's own keys an applied batch rewrites besides its applied
+/// index, digest and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SmMeta {
+    /// Nothing else: records changed, the membership and heartbeats did not (most batches).
+    Records,
+    /// The membership too.
+    Membership,
+    /// The membership, heartbeats and cluster settings.
+    All,
+}
+
+impl SmMeta {
+    fn membership(self) -> bool {
+        self != SmMeta::Records
     }
 }
 
@@ -808,8 +830,20 @@ impl snapshot::Sink for Installer<'_> {
 /// Records and serials are read by key, most of all keys not there yet (a new server's
 /// first command, a new serial): Bloom filters answer those without reading the tables, nor
 /// searching the memtable, where the records of a busy minute are.
+///
+/// The state index and the serials take a vector memtable (an append per write, sorted once
+/// when flushed or iterated) instead of the skip list, whose insert walks a random path
+/// through the memtable: every member applies every server's record, and those two index
+/// writes were a quarter of what applying a server cost (`benches/BENCHMARKS.md`, "Cheaper
+/// apply"). What they are read by suits it: the state index only by scans (one sort per
+/// iterator), the serials by key, almost always a new serial that the memtable's Bloom filter
+/// turns away before the vector is searched. The records stay in a skip list: they are read
+/// by key, existing ones included (a state scan reads each record it lists).
 fn cf_options(name: &str) -> Options {
     let mut o = Options::default();
+    if name == CF_BY_STATE || name == CF_SERIALS {
+        o.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+    }
     if name == CF_LEDGER || name == CF_SERIALS {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
@@ -991,6 +1025,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         let index_cf = self.cf(CF_BY_STATE)?;
         let mut out = Vec::with_capacity(entries.len());
         let mut meta_changed = false;
+        let mut membership_changed = false;
         let mut names = member_names(&sm.membership);
         for entry in entries {
             sm.last_applied = Some(entry.log_id);
@@ -1064,6 +1099,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                 }
                 EntryPayload::Membership(m) => {
                     sm.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    membership_changed = true;
                     let after = member_names(&sm.membership);
                     if sm.ledger.note_membership(&names, &after) {
                         meta_changed = true;
@@ -1076,7 +1112,12 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             }
             out.push(BatchResult { results });
         }
-        self.put_sm_meta(&mut batch, &sm, meta_changed)?;
+        let what = match (meta_changed, membership_changed) {
+            (true, _) => SmMeta::All,
+            (false, true) => SmMeta::Membership,
+            (false, false) => SmMeta::Records,
+        };
+        self.put_sm_meta(&mut batch, &sm, what)?;
         if let Err(e) = self.write_applied(batch) {
             // nothing of these entries is on disk, so none of it may be in memory either:
             // readers must never see a ledger the disk does not hold. Raft stops on the error.
@@ -1374,6 +1415,58 @@ mod tests {
             res[0].results[1],
             Applied::Rejected(Rejection::SerialInUse { .. })
         ));
+    }
+
+    /// A serial issued by an earlier batch is only in the serials' memtable (a vector,
+    /// searched only when its Bloom filter lets a key through): it is found there and
+    /// refused to another server, and the index by state lists what its memtable holds.
+    #[tokio::test]
+    async fn a_serial_in_the_memtable_is_refused_to_another_server() {
+        use crate::state::EnrollState;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let enroll = |id: &str, at_ms| Command::Enroll {
+            identity: id.into(),
+            member: "a".into(),
+            serial: "0b".into(),
+            fingerprint: "ff".into(),
+            not_after: 9,
+            config_digest: "d".into(),
+            facts: BTreeMap::new(),
+            at_ms,
+        };
+        let rules = Command::SetRules {
+            rules: crate::state::ENROLL_RULES,
+            at_ms: 0,
+        };
+        let e1 = entry(1, vec![rules, claim("n1", 1), enroll("n1", 2)]);
+        let res = store.apply_to_state_machine(&[e1]).await.unwrap();
+        assert_eq!(res[0].results, vec![Applied::Ok; 3]);
+        let e2 = entry(2, vec![claim("n2", 3), enroll("n2", 4)]);
+        let res = store.apply_to_state_machine(&[e2]).await.unwrap();
+        assert_eq!(res[0].results[0], Applied::Ok);
+        assert!(matches!(
+            res[0].results[1],
+            Applied::Rejected(Rejection::SerialInUse { ref identity }) if identity == "n1"
+        ));
+        let mut listed = Vec::new();
+        let states = BTreeSet::from([EnrollState::Enrolled, EnrollState::Claimed]);
+        store
+            .state()
+            .await
+            .ledger
+            .for_each("", &states, &mut |r| {
+                listed.push((r.identity.clone(), r.state));
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            listed,
+            [
+                ("n1".to_string(), EnrollState::Enrolled),
+                ("n2".to_string(), EnrollState::Claimed)
+            ]
+        );
     }
 
     /// A log an earlier build wrote (JSON entries) reads as it is; what this build appends is
