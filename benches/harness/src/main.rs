@@ -129,10 +129,12 @@ impl Args {
     }
 }
 
-/// Every simulated server holds a connection to the broker, which holds one back: both need a
-/// descriptor per server. Raised for this process and so for everything it starts.
+/// Every simulated server holds a connection to the broker, which holds one back: the
+/// simulator and the broker each need a descriptor per server. The limit is per process, so
+/// each needs it raised that far, not twice as far. Raised for this process and so for
+/// everything it starts.
 fn raise_open_files(servers: usize) -> Result<(), String> {
-    let want = (servers as u64) * 2 + 4096;
+    let want = servers as u64 + 4096;
     let (soft, hard) = rlimit::Resource::NOFILE
         .get()
         .map_err(|e| format!("open files limit: {e}"))?;
