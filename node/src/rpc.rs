@@ -382,8 +382,9 @@ impl RpcClient {
     /// `discovery` ping and hands each valid identity that answers to `found`, at most `max`
     /// of them: those that answered within the sliding window (`timeout` at most, and
     /// [`DISCOVERY_IDLE`] after the last reply) when it closes, and how many they were is
-    /// returned; those routed later as they come, for [`DISCOVERY_LATE`] (see
-    /// [`collect_discovery`]). Replies from servers `wanted` does not want are only counted.
+    /// returned; those routed later as they come, until [`DISCOVERY_LATE`] passes without one
+    /// (see [`collect_discovery`]). Replies from servers `wanted` does not want are only
+    /// counted.
     pub async fn discover(
         &self,
         agent: &str,
@@ -417,11 +418,16 @@ impl RpcClient {
     }
 }
 
-/// How long replies to a discovery are still taken once its window closed. A member short of
-/// CPU (a busy or capped machine) routes replies long after they arrived: the window may
-/// close with thousands of replies that came in time still queued, and without this those
-/// servers would wait for the next discovery (an `interval` later).
+/// How long a discovery still takes replies after the last one, once its window closed. A
+/// member short of CPU (a busy or capped machine) routes replies long after they arrived: the
+/// window may close with thousands of replies that came in time still queued, and without
+/// this those servers would wait for the next discovery (an `interval` later). Counted from
+/// the last reply, not from the window: a member at 0.05 core routing 15,000 replies took
+/// longer than any fixed time after the window, and 5,000 servers waited a minute.
 pub const DISCOVERY_LATE: Duration = Duration::from_secs(10);
+
+/// The longest a discovery takes late replies after its window, however steadily they come.
+pub const DISCOVERY_LATE_MAX: Duration = Duration::from_secs(120);
 
 /// What one discovery has seen, and where its finds go.
 struct Discovered {
@@ -461,8 +467,9 @@ impl Discovered {
 
 /// Takes discovery replies from `replies` until `timeout`, or [`DISCOVERY_IDLE`] after the
 /// last one (a reply passed over by `wanted` counts), and returns how many servers answered
-/// by then; then leaves a task taking what is still routed to `route` for [`DISCOVERY_LATE`]
-/// before it closes the route.
+/// by then; then leaves a task taking what is still routed to `route` until
+/// [`DISCOVERY_LATE`] passes without a reply (or [`DISCOVERY_LATE_MAX`] did) before it closes
+/// the route.
 async fn collect_discovery(
     route: Route,
     mut replies: mpsc::UnboundedReceiver<Reply>,
@@ -491,9 +498,13 @@ async fn collect_discovery(
     }
     tokio::spawn(async move {
         let _route = route;
-        let until = tokio::time::Instant::now() + DISCOVERY_LATE;
+        let hard = tokio::time::Instant::now() + DISCOVERY_LATE_MAX;
         let mut late = 0usize;
-        while let Ok(Some(reply)) = tokio::time::timeout_at(until, replies.recv()).await {
+        loop {
+            let until = hard.min(tokio::time::Instant::now() + DISCOVERY_LATE);
+            let Ok(Some(reply)) = tokio::time::timeout_at(until, replies.recv()).await else {
+                break;
+            };
             let before = discovered.seen.len();
             discovered.take(reply);
             late += discovered.seen.len() - before;
@@ -677,8 +688,18 @@ mod tests {
             "{text}"
         );
 
-        // and the route closes after DISCOVERY_LATE
-        assert!(pending.lock().unwrap().contains_key(&id));
+        // a reply keeps the route open for DISCOVERY_LATE more, even past DISCOVERY_LATE
+        // after the window (a member still routing a backlog)
+        let step = DISCOVERY_LATE * 6 / 10;
+        tokio::time::sleep(step).await;
+        send("n5.example.net");
+        tokio::time::sleep(step).await;
+        assert!(
+            pending.lock().unwrap().contains_key(&id),
+            "closed {:?} after its last reply",
+            step
+        );
+        // and it closes DISCOVERY_LATE after the last one
         tokio::time::sleep(DISCOVERY_LATE).await;
         assert!(!pending.lock().unwrap().contains_key(&id));
     }
