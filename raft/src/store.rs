@@ -1353,16 +1353,6 @@ mod tests {
             seen_ms: 1,
             at_ms: 1,
         };
-        let enroll = |id: &str, at_ms| Command::Enroll {
-            identity: id.into(),
-            member: "a".into(),
-            serial: "0b".into(),
-            fingerprint: "ff".into(),
-            not_after: 9,
-            config_digest: "d".into(),
-            facts: BTreeMap::new(),
-            at_ms,
-        };
         {
             let mut store = Store::open(dir.path()).unwrap();
             let e1 = entry(
@@ -1425,16 +1415,6 @@ mod tests {
         use crate::state::EnrollState;
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
-        let enroll = |id: &str, at_ms| Command::Enroll {
-            identity: id.into(),
-            member: "a".into(),
-            serial: "0b".into(),
-            fingerprint: "ff".into(),
-            not_after: 9,
-            config_digest: "d".into(),
-            facts: BTreeMap::new(),
-            at_ms,
-        };
         let rules = Command::SetRules {
             rules: crate::state::ENROLL_RULES,
             at_ms: 0,
@@ -1549,6 +1529,20 @@ mod tests {
     async fn a_state_machine_older_than_the_snapshot_is_replaced_by_it_at_start() {
         for rules in [3, snapshot::FORMAT2_RULES] {
             restored_at_start(rules).await;
+        }
+    }
+
+    /// `id` enrolled by member `a` with serial `0b`.
+    fn enroll(id: &str, at_ms: u64) -> Command {
+        Command::Enroll {
+            identity: id.into(),
+            member: "a".into(),
+            serial: "0b".into(),
+            fingerprint: "ff".into(),
+            not_after: 9,
+            config_digest: "d".into(),
+            facts: BTreeMap::new(),
+            at_ms,
         }
     }
 
