@@ -5,7 +5,8 @@
 //! discovery and lifecycle events finding the same server never start two flows for it.
 //! Failed and deferred servers are retried with exponential backoff up to `max_attempts`;
 //! after that they are forgotten until discovery finds them again. As upstream, a server that
-//! waited in the queue longer than twice the discovery interval is dropped as stale. At most
+//! waited in the queue longer than twice the discovery interval without being seen again is
+//! dropped as stale (a sighting renews it, so a member with a long queue keeps its tail). At most
 //! `max_waiting` servers are known at once; further sightings are dropped and counted
 //! (`choria_provisioner_waiting_dropped`) until some finish.
 
@@ -44,9 +45,26 @@ enum State {
 struct Entry {
     state: State,
     attempts: u32,
+    /// When it was queued, or last seen again while queued: a server that discovery keeps
+    /// finding is still waiting however long this member's queue is.
     queued_at: Instant,
     /// Unix ms when the server was last seen in provisioning mode (discovery or event).
     seen_ms: u64,
+}
+
+impl Entry {
+    /// Records a fresh sighting (discovery or event) of a server already known.
+    fn sighted(&mut self, now_ms: u64, now: Instant) {
+        self.seen_ms = now_ms;
+        if self.state == State::Queued {
+            self.queued_at = now;
+        }
+    }
+
+    /// Queued and neither run nor seen for longer than `after`.
+    fn stale(&self, now: Instant, after: Duration) -> bool {
+        self.state == State::Queued && now.saturating_duration_since(self.queued_at) > after
+    }
 }
 
 struct Job {
@@ -112,7 +130,7 @@ impl WorkQueue {
             Some(e) => {
                 // known already; the sighting is fresh evidence it is waiting
                 if let Some(now) = seen {
-                    e.seen_ms = now;
+                    e.sighted(now, Instant::now());
                 }
                 return false;
             }
@@ -174,7 +192,7 @@ impl WorkQueue {
         };
         let stale_after = self.svc.config.interval * 2;
         let run = match entries.get_mut(identity) {
-            Some(e) if e.state == State::Queued && e.queued_at.elapsed() > stale_after => {
+            Some(e) if e.stale(Instant::now(), stale_after) => {
                 tracing::warn!(identity, waited = ?e.queued_at.elapsed(), "skipping server that waited too long");
                 entries.remove(identity);
                 None
@@ -323,5 +341,45 @@ mod tests {
         assert!(d3 >= Duration::from_secs(20));
         let d30 = retry_delay(30, min, max);
         assert!(d30 >= max && d30 <= max.mul_f64(1.25));
+    }
+
+    fn queued(at: Instant) -> Entry {
+        Entry {
+            state: State::Queued,
+            attempts: 0,
+            queued_at: at,
+            seen_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_queued_server_goes_stale_unless_seen_again() {
+        let interval = Duration::from_secs(60);
+        let after = interval * 2;
+        let t0 = Instant::now();
+        let unseen = queued(t0);
+        assert!(!unseen.stale(t0 + interval, after));
+        assert!(unseen.stale(t0 + interval * 3, after));
+
+        // discovery found it again after 90 s: it waits 2 intervals from then
+        let mut seen = queued(t0);
+        seen.sighted(2, t0 + Duration::from_secs(90));
+        assert_eq!(seen.seen_ms, 2);
+        assert!(!seen.stale(t0 + interval * 3, after));
+        assert!(seen.stale(t0 + Duration::from_secs(90) + after + interval, after));
+    }
+
+    #[test]
+    fn only_queued_servers_go_stale_and_a_sighting_keeps_their_retry_time() {
+        let after = Duration::from_secs(120);
+        let t0 = Instant::now();
+        for state in [State::InFlight, State::Waiting] {
+            let mut e = queued(t0);
+            e.state = state;
+            e.sighted(5, t0 + after * 2);
+            assert_eq!(e.queued_at, t0, "{state:?}: not renewed outside the queue");
+            assert_eq!(e.seen_ms, 5);
+            assert!(!e.stale(t0 + after * 10, after), "{state:?}");
+        }
     }
 }
