@@ -105,12 +105,14 @@ impl Outbox {
     }
 }
 
-/// Gathers by owner; a batch goes when full, on the flush tick, or with a round's markers.
+/// Gathers by owner; a batch goes when full, [`FLUSH_EVERY`] after the first identity gathered
+/// since the last flush, or with a round's markers.
 async fn run_outbox(mut rx: mpsc::UnboundedReceiver<Out>, send: SendFn, metrics: Arc<Metrics>) {
     let mut pending: HashMap<String, Vec<String>> = HashMap::new();
     let mut round = 0;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // armed by the first identity gathered after a flush: an idle outbox (every member but
+    // the leader, and the leader between rounds) sleeps instead of waking 50 times a second
+    let mut flush_at: Option<tokio::time::Instant> = None;
     // a member that cannot take offers (an older build, or one that is down) fails every
     // batch of a round: logged once a round per member, every batch counted
     let logged: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
@@ -147,6 +149,7 @@ async fn run_outbox(mut rx: mpsc::UnboundedReceiver<Out>, send: SendFn, metrics:
                     }
                 }
                 Some(Out::Found { owner, identity }) => {
+                    flush_at.get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
                     let batch = pending.entry(owner.clone()).or_default();
                     batch.push(identity);
                     if batch.len() >= BATCH.min(MAX_OFFER_IDENTITIES) {
@@ -161,7 +164,8 @@ async fn run_outbox(mut rx: mpsc::UnboundedReceiver<Out>, send: SendFn, metrics:
                     }
                 }
             },
-            _ = tick.tick() => {
+            _ = sleep_until(flush_at), if flush_at.is_some() => {
+                flush_at = None;
                 for (member, identities) in pending.drain() {
                     if !identities.is_empty() {
                         post(member, OfferBatch { round, identities, done: false });
@@ -169,6 +173,15 @@ async fn run_outbox(mut rx: mpsc::UnboundedReceiver<Out>, send: SendFn, metrics:
                 }
             }
         }
+    }
+}
+
+/// Resolves at `at`; never when there is nothing to wait for (the `select!` arm is disabled
+/// then anyway).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
