@@ -10,13 +10,16 @@
 //! `max_waiting` servers are known at once; further sightings are dropped and counted
 //! (`choria_provisioner_waiting_dropped`) until some finish.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::pipeline::{self, Outcome, Services};
+
+mod known;
+
+use known::{Entry, Known, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -35,45 +38,13 @@ impl Source {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Queued,
-    InFlight,
-    Waiting,
-}
-
-struct Entry {
-    state: State,
-    attempts: u32,
-    /// When it was queued, or last seen again while queued: a server that discovery keeps
-    /// finding is still waiting however long this member's queue is.
-    queued_at: Instant,
-    /// Unix ms when the server was last seen in provisioning mode (discovery or event).
-    seen_ms: u64,
-}
-
-impl Entry {
-    /// Records a fresh sighting (discovery or event) of a server already known.
-    fn sighted(&mut self, now_ms: u64, now: Instant) {
-        self.seen_ms = now_ms;
-        if self.state == State::Queued {
-            self.queued_at = now;
-        }
-    }
-
-    /// Queued and neither run nor seen for longer than `after`.
-    fn stale(&self, now: Instant, after: Duration) -> bool {
-        self.state == State::Queued && now.saturating_duration_since(self.queued_at) > after
-    }
-}
-
 struct Job {
     identity: String,
 }
 
 /// Servers known to this member's work queue.
 pub struct WorkQueue {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<Known>,
     tx: mpsc::UnboundedSender<Job>,
     svc: Arc<Services>,
 }
@@ -83,7 +54,7 @@ impl WorkQueue {
     pub fn start(svc: Arc<Services>) -> Arc<WorkQueue> {
         let (tx, rx) = mpsc::unbounded_channel();
         let q = Arc::new(WorkQueue {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Known::default()),
             tx,
             svc,
         });
@@ -100,7 +71,7 @@ impl WorkQueue {
                 if let Ok(mut entries) = self.entries.lock() {
                     if entries
                         .get(identity)
-                        .is_some_and(|e| e.state == State::Waiting)
+                        .is_some_and(|e| e.state() == State::Waiting)
                     {
                         entries.remove(identity);
                         self.update_gauges(&entries);
@@ -113,7 +84,7 @@ impl WorkQueue {
             return false;
         };
         let seen = (source != Source::Retry).then(pipeline::now_ms);
-        if !entries.contains_key(identity) && entries.len() >= self.svc.config.max_waiting {
+        if !entries.contains(identity) && entries.len() >= self.svc.config.max_waiting {
             // bounded: a flood of sightings (real or forged) cannot grow this without end;
             // the servers left out are found again by the next discovery
             let m = &self.svc.metrics;
@@ -123,9 +94,9 @@ impl WorkQueue {
             return false;
         }
         match entries.get_mut(identity) {
-            Some(e) if source == Source::Retry && e.state == State::Waiting => {
-                e.state = State::Queued;
+            Some(e) if source == Source::Retry && e.state() == State::Waiting => {
                 e.queued_at = Instant::now();
+                entries.set_state(identity, State::Queued);
             }
             Some(e) => {
                 // known already; the sighting is fresh evidence it is waiting
@@ -137,12 +108,7 @@ impl WorkQueue {
             None => {
                 entries.insert(
                     identity.to_string(),
-                    Entry {
-                        state: State::Queued,
-                        attempts: 0,
-                        queued_at: Instant::now(),
-                        seen_ms: seen.unwrap_or(0),
-                    },
+                    Entry::queued(Instant::now(), seen.unwrap_or(0)),
                 );
             }
         }
@@ -163,24 +129,16 @@ impl WorkQueue {
         let Ok(entries) = self.entries.lock() else {
             return (0, 0, 0);
         };
-        let mut c = (0, 0, 0);
-        for e in entries.values() {
-            match e.state {
-                State::Queued => c.0 += 1,
-                State::InFlight => c.1 += 1,
-                State::Waiting => c.2 += 1,
-            }
-        }
-        c
+        (
+            entries.count(State::Queued),
+            entries.count(State::InFlight),
+            entries.count(State::Waiting),
+        )
     }
 
-    fn update_gauges(&self, entries: &HashMap<String, Entry>) {
+    fn update_gauges(&self, entries: &Known) {
         let m = &self.svc.metrics;
-        let queued = entries
-            .values()
-            .filter(|e| e.state == State::Queued)
-            .count();
-        m.set(&m.work_queue_entries, queued as i64);
+        m.set(&m.work_queue_entries, entries.count(State::Queued) as i64);
         m.set(&m.waiting_nodes, entries.len() as i64);
     }
 
@@ -197,14 +155,15 @@ impl WorkQueue {
                 entries.remove(identity);
                 None
             }
-            Some(e) if e.state == State::Queued && !self.svc.owns(identity) => {
+            Some(e) if e.state() == State::Queued && !self.svc.owns(identity) => {
                 tracing::debug!(identity, "no longer ours after a membership change");
                 entries.remove(identity);
                 None
             }
-            Some(e) if e.state == State::Queued => {
-                e.state = State::InFlight;
-                Some(e.seen_ms)
+            Some(e) if e.state() == State::Queued => {
+                let seen_ms = e.seen_ms;
+                entries.set_state(identity, State::InFlight);
+                Some(seen_ms)
             }
             _ => None,
         };
@@ -231,9 +190,10 @@ impl WorkQueue {
                     entries.remove(identity);
                     None
                 } else {
-                    e.state = State::Waiting;
+                    let attempts = e.attempts;
+                    entries.set_state(identity, State::Waiting);
                     Some(retry_delay(
-                        e.attempts,
+                        attempts,
                         cfg.retry_backoff_min,
                         cfg.retry_backoff_max,
                     ))
@@ -241,8 +201,9 @@ impl WorkQueue {
             }
             Outcome::Busy(until_ms) => {
                 // another member holds it; look again when its claim lapses
-                let e = entries.get_mut(identity)?;
-                e.state = State::Waiting;
+                if !entries.set_state(identity, State::Waiting) {
+                    return None;
+                }
                 let wait = until_ms.saturating_sub(pipeline::now_ms()) + 500;
                 Some(Duration::from_millis(
                     wait.min(cfg.retry_backoff_max.as_millis() as u64),
@@ -341,45 +302,5 @@ mod tests {
         assert!(d3 >= Duration::from_secs(20));
         let d30 = retry_delay(30, min, max);
         assert!(d30 >= max && d30 <= max.mul_f64(1.25));
-    }
-
-    fn queued(at: Instant) -> Entry {
-        Entry {
-            state: State::Queued,
-            attempts: 0,
-            queued_at: at,
-            seen_ms: 1,
-        }
-    }
-
-    #[test]
-    fn a_queued_server_goes_stale_unless_seen_again() {
-        let interval = Duration::from_secs(60);
-        let after = interval * 2;
-        let t0 = Instant::now();
-        let unseen = queued(t0);
-        assert!(!unseen.stale(t0 + interval, after));
-        assert!(unseen.stale(t0 + interval * 3, after));
-
-        // discovery found it again after 90 s: it waits 2 intervals from then
-        let mut seen = queued(t0);
-        seen.sighted(2, t0 + Duration::from_secs(90));
-        assert_eq!(seen.seen_ms, 2);
-        assert!(!seen.stale(t0 + interval * 3, after));
-        assert!(seen.stale(t0 + Duration::from_secs(90) + after + interval, after));
-    }
-
-    #[test]
-    fn only_queued_servers_go_stale_and_a_sighting_keeps_their_retry_time() {
-        let after = Duration::from_secs(120);
-        let t0 = Instant::now();
-        for state in [State::InFlight, State::Waiting] {
-            let mut e = queued(t0);
-            e.state = state;
-            e.sighted(5, t0 + after * 2);
-            assert_eq!(e.queued_at, t0, "{state:?}: not renewed outside the queue");
-            assert_eq!(e.seen_ms, 5);
-            assert!(!e.stale(t0 + after * 10, after), "{state:?}");
-        }
     }
 }
