@@ -30,6 +30,23 @@ fn start_member(
     spec: &ClusterMemberSpec,
     all: &[ClusterMemberSpec],
 ) -> ProvisionerProcess {
+    let opts = ProvisionerOptions {
+        workers: 24,
+        ..Default::default()
+    };
+    start_member_with(dir, nats, ca, signer, spec, all, opts)
+}
+
+/// [`start_member`] with `opts` (its identity and cluster section are the spec's).
+fn start_member_with(
+    dir: &Path,
+    nats: &Nats,
+    ca: &(std::path::PathBuf, std::path::PathBuf),
+    signer: &Path,
+    spec: &ClusterMemberSpec,
+    all: &[ClusterMemberSpec],
+    opts: ProvisionerOptions,
+) -> ProvisionerProcess {
     // the first start makes the cluster's CA and member certificates; later ones reuse them
     let tls_dir = cluster_pki(dir, all);
     ProvisionerProcess::start(
@@ -39,7 +56,6 @@ fn start_member(
         signer,
         &ProvisionerOptions {
             identity: spec.name.clone(),
-            workers: 24,
             cluster: Some(ClusterOptions {
                 id: spec.id,
                 members: all.to_vec(),
@@ -50,7 +66,7 @@ fn start_member(
                 admin_extra: String::new(),
                 cluster_extra: String::new(),
             }),
-            ..Default::default()
+            ..opts
         },
     )
 }
@@ -230,6 +246,89 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
     });
     assert_eq!(joined[3]["ledger"]["digest"], digest);
     assert_eq!(enrolled(&joined[3]), 150);
+}
+
+/// A member with one worker and a slow helper keeps a long queue while the others run dry: they borrow from it
+/// (ledger rules 7), and still every server is provisioned once by one member.
+#[test]
+fn members_that_ran_dry_borrow_from_a_slow_one_and_nothing_is_done_twice() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let nats = Nats::start(dir);
+    let ca = init_ca(dir);
+    let servers = 240;
+    // the servers arrive once the members apply the rules that lend
+    let go = dir.join("arrivals.go");
+    let fleet = FleetProcess::start(
+        dir,
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers,
+            timeout_secs: 240,
+            extra: vec![
+                "--arrival-rate".into(),
+                "400".into(),
+                "--arrive-after".into(),
+                go.display().to_string(),
+            ],
+            ..Default::default()
+        },
+        false,
+    );
+    let specs = ClusterOptions::members(3);
+    let members: Vec<ProvisionerProcess> = specs
+        .iter()
+        .map(|s| {
+            let opts = if s.id == 3 {
+                // one worker and a helper that takes 100 ms: about 10 servers a second
+                let helper = cluster_tests::repo_root().join("deploy/examples/helper.sh");
+                ProvisionerOptions {
+                    workers: 1,
+                    helper: format!("/bin/sh -c 'sleep 0.1; exec {}'", helper.display()),
+                    ..Default::default()
+                }
+            } else {
+                ProvisionerOptions {
+                    workers: 24,
+                    helper: String::new(),
+                    extra_yaml: cluster_tests::BUILTIN_HELPER_YAML.into(),
+                    ..Default::default()
+                }
+            };
+            start_member_with(dir, &nats, &ca, &fleet.signer_pub, s, &specs, opts)
+        })
+        .collect();
+    wait_all(&members, Duration::from_secs(60), |s| {
+        s["lending"].as_bool() == Some(true)
+    });
+    std::fs::write(&go, b"go").unwrap();
+
+    let summary = fleet.finish(Duration::from_secs(300));
+    let all = servers as u64;
+    assert_eq!(n(&summary, "provisioned"), all, "{summary}");
+    assert_eq!(n(&summary, "verified"), all, "{summary}");
+    assert_eq!(n(&summary, "reconfigured"), 0, "{summary}");
+    assert_eq!(n(&summary, "duplicate_serials"), 0, "{summary}");
+    assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
+    wait_agree(&members, Duration::from_secs(30), |s| enrolled(s) == all);
+
+    let loans = |m: &ProvisionerProcess, result: &str| {
+        cluster_tests::metric_sum(
+            &m.metrics(),
+            "choria_provisioner_loans",
+            &format!("result=\"{result}\""),
+        )
+    };
+    let lent = loans(&members[2], "lent");
+    let borrowed = loans(&members[0], "borrowed") + loans(&members[1], "borrowed");
+    assert!(
+        lent > 0.0 && borrowed > 0.0 && borrowed <= lent,
+        "lent {lent}, borrowed {borrowed}"
+    );
+    assert_eq!(loans(&members[0], "lent") + loans(&members[1], "lent"), 0.0);
+    assert_eq!(loans(&members[2], "borrowed"), 0.0);
 }
 
 #[test]

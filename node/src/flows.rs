@@ -6,14 +6,16 @@
 //! server, before the first epoch, under 0). The member acknowledges an epoch once no ticket
 //! of an older one is left, and the leader makes a new epoch when the live members, the
 //! leader or its share change. Outside a cluster there are no epochs: the member is alone and
-//! every flow runs under 0 without a claim.
+//! every flow runs under 0 without a claim. A server lent to this member (rules 7, see
+//! [`raft::ownership::Loan`]) starts as one it owns, with the loan's end on its ticket; one lent
+//! away is another member's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft::ownership::{Epoch, Ownership};
-use raft::state::{OWNED_RULES, REENROLL_SETTLE_MS};
+use raft::state::{LEND_RULES, OWNED_RULES, REENROLL_SETTLE_MS};
 
 use crate::shard::weighted_owner;
 
@@ -44,6 +46,8 @@ pub enum Start {
 pub struct Ticket {
     flows: Arc<Flows>,
     pub epoch: u64,
+    /// A lent server's: the loan's end (Unix ms), after which nothing is sent to it.
+    pub loan_until_ms: Option<u64>,
 }
 
 impl Drop for Ticket {
@@ -108,7 +112,9 @@ impl Flows {
         let mut inner = self.lock();
         let changed = inner.view.epoch() != ownership.epoch();
         inner.rules = rules;
-        inner.view = ownership.clone();
+        if inner.view != *ownership {
+            inner.view = ownership.clone();
+        }
         if inner.proposing.is_some_and(|(e, _)| e <= ownership.epoch()) {
             inner.proposing = None;
         }
@@ -169,21 +175,51 @@ impl Flows {
         {
             return Start::JustEnrolled;
         }
-        let epoch = match decide(&self.me, self.clustered, &inner, identity, now_ms) {
-            Decision::Claim => {
-                let epoch = inner.view.epoch();
-                *inner.running.entry(epoch).or_default() += 1;
-                return Start::Claim(self.ticket(epoch));
-            }
-            Decision::Owned(epoch) => epoch,
-            Decision::Wait => return Start::Wait,
-            Decision::NotMine => return Start::NotMine,
-        };
+        let (epoch, loan_until_ms) =
+            match decide(&self.me, self.clustered, &inner, identity, now_ms) {
+                Decision::Claim => {
+                    let epoch = inner.view.epoch();
+                    *inner.running.entry(epoch).or_default() += 1;
+                    return Start::Claim(self.ticket(epoch, None));
+                }
+                Decision::Owned(epoch) => (epoch, None),
+                Decision::Borrowed { epoch, until_ms } => (epoch, Some(until_ms)),
+                Decision::Wait => return Start::Wait,
+                Decision::NotMine => return Start::NotMine,
+            };
         if self.clustered && !self.unfenced(now_ms) {
             return Start::Wait;
         }
         *inner.running.entry(epoch).or_default() += 1;
-        Start::Owned(self.ticket(epoch))
+        Start::Owned(self.ticket(epoch, loan_until_ms))
+    }
+
+    /// Whether loans apply (rules 7, in a cluster, under an epoch).
+    pub fn lending(&self) -> bool {
+        let inner = self.lock();
+        self.clustered && inner.rules >= LEND_RULES && inner.view.current.is_some()
+    }
+
+    /// For a server with a loan in force at `now_ms`: whether this member may start it (lent
+    /// to it, under the current epoch, before the loan's start-by time). `None`: no loan.
+    pub fn lent(&self, identity: &str, now_ms: u64) -> Option<bool> {
+        let inner = self.lock();
+        if inner.view.loans.is_empty() {
+            return None;
+        }
+        let loan = inner.view.loan(identity, now_ms)?;
+        Some(borrowable(&self.me, &inner.view, loan, now_ms))
+    }
+
+    /// Whether this member may lend `identity` at `now_ms`: it would start it under the
+    /// current epoch as its owner, not as a borrower.
+    pub fn may_lend(&self, identity: &str, now_ms: u64) -> bool {
+        let inner = self.lock();
+        inner.rules >= LEND_RULES
+            && matches!(
+                decide(&self.me, self.clustered, &inner, identity, now_ms),
+                Decision::Owned(e) if e == inner.view.epoch() && e > 0
+            )
     }
 
     /// Notes that this member's ledger command enrolling `identity` at `at_ms` was applied.
@@ -197,10 +233,11 @@ impl Flows {
         }
     }
 
-    fn ticket(self: &Arc<Self>, epoch: u64) -> Ticket {
+    fn ticket(self: &Arc<Self>, epoch: u64, loan_until_ms: Option<u64>) -> Ticket {
         Ticket {
             flows: self.clone(),
             epoch,
+            loan_until_ms,
         }
     }
 
@@ -319,8 +356,19 @@ impl Flows {
 enum Decision {
     Claim,
     Owned(u64),
+    /// Lent to this member under `epoch` until `until_ms`.
+    Borrowed {
+        epoch: u64,
+        until_ms: u64,
+    },
     Wait,
     NotMine,
+}
+
+/// Whether `me` may start a server under `loan` at `now`: lent to it, under the epoch in
+/// force, before the start-by time.
+fn borrowable(me: &str, own: &Ownership, loan: &raft::ownership::Loan, now: u64) -> bool {
+    loan.to == me && loan.epoch == own.epoch() && now < loan.start_by_ms
 }
 
 fn owner<'a>(e: &'a Epoch, identity: &str) -> Option<&'a str> {
@@ -342,6 +390,17 @@ fn decide(me: &str, clustered: bool, inner: &Inner, identity: &str, now: u64) ->
     let Some(e) = own.current.as_ref() else {
         return Decision::Claim;
     };
+    if let Some(loan) = own.loan(identity, now) {
+        // while a loan is in force only its borrower works the server, and only as lent
+        return if borrowable(me, own, loan, now) {
+            Decision::Borrowed {
+                epoch: loan.epoch,
+                until_ms: loan.until_ms,
+            }
+        } else {
+            Decision::NotMine
+        };
+    }
     if owner(e, identity) != Some(me) {
         return Decision::NotMine;
     }
@@ -571,5 +630,82 @@ mod tests {
         let from_b = server(&e2, "a", Some(&e1), "b");
         assert!(matches!(a.start(&from_b, 29_999), Start::Wait));
         assert!(matches!(a.start(&from_b, 30_000), Start::Owned(_)));
+    }
+
+    #[test]
+    fn a_lent_server_is_the_borrowers_to_start_before_its_start_by_and_nobody_elses() {
+        let e1 = led_by_a(1, &["a", "b", "c"]);
+        let mut own = Ownership {
+            current: Some(e1.clone()),
+            ..Default::default()
+        };
+        let (a, b, c) = (
+            at_rules("a", LEND_RULES),
+            at_rules("b", LEND_RULES),
+            at_rules("c", LEND_RULES),
+        );
+        for f in [&a, &b, &c] {
+            f.follow(LEND_RULES, &own);
+        }
+        let x = server(&e1, "a", None, "");
+        assert!(a.lending() && a.may_lend(&x, 10_000));
+        assert!(!b.may_lend(&x, 10_000), "b does not own it");
+        assert_eq!(a.lent(&x, 10_000), None, "no loans yet");
+        // a lends x to b at 10 s: start by 20 s, drive until 70 s
+        own.lend(
+            "a",
+            "b",
+            1,
+            std::slice::from_ref(&x),
+            20_000,
+            70_000,
+            10_000,
+        )
+        .unwrap();
+        for f in [&a, &b, &c] {
+            f.follow(LEND_RULES, &own);
+        }
+        assert_eq!(a.lent(&x, 10_000), Some(false));
+        assert_eq!(b.lent(&x, 10_000), Some(true));
+        assert_eq!(c.lent(&x, 10_000), Some(false));
+        assert!(!a.may_lend(&x, 10_000), "lent already");
+        assert!(matches!(a.start(&x, 10_000), Start::NotMine));
+        assert!(matches!(c.start(&x, 10_000), Start::NotMine));
+        match b.start(&x, 19_999) {
+            Start::Owned(t) => assert_eq!((t.epoch, t.loan_until_ms), (1, Some(70_000))),
+            s => panic!("{s:?}"),
+        }
+        // not after its start-by time; the owner waits for the loan's end and grace
+        assert!(matches!(b.start(&x, 20_000), Start::NotMine));
+        let over = 70_000 + raft::ownership::LOAN_GRACE_MS;
+        assert!(matches!(a.start(&x, over - 1), Start::NotMine));
+        assert!(matches!(a.start(&x, over), Start::Owned(t) if t.loan_until_ms.is_none()));
+        assert_eq!(a.lent(&x, over), None);
+        // under a newer epoch the borrower starts nothing it was lent before
+        let y = format!("{x}.second");
+        own.lend(
+            "a",
+            "b",
+            1,
+            std::slice::from_ref(&y),
+            20_000,
+            70_000,
+            10_000,
+        )
+        .unwrap();
+        own.advance(led_by_a(2, &["a", "b", "c"])).unwrap();
+        b.follow(LEND_RULES, &own);
+        assert_eq!(b.lent(&y, 11_000), Some(false));
+        assert!(matches!(b.start(&y, 11_000), Start::NotMine));
+        // before rules 7 nothing is lent
+        let old = at_rules("a", OWNED_RULES);
+        old.follow(
+            OWNED_RULES,
+            &Ownership {
+                current: Some(e1.clone()),
+                ..Default::default()
+            },
+        );
+        assert!(!old.lending() && !old.may_lend(&x, 10_000));
     }
 }

@@ -24,6 +24,7 @@ pub mod helper;
 pub mod inventory;
 pub mod jwt;
 pub mod keywrap;
+pub mod lending;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

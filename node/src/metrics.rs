@@ -61,6 +61,9 @@ pub struct Metrics {
     pub reenrolled: IntCounterVec,
     /// Sightings not queued because `max_waiting` servers wait already, by source.
     pub waiting_dropped: IntCounterVec,
+    /// Servers lent to or borrowed from other members, by result (lent, borrowed, refused,
+    /// failed).
+    pub loans: IntCounterVec,
     /// Failed records that never held a credential, dropped after `failed_retention`.
     pub ledger_forgotten: IntCounterVec,
     /// Reprovision requests sent by the admin API, by result (ok, no_answer, error).
@@ -256,6 +259,11 @@ impl Metrics {
                 "choria_provisioner_waiting_dropped",
                 "Servers not queued because max_waiting servers wait already",
                 &["site", "source"],
+            ),
+            loans: counter(
+                "choria_provisioner_loans",
+                "Servers lent to or borrowed from other members at the end of a fleet, by result",
+                &["site", "result"],
             ),
             ledger_forgotten: counter(
                 "choria_provisioner_ledger_forgotten",

@@ -72,9 +72,15 @@ impl Services {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// True when this member should work on `identity` (always, outside a cluster).
+    /// True when this member should work on `identity` (always, outside a cluster): it owns
+    /// it, or it is lent to it; not while it is lent to another.
     pub fn owns(&self, identity: &str) -> bool {
-        self.shard.as_ref().is_none_or(|s| s.owns(identity))
+        let Some(shard) = &self.shard else {
+            return true;
+        };
+        self.flows
+            .lent(identity, now_ms())
+            .unwrap_or_else(|| shard.owns(identity))
     }
 
     pub fn set_paused(&self, paused: bool) {
@@ -431,6 +437,9 @@ async fn begin(
             lease.owned = Some(Owned {
                 epoch: ticket.epoch,
                 seen_ms,
+                send_by_ms: ticket
+                    .loan_until_ms
+                    .map(|until| until.saturating_sub(svc.config.rpc_timeout.as_millis() as u64)),
             });
             Ok((lease, ticket))
         }
@@ -746,6 +755,9 @@ struct Lease {
 struct Owned {
     epoch: u64,
     seen_ms: u64,
+    /// A lent server (rules 7): no call goes out after then (Unix ms), so the last one has
+    /// ended by the loan's end.
+    send_by_ms: Option<u64>,
 }
 
 impl Owned {
@@ -766,10 +778,17 @@ impl Lease {
     /// Before a call that changes the server (a new key, a shutdown, an update): a flow under
     /// an epoch goes on only while this member is not fenced; a claim was checked when taken.
     fn check(&self, svc: &Services, before: &str) -> Result<(), String> {
-        if self.owned.is_some() && !svc.flows.unfenced(now_ms()) {
+        let Some(owned) = &self.owned else {
+            return Ok(());
+        };
+        let now = now_ms();
+        if !svc.flows.unfenced(now) {
             return Err(format!(
                 "fenced (no heartbeat committed lately) before {before}; not sent"
             ));
+        }
+        if owned.send_by_ms.is_some_and(|by| now >= by) {
+            return Err(format!("the loan ends before {before} could end; not sent"));
         }
         Ok(())
     }
@@ -825,11 +844,19 @@ async fn fenced_configure(
         };
         return send_configure(svc, identity, request, budget).await;
     }
-    if lease.owned.is_some() {
-        // configuration only, under an epoch: while the fence holds, with its margin
+    if let Some(owned) = &lease.owned {
+        // configuration only, under an epoch: while the fence holds, with its margin, and a
+        // lent server's by the loan's send-by time
         let until = svc.flows.fence_until();
         let Some(budget) = send_budget(until, crate::flows::FENCE_MS, now_ms()) else {
             return Err("fenced (no heartbeat committed lately) before configure; not sent".into());
+        };
+        let budget = match owned.send_by_ms {
+            Some(by) => match by.checked_sub(now_ms()).filter(|b| *b > 0) {
+                Some(left) => budget.min(left),
+                None => return Err("the loan ends before configure could end; not sent".into()),
+            },
+            None => budget,
         };
         return send_configure(svc, identity, request, budget).await;
     }

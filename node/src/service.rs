@@ -299,6 +299,26 @@ impl Provisioner {
         let extra = extra_fn(services.clone(), queue.clone());
         let inbox = Arc::new(crate::offers::Inbox::default());
         if let Some(m) = &member {
+            // lending runs on this runtime, not on the Raft thread that takes the call
+            let (lender, lent_from, main) = (
+                services.clone(),
+                queue.clone(),
+                tokio::runtime::Handle::current(),
+            );
+            m.on_borrow(Arc::new(move |to, ask| {
+                let lent = main.spawn(crate::lending::lend(
+                    lender.clone(),
+                    lent_from.clone(),
+                    to,
+                    ask.want,
+                ));
+                Box::pin(async move { lent.await.unwrap_or_default() })
+            }));
+            tasks.push(tokio::spawn(crate::lending::borrow_when_dry(
+                services.clone(),
+                queue.clone(),
+                m.clone(),
+            )));
             let (svc, queue, inbox, raft) = (
                 services.clone(),
                 queue.clone(),
@@ -863,6 +883,7 @@ fn status_fn(
                 "paused": svc.is_paused(),
                 "live_members": svc.shard.as_ref().map(|s| s.live()),
                 "raft": raft,
+                "lending": svc.flows.lending(),
                 "ownership": svc.flows.epoch().map(|e| serde_json::json!({
                     "epoch": e.epoch,
                     "members": e.members,

@@ -8,8 +8,12 @@
 //! waited in the queue longer than twice the discovery interval without being seen again is
 //! dropped as stale (a sighting renews it, so a member with a long queue keeps its tail). At most
 //! `max_waiting` servers are known at once; further sightings are dropped and counted
-//! (`choria_provisioner_waiting_dropped`) until some finish.
+//! (`choria_provisioner_waiting_dropped`) until some finish. Queued servers this member lends
+//! to another ([`crate::lending`]) leave the queue, and sightings of them are passed over
+//! until the loan has ended.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,8 @@ pub enum Source {
     Discovery,
     Event,
     Retry,
+    /// Lent to this member by another.
+    Loan,
 }
 
 impl Source {
@@ -34,6 +40,7 @@ impl Source {
             Source::Discovery => "discovery",
             Source::Event => "event",
             Source::Retry => "retry",
+            Source::Loan => "loan",
         }
     }
 }
@@ -45,6 +52,11 @@ struct Job {
 /// Servers known to this member's work queue.
 pub struct WorkQueue {
     entries: Mutex<Known>,
+    /// Servers this member lent away, and until when (Unix ms) it leaves them alone: known
+    /// here before this member's replica shows the loan.
+    lent: Mutex<HashMap<String, u64>>,
+    /// Servers newly queued since the start (retries not counted).
+    queued_total: AtomicU64,
     tx: mpsc::UnboundedSender<Job>,
     svc: Arc<Services>,
 }
@@ -55,6 +67,8 @@ impl WorkQueue {
         let (tx, rx) = mpsc::unbounded_channel();
         let q = Arc::new(WorkQueue {
             entries: Mutex::new(Known::default()),
+            lent: Mutex::new(HashMap::new()),
+            queued_total: AtomicU64::new(0),
             tx,
             svc,
         });
@@ -65,6 +79,14 @@ impl WorkQueue {
     /// Offers a server for provisioning; true when it was queued, false when it is known
     /// already.
     pub fn offer(&self, identity: &str, source: Source) -> bool {
+        self.offer_seen(identity, source, pipeline::now_ms())
+    }
+
+    /// [`WorkQueue::offer`], the server last seen at `seen_ms` (Unix ms).
+    pub fn offer_seen(&self, identity: &str, source: Source, seen_ms: u64) -> bool {
+        if self.lent_away(identity) {
+            return false;
+        }
         if !self.svc.owns(identity) {
             // a retry of a server that moved to another member is forgotten here
             if source == Source::Retry {
@@ -83,7 +105,7 @@ impl WorkQueue {
         let Ok(mut entries) = self.entries.lock() else {
             return false;
         };
-        let seen = (source != Source::Retry).then(pipeline::now_ms);
+        let seen = (source != Source::Retry).then_some(seen_ms);
         if !entries.contains(identity) && entries.len() >= self.svc.config.max_waiting {
             // bounded: a flood of sightings (real or forged) cannot grow this without end;
             // the servers left out are found again by the next discovery
@@ -110,6 +132,7 @@ impl WorkQueue {
                     identity.to_string(),
                     Entry::queued(Instant::now(), seen.unwrap_or(0)),
                 );
+                self.queued_total.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.update_gauges(&entries);
@@ -134,6 +157,56 @@ impl WorkQueue {
             entries.count(State::InFlight),
             entries.count(State::Waiting),
         )
+    }
+
+    /// Takes up to `n` queued servers out of the queue to lend them, each one `may_lend`
+    /// picks; they stay away until `until_ms` (or [`WorkQueue::restore`]).
+    pub fn take_for_loan(
+        &self,
+        n: usize,
+        until_ms: u64,
+        may_lend: impl Fn(&str) -> bool,
+    ) -> Vec<(String, u64)> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Vec::new();
+        };
+        let Ok(mut lent) = self.lent.lock() else {
+            return Vec::new();
+        };
+        let now = pipeline::now_ms();
+        lent.retain(|_, until| *until > now);
+        let taken = entries.take_queued(n, may_lend);
+        for (id, _) in &taken {
+            lent.insert(id.clone(), until_ms);
+        }
+        self.update_gauges(&entries);
+        taken.into_iter().map(|(id, e)| (id, e.seen_ms)).collect()
+    }
+
+    /// Puts back servers taken to lend that were not lent after all.
+    pub fn restore(&self, taken: &[(String, u64)]) {
+        if let Ok(mut lent) = self.lent.lock() {
+            for (id, _) in taken {
+                lent.remove(id);
+            }
+        }
+        for (id, seen_ms) in taken {
+            self.offer_seen(id, Source::Discovery, *seen_ms);
+        }
+    }
+
+    /// Servers newly queued since the start: whether any came since a given moment.
+    pub fn queued_total(&self) -> u64 {
+        self.queued_total.load(Ordering::Relaxed)
+    }
+
+    /// True while `identity` is lent away by this member.
+    fn lent_away(&self, identity: &str) -> bool {
+        let Ok(lent) = self.lent.lock() else {
+            return false;
+        };
+        lent.get(identity)
+            .is_some_and(|until| *until > pipeline::now_ms())
     }
 
     fn update_gauges(&self, entries: &Known) {

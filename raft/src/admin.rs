@@ -101,6 +101,8 @@ pub struct PeerContext {
     pub on_refused: OnceLock<RefusedFn>,
     /// Takes the leader's discovery offers (unset: refused as unavailable).
     pub on_offer: OnceLock<crate::offer::OfferFn>,
+    /// Answers borrow requests (unset: refused as unavailable).
+    pub on_borrow: OnceLock<crate::borrow::BorrowFn>,
     /// Most milliseconds a forwarding member's clock may be off this one's (0: not checked).
     pub max_clock_skew_ms: u64,
     /// When each kind of refusal was last logged, so a removed member that keeps calling

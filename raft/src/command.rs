@@ -152,6 +152,18 @@ pub enum Command {
         end: FlowEnd,
         at_ms: u64,
     },
+    /// `member` lends `identities`, which it owns under `epoch` and has not started, to `to`
+    /// (rules 7, see [`crate::ownership::Loan`]): `to` starts each before `start_by_ms` and
+    /// sends it nothing after `until_ms`.
+    Lend {
+        member: String,
+        to: String,
+        epoch: u64,
+        identities: Vec<String>,
+        start_by_ms: u64,
+        until_ms: u64,
+        at_ms: u64,
+    },
 }
 
 /// How a flow without a claim ended (see [`Command::Finish`]).
@@ -225,6 +237,7 @@ impl Command {
                 ..
             } => "finish_enrolled",
             Command::Finish { .. } => "finish_released",
+            Command::Lend { .. } => "lend",
         }
     }
 
@@ -318,6 +331,12 @@ impl Command {
                     + e.leader.as_deref().map_or(0, text)
             }
             Command::EpochAck { member, .. } => text(member),
+            Command::Lend {
+                member,
+                to,
+                identities,
+                ..
+            } => text(member) + text(to) + identities.iter().map(|i| text(i)).sum::<usize>(),
             Command::Revoke {
                 identity,
                 member,
@@ -375,7 +394,7 @@ impl Command {
             | Command::Forget { identity, .. }
             | Command::Enroll { identity, .. }
             | Command::Finish { identity, .. } => Some(identity),
-            Command::NewEpoch(_) | Command::EpochAck { .. } => None,
+            Command::NewEpoch(_) | Command::EpochAck { .. } | Command::Lend { .. } => None,
             Command::SetRules { .. }
             | Command::Heartbeat { .. }
             | Command::SetPaused { .. }
@@ -425,6 +444,7 @@ impl Command {
             | Command::Forget { member, .. }
             | Command::Enroll { member, .. }
             | Command::EpochAck { member, .. }
+            | Command::Lend { member, .. }
             | Command::Finish { member, .. } => Some(member),
             Command::NewEpoch(_) => None,
             Command::SetPaused { .. }

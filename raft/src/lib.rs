@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod borrow;
 pub mod codec;
 pub mod command;
 pub mod digest;

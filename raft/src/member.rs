@@ -220,6 +220,7 @@ impl RaftMember {
             tls: cfg.tls.is_some(),
             on_refused: Default::default(),
             on_offer: Default::default(),
+            on_borrow: Default::default(),
             max_clock_skew_ms: cfg.max_clock_skew_ms,
             names: Default::default(),
             refusals_logged: Default::default(),
@@ -442,6 +443,41 @@ impl RaftMember {
         let _ = self.ctx.on_offer.set(f);
     }
 
+    /// Sets what answers other members' borrow requests (once).
+    pub fn on_borrow(&self, f: crate::borrow::BorrowFn) {
+        let _ = self.ctx.on_borrow.set(f);
+    }
+
+    /// Asks the member named `name` to lend this one up to `want` servers.
+    pub async fn borrow(
+        &self,
+        name: &str,
+        want: u32,
+    ) -> Result<crate::borrow::BorrowReply, crate::network::PeerError> {
+        let peer = self.peer_named(name).ok_or_else(|| {
+            crate::network::PeerError::Unavailable(format!("{name} is not a member of the group"))
+        })?;
+        let req = crate::borrow::BorrowRequest {
+            member: self.ctx.me.name.clone(),
+            want,
+        };
+        self.ctx.network.borrow(&peer, &req).await
+    }
+
+    /// The member named `name` in the group's membership.
+    fn peer_named(&self, name: &str) -> Option<crate::types::Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let found = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n)
+            .find(|n| n.name == name)
+            .cloned();
+        found
+    }
+
     /// Sends `batch` to the member named `name` (by the group's membership); its answer says
     /// what it queued.
     pub async fn offer(
@@ -449,19 +485,7 @@ impl RaftMember {
         name: &str,
         batch: &crate::offer::OfferBatch,
     ) -> Result<crate::offer::OfferTaken, crate::network::PeerError> {
-        let peer = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            let found = m
-                .membership_config
-                .membership()
-                .nodes()
-                .map(|(_, n)| n)
-                .find(|n| n.name == name)
-                .cloned();
-            found
-        };
-        let Some(peer) = peer else {
+        let Some(peer) = self.peer_named(name) else {
             return Err(crate::network::PeerError::Unavailable(format!(
                 "{name} is not a member of the group"
             )));

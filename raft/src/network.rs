@@ -278,6 +278,19 @@ impl Network {
         taken.map_err(PeerError::Unavailable)
     }
 
+    /// Asks `peer` to lend this member servers.
+    pub async fn borrow(
+        &self,
+        peer: &Member,
+        req: &crate::borrow::BorrowRequest,
+    ) -> Result<crate::borrow::BorrowReply, PeerError> {
+        let mut client = self.client(peer).map_err(unavailable)?;
+        let req = encode(req, self.wire.binary())?;
+        let reply = within(crate::borrow::BORROW_TIMEOUT, client.borrow(req)).await?;
+        let lent: Result<crate::borrow::BorrowReply, String> = decode(reply.get_ref())?;
+        lent.map_err(PeerError::Unavailable)
+    }
+
     /// Sends a batch of commands to `leader` to commit, waiting at most `limit`. A batch
     /// whose answer was lost may still commit; the ledger answers a replay as a success.
     pub async fn forward(
@@ -699,6 +712,21 @@ impl RaftService for RaftGrpc {
             None => Err("this member takes no offers yet".to_string()),
         });
         reply(&req, &taken)
+    }
+
+    async fn borrow(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let caller = self.authorize(&req, "borrow", |r, c| r.member(c)).await?;
+        let mut ask: crate::borrow::BorrowRequest = decode(req.get_ref())?;
+        if let Caller::Member { name, .. } = &caller {
+            // the asker is who its certificate says, whatever the request names
+            ask.member = name.clone();
+        }
+        let lent = match (crate::borrow::check(&ask), self.ctx.on_borrow.get()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err("this member lends nothing yet".to_string()),
+            (Ok(()), Some(lend)) => Ok(lend(ask.member.clone(), ask).await),
+        };
+        reply(&req, &lent)
     }
 
     async fn forward(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -20,7 +20,12 @@
 //!   one may be worked at once: nobody else owned it in between.
 //!
 //! The state machine holds the current and previous epoch and each member's newest
-//! acknowledgement. As a check behind the members' own, a flow's end (`Finish`) is refused
+//! acknowledgement, and the servers lent out ([`Loan`], rules 7): near the end of a fleet an
+//! owner whose queue is still long lends servers it has not started to a member that ran out
+//! of its own. The lender chooses what it lends (only it knows what it has not started), the
+//! loan is committed before the borrower hears of it, the borrower starts a lent server only
+//! under the epoch it was lent in and drives it only until the loan ends, and the lender (or a
+//! restart of it, which reads the loans from its replica) leaves it alone until then. As a check behind the members' own, a flow's end (`Finish`) is refused
 //! when it names an epoch older than one its member acknowledged (that member promised it had
 //! no such flow left) or newer than the current one.
 
@@ -62,6 +67,69 @@ pub struct Ownership {
     pub previous: Option<Epoch>,
     /// member -> the newest epoch it acknowledged.
     pub acked: BTreeMap<String, u64>,
+    /// identity -> the loan on it (rules 7); a loan is dropped once it has ended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub loans: BTreeMap<String, Loan>,
+}
+
+/// A waiting server its owner lent to another member (rules 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Loan {
+    pub from: String,
+    pub to: String,
+    /// The epoch it was lent under: the borrower starts it only while that is current.
+    pub epoch: u64,
+    /// The borrower starts it only before then (Unix ms).
+    pub start_by_ms: u64,
+    /// The borrower sends it nothing after then (Unix ms); the lender leaves it alone until
+    /// [`LOAN_GRACE_MS`] later.
+    pub until_ms: u64,
+}
+
+impl Loan {
+    /// Whether the loan still keeps everyone but the borrower off the server at `now_ms`.
+    pub fn in_force(&self, now_ms: u64) -> bool {
+        now_ms < self.until_ms.saturating_add(LOAN_GRACE_MS)
+    }
+}
+
+/// Most servers one `Lend` command lends.
+pub const MAX_LEND: usize = 512;
+/// Most loans in force at once: the loans live in the cluster settings, written whole when
+/// they change.
+pub const MAX_LOANS: usize = 16_384;
+/// Longest loan (from its command's time to its end).
+pub const MAX_LOAN_MS: u64 = 10 * 60_000;
+/// How long past a loan's end the lender still leaves the server alone: clock skew between
+/// the two members (the borrower's last call is sent to end by the loan's end).
+pub const LOAN_GRACE_MS: u64 = 2_000;
+
+/// Why a `Lend` command was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LendRefusal {
+    /// Not under the current epoch (`current`).
+    StaleEpoch { current: u64 },
+    /// Lender or borrower is not a member of the current epoch, or they are the same.
+    NotMembers,
+    /// Nothing lent, too many at once, or times out of order or too far ahead.
+    OutOfBounds(String),
+    /// This server is lent already.
+    Lent(String),
+}
+
+impl std::fmt::Display for LendRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LendRefusal::StaleEpoch { current } => {
+                write!(f, "not under the current ownership epoch ({current})")
+            }
+            LendRefusal::NotMembers => {
+                f.write_str("lender and borrower must be two members of the current epoch")
+            }
+            LendRefusal::OutOfBounds(why) => f.write_str(why),
+            LendRefusal::Lent(identity) => write!(f, "{identity} is lent already"),
+        }
+    }
 }
 
 impl Ownership {
@@ -132,6 +200,78 @@ impl Ownership {
         epoch <= self.epoch() && epoch >= acked && (epoch > 0 || self.current.is_none())
     }
 
+    /// The loan on `identity` still in force at `now_ms`.
+    pub fn loan(&self, identity: &str, now_ms: u64) -> Option<&Loan> {
+        self.loans.get(identity).filter(|l| l.in_force(now_ms))
+    }
+
+    /// Records that `from` lent `identities` to `to` under `epoch` at `at_ms`: all of them, or
+    /// none when the command breaks a rule. Loans that ended are dropped first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lend(
+        &mut self,
+        from: &str,
+        to: &str,
+        epoch: u64,
+        identities: &[String],
+        start_by_ms: u64,
+        until_ms: u64,
+        at_ms: u64,
+    ) -> Result<(), LendRefusal> {
+        let Some(current) = self.current.as_ref().filter(|e| e.epoch == epoch) else {
+            return Err(LendRefusal::StaleEpoch {
+                current: self.epoch(),
+            });
+        };
+        let named = |m: &str| current.members.iter().any(|x| x == m);
+        if from == to || !named(from) || !named(to) {
+            return Err(LendRefusal::NotMembers);
+        }
+        if identities.is_empty() || identities.len() > MAX_LEND {
+            return Err(LendRefusal::OutOfBounds(format!(
+                "lends {} servers (1 to {MAX_LEND})",
+                identities.len()
+            )));
+        }
+        if !(at_ms <= start_by_ms
+            && start_by_ms <= until_ms
+            && until_ms <= at_ms.saturating_add(MAX_LOAN_MS))
+        {
+            return Err(LendRefusal::OutOfBounds(format!(
+                "times out of order or too far ahead: at {at_ms}, start by {start_by_ms}, until {until_ms}"
+            )));
+        }
+        self.drop_ended_loans(at_ms);
+        if let Some(lent) = identities.iter().find(|i| self.loans.contains_key(*i)) {
+            return Err(LendRefusal::Lent(lent.clone()));
+        }
+        let distinct: BTreeSet<&String> = identities.iter().collect();
+        if self.loans.len() + distinct.len() > MAX_LOANS {
+            return Err(LendRefusal::OutOfBounds(format!(
+                "{} loans in force already (at most {MAX_LOANS})",
+                self.loans.len()
+            )));
+        }
+        for identity in distinct {
+            self.loans.insert(
+                identity.clone(),
+                Loan {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    epoch,
+                    start_by_ms,
+                    until_ms,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops the loans that no longer keep anyone off their server at `now_ms`.
+    pub fn drop_ended_loans(&mut self, now_ms: u64) {
+        self.loans.retain(|_, l| l.in_force(now_ms));
+    }
+
     /// Forgets the acknowledgements of members not in `names` (they left the group).
     pub(crate) fn retain(&mut self, names: &BTreeSet<String>) {
         self.acked.retain(|m, _| names.contains(m));
@@ -200,6 +340,88 @@ mod tests {
         .unwrap();
         assert!(!n.settled(n.current.as_ref().unwrap(), 4_999));
         assert!(n.settled(n.current.as_ref().unwrap(), 5_000));
+    }
+
+    fn ids(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_loan_is_made_whole_under_the_current_epoch_between_two_of_its_members() {
+        let mut o = Ownership::default();
+        let lend = |o: &mut Ownership, from: &str, to: &str, epoch: u64, what: &[&str], at: u64| {
+            o.lend(from, to, epoch, &ids(what), at + 10_000, at + 60_000, at)
+        };
+        assert_eq!(
+            lend(&mut o, "a", "b", 0, &["n1"], 0),
+            Err(LendRefusal::StaleEpoch { current: 0 }),
+            "no epoch yet"
+        );
+        o.advance(epoch(1, &[], 0)).unwrap();
+        o.advance(epoch(2, &[], 0)).unwrap();
+        assert_eq!(
+            lend(&mut o, "a", "b", 1, &["n1"], 0),
+            Err(LendRefusal::StaleEpoch { current: 2 })
+        );
+        for (from, to) in [("a", "a"), ("a", "c"), ("c", "b")] {
+            assert_eq!(
+                lend(&mut o, from, to, 2, &["n1"], 0),
+                Err(LendRefusal::NotMembers),
+                "{from} -> {to}"
+            );
+        }
+        assert!(matches!(
+            lend(&mut o, "a", "b", 2, &[], 0),
+            Err(LendRefusal::OutOfBounds(_))
+        ));
+        let many: Vec<String> = (0..=MAX_LEND).map(|i| format!("n{i}")).collect();
+        assert!(matches!(
+            o.lend("a", "b", 2, &many, 10, 20, 0),
+            Err(LendRefusal::OutOfBounds(_))
+        ));
+        // start-by before the command, end before start-by, or too far ahead
+        for (start_by, until) in [(5, 100), (200, 100), (10, 10 + MAX_LOAN_MS + 1)] {
+            assert!(matches!(
+                o.lend("a", "b", 2, &ids(&["n1"]), start_by, until, 10),
+                Err(LendRefusal::OutOfBounds(_))
+            ));
+        }
+        assert!(o.loans.is_empty(), "nothing of a refused command stays");
+
+        lend(&mut o, "a", "b", 2, &["n1", "n2"], 1_000).unwrap();
+        let l = o.loan("n1", 1_000).unwrap();
+        assert_eq!((l.from.as_str(), l.to.as_str(), l.epoch), ("a", "b", 2));
+        assert_eq!((l.start_by_ms, l.until_ms), (11_000, 61_000));
+        // all or nothing: n2 is lent already, so n3 is not lent either
+        assert_eq!(
+            lend(&mut o, "b", "a", 2, &["n3", "n2"], 2_000),
+            Err(LendRefusal::Lent("n2".into()))
+        );
+        assert!(o.loan("n3", 2_000).is_none());
+        // in force until its end and the grace after it, then dropped by the next loan
+        assert!(o.loan("n1", 61_000 + LOAN_GRACE_MS - 1).is_some());
+        assert!(o.loan("n1", 61_000 + LOAN_GRACE_MS).is_none());
+        lend(&mut o, "a", "b", 2, &["n2"], 61_000 + LOAN_GRACE_MS).unwrap();
+        assert_eq!(o.loans.len(), 1);
+    }
+
+    #[test]
+    fn loans_in_force_are_bounded() {
+        let mut o = Ownership::default();
+        o.advance(epoch(1, &[], 0)).unwrap();
+        for batch in 0..MAX_LOANS / MAX_LEND {
+            let what: Vec<String> = (0..MAX_LEND).map(|i| format!("n{batch}-{i}")).collect();
+            o.lend("a", "b", 1, &what, 0, 60_000, 0).unwrap();
+        }
+        assert_eq!(o.loans.len(), MAX_LOANS);
+        assert!(matches!(
+            o.lend("a", "b", 1, &ids(&["one.more"]), 0, 60_000, 0),
+            Err(LendRefusal::OutOfBounds(_))
+        ));
+        // once they ended there is room again
+        o.lend("a", "b", 1, &ids(&["one.more"]), 70_000, 70_000, 70_000)
+            .unwrap();
+        assert_eq!(o.loans.len(), 1);
     }
 
     #[test]

@@ -38,6 +38,10 @@
 //! outcome, applied under the same rules as `Enroll` and `Release` except the claim, and
 //! refused when its member acknowledged an epoch newer than the flow's. New claims are
 //! refused (`NoClaims`); one held from before runs to its end.
+//!
+//! Rules 7: an owner may lend servers it has not started to another member of the epoch
+//! (`Lend`, see [`crate::ownership::Loan`]); while a loan is in force a `Finish` on its server
+//! is refused from anyone but the borrower.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -58,12 +62,14 @@ pub const ISSUE_TIMES_KEPT: usize = 16;
 /// 3: commands apply as in 2; every member decodes binary, so members send it to each other
 /// (see [`crate::codec`]). 4: as 3; every member reads snapshots in format 2, so they are
 /// built in it (see [`crate::snapshot`]). 5: `Enroll` (see the list above). 6: ownership
-/// epochs and `Finish` (see the list above).
-pub const LEDGER_RULES: u32 = 6;
+/// epochs and `Finish` (see the list above). 7: loans (see the list above).
+pub const LEDGER_RULES: u32 = 7;
 /// The ledger rules from which `Enroll` applies.
 pub const ENROLL_RULES: u32 = 5;
 /// The ledger rules from which ownership epochs and `Finish` apply.
 pub const OWNED_RULES: u32 = 6;
+/// The ledger rules from which `Lend` applies.
+pub const LEND_RULES: u32 = 7;
 
 fn rules_v1() -> u32 {
     1
@@ -258,6 +264,8 @@ pub enum Rejection {
     /// The command names an ownership epoch that is not (or no longer) the one it needs; the
     /// current one is `epoch`.
     StaleEpoch { epoch: u64 },
+    /// The server is lent to `to` (rules 7), or a loan broke a rule (`to` empty, `why` says).
+    Lent { to: String, why: String },
 }
 
 impl std::fmt::Display for Rejection {
@@ -283,6 +291,8 @@ impl std::fmt::Display for Rejection {
             Rejection::StaleEpoch { epoch } => {
                 write!(f, "not under the ownership epoch it names (now {epoch})")
             }
+            Rejection::Lent { to, why } if to.is_empty() => write!(f, "not lent: {why}"),
+            Rejection::Lent { to, .. } => write!(f, "lent to {to}"),
         }
     }
 }
@@ -842,7 +852,9 @@ impl LedgerState {
                 self.settings
                     .ownership
                     .advance(epoch.clone())
-                    .map_err(|epoch| Rejection::StaleEpoch { epoch })
+                    .map_err(|epoch| Rejection::StaleEpoch { epoch })?;
+                self.settings.ownership.drop_ended_loans(epoch.at_ms);
+                Ok(())
             }
 
             Command::EpochAck { member, epoch, .. } => {
@@ -851,6 +863,33 @@ impl LedgerState {
                     .ownership
                     .ack(member, *epoch)
                     .map_err(|epoch| Rejection::StaleEpoch { epoch })
+            }
+
+            Command::Lend {
+                member,
+                to,
+                epoch,
+                identities,
+                start_by_ms,
+                until_ms,
+                at_ms,
+            } => {
+                self.needs(LEND_RULES)?;
+                self.settings
+                    .ownership
+                    .lend(
+                        member,
+                        to,
+                        *epoch,
+                        identities,
+                        *start_by_ms,
+                        *until_ms,
+                        *at_ms,
+                    )
+                    .map_err(|e| Rejection::Lent {
+                        to: String::new(),
+                        why: e.to_string(),
+                    })
             }
 
             Command::Finish {
@@ -862,6 +901,14 @@ impl LedgerState {
                 at_ms,
             } => {
                 self.needs(OWNED_RULES)?;
+                if let Some(loan) = self.settings.ownership.loan(identity, *at_ms) {
+                    if loan.to != *member {
+                        return Err(Rejection::Lent {
+                            to: loan.to.clone(),
+                            why: String::new(),
+                        });
+                    }
+                }
                 self.finish(identity, member, *epoch, *seen_ms, end, *at_ms)
             }
 
@@ -1814,6 +1861,63 @@ mod tests {
                 until_ms: 10 + REENROLL_SETTLE_MS
             })
         );
+    }
+
+    fn lend(ids: &[&str], from: &str, to: &str, epoch: u64, at: u64) -> Command {
+        Command::Lend {
+            member: from.into(),
+            to: to.into(),
+            epoch,
+            identities: ids.iter().map(|i| i.to_string()).collect(),
+            start_by_ms: at + 10_000,
+            until_ms: at + 60_000,
+            at_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_lent_server_ends_only_with_its_borrower_while_the_loan_is_in_force() {
+        let mut old = at_rules(OWNED_RULES);
+        old.apply(&new_epoch(1, &[], 0)).unwrap();
+        assert_eq!(
+            old.apply(&lend(&["n1"], "a", "b", 1, 10)),
+            Err(Rejection::NotEnabled { rules: LEND_RULES })
+        );
+
+        let mut s = at_rules(LEND_RULES);
+        s.apply(&new_epoch(1, &[], 0)).unwrap();
+        // a loan that breaks a rule is refused whole, saying why
+        let r = s.apply(&lend(&["n1"], "a", "c", 1, 10)).unwrap_err();
+        assert!(r.to_string().starts_with("not lent: "), "{r}");
+        s.apply(&lend(&["n1", "n2"], "a", "b", 1, 10)).unwrap();
+        assert_eq!(
+            s.settings().ownership.loan("n1", 10).map(|l| l.to.as_str()),
+            Some("b")
+        );
+        // the lender (or anyone but the borrower) cannot end a flow on it
+        assert_eq!(
+            s.apply(&finish("n1", "a", 1, Some("01"), 20)),
+            Err(Rejection::Lent {
+                to: "b".into(),
+                why: String::new()
+            })
+        );
+        assert!(s.record("n1").is_none(), "a refused end leaves no record");
+        // the borrower can, even after its loan's end (its last call ended by then)
+        s.apply(&finish("n1", "b", 1, Some("01"), 30)).unwrap();
+        assert_eq!(s.record("n1").unwrap().state, EnrollState::Enrolled);
+        s.apply(&finish("n2", "b", 1, None, 60_010)).unwrap();
+        // once the loan and its grace are over, the owner works it again
+        let after = 10 + 60_000 + crate::ownership::LOAN_GRACE_MS;
+        s.apply(&finish("n3", "a", 1, None, after)).unwrap();
+        assert!(s.settings().ownership.loan("n2", after).is_none());
+        // a new epoch drops the loans that ended
+        let mut e2 = new_epoch(2, &[], 0);
+        if let Command::NewEpoch(e) = &mut e2 {
+            e.at_ms = after;
+        }
+        s.apply(&e2).unwrap();
+        assert!(s.settings().ownership.loans.is_empty());
     }
 
     #[test]

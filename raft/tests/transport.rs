@@ -48,6 +48,9 @@ impl RaftService for Stuck {
     async fn offer(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         stuck().await
     }
+    async fn borrow(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        stuck().await
+    }
 }
 
 async fn stuck() -> Result<Response<RaftPayload>, Status> {

@@ -116,6 +116,21 @@ impl Known {
     pub fn count(&self, state: State) -> usize {
         self.by_state[state.slot()]
     }
+
+    /// Takes out up to `n` queued servers that `keep` picks.
+    pub fn take_queued(&mut self, n: usize, keep: impl Fn(&str) -> bool) -> Vec<(String, Entry)> {
+        let picked: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(id, e)| e.state == State::Queued && keep(id))
+            .map(|(id, _)| id.clone())
+            .take(n)
+            .collect();
+        picked
+            .into_iter()
+            .filter_map(|id| self.remove(&id).map(|e| (id, e)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +181,29 @@ mod tests {
             assert_eq!(want.iter().sum::<usize>(), k.len());
         }
         assert!(k.len() > 0, "the walk left some entries");
+    }
+
+    #[test]
+    fn only_queued_servers_are_taken_to_lend_and_the_counts_follow() {
+        let mut k = Known::default();
+        let now = Instant::now();
+        for i in 0..10 {
+            k.insert(format!("s{i}"), Entry::queued(now, i));
+        }
+        k.set_state("s0", State::InFlight);
+        k.set_state("s1", State::Waiting);
+        // at most 5, never s0 (in flight), s1 (waiting) or s2 (turned away)
+        let taken = k.take_queued(5, |id| id != "s2");
+        assert_eq!(taken.len(), 5);
+        for (id, e) in &taken {
+            assert!(!["s0", "s1", "s2"].contains(&id.as_str()), "{id}");
+            assert_eq!(e.seen_ms, id[1..].parse::<u64>().unwrap());
+            assert!(!k.contains(id));
+        }
+        assert_eq!(k.count(State::Queued), 3);
+        assert_eq!(recount(&k), [3, 1, 1]);
+        assert_eq!(k.take_queued(10, |_| true).len(), 3);
+        assert_eq!(k.count(State::Queued), 0);
     }
 
     #[test]
