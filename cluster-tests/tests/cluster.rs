@@ -22,23 +22,17 @@ use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn start_member(
-    dir: &Path,
-    nats: &Nats,
-    ca: &(std::path::PathBuf, std::path::PathBuf),
-    signer: &Path,
-    spec: &ClusterMemberSpec,
-    all: &[ClusterMemberSpec],
-) -> ProvisionerProcess {
-    let opts = ProvisionerOptions {
-        workers: 24,
+/// Options of a member with `workers` workers and the default helper.
+fn with_workers(workers: usize) -> ProvisionerOptions {
+    ProvisionerOptions {
+        workers,
         ..Default::default()
-    };
-    start_member_with(dir, nats, ca, signer, spec, all, opts)
+    }
 }
 
-/// [`start_member`] with `opts` (its identity and cluster section are the spec's).
-fn start_member_with(
+/// Starts member `spec` of `all` with `opts` (its identity and cluster section are the
+/// spec's).
+fn start_member(
     dir: &Path,
     nats: &Nats,
     ca: &(std::path::PathBuf, std::path::PathBuf),
@@ -97,7 +91,17 @@ fn cluster_run(dir: &Path, n: u64, servers: usize, timeout_secs: u64) -> Run {
     let specs = ClusterOptions::members(n);
     let members = specs
         .iter()
-        .map(|s| start_member(dir, &nats, &ca, &fleet.signer_pub, s, &specs))
+        .map(|s| {
+            start_member(
+                dir,
+                &nats,
+                &ca,
+                &fleet.signer_pub,
+                s,
+                &specs,
+                with_workers(24),
+            )
+        })
         .collect();
     Run {
         nats,
@@ -219,6 +223,7 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
                 &dir.path().join("jwt-signer.pem"),
                 s,
                 &four,
+                with_workers(24),
             )
         })
         .collect();
@@ -239,6 +244,7 @@ fn three_members_share_the_fleet_agree_and_recover_from_disk() {
         &dir.path().join("jwt-signer.pem"),
         &four[3],
         &four,
+        with_workers(24),
     ));
     let joined = wait_agree(&members, Duration::from_secs(60), |s| {
         s["raft"]["voters"].as_array().map(Vec::len) == Some(4)
@@ -297,7 +303,7 @@ fn members_that_ran_dry_borrow_from_a_slow_one_and_nothing_is_done_twice() {
                     ..Default::default()
                 }
             };
-            start_member_with(dir, &nats, &ca, &fleet.signer_pub, s, &specs, opts)
+            start_member(dir, &nats, &ca, &fleet.signer_pub, s, &specs, opts)
         })
         .collect();
     wait_all(&members, Duration::from_secs(60), |s| {
