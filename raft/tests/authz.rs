@@ -421,3 +421,70 @@ async fn offers_come_from_members_only() {
     assert_eq!(seen.lock().unwrap().len(), 2);
     assert!(g.saw("offer", "unknown"));
 }
+
+/// Borrow requests reach a member from its peers only, bounded, and name the asker by its
+/// certificate whatever the request says; garbage is refused before the hook hears of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn borrow_requests_come_from_members_only_as_themselves() {
+    use raft::borrow::{BorrowReply, BorrowRequest};
+    let g = Group::start(3).await;
+    let seen: Arc<Mutex<Vec<(String, BorrowRequest)>>> = Arc::default();
+    let hook_seen = seen.clone();
+    g.members[0].on_borrow(Arc::new(move |asker, ask: BorrowRequest| {
+        hook_seen.lock().unwrap().push((asker, ask.clone()));
+        Box::pin(async move {
+            BorrowReply {
+                lent: vec![("a.example".into(), 7)],
+                queued: ask.want,
+            }
+        })
+    }));
+    let m1 = g.nodes[&1].clone();
+
+    // a member asks by name through the group's membership; the reply comes back whole
+    let reply = g.members[1].borrow("m1", 16).await.unwrap();
+    assert_eq!(reply.lent, vec![("a.example".to_string(), 7)]);
+    assert_eq!(reply.queued, 16);
+    assert!(g.members[1].borrow("m9", 16).await.is_err());
+    // a request naming another member is taken as from the certificate's member
+    let forged = BorrowRequest {
+        member: "m3".into(),
+        want: 8,
+    };
+    g.as_("m2").borrow(&m1, &forged).await.unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        let askers: Vec<_> = seen.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(askers, ["m2", "m2"]);
+    }
+
+    // an outsider, and a configured member that has not joined, are refused
+    refused(
+        g.as_("m9").borrow(&m1, &forged).await,
+        "borrow from outside",
+    );
+    refused(
+        g.as_("m4").borrow(&m1, &forged).await,
+        "borrow before joining",
+    );
+    // out of bounds, or not a request at all: refused before the hook
+    for want in [0, raft::ownership::MAX_LEND as u32 + 1] {
+        let ask = BorrowRequest {
+            want,
+            ..forged.clone()
+        };
+        let e = g.as_("m2").borrow(&m1, &ask).await.unwrap_err();
+        assert!(e.to_string().contains("asks for"), "{e}");
+    }
+    let mut client = g.as_("m2").client(&m1).unwrap();
+    for payload in [b"not a request".to_vec(), vec![0xff; 64], Vec::new()] {
+        let status = client.borrow(RaftPayload { payload }).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    // a member that set no hook says so
+    let m2 = g.nodes[&2].clone();
+    let e = g.as_("m3").borrow(&m2, &forged).await.unwrap_err();
+    assert!(e.to_string().contains("lends nothing"), "{e}");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert!(g.saw("borrow", "unknown"));
+}
