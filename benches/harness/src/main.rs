@@ -13,6 +13,7 @@ mod failover;
 mod ledger;
 mod plot;
 mod scaling;
+mod steady;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -258,8 +259,16 @@ fn main() -> ExitCode {
                 .as_f64()
                 .map(|r| format!(", {r:.2}x one member"))
                 .unwrap_or_default();
+            let steady = match (
+                line["steady_median_per_minute"].as_f64(),
+                line["steady_ratio_to_one_member"].as_f64(),
+            ) {
+                (Some(s), Some(r)) => format!("; steady part {s:.0}/min, {r:.2}x"),
+                (Some(s), None) => format!("; steady part {s:.0}/min"),
+                _ => String::new(),
+            };
             println!(
-                "scaling: {} member(s), median of {} run(s): {:.0}/min{ratio}",
+                "scaling: {} member(s), median of {} run(s): {:.0}/min{ratio}{steady}",
                 line["members"],
                 line["runs"],
                 line["median_per_minute"].as_f64().unwrap_or(0.0)
@@ -450,6 +459,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         }
         std::fs::write(&go, "go\n").map_err(|e| format!("{}: {e}", go.display()))?;
     }
+    let trace = steady::Trace::start(provisioners.iter().map(|p| p.proc.child.id()).collect());
     let kills = if plan.kill {
         failover::drive(&events, args.servers, &mut provisioners, &caps, &mut fleet)
     } else {
@@ -457,6 +467,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
     };
     // the simulator stops itself at the deadline; this only guards against a hung one
     let summary = fleet.finish(args.deadline() + Duration::from_secs(120));
+    let samples = trace.finish();
     if args.keep {
         eprintln!("bench: work directory kept: {}", dir.path().display());
     }
@@ -501,6 +512,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default();
     let kills = failover::stalls(&kills, n("start_unix_ms"), &timeline);
+    let steady = steady::window(n("start_unix_ms"), &timeline, &samples);
     let stall = kills.iter().filter_map(|k| k["stall_ms"].as_u64()).max();
     let members_cpu_s: Vec<f64> = usage.iter().map(|u| u.cpu_s).collect();
     let stopped_by = if summary["timed_out"].as_bool().unwrap_or(false) {
@@ -559,6 +571,9 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
     });
     run["leader_share"] = json!(args.leader_share);
     run["members_saturated"] = json!(saturated);
+    if let (Value::Object(w), Some(r)) = (steady, run.as_object_mut()) {
+        r.extend(w);
+    }
     cost::annotate(&mut run, None);
     Ok(run)
 }

@@ -20,38 +20,50 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
 }
 
 /// One line per cluster size in `runs` (in order of size): members, runs, median servers per
-/// minute, and the ratio to one member's median (when one member ran). Each run gets
-/// `median_per_minute` and `ratio_to_one_member` of its size.
+/// minute, and the ratio to one member's median (when one member ran); the same for the
+/// steady part of each run (`steady_servers_per_minute`, see `crate::steady`). Each run gets
+/// its size's medians and ratios.
 pub fn summarize(runs: &mut [Value]) -> Vec<Value> {
     let mut sizes: Vec<u64> = runs.iter().filter_map(|r| r["members"].as_u64()).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let median_of = |runs: &[Value], m: u64| {
+    let median_of = |runs: &[Value], m: u64, key: &str| {
         let mut rates: Vec<f64> = runs
             .iter()
             .filter(|r| r["members"].as_u64() == Some(m))
-            .filter_map(|r| r["servers_per_minute"].as_f64())
+            .filter_map(|r| r[key].as_f64())
             .collect();
         (rates.len(), median(&mut rates))
     };
-    let (_, one) = median_of(runs, 1);
+    let ratio = |x: Option<f64>, one: Option<f64>| match (x, one) {
+        (Some(x), Some(o)) if o > 0.0 => Some(x / o),
+        _ => None,
+    };
+    let (_, one) = median_of(runs, 1, "servers_per_minute");
+    let (_, one_steady) = median_of(runs, 1, "steady_servers_per_minute");
     let mut lines = Vec::new();
     for m in sizes {
-        let (n, med) = median_of(runs, m);
-        let ratio = match (med, one) {
-            (Some(x), Some(o)) if o > 0.0 => Some(x / o),
-            _ => None,
-        };
-        for r in runs.iter_mut().filter(|r| r["members"].as_u64() == Some(m)) {
-            r["median_per_minute"] = json!(med);
-            r["ratio_to_one_member"] = json!(ratio);
-        }
-        lines.push(json!({
+        let (n, med) = median_of(runs, m, "servers_per_minute");
+        let (_, steady) = median_of(runs, m, "steady_servers_per_minute");
+        let line = json!({
             "members": m,
             "runs": n,
             "median_per_minute": med,
-            "ratio_to_one_member": ratio,
-        }));
+            "ratio_to_one_member": ratio(med, one),
+            "steady_median_per_minute": steady,
+            "steady_ratio_to_one_member": ratio(steady, one_steady),
+        });
+        for r in runs.iter_mut().filter(|r| r["members"].as_u64() == Some(m)) {
+            for k in [
+                "median_per_minute",
+                "ratio_to_one_member",
+                "steady_median_per_minute",
+                "steady_ratio_to_one_member",
+            ] {
+                r[k] = line[k].clone();
+            }
+        }
+        lines.push(line);
     }
     lines
 }
@@ -61,7 +73,7 @@ mod tests {
     use super::*;
 
     fn run(members: u64, rate: f64) -> Value {
-        json!({"members": members, "servers_per_minute": rate})
+        json!({"members": members, "servers_per_minute": rate, "steady_servers_per_minute": rate * 1.1})
     }
 
     #[test]
@@ -83,6 +95,11 @@ mod tests {
         assert_eq!(lines[1]["runs"], 3);
         assert_eq!(lines[1]["ratio_to_one_member"], 10000.0 / 6000.0);
         assert_eq!(lines[2]["ratio_to_one_member"], 14000.0 / 6000.0);
+        assert_eq!(lines[2]["steady_median_per_minute"], 14000.0 * 1.1);
+        assert_eq!(
+            lines[2]["steady_ratio_to_one_member"],
+            (14000.0 * 1.1) / (6000.0 * 1.1)
+        );
         // every run of a size carries its size's numbers
         assert!(runs
             .iter()
@@ -96,6 +113,7 @@ mod tests {
         let lines = summarize(&mut runs);
         assert_eq!(lines[0]["median_per_minute"], 8500.0);
         assert!(lines[0]["ratio_to_one_member"].is_null());
+        assert!(lines[0]["steady_ratio_to_one_member"].is_null());
         assert!(summarize(&mut []).is_empty());
     }
 }
