@@ -70,7 +70,7 @@ pub struct ClusterSection {
     #[serde(default = "default_snapshot_keep_logs")]
     pub snapshot_keep_logs: u64,
     /// The leader's share of waiting servers, as a fraction of a follower's (0 to 1); default
-    /// three over the number of followers, since it coordinates theirs.
+    /// three over the number of followers and at most three quarters, since it coordinates theirs.
     #[serde(default)]
     pub leader_share: Option<f64>,
     /// Pause a busy member makes after each Raft log entry, so the commands of many servers
@@ -133,7 +133,7 @@ pub struct Cluster {
     pub source_ip: Option<std::net::IpAddr>,
     pub snapshot_every: u64,
     pub snapshot_keep_logs: u64,
-    /// `None`: three over the number of followers.
+    /// `None`: three over the number of followers, at most three quarters.
     pub leader_share: Option<f64>,
     pub commit_linger: Duration,
 }
