@@ -32,6 +32,8 @@ const START_WITHIN_MS: u64 = 10_000;
 const LOAN_MS: u64 = 60_000;
 /// Fewer than this is not worth a loan.
 const MIN_LEND: usize = 8;
+/// How long after a loan's end (and grace) its lender looks for servers left undone.
+const TAKE_BACK_MARGIN_MS: u64 = 500;
 /// How long a borrower waits for its replica to show a loan.
 const SHOW_WITHIN: Duration = Duration::from_secs(5);
 
@@ -85,6 +87,14 @@ pub async fn lend(svc: Arc<Services>, queue: Arc<WorkQueue>, to: String, want: u
             m.loans
                 .with_label_values(&[m.site(), "lent"])
                 .inc_by(taken.len() as u64);
+            tokio::spawn(take_back(
+                svc.clone(),
+                queue.clone(),
+                to.clone(),
+                taken.clone(),
+                now,
+                guard_until,
+            ));
             BorrowReply {
                 lent: taken,
                 queued: queue.counts().0 as u32,
@@ -93,6 +103,58 @@ pub async fn lend(svc: Arc<Services>, queue: Arc<WorkQueue>, to: String, want: u
         Ok(Applied::Rejected(r)) => failed(r.to_string()),
         Err(e) => failed(e.to_string()),
     }
+}
+
+/// Once a loan has ended (`guard_until`, its end and the ledger's grace), queues again the
+/// lent servers the ledger has heard nothing of since `lent_ms`: the borrower never got the
+/// answer (its call timed out while the `Lend` committed), its replica did not show the loan
+/// in time, or it did not start them. Without this they waited for the next discovery, a
+/// minute and more, and a fleet's last servers with them.
+async fn take_back(
+    svc: Arc<Services>,
+    queue: Arc<WorkQueue>,
+    to: String,
+    lent: Vec<(String, u64)>,
+    lent_ms: u64,
+    guard_until: u64,
+) {
+    // a moment past the end, so this member's clock is past the ledger's grace too
+    let wait = guard_until.saturating_sub(now_ms()) + TAKE_BACK_MARGIN_MS;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let mut updated = Vec::with_capacity(lent.len());
+    for (identity, _) in &lent {
+        updated.push(svc.ledger.record(identity).await.map(|r| r.updated_ms));
+    }
+    let mut back = 0u64;
+    for (identity, seen_ms) in undone(&lent, &updated, lent_ms) {
+        if queue.offer_seen(identity, Source::Loan, seen_ms) {
+            back += 1;
+        }
+    }
+    if back > 0 {
+        tracing::warn!(
+            to,
+            servers = back,
+            "lent servers the borrower did not do queued again"
+        );
+        let m = &svc.metrics;
+        m.loans
+            .with_label_values(&[m.site(), "taken_back"])
+            .inc_by(back);
+    }
+}
+
+/// The lent servers (with when each was last seen) whose record was not changed since
+/// `lent_ms`: `updated` holds each one's last change, `None` without a record.
+fn undone<'a>(
+    lent: &'a [(String, u64)],
+    updated: &'a [Option<u64>],
+    lent_ms: u64,
+) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+    lent.iter()
+        .zip(updated)
+        .filter(move |(_, u)| !u.is_some_and(|at| at >= lent_ms))
+        .map(|((id, seen), _)| (id.as_str(), *seen))
 }
 
 /// How many of `queued` servers to lend a member that wants `want`: half, so the two are
@@ -183,6 +245,20 @@ async fn take_up(svc: &Arc<Services>, queue: &WorkQueue, from: &str, reply: Borr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_loan_only_servers_the_ledger_heard_nothing_of_go_back() {
+        let lent: Vec<(String, u64)> = ["done", "never", "stale", "deferred"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.to_string(), i as u64))
+            .collect();
+        // enrolled by the borrower; no record at all; a record from before the loan; a
+        // deferral the borrower recorded at the loan's very moment
+        let updated = [Some(1_500), None, Some(999), Some(1_000)];
+        let back: Vec<(&str, u64)> = undone(&lent, &updated, 1_000).collect();
+        assert_eq!(back, vec![("never", 1), ("stale", 2)]);
+    }
 
     #[test]
     fn a_member_lends_half_of_its_queue_at_most_what_was_asked() {
