@@ -10,19 +10,21 @@
 //! `max_waiting` servers are known at once; further sightings are dropped and counted
 //! (`choria_provisioner_waiting_dropped`) until some finish. Queued servers this member lends
 //! to another ([`crate::lending`]) leave the queue, and sightings of them are passed over
-//! until the loan has ended.
+//! until the loan has ended; servers lent to this member start before its own ([`jobs`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::pipeline::{self, Outcome, Services};
 
+mod jobs;
 mod known;
 
+use jobs::{JobReceiver, JobSender};
 use known::{Entry, Known, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +47,6 @@ impl Source {
     }
 }
 
-struct Job {
-    identity: String,
-}
-
 /// Servers known to this member's work queue.
 pub struct WorkQueue {
     entries: Mutex<Known>,
@@ -57,19 +55,19 @@ pub struct WorkQueue {
     lent: Mutex<HashMap<String, u64>>,
     /// Servers newly queued since the start (retries not counted).
     queued_total: AtomicU64,
-    tx: mpsc::UnboundedSender<Job>,
+    jobs: JobSender,
     svc: Arc<Services>,
 }
 
 impl WorkQueue {
     /// Creates the queue and starts its dispatcher with `config.workers` workers.
     pub fn start(svc: Arc<Services>) -> Arc<WorkQueue> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (jobs, rx) = jobs::channel();
         let q = Arc::new(WorkQueue {
             entries: Mutex::new(Known::default()),
             lent: Mutex::new(HashMap::new()),
             queued_total: AtomicU64::new(0),
-            tx,
+            jobs,
             svc,
         });
         tokio::spawn(dispatch(q.clone(), rx));
@@ -115,10 +113,12 @@ impl WorkQueue {
                 .inc();
             return false;
         }
-        match entries.get_mut(identity) {
+        let borrowed = match entries.get_mut(identity) {
             Some(e) if source == Source::Retry && e.state() == State::Waiting => {
                 e.queued_at = Instant::now();
+                let borrowed = e.borrowed;
                 entries.set_state(identity, State::Queued);
+                borrowed
             }
             Some(e) => {
                 // known already; the sighting is fresh evidence it is waiting
@@ -128,23 +128,19 @@ impl WorkQueue {
                 return false;
             }
             None => {
-                entries.insert(
-                    identity.to_string(),
-                    Entry::queued(Instant::now(), seen.unwrap_or(0)),
-                );
+                let mut e = Entry::queued(Instant::now(), seen.unwrap_or(0));
+                e.borrowed = source == Source::Loan;
+                entries.insert(identity.to_string(), e);
                 self.queued_total.fetch_add(1, Ordering::Relaxed);
+                source == Source::Loan
             }
-        }
+        };
         self.update_gauges(&entries);
         drop(entries);
         if source != Source::Retry {
             tracing::debug!(identity, ?source, "queued");
         }
-        self.tx
-            .send(Job {
-                identity: identity.to_string(),
-            })
-            .is_ok()
+        self.jobs.send(identity.to_string(), borrowed)
     }
 
     /// Servers this queue knows of, by state: (queued, in flight, waiting for retry).
@@ -229,7 +225,14 @@ impl WorkQueue {
                 None
             }
             Some(e) if e.state() == State::Queued && !self.svc.owns(identity) => {
-                tracing::debug!(identity, "no longer ours after a membership change");
+                if e.borrowed {
+                    // its lender queues it again once the loan has ended
+                    tracing::warn!(identity, "lent server not started by its start-by time");
+                    let m = &self.svc.metrics;
+                    m.loans.with_label_values(&[m.site(), "expired"]).inc();
+                } else {
+                    tracing::debug!(identity, "no longer ours after a membership change");
+                }
                 entries.remove(identity);
                 None
             }
@@ -296,31 +299,36 @@ impl WorkQueue {
     }
 }
 
-async fn dispatch(q: Arc<WorkQueue>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn dispatch(q: Arc<WorkQueue>, mut rx: JobReceiver) {
     let workers = Arc::new(Semaphore::new(q.svc.config.workers.max(1)));
-    while let Some(job) = rx.recv().await {
-        while q.svc.is_paused() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    loop {
+        // a worker first, then the job: a server lent while every worker is busy goes to the
+        // next free worker, not behind a job taken out already
         let Ok(permit) = workers.clone().acquire_owned().await else {
             return;
         };
-        let Some(seen_ms) = q.begin(&job.identity) else {
+        let Some(identity) = rx.recv().await else {
+            return;
+        };
+        while q.svc.is_paused() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(seen_ms) = q.begin(&identity) else {
             continue;
         };
         let q = q.clone();
         tokio::spawn(async move {
             let m = &q.svc.metrics;
             m.add(&m.busy_workers, 1);
-            let outcome = pipeline::provision(&q.svc, &job.identity, seen_ms).await;
+            let outcome = pipeline::provision(&q.svc, &identity, seen_ms).await;
             m.add(&m.busy_workers, -1);
             drop(permit);
-            report(&q.svc, &job.identity, &outcome);
-            if let Some(delay) = q.finish(&job.identity, &outcome) {
+            report(&q.svc, &identity, &outcome);
+            if let Some(delay) = q.finish(&identity, &outcome) {
                 let q = q.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    q.offer(&job.identity, Source::Retry);
+                    q.offer(&identity, Source::Retry);
                 });
             }
         });

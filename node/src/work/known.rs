@@ -31,6 +31,9 @@ pub(super) struct Entry {
     pub queued_at: Instant,
     /// Unix ms when the server was last seen in provisioning mode (discovery or event).
     pub seen_ms: u64,
+    /// Lent to this member by another: it starts before this member's own servers and only
+    /// until its loan's start-by time.
+    pub borrowed: bool,
 }
 
 impl Entry {
@@ -41,6 +44,7 @@ impl Entry {
             attempts: 0,
             queued_at: at,
             seen_ms,
+            borrowed: false,
         }
     }
 
