@@ -335,6 +335,12 @@ fn members_that_ran_dry_borrow_from_a_slow_one_and_nothing_is_done_twice() {
     );
     assert_eq!(loans(&members[0], "lent") + loans(&members[1], "lent"), 0.0);
     assert_eq!(loans(&members[2], "borrowed"), 0.0);
+    // lent servers start before the borrower's own, so none waits past its start-by time
+    // for the lender to take it back
+    for result in ["expired", "taken_back"] {
+        let n: f64 = members.iter().map(|m| loans(m, result)).sum();
+        assert_eq!(n, 0.0, "{result}");
+    }
 }
 
 #[test]
