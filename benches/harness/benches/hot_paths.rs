@@ -376,5 +376,62 @@ fn state_machine(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, envelopes, csr, jwt, state_machine);
+/// What a follower does for each server another member provisioned: decode the append that
+/// carries it, append it to the synced log and apply it. Per server this is most of a
+/// replica's cost (`k` in `BENCHMARKS.md`); the RPC's HTTP/2 and TLS and openraft's own work
+/// come on top.
+fn replica(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut store = raft::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store: {e}"));
+    let rules = entry(
+        1,
+        vec![Command::SetRules {
+            rules: raft::state::LEDGER_RULES,
+            at_ms: 0,
+        }],
+    );
+    if rt.block_on(store.apply_to_state_machine(&[rules])).is_err() {
+        panic!("cannot set the ledger rules");
+    }
+    // about what one entry carried in the capped 5-member runs (7,500 servers, 81-90 entries)
+    const SERVERS: usize = 90;
+    let mut g = c.benchmark_group("replica");
+    g.throughput(Throughput::Elements(SERVERS as u64));
+    let mut next = 0usize;
+    let mut index = 1u64;
+    g.bench_function(
+        "a follower's append of 90 servers' Finish: decode, synced log append, apply",
+        |b| {
+            b.iter_batched(
+                || {
+                    index += 1;
+                    let cmds = (next..next + SERVERS)
+                        .flat_map(|i| server_commands_finish(i, 1_700_000_000_000))
+                        .collect();
+                    next += SERVERS;
+                    let req = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+                        vote: openraft::Vote::new_committed(1, 1),
+                        prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index - 1)),
+                        entries: vec![entry(index, cmds)],
+                        leader_commit: None,
+                    };
+                    raft::codec::encode(&req, true).unwrap_or_else(|e| panic!("encode: {e}"))
+                },
+                |bytes| {
+                    let req: openraft::raft::AppendEntriesRequest<TypeConfig> =
+                        raft::codec::decode(&bytes).unwrap_or_else(|e| panic!("decode: {e}"));
+                    rt.block_on(async {
+                        store.append_to_log(req.entries.clone()).await.is_ok()
+                            && store.apply_to_state_machine(&req.entries).await.is_ok()
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, envelopes, csr, jwt, state_machine, replica);
 criterion_main!(benches);
