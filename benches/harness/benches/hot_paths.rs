@@ -249,11 +249,13 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
     }
 }
 
-fn state_machine(c: &mut Criterion) {
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+/// An empty store in a temporary directory (kept while the directory lives) that applies the
+/// ledger rules a cluster of this build applies.
+fn store_at_current_rules(
+    rt: &tokio::runtime::Runtime,
+) -> (tempfile::TempDir, Arc<raft::store::Store>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let mut store = raft::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store: {e}"));
-    // the ledger rules a cluster of this build applies
     let rules = entry(
         1,
         vec![Command::SetRules {
@@ -264,6 +266,12 @@ fn state_machine(c: &mut Criterion) {
     if rt.block_on(store.apply_to_state_machine(&[rules])).is_err() {
         panic!("cannot set the ledger rules");
     }
+    (dir, store)
+}
+
+fn state_machine(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let (_dir, mut store) = store_at_current_rules(&rt);
     let mut g = c.benchmark_group("state machine");
     // 64 servers' commands in one entry, as a busy leader batches them
     const SERVERS: usize = 64;
@@ -382,18 +390,7 @@ fn state_machine(c: &mut Criterion) {
 /// come on top.
 fn replica(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let mut store = raft::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store: {e}"));
-    let rules = entry(
-        1,
-        vec![Command::SetRules {
-            rules: raft::state::LEDGER_RULES,
-            at_ms: 0,
-        }],
-    );
-    if rt.block_on(store.apply_to_state_machine(&[rules])).is_err() {
-        panic!("cannot set the ledger rules");
-    }
+    let (_dir, mut store) = store_at_current_rules(&rt);
     // about what one entry carried in the capped 5-member runs (7,500 servers, 81-90 entries)
     const SERVERS: usize = 90;
     let mut g = c.benchmark_group("replica");
