@@ -30,7 +30,7 @@
 // own helpers would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -1027,6 +1027,10 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         let mut meta_changed = false;
         let mut membership_changed = false;
         let mut names = member_names(&sm.membership);
+        // records go into the batch in identity order once all entries are applied: the
+        // memtable's skip list then inserts each next to the last instead of searching from
+        // its top (the last write of a record within the batch is the one kept)
+        let mut records: BTreeMap<&str, Option<Vec<u8>>> = BTreeMap::new();
         for entry in entries {
             sm.last_applied = Some(entry.log_id);
             let mut results = Vec::new();
@@ -1058,7 +1062,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                                     // heartbeats and cluster settings
                                     (Encoded::NoRecord, _) | (_, None) => meta_changed = true,
                                     (Encoded::Record { json, was, now }, Some(identity)) => {
-                                        batch.put_cf(ledger_cf, identity.as_bytes(), json);
+                                        records.insert(identity, Some(json));
                                         if was != Some(now) {
                                             if let Some(was) = was {
                                                 batch.delete_cf(
@@ -1074,7 +1078,7 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                                         }
                                     }
                                     (Encoded::Forgotten { was }, Some(identity)) => {
-                                        batch.delete_cf(ledger_cf, identity.as_bytes());
+                                        records.insert(identity, None);
                                         if let Some(was) = was {
                                             batch.delete_cf(
                                                 index_cf,
@@ -1111,6 +1115,12 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
                 }
             }
             out.push(BatchResult { results });
+        }
+        for (identity, json) in records {
+            match json {
+                Some(json) => batch.put_cf(ledger_cf, identity.as_bytes(), json),
+                None => batch.delete_cf(ledger_cf, identity.as_bytes()),
+            }
         }
         let what = match (meta_changed, membership_changed) {
             (true, _) => SmMeta::All,
