@@ -10,6 +10,7 @@
 mod cgroup;
 mod cost;
 mod failover;
+mod groups;
 mod ledger;
 mod plot;
 mod scaling;
@@ -51,6 +52,10 @@ enum Scenario {
     /// list answers, a snapshot while `--servers` arrive at `--arrival-rate` (default 20/s),
     /// a restart, a new member catching up
     Ledger,
+    /// Rounds of one member and of `--members` capped machines hosting as many 3-member
+    /// clusters, each with its own broker and share of the fleet (what a Raft group per shard
+    /// would give; see `groups.rs`); needs `--member-cpu`
+    Groups,
 }
 
 #[derive(Parser)]
@@ -116,7 +121,8 @@ struct Args {
     /// Members' `cluster.leader_share` (default: the provisioner's own)
     #[arg(long)]
     leader_share: Option<f64>,
-    /// `scaling`: rounds of 1, 3 and 5 members, interleaved; ratios use each size's median
+    /// `scaling`: rounds of 1, 3 and 5 members (`groups`: of 1 member and the groups),
+    /// interleaved; ratios use each size's median
     #[arg(long, default_value_t = 1)]
     rounds: usize,
 }
@@ -160,6 +166,8 @@ struct Plan {
     delay_ms: u64,
     arrival_rate: Option<f64>,
     kill: bool,
+    /// `groups`: the members are machines hosting a 3-member cluster per machine
+    groups: bool,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +189,7 @@ fn main() -> ExitCode {
         delay_ms: args.helper_delay_ms.unwrap_or(0),
         arrival_rate: None,
         kill: false,
+        groups: false,
     };
     // the helper scenario runs an external helper: Python unless `--logic shell`
     let external = match args.logic {
@@ -191,6 +200,17 @@ fn main() -> ExitCode {
         Scenario::Throughput | Scenario::Latency | Scenario::Ledger => vec![one],
         Scenario::Scaling => (0..args.rounds.max(1))
             .flat_map(|_| [1, 3, 5].map(|m| Plan { members: m, ..one }))
+            .collect(),
+        Scenario::Groups => (0..args.rounds.max(1))
+            .flat_map(|_| {
+                [
+                    Plan { members: 1, ..one },
+                    Plan {
+                        groups: true,
+                        ..one
+                    },
+                ]
+            })
             .collect(),
         Scenario::Failover => vec![Plan { kill: true, ..one }],
         Scenario::Helper => vec![
@@ -230,7 +250,12 @@ fn main() -> ExitCode {
                 .map(|r| format!(", arriving at {r:.1}/s"))
                 .unwrap_or_default()
         );
-        match run(&args, p) {
+        let result = if p.groups {
+            groups::run(&args, p.members)
+        } else {
+            run(&args, p)
+        };
+        match result {
             Ok(r) => {
                 // the latency scenario's second run: half the capacity just measured
                 if args.scenario == Scenario::Latency && p.arrival_rate.is_none() {
@@ -252,7 +277,7 @@ fn main() -> ExitCode {
         i += 1;
     }
     print_table(&runs);
-    if args.scenario == Scenario::Scaling {
+    if matches!(args.scenario, Scenario::Scaling | Scenario::Groups) {
         cost::against_one_member(&mut runs);
         for line in scaling::summarize(&mut runs) {
             let ratio = line["ratio_to_one_member"]

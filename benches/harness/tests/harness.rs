@@ -156,6 +156,43 @@ fn capped_members_report_their_cpu_throttling_and_leader() {
     assert_eq!(r["stopped_by"], "every server done", "{r}");
 }
 
+/// `groups`: a member alone, then 3 capped machines holding three 3-member clusters in a
+/// ring; every group provisions its share, its ledgers agree, and each machine's CPU is the
+/// sum over its three processes.
+#[test]
+fn groups_place_three_clusters_on_three_capped_machines() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = bench(
+        dir.path(),
+        &[
+            "groups",
+            "--servers",
+            "60",
+            "--members",
+            "3",
+            "--member-cpu",
+            "0.3",
+        ],
+    );
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(n(&runs[0], "members"), 1);
+    let r = &runs[1];
+    assert_eq!(r["scenario"], "groups", "{r}");
+    assert_eq!(n(r, "provisioned"), 60, "{r}");
+    assert_eq!(n(r, "duplicates"), 0, "{r}");
+    let groups = r["group_runs"].as_array().expect("group_runs");
+    assert_eq!(groups.len(), 3, "{r}");
+    for g in groups {
+        assert_eq!(n(g, "provisioned"), 20, "{g}");
+        assert_eq!(g["ledger"]["digests_agree"], true, "{g}");
+        assert_eq!(g["machines"].as_array().map(Vec::len), Some(3), "{g}");
+    }
+    let cpu = r["members_cpu_s"].as_array().expect("members_cpu_s");
+    assert_eq!(cpu.len(), 3, "{r}");
+    assert!(cpu.iter().all(|c| c.as_f64().unwrap_or(0.0) > 0.0), "{r}");
+    assert!(r["ratio_to_one_member"].is_f64(), "{r}");
+}
+
 /// A run that cannot finish in time ends at its deadline and says so, with what it did.
 #[test]
 fn a_run_past_its_deadline_stops_and_says_so() {
