@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// First byte of a binary payload; JSON never starts with it.
-const BINARY: u8 = 0xB3;
+pub(crate) const BINARY: u8 = 0xB3;
 
 /// The ledger rules from which members send binary to each other.
 pub const BINARY_WIRE_RULES: u32 = 3;
@@ -40,6 +40,16 @@ pub fn encode<T: Serialize + ?Sized>(v: &T, binary: bool) -> Result<Vec<u8>, Cod
     } else {
         Ok(serde_json::to_vec(v)?)
     }
+}
+
+/// Adds `v` in binary, without the tag, to `out`: postcard writes a struct as its fields one
+/// after another and a sequence as its length (a varint) and then its items, so a message can
+/// be put together from parts encoded at different times (see [`crate::append_cache`]).
+pub(crate) fn extend_binary<T: Serialize + ?Sized>(
+    v: &T,
+    out: Vec<u8>,
+) -> Result<Vec<u8>, CodecError> {
+    Ok(postcard::to_extend(v, out)?)
 }
 
 /// True when `bytes` is a binary payload.

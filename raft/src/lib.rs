@@ -8,12 +8,13 @@
 //! same interface by committing the same commands through the Raft log of a [`member`], whose
 //! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC, with
 //! [`authz`] deciding which member may make which call on it and [`codec`] how log entries and
-//! peer messages are encoded. A replica's records stay in RocksDB ([`disk`]), the state
+//! peer messages are encoded ([`append_cache`]: once for every follower). A replica's records stay in RocksDB ([`disk`]), the state
 //! machine holding in memory only what the batch being applied touches ([`records`]);
 //! [`snapshot`]s of it are written, sent and installed from a file ([`snapshot_file`]). The
 //! leader's discovery [`offer`]s each member the waiting servers it found for it.
 
 pub mod admin;
+pub mod append_cache;
 pub mod authz;
 pub mod borrow;
 pub mod codec;

@@ -39,6 +39,7 @@ use tonic::transport::{
 use tonic::{Request, Response, Status};
 
 use crate::admin::{ChangeError, MembershipChange, MembershipOutcome, PeerContext, PeerView};
+use crate::append_cache::AppendCache;
 use crate::authz::{self, Caller, Refusal, Roster};
 use crate::codec::{self, WireFormat};
 use crate::types::{Batch, BatchResult, Member, NodeId, TypeConfig};
@@ -160,6 +161,8 @@ pub struct Network {
     wire: WireFormat,
     /// This member's id, as a timed-out call names its sender.
     id: NodeId,
+    /// The last append encoded, shared by the clients to every follower.
+    appends: AppendCache,
 }
 
 impl Network {
@@ -171,6 +174,7 @@ impl Network {
             source_ip: None,
             wire: WireFormat::default(),
             id: 0,
+            appends: AppendCache::default(),
         }
     }
 
@@ -316,6 +320,7 @@ pub struct PeerClient {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
     wire: WireFormat,
+    appends: AppendCache,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -327,6 +332,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: self.client(node).map_err(|e| e.to_string()),
             wire: self.wire.clone(),
+            appends: self.appends.clone(),
         }
     }
 }
@@ -364,10 +370,24 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&TransportError(e)));
-        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
         let payload = encode(req, self.wire.binary())
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        self.send(kind, payload, timeout).await
+    }
+
+    /// Sends an encoded request and decodes the reply.
+    async fn send<Resp, E>(
+        &mut self,
+        kind: &'static str,
+        payload: RaftPayload,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&TransportError(e)));
+        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
         let mut request = Request::new(payload);
         request.set_timeout(timeout);
         let (reply, action) = match kind {
@@ -405,7 +425,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call("append", &rpc, option.hard_ttl()).await
+        let payload = self
+            .appends
+            .encode(&rpc, self.wire.binary())
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        self.send("append", RaftPayload { payload }, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
