@@ -161,7 +161,7 @@ pub struct Network {
     wire: WireFormat,
     /// This member's id, as a timed-out call names its sender.
     id: NodeId,
-    /// The last append encoded, shared by the clients to every follower.
+    /// Entries encoded for one follower, reused for the others (see [`AppendCache`]).
     appends: AppendCache,
 }
 
