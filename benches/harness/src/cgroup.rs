@@ -148,6 +148,17 @@ impl Drop for CpuCap {
     }
 }
 
+/// Each group's throttled seconds and saturated share (to three places), as a run reports
+/// them (`members_throttled_s`, `members_saturated`).
+pub fn held_back(caps: &[CpuCap]) -> (Vec<Option<f64>>, Vec<Option<f64>>) {
+    let throttled = caps.iter().map(CpuCap::throttled_s).collect();
+    let saturated = caps
+        .iter()
+        .map(|c| c.saturated_share().map(|s| (s * 1000.0).round() / 1000.0))
+        .collect();
+    (throttled, saturated)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

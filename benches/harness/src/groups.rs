@@ -144,11 +144,7 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
             "ledger": crate::ledger_check(procs),
         }));
     }
-    let throttled: Vec<Option<f64>> = caps.iter().map(|c| c.throttled_s()).collect();
-    let saturated: Vec<Option<f64>> = caps
-        .iter()
-        .map(|c| c.saturated_share().map(|s| (s * 1000.0).round() / 1000.0))
-        .collect();
+    let (throttled, saturated) = cgroup::held_back(&caps);
     let nats_cpu: f64 = brokers
         .iter()
         .filter_map(|(_, n, _)| fleet::usage::of(n.pid()).map(|u| u.cpu_s))

@@ -501,11 +501,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         .iter()
         .map(|p| fleet::usage::of(p.proc.child.id()).unwrap_or_default())
         .collect();
-    let throttled: Vec<Option<f64>> = caps.iter().map(|c| c.throttled_s()).collect();
-    let saturated: Vec<Option<f64>> = caps
-        .iter()
-        .map(|c| c.saturated_share().map(|s| (s * 1000.0).round() / 1000.0))
-        .collect();
+    let (throttled, saturated) = cgroup::held_back(&caps);
     let leader = provisioners
         .iter()
         .find_map(|m| m.status()["raft"]["leader"].as_u64());
