@@ -136,6 +136,7 @@ enum CaCmd {
 fn main() -> ExitCode {
     // before the runtime's threads touch much memory; see node::memory
     node::memory::no_transparent_huge_pages();
+    node::memory::keep_freed_memory_a_while();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Ca {
