@@ -379,12 +379,12 @@ impl RpcClient {
     }
 
     /// Broadcast discovery: asks every server in the collective with `agent` to answer a
-    /// `discovery` ping and hands each valid identity that answers to `found`, at most `max`
-    /// of them: those that answered within the sliding window (`timeout` at most, and
-    /// [`DISCOVERY_IDLE`] after the last reply) when it closes, and how many they were is
-    /// returned; those routed later as they come, until [`DISCOVERY_LATE`] passes without one
-    /// (see [`collect_discovery`]). Replies from servers `wanted` does not want are only
-    /// counted.
+    /// `discovery` ping and hands each valid identity that answers to `found` as its reply is
+    /// routed, at most `max` of them, so the first servers start while the rest still answer.
+    /// Returns how many answered within the sliding window (`timeout` at most, and
+    /// [`DISCOVERY_IDLE`] after the last reply); those routed later are still handed on until
+    /// [`DISCOVERY_LATE`] passes without one (see [`collect_discovery`]). Replies from servers
+    /// `wanted` does not want are only counted.
     pub async fn discover(
         &self,
         agent: &str,
@@ -410,7 +410,6 @@ impl RpcClient {
         let collector = Discovered {
             found: Box::new(found),
             seen: std::collections::HashSet::new(),
-            window: Some(Vec::new()),
             max,
             metrics: self.metrics.clone(),
         };
@@ -434,8 +433,6 @@ struct Discovered {
     found: Box<dyn Fn(&str) + Send>,
     /// Identities seen, so a server answering twice is offered once; at most `max`.
     seen: std::collections::HashSet<String>,
-    /// Those seen while the window is open, offered together when it closes.
-    window: Option<Vec<String>>,
     max: usize,
     metrics: Arc<Metrics>,
 }
@@ -453,10 +450,9 @@ impl Discovered {
                 .with_label_values(&[self.metrics.site(), "discovery"])
                 .inc();
         } else if subject::is_valid_identity(&who) {
-            match &mut self.window {
-                Some(window) => window.push(who.clone()),
-                None => (self.found)(&who),
-            }
+            // at once: a member that held them until the window closed started its own
+            // servers seconds after the leader's offers had started everyone else's
+            (self.found)(&who);
             self.seen.insert(who);
         } else {
             self.metrics.bad_message("discovery_sender");
@@ -493,9 +489,6 @@ async fn collect_discovery(
         deadline = hard.min(tokio::time::Instant::now() + DISCOVERY_IDLE);
     }
     let answered = discovered.seen.len();
-    for who in discovered.window.take().unwrap_or_default() {
-        (discovered.found)(&who);
-    }
     tokio::spawn(async move {
         let _route = route;
         let hard = tokio::time::Instant::now() + DISCOVERY_LATE_MAX;
@@ -610,9 +603,9 @@ mod tests {
             .contains("choria_provisioner_bad_messages{kind=\"reply\",site=\"t\"} 4"));
     }
 
-    /// A discovery offers each server once, those in its window when it closes; what is
-    /// routed after that (a member short of CPU) is still offered until the route closes.
-    /// Replies of servers it does not want are counted, never decoded or offered.
+    /// A discovery offers each server once, as its reply is routed (the window still open);
+    /// what is routed after the window (a member short of CPU) is still offered until the
+    /// route closes. Replies of servers it does not want are counted, never decoded or offered.
     #[tokio::test(start_paused = true)]
     async fn discovery_takes_replies_routed_after_its_window() {
         let metrics = Arc::new(Metrics::new("t"));
@@ -639,7 +632,6 @@ mod tests {
                 move |who: &str| offered.lock().unwrap().push(who.to_string())
             }),
             seen: Default::default(),
-            window: Some(Vec::new()),
             max: 3,
             metrics: metrics.clone(),
         };
@@ -648,8 +640,21 @@ mod tests {
             let bytes = Reply::new(&req.envelope, who, b"pong").encode().unwrap();
             route_reply(&pending, &metrics, &subject, &bytes);
         };
+        let collecting = tokio::spawn({
+            let wanted = wanted.clone();
+            async move {
+                collect_discovery(route, rx, Duration::from_secs(2), &wanted, discovered).await
+            }
+        });
+        send("n1.example.net");
+        tokio::time::sleep(DISCOVERY_IDLE / 3).await;
+        assert!(!collecting.is_finished(), "the window is still open");
+        assert_eq!(
+            *offered.lock().unwrap(),
+            ["n1.example.net"],
+            "offered before the window closed"
+        );
         for who in [
-            "n1.example.net",
             "other1.example.net",
             "n1.example.net",
             "bad id",
@@ -658,8 +663,7 @@ mod tests {
         ] {
             send(who);
         }
-        let answered =
-            collect_discovery(route, rx, Duration::from_secs(2), &wanted, discovered).await;
+        let answered = collecting.await.unwrap();
         assert_eq!(wanted.passed(), 2);
         assert_eq!(
             answered, 2,
