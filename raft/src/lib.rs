@@ -33,6 +33,7 @@ pub mod replicated;
 pub mod snapshot;
 pub mod snapshot_file;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod types;
 

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::error::{InitializeError, RaftError};
-use openraft::storage::Adaptor;
 use openraft::{Config, SnapshotPolicy};
 use thiserror::Error;
 use tokio::sync::oneshot;
@@ -182,12 +181,12 @@ impl RaftMember {
             .with_source_ip(cfg.source_ip)
             .with_wire(store.wire());
         // a log on disk before anything (a bootstrap, a join) appends to it: a restart
-        let restarted = openraft::storage::RaftStorage::get_log_state(&mut store.clone())
-            .await
+        let restarted = store
+            .get_log_state()
             .map_err(|e| MemberError::Storage(e.to_string()))?
             .last_log_id
             .is_some();
-        let (log, sm) = Adaptor::new(store.clone());
+        let (log, sm) = crate::storage::split(store.clone());
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
             .map_err(|e| MemberError::Raft(e.to_string()))?;

@@ -1,4 +1,5 @@
 //! RocksDB storage of one member: the Raft log and vote, and the ledger state machine.
+//! openraft reaches it through the two halves of its storage API in [`crate::storage`].
 //!
 //! Column families:
 //! - `logs`: entries by big-endian index (so iteration is in log order), binary (entries an
@@ -36,9 +37,9 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
-use openraft::storage::{LogState, RaftLogReader, RaftSnapshotBuilder, RaftStorage, Snapshot};
+use openraft::storage::{LogState, RaftSnapshotBuilder, Snapshot};
 use openraft::{
-    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, SnapshotMeta, StorageError,
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
 use rocksdb::{
@@ -861,9 +862,11 @@ fn no_wal() -> WriteOptions {
     w
 }
 
-impl RaftLogReader<TypeConfig> for Arc<Store> {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
+impl Store {
+    /// The log entries of `range`: from memory while they are the ones appended last, else
+    /// from the stored log.
+    pub fn log_entries<RB: RangeBounds<u64> + Clone + Debug>(
+        &self,
         range: RB,
     ) -> StoreResult<Vec<Entry<TypeConfig>>> {
         if let Some(kept) = self.recent.lock().ok().and_then(|r| r.get(&range)) {
@@ -871,9 +874,7 @@ impl RaftLogReader<TypeConfig> for Arc<Store> {
         }
         self.read_log(&range)
     }
-}
 
-impl Store {
     /// The entries of `range` as the stored log holds them.
     fn read_log<RB: RangeBounds<u64>>(&self, range: &RB) -> StoreResult<Vec<Entry<TypeConfig>>> {
         let start = match range.start_bound() {
@@ -935,19 +936,19 @@ impl Store {
     }
 }
 
-impl RaftStorage<TypeConfig> for Arc<Store> {
-    type LogReader = Self;
-    type SnapshotBuilder = Self;
-
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
+/// What openraft's two storage halves ([`crate::storage`]) do, on the one store they share.
+impl Store {
+    /// Keeps `vote`, synced.
+    pub fn save_vote(&self, vote: &Vote<NodeId>) -> StoreResult<()> {
         self.put_json_synced(CF_META, KEY_VOTE, vote)
     }
 
-    async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
+    pub fn read_vote(&self) -> StoreResult<Option<Vote<NodeId>>> {
         self.get_json(CF_META, KEY_VOTE)
     }
 
-    async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
+    /// The last purged and the last stored log ids.
+    pub fn get_log_state(&self) -> StoreResult<LogState<TypeConfig>> {
         let purged: Option<LogId<NodeId>> = self.get_json(CF_META, KEY_PURGED)?;
         let last = match self
             .db
@@ -967,13 +968,10 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         })
     }
 
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn append_to_log<I>(&mut self, entries: I) -> StoreResult<()>
+    /// Appends `entries` to the log, synced, and keeps them in memory as the last appended.
+    pub fn append_to_log<I>(&self, entries: I) -> StoreResult<()>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry<TypeConfig>>,
     {
         let cf = self.cf(CF_LOGS)?;
         let mut written = Vec::new();
@@ -988,7 +986,8 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         Ok(())
     }
 
-    async fn delete_conflict_logs_since(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+    /// Deletes the log from `log_id` on (entries a new leader's log does not have).
+    pub fn delete_conflict_logs_since(&self, log_id: LogId<NodeId>) -> StoreResult<()> {
         self.change_recent(|r| r.truncated_from(log_id.index));
         let cf = self.cf(CF_LOGS)?;
         self.db
@@ -998,7 +997,8 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         self.db.flush_wal(true).map_err(logs_write)
     }
 
-    async fn purge_logs_upto(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
+    /// Deletes the log up to `log_id`, which a snapshot holds.
+    pub fn purge_logs_upto(&self, log_id: LogId<NodeId>) -> StoreResult<()> {
         self.change_recent(|r| r.purged_upto(log_id.index));
         self.put_json_synced(CF_META, KEY_PURGED, &log_id)?;
         let cf = self.cf(CF_LOGS)?;
@@ -1007,15 +1007,18 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
             .map_err(logs_write)
     }
 
-    async fn last_applied_state(
-        &mut self,
+    /// The last applied log id and membership.
+    pub async fn last_applied_state(
+        &self,
     ) -> StoreResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
         let sm = self.sm.read().await;
         Ok((sm.last_applied, sm.membership.clone()))
     }
 
-    async fn apply_to_state_machine(
-        &mut self,
+    /// Applies committed `entries` to the ledger and writes what they changed, with the last
+    /// applied log id, in one batch.
+    pub async fn apply_to_state_machine(
+        &self,
         entries: &[Entry<TypeConfig>],
     ) -> StoreResult<Vec<BatchResult>> {
         let mut sm = self.sm.write().await;
@@ -1143,18 +1146,16 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         }
         Ok(out)
     }
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<SnapshotFile>> {
+    /// A file to receive a snapshot into.
+    pub fn begin_receiving_snapshot(&self) -> StoreResult<Box<SnapshotFile>> {
         let dir = snapshot::path(&self.dir);
         let dir = dir.parent().unwrap_or(&self.dir);
         Ok(Box::new(SnapshotFile::incoming(dir).map_err(sm_write)?))
     }
 
-    async fn install_snapshot(
-        &mut self,
+    /// Keeps the snapshot `received` as the current one and replaces the ledger with it.
+    pub async fn install_snapshot(
+        self: &Arc<Self>,
         meta: &SnapshotMeta<NodeId, Member>,
         received: Box<SnapshotFile>,
     ) -> StoreResult<()> {
@@ -1210,7 +1211,8 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+    /// The snapshot built or installed last.
+    pub fn get_current_snapshot(&self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
         Ok(self.current_snapshot()?.map(|(meta, saved)| Snapshot {
             meta,
             snapshot: Box::new(self.snapshot_file(saved)),
@@ -1222,30 +1224,8 @@ impl RaftStorage<TypeConfig> for Arc<Store> {
 mod tests {
     use super::*;
     use crate::command::Command;
-    use openraft::storage::Adaptor;
-    use openraft::testing::{StoreBuilder, Suite};
     use openraft::{CommittedLeaderId, Membership};
     use std::collections::BTreeMap;
-
-    type LogStore = Adaptor<TypeConfig, Arc<Store>>;
-    type SmStore = Adaptor<TypeConfig, Arc<Store>>;
-
-    struct Builder;
-
-    impl StoreBuilder<TypeConfig, LogStore, SmStore, tempfile::TempDir> for Builder {
-        async fn build(&self) -> StoreResult<(tempfile::TempDir, LogStore, SmStore)> {
-            let dir = tempfile::tempdir().map_err(logs_write)?;
-            let store = Store::open(dir.path())?;
-            let (log, sm) = Adaptor::new(store);
-            Ok((dir, log, sm))
-        }
-    }
-
-    /// openraft's own conformance suite for storage implementations.
-    #[test]
-    fn openraft_storage_suite() {
-        Suite::test_all(Builder).unwrap();
-    }
 
     fn serial_count(l: &LedgerState) -> usize {
         let mut n = 0;
@@ -1299,7 +1279,7 @@ mod tests {
             at_ms: 2,
         };
         {
-            let mut store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path()).unwrap();
             let membership = Entry {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
                 payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1])], None)),
@@ -1307,7 +1287,6 @@ mod tests {
             let e2 = entry(2, vec![claim.clone(), issue.clone()]);
             store
                 .append_to_log(vec![membership.clone(), e2.clone()])
-                .await
                 .unwrap();
             let res = store
                 .apply_to_state_machine(&[membership, e2])
@@ -1332,13 +1311,13 @@ mod tests {
         }
         // the copy, opened as a store, is the ledger as it was
         {
-            let mut copied = Store::open(&copy.path().join("raft")).unwrap();
+            let copied = Store::open(&copy.path().join("raft")).unwrap();
             let (applied, _) = copied.last_applied_state().await.unwrap();
             assert_eq!(applied.map(|l| l.index), Some(3));
             assert_eq!(serial_count(&copied.state().await.ledger), 1);
-            assert_eq!(copied.try_get_log_entries(1..).await.unwrap().len(), 2);
+            assert_eq!(copied.log_entries(1..).unwrap().len(), 2);
         }
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let (applied, membership) = store.last_applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(3));
         assert!(membership.membership().voter_ids().any(|id| id == 1));
@@ -1347,7 +1326,7 @@ mod tests {
         assert_eq!(rec.credential.as_ref().unwrap().serial, "0a");
         assert_eq!(serial_count(&sm.ledger), 1);
         drop(sm);
-        let logs = store.try_get_log_entries(1..).await.unwrap();
+        let logs = store.log_entries(1..).unwrap();
         assert_eq!(logs.len(), 2);
     }
 
@@ -1364,7 +1343,7 @@ mod tests {
             at_ms: 1,
         };
         {
-            let mut store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path()).unwrap();
             let e1 = entry(
                 1,
                 vec![
@@ -1376,11 +1355,11 @@ mod tests {
                     enroll("n1", 2),
                 ],
             );
-            store.append_to_log(vec![e1.clone()]).await.unwrap();
+            store.append_to_log(vec![e1.clone()]).unwrap();
             let res = store.apply_to_state_machine(&[e1]).await.unwrap();
             assert_eq!(res[0].results, vec![Applied::Ok; 3]);
         }
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let sm = store.state().await;
         let rec = sm.ledger.record("n1").unwrap();
         assert_eq!(rec.state, crate::state::EnrollState::Enrolled);
@@ -1424,7 +1403,7 @@ mod tests {
     async fn a_serial_in_the_memtable_is_refused_to_another_server() {
         use crate::state::EnrollState;
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let rules = Command::SetRules {
             rules: crate::state::ENROLL_RULES,
             at_ms: 0,
@@ -1464,7 +1443,7 @@ mod tests {
     #[tokio::test]
     async fn json_entries_of_an_earlier_build_read_next_to_binary_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let old = entry(1, vec![Command::Rebalance { at_ms: 1 }]);
         store
             .db
@@ -1475,18 +1454,15 @@ mod tests {
             )
             .unwrap();
         let new = entry(2, vec![Command::Rebalance { at_ms: 2 }]);
-        store.append_to_log(vec![new.clone()]).await.unwrap();
+        store.append_to_log(vec![new.clone()]).unwrap();
         let raw = store
             .db
             .get_cf(store.cf(CF_LOGS).unwrap(), index_key(2))
             .unwrap()
             .unwrap();
         assert!(codec::is_binary(&raw));
-        assert_eq!(
-            store.try_get_log_entries(1..).await.unwrap(),
-            vec![old, new]
-        );
-        let state = store.get_log_state().await.unwrap();
+        assert_eq!(store.log_entries(1..).unwrap(), vec![old, new]);
+        let state = store.get_log_state().unwrap();
         assert_eq!(state.last_log_id.map(|l| l.index), Some(2));
     }
 
@@ -1495,17 +1471,16 @@ mod tests {
     #[tokio::test]
     async fn entries_kept_in_memory_are_what_the_log_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let cmd = |i| vec![Command::Rebalance { at_ms: i }];
         store
             .append_to_log((1..=6).map(|i| entry(i, cmd(i))).collect::<Vec<_>>())
-            .await
             .unwrap();
         let same = |store: &Arc<Store>, range: std::ops::Range<u64>| {
-            let mut reader = store.clone();
+            let reader = store.clone();
             let stored = store.read_log(&range).unwrap();
             async move {
-                let got = reader.try_get_log_entries(range.clone()).await.unwrap();
+                let got = reader.log_entries(range.clone()).unwrap();
                 assert_eq!(got, stored, "{range:?}");
                 got.len()
             }
@@ -1515,18 +1490,16 @@ mod tests {
         // a new leader's entry 5 replaces entries 5 and 6
         store
             .delete_conflict_logs_since(LogId::new(CommittedLeaderId::new(1, 1), 5))
-            .await
             .unwrap();
         let mut other = entry(5, cmd(50));
         other.log_id = LogId::new(CommittedLeaderId::new(2, 2), 5);
-        store.append_to_log(vec![other.clone()]).await.unwrap();
+        store.append_to_log(vec![other.clone()]).unwrap();
         assert_eq!(same(&store, 4..6).await, 2);
-        let mut reader = store.clone();
-        assert_eq!(reader.try_get_log_entries(5..6).await.unwrap(), vec![other]);
+        let reader = store.clone();
+        assert_eq!(reader.log_entries(5..6).unwrap(), vec![other]);
         assert_eq!(same(&store, 1..7).await, 5);
         store
             .purge_logs_upto(LogId::new(CommittedLeaderId::new(1, 1), 2))
-            .await
             .unwrap();
         assert_eq!(same(&store, 1..6).await, 3);
         assert_eq!(same(&store, 3..6).await, 3);
@@ -1568,7 +1541,7 @@ mod tests {
 
     /// A store whose ledger applies `rules` with two claims (n1, n2) and a serial, applied.
     async fn two_claims(dir: &Path, rules: u32) -> Arc<Store> {
-        let mut store = Store::open(dir).unwrap();
+        let store = Store::open(dir).unwrap();
         let entries = vec![
             entry(
                 1,
@@ -1589,7 +1562,7 @@ mod tests {
                 ],
             ),
         ];
-        store.append_to_log(entries.clone()).await.unwrap();
+        store.append_to_log(entries.clone()).unwrap();
         store.apply_to_state_machine(&entries).await.unwrap();
         store
     }
@@ -1612,7 +1585,7 @@ mod tests {
                 ("built", 2, 2)
             );
             let other = tempfile::tempdir().unwrap();
-            let mut empty = Store::open(other.path()).unwrap();
+            let empty = Store::open(other.path()).unwrap();
             let incoming = received(other.path(), &data).await;
             empty.install_snapshot(&meta, incoming).await.unwrap();
             let (a, b) = (store.state().await, empty.state().await);
@@ -1623,8 +1596,8 @@ mod tests {
             drop((a, b));
             // the installed snapshot is the new member's own current one, across a restart
             drop(empty);
-            let mut again = Store::open(other.path()).unwrap();
-            let current = again.get_current_snapshot().await.unwrap().unwrap();
+            let again = Store::open(other.path()).unwrap();
+            let current = again.get_current_snapshot().unwrap().unwrap();
             assert_eq!(current.meta, meta);
             assert_eq!(bytes_of(current).await, data);
             assert_eq!(
@@ -1641,9 +1614,9 @@ mod tests {
     #[tokio::test]
     async fn the_kept_digest_and_counts_are_read_back_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = two_claims(dir.path(), 4).await;
+        let store = two_claims(dir.path(), 4).await;
         let more = vec![entry(3, vec![claim("n3", 3)])];
-        store.append_to_log(more.clone()).await.unwrap();
+        store.append_to_log(more.clone()).unwrap();
         store.apply_to_state_machine(&more).await.unwrap();
         let want = store.state().await.ledger.digest();
         let counts = store.state().await.ledger.counts("a");
@@ -1699,7 +1672,7 @@ mod tests {
         use crate::command::ReleaseOutcome;
         use crate::state::EnrollState;
         let dir = tempfile::tempdir().unwrap();
-        let mut store = two_claims(dir.path(), 4).await;
+        let store = two_claims(dir.path(), 4).await;
         let release = |id: &str, at_ms| Command::Release {
             identity: id.into(),
             member: "a".into(),
@@ -1766,14 +1739,14 @@ mod tests {
     async fn records_are_read_in_place_and_a_damaged_one_stops_apply() {
         let dir = tempfile::tempdir().unwrap();
         let n = 3 * INSTALL_BATCH + 7;
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let cmds = (0..n).map(|i| claim(&format!("n{i:05}"), 1)).collect();
         let entries = vec![entry(1, cmds)];
-        store.append_to_log(entries.clone()).await.unwrap();
+        store.append_to_log(entries.clone()).unwrap();
         store.apply_to_state_machine(&entries).await.unwrap();
         let want = store.state().await.ledger.digest();
         drop(store);
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         {
             let sm = store.state().await;
             assert_eq!(sm.ledger.len(), n);
@@ -1819,8 +1792,8 @@ mod tests {
         std::fs::remove_file(snapshot::path(dir.path())).unwrap();
         store.put_json_synced(CF_META, KEY_SNAPSHOT, &old).unwrap();
         drop(store);
-        let mut store = Store::open(dir.path()).unwrap();
-        let current = store.get_current_snapshot().await.unwrap().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let current = store.get_current_snapshot().unwrap().unwrap();
         assert_eq!(current.meta, old.meta);
         assert_eq!(bytes_of(current).await, old.data);
         assert!(store
@@ -1850,13 +1823,13 @@ mod tests {
                 )
                 .unwrap();
         }
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let (applied, _) = store.last_applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(2));
         assert!(store.state().await.ledger.record("n2").is_some());
         drop(store);
         // and it was written back: the next start reads it from the state machine itself
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         assert!(store.state().await.ledger.record("n2").is_some());
         assert_eq!(
             store.last_applied_state().await.unwrap().0.map(|l| l.index),
@@ -1869,7 +1842,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_changes_nothing_in_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let claim = |id: &str, at_ms| Command::Claim {
             identity: id.into(),
             member: "a".into(),
@@ -1931,7 +1904,7 @@ mod tests {
     #[tokio::test]
     async fn a_removed_member_proposes_nothing_and_is_no_longer_live() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
         let beat = |member: &str, at_ms| Command::Heartbeat {
             member: member.into(),
             at_ms,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftStorage};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use proto::v1::{Filter, Insecure, Reply, Request};
 use raft::command::Command;
 use raft::types::{Batch, TypeConfig};
@@ -255,7 +255,7 @@ fn store_at_current_rules(
     rt: &tokio::runtime::Runtime,
 ) -> (tempfile::TempDir, Arc<raft::store::Store>) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let mut store = raft::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store: {e}"));
+    let store = raft::store::Store::open(dir.path()).unwrap_or_else(|e| panic!("store: {e}"));
     let rules = entry(
         1,
         vec![Command::SetRules {
@@ -271,7 +271,7 @@ fn store_at_current_rules(
 
 fn state_machine(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let (_dir, mut store) = store_at_current_rules(&rt);
+    let (_dir, store) = store_at_current_rules(&rt);
     let mut g = c.benchmark_group("state machine");
     // 64 servers' commands in one entry, as a busy leader batches them
     const SERVERS: usize = 64;
@@ -390,7 +390,7 @@ fn state_machine(c: &mut Criterion) {
 /// come on top.
 fn replica(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
-    let (_dir, mut store) = store_at_current_rules(&rt);
+    let (_dir, store) = store_at_current_rules(&rt);
     // about what one entry carried in the capped 5-member runs (7,500 servers, 81-90 entries)
     const SERVERS: usize = 90;
     let mut g = c.benchmark_group("replica");
@@ -419,7 +419,7 @@ fn replica(c: &mut Criterion) {
                     let req: openraft::raft::AppendEntriesRequest<TypeConfig> =
                         raft::codec::decode(&bytes).unwrap_or_else(|e| panic!("decode: {e}"));
                     rt.block_on(async {
-                        store.append_to_log(req.entries.clone()).await.is_ok()
+                        store.append_to_log(req.entries.clone()).is_ok()
                             && store.apply_to_state_machine(&req.entries).await.is_ok()
                     })
                 },
