@@ -738,14 +738,23 @@ pub struct ProvisionerProcess {
     data_tmpfs: Option<String>,
 }
 
-impl ProvisionerProcess {
-    pub fn start(
+/// A provisioner's configuration written to a file in its test directory.
+pub struct WrittenConfig {
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub monitor_port: u16,
+}
+
+impl WrittenConfig {
+    /// Writes the configuration of a provisioner with `opts` (on a free monitor port) to
+    /// `<identity>.yaml` in `dir`, without starting it.
+    pub fn write(
         dir: &Path,
         nats: &Nats,
         ca: &(PathBuf, PathBuf),
         jwt_signer_pub: &Path,
         opts: &ProvisionerOptions,
-    ) -> ProvisionerProcess {
+    ) -> WrittenConfig {
         let monitor_port = free_port();
         let config = dir.join(format!("{}.yaml", opts.identity));
         let data_dir = dir.join(format!("{}-data", opts.identity));
@@ -811,6 +820,27 @@ nats:
             )
             + &opts.extra_yaml;
         std::fs::write(&config, text).expect("write provisioner config");
+        WrittenConfig {
+            config,
+            data_dir,
+            monitor_port,
+        }
+    }
+}
+
+impl ProvisionerProcess {
+    pub fn start(
+        dir: &Path,
+        nats: &Nats,
+        ca: &(PathBuf, PathBuf),
+        jwt_signer_pub: &Path,
+        opts: &ProvisionerOptions,
+    ) -> ProvisionerProcess {
+        let WrittenConfig {
+            config,
+            data_dir,
+            monitor_port,
+        } = WrittenConfig::write(dir, nats, ca, jwt_signer_pub, opts);
         if opts.data_tmpfs.is_some() {
             std::fs::create_dir_all(&data_dir).expect("data dir");
         }

@@ -202,6 +202,9 @@ struct RawConfig {
     lifecycle_component: String,
     #[serde(default)]
     leader_election: bool,
+    /// Upstream's helm chart names the election; there is none to name here.
+    #[serde(default)]
+    leader_election_name: Option<String>,
     #[serde(default)]
     upgrades_repository: String,
     #[serde(default)]
@@ -564,6 +567,12 @@ impl Config {
                     .into(),
             );
         }
+        if raw.leader_election_name.is_some() {
+            warnings.push(
+                "leader_election_name is ignored: every cluster member is active and work is sharded"
+                    .into(),
+            );
+        }
         if raw.cluster.is_none() && raw.data_dir.is_none() {
             warnings.push(
                 "no data_dir: the ledger is kept in memory only, and a restart forgets every enrollment and revocation"
@@ -806,13 +815,17 @@ nats:
     #[test]
     fn upstream_file_is_accepted() {
         let text = format!(
-            "{MINIMAL}\nworkers: 4\ninterval: 5m\nlogfile: /dev/stderr\nloglevel: debug\ntoken: t\nsite: lon\nmonitor_port: 9999\ncert_deny_list: ['/\\.bad$/']\njwt_verify_cert: /etc/x.pem\njwt_signing_key: k\njwt_signing_token: t\nserver_jwt_validity: 30d\nlifecycle_component: prov\nleader_election: true\nupgrades_repository: https://repo\nupgrades_optional: true\nfeatures: {{pki: true, jwt: true, upgrades: true}}\n"
+            "{MINIMAL}\nworkers: 4\ninterval: 5m\nlogfile: /dev/stderr\nloglevel: debug\ntoken: t\nsite: lon\nmonitor_port: 9999\ncert_deny_list: ['/\\.bad$/']\njwt_verify_cert: /etc/x.pem\njwt_signing_key: k\njwt_signing_token: t\nserver_jwt_validity: 30d\nlifecycle_component: prov\nleader_election: true\nleader_election_name: provisioner\nupgrades_repository: https://repo\nupgrades_optional: true\nfeatures: {{pki: true, jwt: true, upgrades: true}}\n"
         );
         let c = parse(&text).unwrap();
         assert_eq!(c.workers, 4);
         assert_eq!(c.interval, Duration::from_secs(300));
         assert!(c.cert_deny_list[0].is_match("x.bad"));
-        assert!(c.warnings.iter().any(|w| w.contains("leader_election")));
+        assert!(c.warnings.iter().any(|w| w.contains("leader_election ")));
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("leader_election_name")));
         assert_eq!(c.server_jwt_validity, Duration::from_secs(30 * 86400));
     }
 

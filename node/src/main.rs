@@ -32,6 +32,9 @@ enum Cmd {
         /// Configuration file (upstream choria-provisioner.yaml keys plus our sections)
         #[arg(long, short, env = "PROVISIONER_CONFIG")]
         config: PathBuf,
+        /// Write the process id to this file while running (as upstream's --pid)
+        #[arg(long, value_name = "FILE")]
+        pid: Option<PathBuf>,
     },
     /// Manage the built-in certificate authority
     Ca {
@@ -222,7 +225,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Run { config } => run(config),
+        Cmd::Run { config, pid } => run(config, pid),
     }
 }
 
@@ -321,7 +324,7 @@ fn summary(c: &Config) -> String {
     format!("{role}, {enrollment}, {logic}")
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, pid: Option<PathBuf>) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -329,6 +332,19 @@ fn run(path: PathBuf) -> ExitCode {
                 eprintln!("configuration error: {p}");
             }
             return ExitCode::from(2);
+        }
+    };
+    // written before the first log line; removed when this function returns, whichever way the provisioner stops
+    let _pid = match pid
+        .as_deref()
+        .map(node::pidfile::PidFile::write)
+        .transpose()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let file = pid.as_deref().unwrap_or(std::path::Path::new("")).display();
+            eprintln!("--pid {file}: {e}");
+            return ExitCode::FAILURE;
         }
     };
     if let Err(e) = node::logging::init(

@@ -1,10 +1,12 @@
-//! Durations as upstream's configuration writes them (`10s`, `1h30m`, `365d`), capped so that
-//! arithmetic on them (`heartbeat * 3`, expiry times) cannot overflow.
+//! Durations as upstream's configuration writes them (`10s`, `1h30m`, `365d`, `1W`, `6M`), capped
+//! so that arithmetic on them (`heartbeat * 3`, expiry times) cannot overflow.
 
 use std::time::Duration;
 
 /// Parses durations as upstream writes them: a number and a unit, `500ms`, `10s`, `5m`,
-/// `1h`, `1d`, `1w`, `1y`; several may be chained (`1h30m`).
+/// `1h`, `1d`, `1w`, `1y`; several may be chained (`1h30m`). As go-choria's `ParseDuration`
+/// does, `D`, `W`, `Y`, `H` and `S` are taken for their lower-case units and `M` is a month
+/// of 30 days (`m` stays minutes).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -28,13 +30,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "ms" => n / 1000.0,
-            "s" => n,
+            "s" | "S" => n,
             "m" => n * 60.0,
-            "h" => n * 3600.0,
-            "d" => n * 86400.0,
-            "w" => n * 7.0 * 86400.0,
-            "y" => n * 365.0 * 86400.0,
-            "" => return Err(format!("{s:?} needs a unit (ms, s, m, h, d, w, y)")),
+            "h" | "H" => n * 3600.0,
+            "d" | "D" => n * 86400.0,
+            "w" | "W" => n * 7.0 * 86400.0,
+            "M" => n * 30.0 * 86400.0,
+            "y" | "Y" => n * 365.0 * 86400.0,
+            "" => return Err(format!("{s:?} needs a unit (ms, s, m, h, d, w, M, y)")),
             u => return Err(format!("{s:?}: unknown unit {u:?}")),
         };
         // the fuzzer found that an overlong number panicked here
@@ -67,6 +70,19 @@ mod tests {
             Duration::from_secs(365 * 86400)
         );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        // upstream's upper-case units, as its helm chart and docs write them
+        let day = 86400;
+        for (s, secs) in [
+            ("1D", day),
+            ("2W", 14 * day),
+            ("6M", 180 * day),
+            ("1Y", 365 * day),
+            ("2H", 7200),
+            ("30S", 30),
+            ("1M1m", 30 * day + 60),
+        ] {
+            assert_eq!(parse_duration(s).unwrap(), Duration::from_secs(secs), "{s}");
+        }
         // the overlong ones come from the config fuzz target: they panicked before
         let overlong = format!("{}w", "8".repeat(37));
         let endless = format!("{}s", "9".repeat(400));
@@ -76,6 +92,8 @@ mod tests {
             "10",
             "s",
             "1x",
+            "1MS",
+            "1d ay",
             "-1s",
             "1.2.3s",
             "101y",

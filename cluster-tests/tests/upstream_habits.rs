@@ -1,0 +1,175 @@
+//! What an operator coming from upstream choria-provisioner writes and expects: its helm
+//! chart's keys and duration units, `logfile: /dev/stdout` under a journal, `run --pid`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a panic is a failed test"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster_tests::{bin, init_ca, Nats, ProvisionerOptions, WrittenConfig};
+
+fn config_check(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin("provisioner"))
+        .args(["config", "check", "--no-files"])
+        .arg(file)
+        .output()
+        .expect("run provisioner config check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn an_upstream_helm_chart_configuration_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("choria-provisioner.yaml");
+    // the keys and spellings of upstream's helm chart and docs
+    std::fs::write(
+        &file,
+        "helper: /etc/choria-provisioner/helper.rb\n\
+         broker_provisioning_password: s3cret\n\
+         nats: {servers: [nats://broker.example.net:4222]}\n\
+         logfile: /dev/stdout\n\
+         loglevel: info\n\
+         leader_election: true\n\
+         leader_election_name: choria-provisioner\n\
+         interval: 1m\n\
+         server_jwt_validity: 1Y\n\
+         site: lon\n\
+         monitor_port: 8080\n\
+         data_dir: /var/lib/choria-provisioner\n\
+         ca: {cert: /etc/ca.pem, key: /etc/ca.key, validity: 6M}\n",
+    )
+    .expect("write");
+    let (code, out) = config_check(&file);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("leader_election_name is ignored"), "{out}");
+    // a unit that is not one is still refused, by name
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, text.replace("validity: 6M", "validity: 6Q")).expect("write");
+    let (code, out) = config_check(&file);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("ca.validity"), "{out}");
+}
+
+/// Under systemd stdout is a socket to the journal, which cannot be opened by its path: the
+/// provisioner must write to the stream it was given.
+#[test]
+fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let nats = Nats::start(d);
+    let ca = init_ca(d);
+    let opts = ProvisionerOptions {
+        memory_ledger: true,
+        extra_yaml: "\nlogfile: /dev/stdout\nleader_election_name: choria-provisioner\n".into(),
+        ..Default::default()
+    };
+    // no fleet comes: any ed25519 key will do as the provisioning JWT signer's
+    let signer_pub = d.join("jwt-signer.pem");
+    std::fs::write(&signer_pub, ed25519_public_pem()).expect("write the signer key");
+    let written = WrittenConfig::write(d, &nats, &ca, &signer_pub, &opts);
+    let (ours, theirs) = UnixStream::pair().expect("socket pair");
+    let pid_file = d.join("choria-provisioner.pid");
+    let mut child = Command::new(bin("provisioner"))
+        .arg("run")
+        .arg("--config")
+        .arg(&written.config)
+        .arg("--pid")
+        .arg(&pid_file)
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start provisioner");
+
+    ours.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut lines = BufReader::new(ours.try_clone().expect("clone")).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let warned = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("leader_election_name is ignored") => break true,
+            Some(Ok(line)) => seen.push(line),
+            _ => break false,
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    if !warned {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        panic!(
+            "no warning on the stdout socket; it had {seen:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let held = std::fs::read_to_string(&pid_file).expect("pid file while running");
+    assert_eq!(held.trim(), child.id().to_string());
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "{status:?}: {stderr} {rest:?}");
+    assert!(!pid_file.exists(), "the pid file outlived the process");
+    // the shutdown was logged to the same stream
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+fn ed25519_public_pem() -> String {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let der = key
+        .verifying_key()
+        .to_public_key_der()
+        .expect("encode the public key");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_bytes());
+    let body: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ascii"))
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        body.join("\n")
+    )
+}
+
+#[test]
+fn no_subcommand_prints_help_and_exits_2() {
+    let out = Command::new(bin("provisioner"))
+        .output()
+        .expect("run provisioner");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Usage: provisioner <COMMAND>"), "{err}");
+    assert!(err.contains("run "), "{err}");
+}
