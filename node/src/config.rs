@@ -35,7 +35,7 @@ pub enum ConfigError {
     Parse {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
@@ -402,12 +402,12 @@ impl Config {
         path: &Path,
         identity: Option<&str>,
     ) -> Result<Config, ConfigError> {
-        let mut value: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut value: yaml_serde::Value =
+            yaml_serde::from_str(text).map_err(|source| ConfigError::Parse {
                 path: path.to_path_buf(),
                 source,
             })?;
-        if let (Some(id), serde_yaml::Value::Mapping(m)) = (identity, &mut value) {
+        if let (Some(id), yaml_serde::Value::Mapping(m)) = (identity, &mut value) {
             m.insert("identity".into(), id.into());
         }
         let mut p = Problems::default();

@@ -362,7 +362,7 @@ async fn connect(a: &AdminArgs) -> Result<AdminClient<Channel>, Failure> {
 fn read_client_file(p: &Path) -> Result<ClientFile, Failure> {
     let bad = |e: String| Failure::new(Exit::Usage, format!("{}: {e}", p.display()));
     let text = std::fs::read_to_string(p).map_err(|e| bad(e.to_string()))?;
-    serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))
+    yaml_serde::from_str(&text).map_err(|e| bad(e.to_string()))
 }
 
 fn default_client_file() -> Option<PathBuf> {

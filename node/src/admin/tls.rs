@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -37,7 +38,7 @@ fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         reason,
     };
     let data = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut data.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(e.to_string()))?;
     if certs.is_empty() {
@@ -52,9 +53,10 @@ fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         reason,
     };
     let data = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| file_err(e.to_string()))?
-        .ok_or_else(|| file_err("no private key in the file".into()))
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| match e {
+        pem::Error::NoItemsFound => file_err("no private key in the file".into()),
+        e => file_err(e.to_string()),
+    })
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -59,7 +59,7 @@ impl Problems {
 /// again without it, so every bad key is found in one pass. Errors only when nothing is left
 /// to drop (the file is not a mapping at all).
 pub(crate) fn read_all<T: DeserializeOwned>(
-    mut value: serde_yaml::Value,
+    mut value: yaml_serde::Value,
     problems: &mut Problems,
 ) -> Option<T> {
     // each round drops one key, so this ends; the bound keeps a pathological file cheap
@@ -105,15 +105,15 @@ fn describe(msg: &str) -> String {
 }
 
 /// Removes the value at `path`; false when the path is not there.
-fn drop_path(value: &mut serde_yaml::Value, path: &[Segment]) -> bool {
+fn drop_path(value: &mut yaml_serde::Value, path: &[Segment]) -> bool {
     let Some((last, parents)) = path.split_last() else {
         return false;
     };
     let mut at = value;
     for seg in parents {
         let next = match (seg, at) {
-            (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.get_mut(key.as_str()),
-            (Segment::Seq { index }, serde_yaml::Value::Sequence(s)) => s.get_mut(*index),
+            (Segment::Map { key }, yaml_serde::Value::Mapping(m)) => m.get_mut(key.as_str()),
+            (Segment::Seq { index }, yaml_serde::Value::Sequence(s)) => s.get_mut(*index),
             _ => None,
         };
         match next {
@@ -122,8 +122,8 @@ fn drop_path(value: &mut serde_yaml::Value, path: &[Segment]) -> bool {
         }
     }
     match (last, at) {
-        (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
-        (Segment::Seq { index }, serde_yaml::Value::Sequence(s)) if *index < s.len() => {
+        (Segment::Map { key }, yaml_serde::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        (Segment::Seq { index }, yaml_serde::Value::Sequence(s)) if *index < s.len() => {
             s.remove(*index);
             true
         }
