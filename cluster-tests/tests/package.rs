@@ -86,6 +86,7 @@ fn the_debian_package_builds_and_holds_a_working_installation() {
     let contents = text(&run(Command::new("dpkg-deb").args(["--contents", &deb])));
     for want in [
         "./usr/bin/provisioner",
+        "./usr/bin/choria-provisioner -> provisioner",
         "./usr/lib/systemd/system/choria-provisioner.service",
         "./etc/choria-provisioner/provisioner.yaml",
         "deploy/config/cluster-3-x509.yaml",
@@ -107,6 +108,10 @@ fn the_debian_package_builds_and_holds_a_working_installation() {
     run(Command::new("dpkg-deb").args(["-x", &deb]).arg(&root));
     let provisioner = root.join("usr/bin/provisioner");
     let version = text(&run(Command::new(&provisioner).arg("--version")));
+    assert!(version.starts_with("provisioner "), "{version}");
+    // upstream's name for it runs it too
+    let upstream_name = root.join("usr/bin/choria-provisioner");
+    let version = text(&run(Command::new(&upstream_name).arg("--version")));
     assert!(version.starts_with("provisioner "), "{version}");
     let deploy = root.join("usr/share/doc/choria-provisioner-rs/deploy");
     let doc = deploy.join("config");

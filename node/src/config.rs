@@ -15,6 +15,7 @@ mod admin;
 mod check;
 mod cluster;
 mod duration;
+pub mod location;
 
 use admin::check_admin;
 pub use admin::{Admin, AdminSection, AdminTlsSection, ReprovisionSection};

@@ -29,9 +29,11 @@ struct Cli {
 enum Cmd {
     /// Run the provisioner
     Run {
-        /// Configuration file (upstream choria-provisioner.yaml keys plus our sections)
+        /// Configuration file (upstream choria-provisioner.yaml keys plus our sections);
+        /// default /etc/choria-provisioner/provisioner.yaml, or upstream's
+        /// choria-provisioner.yaml there
         #[arg(long, short, env = "PROVISIONER_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Write the process id to this file while running (as upstream's --pid)
         #[arg(long, value_name = "FILE")]
         pid: Option<PathBuf>,
@@ -60,8 +62,8 @@ enum ConfigCmd {
     /// Check a configuration and the files it names; print every problem at once. Exits 0
     /// when it would start, 2 when not
     Check {
-        /// Configuration file
-        file: PathBuf,
+        /// Configuration file; default as for `run`
+        file: Option<PathBuf>,
         /// Only check the file itself, not the files it names (when checking it away from the
         /// host it is for)
         #[arg(long)]
@@ -193,7 +195,15 @@ fn main() -> ExitCode {
                     no_files,
                     identity,
                 },
-        } => check_config(&file, identity.as_deref(), !no_files),
+        } => match node::config::location::given_or_default(file) {
+            Ok(found) => {
+                if let Some(other) = &found.not_read {
+                    println!("note: {} is not read", other.display());
+                }
+                check_config(&found.path, identity.as_deref(), !no_files)
+            }
+            Err(e) => usage(&e.to_string()),
+        },
         Cmd::Ca {
             command: CaCmd::Issuer { dir },
         } => match node::orgissuer::init_issuer(&dir) {
@@ -324,7 +334,11 @@ fn summary(c: &Config) -> String {
     format!("{role}, {enrollment}, {logic}")
 }
 
-fn run(path: PathBuf, pid: Option<PathBuf>) -> ExitCode {
+fn run(path: Option<PathBuf>, pid: Option<PathBuf>) -> ExitCode {
+    let (path, not_read) = match node::config::location::given_or_default(path) {
+        Ok(found) => (found.path, found.not_read),
+        Err(e) => return usage(&e.to_string()),
+    };
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -357,6 +371,9 @@ fn run(path: PathBuf, pid: Option<PathBuf>) -> ExitCode {
     }
     for w in &config.warnings {
         tracing::warn!("{w}");
+    }
+    if let Some(other) = not_read {
+        tracing::info!(config = %path.display(), "{} is not read", other.display());
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
