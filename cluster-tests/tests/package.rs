@@ -87,6 +87,9 @@ fn the_debian_package_builds_and_holds_a_working_installation() {
     for want in [
         "./usr/bin/provisioner",
         "./usr/bin/choria-provisioner -> provisioner",
+        "./usr/share/man/man1/provisioner.1.gz",
+        "./usr/share/man/man1/provisioner-run.1.gz",
+        "./usr/share/man/man1/choria-provisioner.1.gz -> provisioner.1.gz",
         "./usr/lib/systemd/system/choria-provisioner.service",
         "./etc/choria-provisioner/provisioner.yaml",
         "deploy/config/cluster-3-x509.yaml",

@@ -173,3 +173,41 @@ fn no_subcommand_prints_help_and_exits_2() {
     assert!(err.contains("Usage: provisioner <COMMAND>"), "{err}");
     assert!(err.contains("run "), "{err}");
 }
+
+/// The pages in deploy/man (which the package installs) are what this build's `provisioner man`
+/// writes: a changed option shows up here until they are made again.
+#[test]
+fn the_packaged_man_pages_are_the_binarys_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(bin("provisioner"))
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run provisioner man");
+    assert!(out.status.success(), "{out:?}");
+    let read = |d: &std::path::Path| -> std::collections::BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(d)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "1"))
+            .map(|p| {
+                let name = p.file_name().expect("name").to_string_lossy().to_string();
+                (name, std::fs::read(&p).expect("read page"))
+            })
+            .collect()
+    };
+    let made = read(dir.path());
+    let committed = read(&cluster_tests::repo_root().join("deploy/man"));
+    assert!(made.contains_key("provisioner-run.1"), "{:?}", made.keys());
+    assert_eq!(
+        made.keys().collect::<Vec<_>>(),
+        committed.keys().collect::<Vec<_>>(),
+        "run: provisioner man --dir deploy/man"
+    );
+    for (name, page) in &made {
+        assert!(
+            committed.get(name) == Some(page),
+            "{name} differs; run: provisioner man --dir deploy/man"
+        );
+    }
+}

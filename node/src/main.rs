@@ -55,6 +55,13 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages (roff), one per command, as the package installs them
+    #[command(hide = true)]
+    Man {
+        /// Directory to write them to
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -235,6 +242,18 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Cmd::Man { dir } => {
+            let mut cmd = Cli::command();
+            // names every subcommand `provisioner-<name>`, as the pages refer to each other
+            cmd.build();
+            match write_man_pages(&cmd, &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("man: {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config, pid } => run(config, pid),
     }
 }
@@ -257,6 +276,21 @@ fn issue(
         .and_then(|c| make(&c))
         .and_then(|(cert, key)| ca::write_member(out, name, &cert, &key));
     report(&format!("ca issue-{what}"), what, issued)
+}
+
+/// `cmd`'s page and those of its visible subcommands, `<name>.1` in `dir`.
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    let name = cmd.get_display_name().unwrap_or(cmd.get_name());
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    std::fs::write(dir.join(format!("{name}.1")), page)?;
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        write_man_pages(sub, dir)?;
+    }
+    Ok(())
 }
 
 fn usage(msg: &str) -> ExitCode {
