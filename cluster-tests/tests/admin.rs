@@ -316,6 +316,20 @@ fn admin_api_drives_a_three_member_cluster() {
     assert!(page2["records"][0]["identity"].as_str() > Some(token.as_str()));
     let one = op.json(&m1, &["ledger", "list", "--fact", "index=7"]);
     assert_eq!(one["matched"], 1);
+    // by expiry: the test CA issues certificates for 30 days
+    let soon = op.json(&m1, &["ledger", "list", "--expiring-within", "31d"]);
+    assert_eq!(soon["matched"], SERVERS as u64, "{soon}");
+    let none = op.json(&m1, &["ledger", "list", "--expiring-within", "29d"]);
+    assert_eq!(none["matched"], 0, "{none}");
+    let renew = op.json(
+        &m1,
+        &["reprovision", "--expiring-within", "1M", "--dry-run"],
+    );
+    assert_eq!(
+        renew["counts"],
+        serde_json::json!({"planned": SERVERS as u64}),
+        "{renew}"
+    );
     assert_eq!(one["records"][0]["identity"], "sim-00007.example.net");
     let shown = op.json(&m2, &["ledger", "show", "sim-00003.example.net"]);
     assert_eq!(shown["state"], "enrolled");

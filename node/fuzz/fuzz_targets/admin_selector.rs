@@ -1,5 +1,5 @@
-//! Any lines as the fields of an admin selector (identities, regex, facts, states), and the
-//! resulting selector run over a ledger record.
+//! Any lines as the fields of an admin selector (identities, regex, facts, states, expiry),
+//! and the resulting selector run over a ledger record.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         facts: list(field()),
         all: field() == "all",
         states: list(field()),
+        expiring_within_seconds: field().parse().unwrap_or(0),
     };
     if let Ok(s) = node::admin::select::Selector::parse(Some(selector), true) {
         let record: Result<raft::Record, _> = serde_json::from_value(serde_json::json!({

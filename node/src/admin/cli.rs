@@ -166,6 +166,10 @@ pub struct SelectArgs {
     /// Only records in this state (repeat)
     #[arg(long)]
     pub state: Vec<String>,
+    /// Only servers whose current credential expires within this long (30d, 2W): the ones
+    /// to renew before they break
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub expiring_within: Option<std::time::Duration>,
 }
 
 impl SelectArgs {
@@ -176,6 +180,7 @@ impl SelectArgs {
             facts: self.fact.clone(),
             all,
             states: self.state.clone(),
+            expiring_within_seconds: self.expiring_within.map_or(0, |d| d.as_secs().max(1)),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Choosing ledger records for admin calls (identities, a regular expression, facts, states)
-//! and turning records into their protobuf form.
+//! Choosing ledger records for admin calls (identities, a regular expression, facts, states,
+//! credentials expiring soon) and turning records into their protobuf form.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,13 +20,37 @@ pub struct Selector {
     facts: Vec<(String, String)>,
     all: bool,
     states: BTreeSet<EnrollState>,
+    /// Only records whose credential's `not_after` (Unix seconds) is at most this.
+    expiring_by: Option<i64>,
 }
+
+/// Longest `expiring_within_seconds` taken: a century, as for durations in configuration.
+const MAX_EXPIRING_WITHIN_S: u64 = 100 * 365 * 86400;
 
 impl Selector {
     /// Checks `s`; `INVALID_ARGUMENT` says what is wrong. With `require`, an empty selector is
     /// refused (an operator must say which servers, or `all`).
     pub fn parse(s: Option<pb::Selector>, require: bool) -> Result<Selector, Status> {
+        Self::parse_at(s, require, (crate::pipeline::now_ms() / 1000) as i64)
+    }
+
+    /// [`Selector::parse`] with "now" given (Unix seconds).
+    pub fn parse_at(
+        s: Option<pb::Selector>,
+        require: bool,
+        now_secs: i64,
+    ) -> Result<Selector, Status> {
         let s = s.unwrap_or_default();
+        let expiring_by = match s.expiring_within_seconds {
+            0 => None,
+            n if n > MAX_EXPIRING_WITHIN_S => {
+                return Err(Status::invalid_argument(
+                    "expiring_within_seconds is more than 100 years",
+                ))
+            }
+            // at most a century: no overflow
+            n => Some(now_secs.saturating_add(n as i64)),
+        };
         let regex = if s.identity_regex.is_empty() {
             None
         } else {
@@ -84,6 +108,7 @@ impl Selector {
             facts,
             all: s.all,
             states,
+            expiring_by,
         };
         if require && sel.is_empty() {
             return Err(Status::invalid_argument(
@@ -104,6 +129,7 @@ impl Selector {
             && self.facts.is_empty()
             && !self.all
             && self.states.is_empty()
+            && self.expiring_by.is_none()
     }
 
     /// The states asked for (any when empty).
@@ -113,7 +139,10 @@ impl Selector {
 
     /// Selects by state alone: every record in [`Selector::states`] matches.
     pub fn by_state_only(&self) -> bool {
-        self.identities.is_empty() && self.regex.is_none() && self.facts.is_empty()
+        self.identities.is_empty()
+            && self.regex.is_none()
+            && self.facts.is_empty()
+            && self.expiring_by.is_none()
     }
 
     /// Exact identities asked for.
@@ -137,6 +166,11 @@ impl Selector {
             .all(|(k, v)| r.facts.get(k).is_some_and(|have| have == v))
         {
             return false;
+        }
+        if let Some(by) = self.expiring_by {
+            if r.credential.as_ref().is_none_or(|c| c.not_after > by) {
+                return false;
+            }
         }
         self.states.is_empty() || self.states.contains(&r.state)
     }
@@ -311,6 +345,55 @@ mod tests {
             }),
             tonic::Code::InvalidArgument
         );
+    }
+
+    #[test]
+    fn expiring_within_selects_by_the_current_credentials_end() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let with_cert = |id: &str, not_after: i64| {
+            let mut r = rec(id, EnrollState::Enrolled, &[]);
+            r.credential = Some(raft::Credential {
+                serial: "01".into(),
+                fingerprint: "00".into(),
+                not_after,
+                issued_by: "prov1".into(),
+                issued_at_ms: 0,
+            });
+            r
+        };
+        let soon = with_cert("soon.example", now + 10 * day);
+        let later = with_cert("later.example", now + 60 * day);
+        let expired = with_cert("gone.example", now - day);
+        let none = rec("nocert.example", EnrollState::Enrolled, &[]);
+        let within = |days: u64| {
+            Selector::parse_at(
+                Some(pb::Selector {
+                    expiring_within_seconds: days * day as u64,
+                    ..Default::default()
+                }),
+                true,
+                now,
+            )
+            .unwrap()
+        };
+        let s = within(30);
+        assert!(s.matches(&soon) && s.matches(&expired));
+        assert!(!s.matches(&later) && !s.matches(&none));
+        assert!(!s.by_state_only());
+        // alone it says which servers; reprovisioning takes the running ones
+        assert!(s.matches_running(&soon));
+        let s = within(5);
+        assert!(!s.matches(&soon) && s.matches(&expired));
+        let too_long = Selector::parse_at(
+            Some(pb::Selector {
+                expiring_within_seconds: u64::MAX,
+                ..Default::default()
+            }),
+            true,
+            now,
+        );
+        assert_eq!(too_long.unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
     #[test]
