@@ -689,6 +689,8 @@ pub struct ProvisionerOptions {
     /// More keys of the `cluster` section (indented two spaces) of members started by
     /// [`start_members`].
     pub cluster_extra: String,
+    /// How long the certificates the provisioner issues are valid (`ca.validity`).
+    pub ca_validity: String,
 }
 
 impl Default for ProvisionerOptions {
@@ -714,6 +716,7 @@ impl Default for ProvisionerOptions {
             memory_ledger: false,
             data_tmpfs: None,
             cluster_extra: String::new(),
+            ca_validity: "30d".into(),
         }
     }
 }
@@ -786,7 +789,7 @@ nats:
 {nats_tls}ca:
   cert: {ca_cert}
   key: {ca_key}
-  validity: 30d
+  validity: {ca_validity}
 "#,
                 identity = opts.identity,
                 workers = opts.workers,
@@ -806,6 +809,7 @@ nats:
                     .unwrap_or_default(),
                 ca_cert = ca.0.display(),
                 ca_key = ca.1.display(),
+                ca_validity = opts.ca_validity,
                 features = match &opts.ed25519_issuer {
                     Some(seed) => format!(
                         "features:\n  ed25519: true\n  jwt: true\njwt_signing_key: {}",

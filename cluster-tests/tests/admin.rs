@@ -2,8 +2,9 @@
 //! operators), a real nats-server and a simulated fleet whose servers stay up after
 //! provisioning, so they can be reprovisioned: authentication, pause/resume, drain/undrain,
 //! reprovision by regex and by fact, ledger queries, revocation with the CRL, rebalance,
-//! membership changes with the quorum check, and a forced removal that waits for its quorum
-//! and leaves the removed (still running) member unable to write.
+//! membership changes with the quorum check, a forced removal that waits for its quorum
+//! and leaves the removed (still running) member unable to write, and certificates renewed by
+//! the cluster before they end.
 
 #![allow(
     clippy::unwrap_used,
@@ -45,12 +46,21 @@ fn start_member(
     all: &[ClusterMemberSpec],
     auto_join: bool,
 ) -> ProvisionerProcess {
+    let opts = member_options(site, spec, all, auto_join);
+    ProvisionerProcess::start(site.dir, site.nats, site.ca, site.signer, &opts)
+}
+
+fn member_options(
+    site: &Site,
+    spec: &ClusterMemberSpec,
+    all: &[ClusterMemberSpec],
+    auto_join: bool,
+) -> ProvisionerOptions {
     let Site {
         dir,
         nats,
-        ca,
-        signer,
         admin_ca,
+        ..
     } = *site;
     // provisioned servers live in the broker's choria account, as on a production broker
     let admin_extra = format!(
@@ -58,36 +68,30 @@ fn start_member(
         nats.url, nats.creds.choria
     );
     let tls_dir = cluster_pki(dir, all);
-    ProvisionerProcess::start(
-        dir,
-        nats,
-        ca,
-        signer,
-        &ProvisionerOptions {
-            identity: spec.name.clone(),
-            token: TOKEN.into(),
-            // a slow helper and few workers keep the run long enough to pause and drain it
-            workers: 2,
-            helper: format!(
-                "sh -c 'sleep 0.5; exec {} {}'",
-                cluster_tests::python(),
-                cluster_tests::repo_root()
-                    .join("deploy/examples/helper.py")
-                    .display()
-            ),
-            cluster: Some(ClusterOptions {
-                id: spec.id,
-                members: all.to_vec(),
-                claim_lease: "5s".into(),
-                tls_dir: Some(tls_dir),
-                admin_ca: Some(admin_ca.to_path_buf()),
-                auto_join,
-                admin_extra,
-                cluster_extra: String::new(),
-            }),
-            ..Default::default()
-        },
-    )
+    ProvisionerOptions {
+        identity: spec.name.clone(),
+        token: TOKEN.into(),
+        // a slow helper and few workers keep the run long enough to pause and drain it
+        workers: 2,
+        helper: format!(
+            "sh -c 'sleep 0.5; exec {} {}'",
+            cluster_tests::python(),
+            cluster_tests::repo_root()
+                .join("deploy/examples/helper.py")
+                .display()
+        ),
+        cluster: Some(ClusterOptions {
+            id: spec.id,
+            members: all.to_vec(),
+            claim_lease: "5s".into(),
+            tls_dir: Some(tls_dir),
+            admin_ca: Some(admin_ca.to_path_buf()),
+            auto_join,
+            admin_extra,
+            cluster_extra: String::new(),
+        }),
+        ..Default::default()
+    }
 }
 
 /// Every record of the ledger as `member` holds it (`admin ledger export`).
@@ -807,4 +811,142 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// With `renew_before`, the members reprovision servers whose certificates end within it, each
+/// the servers its shard gives it, and the servers come back with new certificates.
+#[test]
+fn the_cluster_renews_certificates_before_they_end() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const FLEET: usize = 30;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let nats = Nats::start(d);
+    let ca = init_ca(d);
+    let fleet = FleetProcess::start(
+        d,
+        &nats,
+        &ca.0,
+        &FleetOptions {
+            servers: FLEET,
+            token: TOKEN.into(),
+            timeout_secs: 600,
+            extra: vec![
+                "--stay".into(),
+                "--production-user".into(),
+                "choria".into(),
+                "--production-password".into(),
+                nats.creds.choria.clone(),
+            ],
+            ..Default::default()
+        },
+        false,
+    );
+    let specs = ClusterOptions::members(3);
+    let pki = cluster_pki(d, &specs);
+    let op = admin_pki(d, &pki, "ops-alice");
+    let site = Site {
+        dir: d,
+        nats: &nats,
+        ca: &ca,
+        signer: &fleet.signer_pub,
+        admin_ca: &op.admin_ca,
+    };
+    // certificates of 100 s, renewed once less than 70 s are left: 30 s after they are issued
+    let members: Vec<ProvisionerProcess> = specs
+        .iter()
+        .map(|s| {
+            let mut o = member_options(&site, s, &specs, true);
+            o.ca_validity = "100s".into();
+            if let Some(c) = o.cluster.as_mut() {
+                c.admin_extra
+                    .push_str("    renew_before: 70s\n    renew_rate: 5\n");
+            }
+            ProvisionerProcess::start(d, &nats, &ca, &fleet.signer_pub, &o)
+        })
+        .collect();
+    let m1 = specs[0].clone();
+    wait_for("admin API up", Duration::from_secs(60), || {
+        op.cli(&m1, &["status"]).status.success()
+    });
+    wait_for("fleet provisioned", Duration::from_secs(120), || {
+        enrolled(&ledger(&op, &m1)) == FLEET
+    });
+    let first: BTreeMap<String, String> = ledger(&op, &m1)
+        .iter()
+        .map(|r| {
+            (
+                r["identity"].as_str().unwrap_or_default().to_string(),
+                serial(r).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(first.len(), FLEET);
+    // every server comes back with a certificate other than its first (at any moment some are
+    // away being renewed, again: servers renewed are counted as they are seen)
+    let renewals = |members: &[ProvisionerProcess]| -> Vec<f64> {
+        members
+            .iter()
+            .map(|m| {
+                cluster_tests::metric_sum(
+                    &m.metrics(),
+                    "choria_provisioner_renewals",
+                    "result=\"ok\"",
+                )
+            })
+            .collect()
+    };
+    let mut renewed_ids = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while renewed_ids.len() < FLEET {
+        let now = ledger(&op, &m1);
+        for r in &now {
+            let id = r["identity"].as_str().unwrap_or_default();
+            if serial(r).is_some_and(|s| Some(&s) != first.get(id)) {
+                renewed_ids.insert(id.to_string());
+            }
+        }
+        if Instant::now() > deadline {
+            let states: BTreeMap<String, usize> = now.iter().fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r["state"].as_str().unwrap_or_default().to_string())
+                    .or_default() += 1;
+                m
+            });
+            panic!(
+                "renewed {} of {FLEET}; states {states:?}; renewals per member {:?}; a log: {}",
+                renewed_ids.len(),
+                renewals(&members),
+                members[0]
+                    .log()
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let records = ledger(&op, &m1);
+    for r in &records {
+        let asked_by_renewal = r["history"].as_array().is_some_and(|h| {
+            h.iter().any(|e| {
+                e["member"].as_str().is_some_and(|m| m.ends_with("/renew"))
+                    && e["event"]
+                        .as_str()
+                        .is_some_and(|ev| ev.starts_with("reprovision request: ok"))
+            })
+        });
+        assert!(asked_by_renewal, "not renewed by the cluster: {r}");
+    }
+    // spread over the members: more than one asked, and together at least once per server
+    let renewed = renewals(&members);
+    assert!(
+        renewed.iter().sum::<f64>() >= FLEET as f64,
+        "renewals per member: {renewed:?}"
+    );
+    assert!(
+        renewed.iter().filter(|n| **n > 0.0).count() >= 2,
+        "renewals per member: {renewed:?}"
+    );
 }

@@ -33,6 +33,7 @@ pub mod orgissuer;
 pub mod pidfile;
 pub mod pipeline;
 pub mod raft_runtime;
+pub mod renew;
 pub mod rpc;
 pub mod service;
 pub mod shard;

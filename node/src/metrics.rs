@@ -68,6 +68,7 @@ pub struct Metrics {
     pub ledger_forgotten: IntCounterVec,
     /// Reprovision requests sent by the admin API, by result (ok, no_answer, error).
     pub reprovision_requests: IntCounterVec,
+    pub renewals: IntCounterVec,
     /// Servers in the leader's discovery offers, by result: sent and failed (as the leader),
     /// queued and refused (as the member offered them).
     pub discovery_offers: IntCounterVec,
@@ -273,6 +274,11 @@ impl Metrics {
             reprovision_requests: counter(
                 "choria_provisioner_reprovision_requests",
                 "Reprovision requests sent to servers, by result",
+                &["site", "result"],
+            ),
+            renewals: counter(
+                "choria_provisioner_renewals",
+                "Servers asked to reprovision because their credential ends within renew_before, by result",
                 &["site", "result"],
             ),
             discovery_offers: counter(

@@ -377,6 +377,9 @@ impl Provisioner {
                 extra,
                 cluster: sender.clone(),
             });
+            if let Some(policy) = admin.renew {
+                tasks.push(tokio::spawn(crate::renew::run(ctx.clone(), policy)));
+            }
             tasks.push(crate::admin::server::serve(ctx, admin).await?);
         }
 

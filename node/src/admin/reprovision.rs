@@ -106,8 +106,9 @@ pub async fn start(
     Ok(rx)
 }
 
-/// Reprovisions one server; returns the result name and a message.
-async fn one(
+/// Reprovisions one server; returns the result name and a message. Also what renewals
+/// ([`crate::renew`]) send.
+pub(crate) async fn one(
     ctx: &AdminContext,
     identity: &str,
     actor: &str,

@@ -38,6 +38,13 @@ pub struct ReprovisionSection {
     /// TLS to those brokers.
     #[serde(default)]
     pub tls: Option<super::NatsTls>,
+    /// Reprovision enrolled servers whose credential ends within this long (`30d`), before
+    /// it does; empty: only when an operator asks.
+    #[serde(default)]
+    pub renew_before: String,
+    /// Renewal requests per second at most, per member.
+    #[serde(default = "default_renew_rate")]
+    pub renew_rate: u32,
 }
 
 impl Default for ReprovisionSection {
@@ -48,6 +55,8 @@ impl Default for ReprovisionSection {
             user: String::new(),
             password: String::new(),
             tls: None,
+            renew_before: String::new(),
+            renew_rate: default_renew_rate(),
         }
     }
 }
@@ -68,6 +77,13 @@ fn default_collective() -> String {
     "mcollective".into()
 }
 
+fn default_renew_rate() -> u32 {
+    5
+}
+
+/// Most renewal requests a second a member may be set to send.
+const MAX_RENEW_RATE: u32 = 10_000;
+
 /// The checked `admin` section.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -76,6 +92,8 @@ pub struct Admin {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub reprovision: ReprovisionSection,
+    /// Renewal before credentials end, when `renew_before` is set.
+    pub renew: Option<crate::renew::RenewPolicy>,
 }
 
 /// The checked section, or `None` when a problem leaves nothing to run with; every problem
@@ -146,6 +164,21 @@ pub(super) fn check_admin(
         }
         p.ok(tls.check("admin.reprovision.tls"));
     }
+    let renew = match a.reprovision.renew_before.as_str() {
+        "" => None,
+        text => {
+            let before = p.ok(super::parse_duration(text)
+                .map_err(|e| invalid("admin.reprovision.renew_before", e)));
+            let rate = a.reprovision.renew_rate;
+            if !(1..=MAX_RENEW_RATE).contains(&rate) {
+                p.add(invalid(
+                    "admin.reprovision.renew_rate",
+                    format!("{rate} is not 1 to {MAX_RENEW_RATE} requests a second"),
+                ));
+            }
+            before.map(|before| crate::renew::RenewPolicy { before, rate })
+        }
+    };
     let (cert, key) = pair?;
     Some(Admin {
         listen: listen?,
@@ -153,6 +186,7 @@ pub(super) fn check_admin(
         cert,
         key,
         reprovision: a.reprovision,
+        renew,
     })
 }
 
@@ -170,6 +204,26 @@ mod tests {
         assert_eq!(a.cert, std::path::PathBuf::from("/c/m.pem"));
         assert_eq!(a.reprovision.collective, "mcollective");
         assert!(a.reprovision.servers.is_empty());
+    }
+
+    #[test]
+    fn renewal_needs_a_duration_and_a_sane_rate() {
+        let with = |extra: &str| {
+            format!(
+                "{MINIMAL}\nadmin:\n  listen: \"127.0.0.1:7101\"\n  tls: {{client_ca: /c/a.pem, cert: /a, key: /b}}\n  reprovision: {{{extra}}}\n"
+            )
+        };
+        let c = parse(&with("renew_before: 30d")).unwrap();
+        let r = c.admin.unwrap().renew.unwrap();
+        assert_eq!(r.before, std::time::Duration::from_secs(30 * 86400));
+        assert_eq!(r.rate, 5);
+        assert!(parse(&with("")).unwrap().admin.unwrap().renew.is_none());
+        let bad = parse(&with("renew_before: soon")).unwrap_err().to_string();
+        assert!(bad.contains("admin.reprovision.renew_before"), "{bad}");
+        let bad = parse(&with("renew_before: 1d, renew_rate: 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("admin.reprovision.renew_rate"), "{bad}");
     }
 
     #[test]
