@@ -40,6 +40,24 @@ struct Site<'a> {
     admin_ca: &'a Path,
 }
 
+impl<'a> Site<'a> {
+    fn new(
+        dir: &'a Path,
+        nats: &'a Nats,
+        ca: &'a (PathBuf, PathBuf),
+        fleet: &'a FleetProcess,
+        op: &'a Operator,
+    ) -> Site<'a> {
+        Site {
+            dir,
+            nats,
+            ca,
+            signer: &fleet.signer_pub,
+            admin_ca: &op.admin_ca,
+        }
+    }
+}
+
 fn start_member(
     site: &Site,
     spec: &ClusterMemberSpec,
@@ -92,6 +110,49 @@ fn member_options(
         }),
         ..Default::default()
     }
+}
+
+/// A fleet of `servers` whose servers stay up after provisioning and answer on the broker's
+/// choria account, so they can be reprovisioned; `events` records what each server was given.
+fn staying_fleet(
+    d: &Path,
+    nats: &Nats,
+    ca: &Path,
+    servers: usize,
+    events: Option<&Path>,
+) -> FleetProcess {
+    let mut extra = vec![
+        "--stay".to_string(),
+        "--production-user".into(),
+        "choria".into(),
+        "--production-password".into(),
+        nats.creds.choria.clone(),
+    ];
+    if let Some(e) = events {
+        extra.extend(["--events".to_string(), e.display().to_string()]);
+    }
+    FleetProcess::start(
+        d,
+        nats,
+        ca,
+        &FleetOptions {
+            servers,
+            token: TOKEN.into(),
+            timeout_secs: 600,
+            extra,
+            ..Default::default()
+        },
+        false,
+    )
+}
+
+/// Three member specs, their cluster PKI's directory, and an operator named `name` of its
+/// admin CA.
+fn three_members(d: &Path, name: &str) -> (Vec<ClusterMemberSpec>, PathBuf, Operator) {
+    let specs = ClusterOptions::members(3);
+    let pki = cluster_pki(d, &specs);
+    let op = admin_pki(d, &pki, name);
+    (specs, pki, op)
 }
 
 /// Every record of the ledger as `member` holds it (`admin ledger export`).
@@ -163,37 +224,9 @@ fn admin_api_drives_a_three_member_cluster() {
     let nats = Nats::start(d);
     let ca = init_ca(d);
     let events = d.join("fleet-events.jsonl");
-    let fleet = FleetProcess::start(
-        d,
-        &nats,
-        &ca.0,
-        &FleetOptions {
-            servers: SERVERS,
-            token: TOKEN.into(),
-            timeout_secs: 600,
-            extra: vec![
-                "--stay".into(),
-                "--events".into(),
-                events.display().to_string(),
-                "--production-user".into(),
-                "choria".into(),
-                "--production-password".into(),
-                nats.creds.choria.clone(),
-            ],
-            ..Default::default()
-        },
-        false,
-    );
-    let mut specs = ClusterOptions::members(3);
-    let pki = cluster_pki(d, &specs);
-    let op = admin_pki(d, &pki, "ops-alice");
-    let site = Site {
-        dir: d,
-        nats: &nats,
-        ca: &ca,
-        signer: &fleet.signer_pub,
-        admin_ca: &op.admin_ca,
-    };
+    let fleet = staying_fleet(d, &nats, &ca.0, SERVERS, Some(&events));
+    let (mut specs, pki, op) = three_members(d, "ops-alice");
+    let site = Site::new(d, &nats, &ca, &fleet, &op);
     let mut members: Vec<ProvisionerProcess> = specs
         .iter()
         .map(|s| start_member(&site, s, &specs, true))
@@ -667,16 +700,8 @@ fn a_forced_removal_waits_for_the_quorum_and_the_removed_member_writes_nothing()
         },
         false,
     );
-    let specs = ClusterOptions::members(3);
-    let pki = cluster_pki(d, &specs);
-    let op = admin_pki(d, &pki, "ops-bob");
-    let site = Site {
-        dir: d,
-        nats: &nats,
-        ca: &ca,
-        signer: &fleet.signer_pub,
-        admin_ca: &op.admin_ca,
-    };
+    let (specs, _, op) = three_members(d, "ops-bob");
+    let site = Site::new(d, &nats, &ca, &fleet, &op);
     let mut members: Vec<ProvisionerProcess> = specs
         .iter()
         .map(|s| start_member(&site, s, &specs, true))
@@ -823,35 +848,9 @@ fn the_cluster_renews_certificates_before_they_end() {
     let d = dir.path();
     let nats = Nats::start(d);
     let ca = init_ca(d);
-    let fleet = FleetProcess::start(
-        d,
-        &nats,
-        &ca.0,
-        &FleetOptions {
-            servers: FLEET,
-            token: TOKEN.into(),
-            timeout_secs: 600,
-            extra: vec![
-                "--stay".into(),
-                "--production-user".into(),
-                "choria".into(),
-                "--production-password".into(),
-                nats.creds.choria.clone(),
-            ],
-            ..Default::default()
-        },
-        false,
-    );
-    let specs = ClusterOptions::members(3);
-    let pki = cluster_pki(d, &specs);
-    let op = admin_pki(d, &pki, "ops-alice");
-    let site = Site {
-        dir: d,
-        nats: &nats,
-        ca: &ca,
-        signer: &fleet.signer_pub,
-        admin_ca: &op.admin_ca,
-    };
+    let fleet = staying_fleet(d, &nats, &ca.0, FLEET, None);
+    let (specs, _, op) = three_members(d, "ops-alice");
+    let site = Site::new(d, &nats, &ca, &fleet, &op);
     // certificates of 100 s, renewed once less than 70 s are left: 30 s after they are issued
     let members: Vec<ProvisionerProcess> = specs
         .iter()
