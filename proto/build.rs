@@ -2,7 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=protos");
-    tonic_build::configure()
+    tonic_prost_build::configure()
         // admin replies print as JSON in the CLI
         .message_attribute(".provisioner.admin.v1", "#[derive(serde::Serialize)]")
         .compile_protos(&["protos/raft.proto", "protos/admin.proto"], &["protos"])?;
