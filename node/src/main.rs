@@ -382,18 +382,17 @@ fn run(path: Option<PathBuf>, pid: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // written before the first log line; removed when this function returns, whichever way the provisioner stops
-    let _pid = match pid
-        .as_deref()
-        .map(node::pidfile::PidFile::write)
-        .transpose()
-    {
-        Ok(p) => p,
-        Err(e) => {
-            let file = pid.as_deref().unwrap_or(std::path::Path::new("")).display();
-            eprintln!("--pid {file}: {e}");
-            return ExitCode::FAILURE;
-        }
+    // written before the first log line; removed when this function returns, however the
+    // provisioner stops
+    let _pid = match &pid {
+        None => None,
+        Some(file) => match node::pidfile::PidFile::write(file) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("--pid {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        },
     };
     if let Err(e) = node::logging::init(
         &config.loglevel,
