@@ -74,8 +74,9 @@ fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
         ..Default::default()
     };
     // no fleet comes: any ed25519 key will do as the provisioning JWT signer's
+    let (issuer, _) = node::orgissuer::init_issuer(&d.join("signer")).expect("a key");
     let signer_pub = d.join("jwt-signer.pem");
-    std::fs::write(&signer_pub, ed25519_public_pem()).expect("write the signer key");
+    std::fs::write(&signer_pub, issuer.public_pem().expect("pem")).expect("write the signer key");
     let written = WrittenConfig::write(d, &nats, &ca, &signer_pub, &opts);
     let (ours, theirs) = UnixStream::pair().expect("socket pair");
     let pid_file = d.join("choria-provisioner.pid");
@@ -141,26 +142,6 @@ fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
     assert!(!pid_file.exists(), "the pid file outlived the process");
     // the shutdown was logged to the same stream
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
-}
-
-fn ed25519_public_pem() -> String {
-    use base64::Engine;
-    use ed25519_dalek::pkcs8::EncodePublicKey;
-    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let der = key
-        .verifying_key()
-        .to_public_key_der()
-        .expect("encode the public key");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_bytes());
-    let body: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("base64 is ascii"))
-        .collect();
-    format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        body.join("\n")
-    )
 }
 
 #[test]
