@@ -30,6 +30,7 @@
 //! no such flow left) or newer than the current one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,9 +68,16 @@ pub struct Ownership {
     pub previous: Option<Epoch>,
     /// member -> the newest epoch it acknowledged.
     pub acked: BTreeMap<String, u64>,
-    /// identity -> the loan on it (rules 7); a loan is dropped once it has ended.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub loans: BTreeMap<String, Loan>,
+    /// identity -> the loan on it (rules 7); a loan is dropped once it has ended. Shared:
+    /// the settings are read for every flow and every 200 ms, and near the end of a fleet
+    /// there are thousands of loans, which a copy of the settings copied each time (a tenth
+    /// of a capped follower's CPU). A change copies the map only while a reader holds it.
+    #[serde(default, skip_serializing_if = "no_loans")]
+    pub loans: Arc<BTreeMap<String, Loan>>,
+}
+
+fn no_loans(loans: &Arc<BTreeMap<String, Loan>>) -> bool {
+    loans.is_empty()
 }
 
 /// A waiting server its owner lent to another member (rules 7).
@@ -252,8 +260,9 @@ impl Ownership {
                 self.loans.len()
             )));
         }
+        let loans = Arc::make_mut(&mut self.loans);
         for identity in distinct {
-            self.loans.insert(
+            loans.insert(
                 identity.clone(),
                 Loan {
                     from: from.to_string(),
@@ -269,7 +278,10 @@ impl Ownership {
 
     /// Drops the loans that no longer keep anyone off their server at `now_ms`.
     pub fn drop_ended_loans(&mut self, now_ms: u64) {
-        self.loans.retain(|_, l| l.in_force(now_ms));
+        // looked at first: `make_mut` copies a map a reader holds, even to change nothing
+        if self.loans.values().any(|l| !l.in_force(now_ms)) {
+            Arc::make_mut(&mut self.loans).retain(|_, l| l.in_force(now_ms));
+        }
     }
 
     /// Forgets the acknowledgements of members not in `names` (they left the group).
@@ -422,6 +434,28 @@ mod tests {
         o.lend("a", "b", 1, &ids(&["one.more"]), 70_000, 70_000, 70_000)
             .unwrap();
         assert_eq!(o.loans.len(), 1);
+    }
+
+    #[test]
+    fn a_reader_shares_the_loans_and_keeps_what_it_read() {
+        let mut o = Ownership::default();
+        o.advance(epoch(1, &[], 0)).unwrap();
+        o.lend("a", "b", 1, &ids(&["n1"]), 0, 60_000, 0).unwrap();
+        let read = o.clone();
+        assert!(
+            Arc::ptr_eq(&read.loans, &o.loans),
+            "a copy does not copy the map"
+        );
+        // nothing ended: the map stays shared
+        o.drop_ended_loans(1_000);
+        assert!(Arc::ptr_eq(&read.loans, &o.loans));
+        o.lend("a", "b", 1, &ids(&["n2"]), 1_000, 60_000, 1_000)
+            .unwrap();
+        assert_eq!(read.loans.len(), 1, "the reader's copy is what it read");
+        assert_eq!(o.loans.len(), 2);
+        o.drop_ended_loans(60_000 + LOAN_GRACE_MS);
+        assert!(o.loans.is_empty());
+        assert_eq!(read.loans.len(), 1);
     }
 
     #[test]

@@ -606,7 +606,7 @@ impl Store {
     /// Writes the state machine's meta and makes everything written since it was cleared
     /// durable; the state machine is complete again.
     fn finish_state_machine(&self, mut batch: WriteBatch, sm: &StateMachine) -> StoreResult<()> {
-        self.put_sm_meta(&mut batch, sm, SmMeta::All)?;
+        self.put_sm_meta(&mut batch, sm, SmMeta::ALL)?;
         self.db.write_opt(batch, &no_wal()).map_err(sm_write)?;
         // the records first, then the meta that says they are complete
         for cf in SM_DATA.into_iter().chain([CF_SM_META]) {
@@ -714,11 +714,13 @@ impl Store {
             Some(c) => batch.put_cf(meta, KEY_COUNTS, sm_json(&c)?),
             None => batch.delete_cf(meta, KEY_COUNTS),
         }
-        if what.membership() {
+        if what.membership {
             batch.put_cf(meta, KEY_MEMBERSHIP, sm_json(&sm.membership)?);
         }
-        if what == SmMeta::All {
+        if what.heartbeats {
             batch.put_cf(meta, KEY_HEARTBEATS, sm_json(sm.ledger.heartbeats())?);
+        }
+        if what.settings {
             batch.put_cf(meta, KEY_SETTINGS, sm_json(sm.ledger.settings())?);
         }
         Ok(())
@@ -726,21 +728,22 @@ impl Store {
 }
 
 /// What of the state machine's own keys an applied batch rewrites besides its applied
-/// index, digest and counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SmMeta {
-    /// Nothing else: records changed, the membership and heartbeats did not (most batches).
-    Records,
-    /// The membership too.
-    Membership,
-    /// The membership, heartbeats and cluster settings.
-    All,
+/// index, digest and counts (most batches: nothing else). The settings are written only
+/// when a command that may change them applied: they hold the loans, thousands near the end
+/// of a fleet, and every member's heartbeat every 2 s would rewrite them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct SmMeta {
+    membership: bool,
+    heartbeats: bool,
+    settings: bool,
 }
 
 impl SmMeta {
-    fn membership(self) -> bool {
-        self != SmMeta::Records
-    }
+    const ALL: SmMeta = SmMeta {
+        membership: true,
+        heartbeats: true,
+        settings: true,
+    };
 }
 
 /// Writes a format 2 snapshot's frames into the store as they are read (its header first
@@ -1027,8 +1030,7 @@ impl Store {
         let serials_cf = self.cf(CF_SERIALS)?;
         let index_cf = self.cf(CF_BY_STATE)?;
         let mut out = Vec::with_capacity(entries.len());
-        let mut meta_changed = false;
-        let mut membership_changed = false;
+        let mut what = SmMeta::default();
         let mut names = member_names(&sm.membership);
         // records go into the batch in identity order once all entries are applied: the
         // memtable's skip list then inserts each next to the last instead of searching from
@@ -1063,7 +1065,12 @@ impl Store {
                             Ok(encoded) => {
                                 match (encoded, cmd.identity()) {
                                     // heartbeats and cluster settings
-                                    (Encoded::NoRecord, _) | (_, None) => meta_changed = true,
+                                    (Encoded::NoRecord, _) | (_, None) => match cmd {
+                                        crate::command::Command::Heartbeat { .. } => {
+                                            what.heartbeats = true
+                                        }
+                                        _ => what.settings = true,
+                                    },
                                     (Encoded::Record { json, was, now }, Some(identity)) => {
                                         records.insert(identity, Some(json));
                                         if was != Some(now) {
@@ -1106,14 +1113,14 @@ impl Store {
                 }
                 EntryPayload::Membership(m) => {
                     sm.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    membership_changed = true;
+                    what.membership = true;
                     let after = member_names(&sm.membership);
                     if sm.ledger.note_membership(&names, &after) {
-                        meta_changed = true;
+                        what.settings = true;
                     }
                     names = after;
                     if sm.ledger.retain_heartbeats(&names) {
-                        meta_changed = true;
+                        what.heartbeats = true;
                     }
                 }
             }
@@ -1125,11 +1132,6 @@ impl Store {
                 None => batch.delete_cf(ledger_cf, identity.as_bytes()),
             }
         }
-        let what = match (meta_changed, membership_changed) {
-            (true, _) => SmMeta::All,
-            (false, true) => SmMeta::Membership,
-            (false, false) => SmMeta::Records,
-        };
         self.put_sm_meta(&mut batch, &sm, what)?;
         if let Err(e) = self.write_applied(batch) {
             // nothing of these entries is on disk, so none of it may be in memory either:
@@ -1140,7 +1142,7 @@ impl Store {
         }
         // what was applied is in the store now
         sm.ledger.settle();
-        if meta_changed {
+        if what.settings {
             // a `SetRules` may have turned the wire binary
             self.wire.follow_rules(sm.ledger.rules());
         }
@@ -1328,6 +1330,66 @@ mod tests {
         drop(sm);
         let logs = store.log_entries(1..).unwrap();
         assert_eq!(logs.len(), 2);
+    }
+
+    /// Batches of heartbeats alone do not rewrite the settings; the settings and loans a
+    /// batch before them changed, and the newest heartbeat, are all there after a restart.
+    #[tokio::test]
+    async fn settings_and_heartbeats_written_in_different_batches_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let hb = |at_ms| Command::Heartbeat {
+            member: "a".into(),
+            at_ms,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let epoch = crate::ownership::Epoch {
+                epoch: 1,
+                members: vec!["a".into(), "b".into()],
+                leader: Some("a".into()),
+                leader_share_milli: 1000,
+                at_ms: 1,
+                ..Default::default()
+            };
+            let lend = Command::Lend {
+                member: "a".into(),
+                to: "b".into(),
+                epoch: 1,
+                identities: vec!["n1".into(), "n2".into()],
+                start_by_ms: 10,
+                until_ms: 60_000,
+                at_ms: 2,
+            };
+            let entries = [
+                entry(
+                    1,
+                    vec![
+                        Command::SetRules {
+                            rules: crate::state::LEDGER_RULES,
+                            at_ms: 0,
+                        },
+                        Command::NewEpoch(epoch),
+                        hb(1),
+                    ],
+                ),
+                entry(2, vec![lend, Command::SetPaused { paused: true, at_ms: 2 }]),
+                entry(3, vec![hb(3)]),
+            ];
+            for e in entries {
+                let res = store.apply_to_state_machine(&[e]).await.unwrap();
+                assert!(res[0].results.iter().all(|r| *r == Applied::Ok), "{res:?}");
+            }
+            let res = store.apply_to_state_machine(&[entry(4, vec![hb(4)])]).await;
+            assert_eq!(res.unwrap()[0].results, vec![Applied::Ok]);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let sm = store.state().await;
+        assert_eq!(sm.ledger.heartbeats().get("a"), Some(&4));
+        let settings = sm.ledger.settings();
+        assert!(settings.paused);
+        assert_eq!(settings.rules, crate::state::LEDGER_RULES);
+        assert_eq!(settings.ownership.epoch(), 1);
+        assert_eq!(settings.ownership.loans.len(), 2);
     }
 
     /// `Enroll` writes what `IssueCredential` and `Enrolled` do: the serial, kept across a
