@@ -1372,7 +1372,16 @@ mod tests {
                         hb(1),
                     ],
                 ),
-                entry(2, vec![lend, Command::SetPaused { paused: true, at_ms: 2 }]),
+                entry(
+                    2,
+                    vec![
+                        lend,
+                        Command::SetPaused {
+                            paused: true,
+                            at_ms: 2,
+                        },
+                    ],
+                ),
                 entry(3, vec![hb(3)]),
             ];
             for e in entries {

@@ -197,6 +197,7 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
         "member_cpu_period_ms": args.member_cpu_period_ms,
         "workers": args.workers,
         "commit_linger_ms": args.commit_linger_ms,
+        "raft_heartbeat_ms": args.raft_heartbeat_ms,
         "member_cpu_s": machine_cpu.iter().sum::<f64>(),
         // per machine: the three processes on it
         "members_cpu_s": machine_cpu,

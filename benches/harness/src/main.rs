@@ -121,6 +121,11 @@ struct Args {
     /// Members' `cluster.leader_share` (default: the provisioner's own)
     #[arg(long)]
     leader_share: Option<f64>,
+    /// Members' `cluster.heartbeat` in milliseconds, with `cluster.election_timeout` four
+    /// times it (default: the provisioner's own). openraft gives up on an append after one
+    /// heartbeat interval, so members short of CPU need a longer one
+    #[arg(long)]
+    raft_heartbeat_ms: Option<u64>,
     /// `scaling`: rounds of 1, 3 and 5 members (`groups`: of 1 member and the groups),
     /// interleaved; ratios use each size's median
     #[arg(long, default_value_t = 1)]
@@ -379,6 +384,8 @@ fn options(args: &Args, logic: Logic, delay_ms: u64) -> ProvisionerOptions {
             .map(|ms| format!("  commit_linger: {ms}ms\n")),
         args.leader_share
             .map(|share| format!("  leader_share: {share}\n")),
+        args.raft_heartbeat_ms
+            .map(|ms| format!("  heartbeat: {ms}ms\n  election_timeout: {}ms\n", ms * 4)),
     ]
     .into_iter()
     .flatten()
@@ -591,6 +598,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         "timeline_ms": timeline,
     });
     run["leader_share"] = json!(args.leader_share);
+    run["raft_heartbeat_ms"] = json!(args.raft_heartbeat_ms);
     run["members_saturated"] = json!(saturated);
     if let (Value::Object(w), Some(r)) = (steady, run.as_object_mut()) {
         r.extend(w);
