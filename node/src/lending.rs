@@ -36,6 +36,8 @@ const MIN_LEND: usize = 8;
 const TAKE_BACK_MARGIN_MS: u64 = 500;
 /// How long a borrower waits for its replica to show a loan.
 const SHOW_WITHIN: Duration = Duration::from_secs(5);
+/// A member whose flow limit was cut within this long does not borrow.
+const STRAINED: Duration = Duration::from_secs(10);
 
 /// Answers `to`'s request for up to `want` servers: lends half of what this member has
 /// queued (its flows in progress are its own), at most `want`, and only servers it owns and
@@ -187,6 +189,12 @@ pub async fn borrow_when_dry(svc: Arc<Services>, queue: Arc<WorkQueue>, member: 
         }
         let free = workers.saturating_sub(in_flight);
         if !had_work || free < workers / 2 {
+            continue;
+        }
+        // a member whose writes were slow lately has no room for more (see `crate::pace`): a
+        // capped leader that borrowed anyway did so every 2 s while its followers, whose
+        // writes waited on it, were held at their least flow limit
+        if svc.pace.cut_within(STRAINED, std::time::Instant::now()) {
             continue;
         }
         let Some(epoch) = svc.flows.epoch() else {

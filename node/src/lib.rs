@@ -30,6 +30,7 @@ pub mod memory;
 pub mod metrics;
 pub mod offers;
 pub mod orgissuer;
+pub mod pace;
 pub mod pidfile;
 pub mod pipeline;
 pub mod raft_runtime;

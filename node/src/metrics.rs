@@ -26,6 +26,11 @@ pub struct Metrics {
     pub provision_errors: IntCounterVec,
     pub paused: IntGaugeVec,
     pub busy_workers: IntGaugeVec,
+    /// How many flows this member may run at once now (`workers`, fewer while its ledger
+    /// writes are slow; see [`crate::pace`]).
+    pub flow_limit: IntGaugeVec,
+    /// Times the flow limit was cut for slow ledger writes.
+    pub flow_limit_cuts: IntCounterVec,
     pub provisioned: IntCounterVec,
     pub work_queue_entries: IntGaugeVec,
     pub waiting_nodes: IntGaugeVec,
@@ -155,6 +160,15 @@ impl Metrics {
             busy_workers: gauge(
                 "choria_provisioner_busy_workers",
                 "How many workers are busy provisioning nodes",
+            ),
+            flow_limit: gauge(
+                "choria_provisioner_flow_limit",
+                "How many flows this member may run at once: workers, fewer while its ledger writes are slow",
+            ),
+            flow_limit_cuts: counter(
+                "choria_provisioner_flow_limit_cuts",
+                "How many times the flow limit was cut because ledger writes were slow",
+                site_l,
             ),
             provisioned: counter(
                 "choria_provisioner_provisioned",
@@ -311,6 +325,7 @@ impl Metrics {
             &m.helper_shutdown_requests,
             &m.deferred,
             &m.raft_leader_changes,
+            &m.flow_limit_cuts,
         ] {
             c.with_label_values(&[site]).reset();
         }

@@ -65,6 +65,8 @@ pub struct Services {
     pub claim_lease_ms: u64,
     /// Flows by ownership epoch, and whether a server may be started without a claim.
     pub flows: Arc<crate::flows::Flows>,
+    /// How many flows may run at once (see [`crate::pace`]).
+    pub pace: Arc<crate::pace::Pace>,
 }
 
 impl Services {

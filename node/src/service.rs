@@ -161,7 +161,8 @@ impl Provisioner {
                 // a warning of the configuration says what this costs
                 (None, None, None) => (Arc::new(LocalLedger::new()), None),
             };
-        let ledger = crate::timed::TimedLedger::wrap(ledger, metrics.clone());
+        let pace = crate::pace::Pace::new(config.workers);
+        let ledger = crate::timed::TimedLedger::wrap(ledger, metrics.clone(), pace.clone());
         if let Some(member) = &member {
             tasks.push(tokio::spawn(watch_leader(member.clone(), metrics.clone())));
         }
@@ -259,6 +260,7 @@ impl Provisioner {
                 .map(|c| c.claim_lease.as_millis() as u64)
                 .unwrap_or(CLAIM_LEASE_MS),
             flows: crate::flows::Flows::new(&config.identity, config.cluster.is_some()),
+            pace,
         });
         let queue = WorkQueue::start(services.clone());
 
@@ -643,9 +645,23 @@ async fn housekeeping(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_beat = None::<tokio::time::Instant>;
     let mut crl = crate::crl::CrlState::default();
+    let mut cuts_seen = 0;
+    let mut limit_said = svc.config.workers;
     loop {
         tick.tick().await;
         let m = &svc.metrics;
+        let limit = svc.pace.limit();
+        m.set(&m.flow_limit, limit as i64);
+        // said when it moved by a tenth or more: the log shows strain without a line a tick
+        if limit.abs_diff(limit_said) * 10 >= limit_said.max(1) {
+            tracing::info!(limit, workers = svc.config.workers, "flow limit");
+            limit_said = limit;
+        }
+        let cuts = svc.pace.cuts();
+        m.flow_limit_cuts
+            .with_label_values(&[m.site()])
+            .inc_by(cuts.saturating_sub(cuts_seen));
+        cuts_seen = cuts;
         if let Some(shard) = &svc.shard {
             if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
                 let ledger = svc.ledger.clone();

@@ -1,5 +1,6 @@
 //! A ledger wrapper that measures how long each proposal takes to commit and apply, by
-//! command kind: the cluster's write latency as the pipeline sees it.
+//! command kind: the cluster's write latency as the pipeline sees it. The same times set how
+//! many flows this member runs at once ([`crate::pace`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,15 +11,21 @@ use raft::ledger::{Applied, Ledger, LedgerError};
 use raft::state::{ClusterSettings, LedgerCounts, Record};
 
 use crate::metrics::Metrics;
+use crate::pace::Pace;
 
 pub struct TimedLedger {
     inner: Arc<dyn Ledger>,
     metrics: Arc<Metrics>,
+    pace: Arc<Pace>,
 }
 
 impl TimedLedger {
-    pub fn wrap(inner: Arc<dyn Ledger>, metrics: Arc<Metrics>) -> Arc<dyn Ledger> {
-        Arc::new(TimedLedger { inner, metrics })
+    pub fn wrap(inner: Arc<dyn Ledger>, metrics: Arc<Metrics>, pace: Arc<Pace>) -> Arc<dyn Ledger> {
+        Arc::new(TimedLedger {
+            inner,
+            metrics,
+            pace,
+        })
     }
 }
 
@@ -28,12 +35,15 @@ impl Ledger for TimedLedger {
         let kind = cmd.kind();
         let start = Instant::now();
         let r = self.inner.propose(cmd).await;
+        let took = start.elapsed();
+        // a failure after a long wait is as much a sign of strain as a slow commit
+        self.pace.observe(took, Instant::now());
         // failed proposals are counted apart: their time is a timeout, not a commit
         let result = if r.is_ok() { "ok" } else { "error" };
         self.metrics
             .ledger_commit_time
             .with_label_values(&[self.metrics.site(), kind, result])
-            .observe(start.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         r
     }
     async fn record(&self, identity: &str) -> Option<Record> {

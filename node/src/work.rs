@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-
 use crate::pipeline::{self, Outcome, Services};
 
 mod jobs;
@@ -300,13 +298,11 @@ impl WorkQueue {
 }
 
 async fn dispatch(q: Arc<WorkQueue>, mut rx: JobReceiver) {
-    let workers = Arc::new(Semaphore::new(q.svc.config.workers.max(1)));
     loop {
         // a worker first, then the job: a server lent while every worker is busy goes to the
-        // next free worker, not behind a job taken out already
-        let Ok(permit) = workers.clone().acquire_owned().await else {
-            return;
-        };
+        // next free worker, not behind a job taken out already; how many workers there are
+        // follows the ledger's write times (see `crate::pace`)
+        let permit = q.svc.pace.slot().await;
         let Some(identity) = rx.recv().await else {
             return;
         };
