@@ -168,6 +168,20 @@ mod tests {
     const SLOW: Duration = Duration::from_millis(crate::flows::FENCE_MS * 6 / 5);
     const FAST: Duration = Duration::from_millis(10);
 
+    /// Takes `n` more places, held in `held`.
+    async fn take(p: &Arc<Pace>, n: usize, held: &mut Vec<Slot>) {
+        for _ in 0..n {
+            held.push(p.slot().await);
+        }
+    }
+
+    /// `n` writes that each took `took`, all seen at `at`.
+    fn writes(p: &Pace, n: usize, took: Duration, at: Instant) {
+        for _ in 0..n {
+            p.observe(took, at);
+        }
+    }
+
     #[test]
     fn a_slow_write_cuts_by_how_slow_it_was() {
         let p = Pace::starting_at(100, 100);
@@ -223,23 +237,15 @@ mod tests {
         p.observe(SLOW, t0 + TARGET);
         assert_eq!(p.limit(), 64);
         // idle: fast writes (the heartbeat's) leave the limit alone
-        for _ in 0..300 {
-            p.observe(FAST, t0);
-        }
+        writes(&p, 300, FAST, t0);
         assert_eq!(p.limit(), 64);
         // over half the places taken: a limit's worth of fast writes adds one
         let mut held = Vec::new();
-        for _ in 0..33 {
-            held.push(p.slot().await);
-        }
-        for _ in 0..65 {
-            p.observe(FAST, t0);
-        }
+        take(&p, 33, &mut held).await;
+        writes(&p, 65, FAST, t0);
         assert_eq!(p.limit(), 65);
         // writes neither fast nor slow change nothing
-        for _ in 0..300 {
-            p.observe(TARGET, t0);
-        }
+        writes(&p, 300, TARGET, t0);
         assert_eq!(p.limit(), 65);
     }
 
@@ -253,28 +259,18 @@ mod tests {
         );
         let t0 = Instant::now();
         let mut held = Vec::new();
-        for _ in 0..100 {
-            held.push(p.slot().await);
-        }
+        take(&p, 100, &mut held).await;
         // a round of quick writes doubles it
-        for _ in 0..100 {
-            p.observe(FAST, t0);
-        }
+        writes(&p, 100, FAST, t0);
         assert_eq!(p.limit(), 200);
         // never past the workers
-        for _ in 0..100 {
-            held.push(p.slot().await);
-        }
-        for _ in 0..300 {
-            p.observe(FAST, t0);
-        }
+        take(&p, 100, &mut held).await;
+        writes(&p, 300, FAST, t0);
         assert_eq!(p.limit(), 400);
         // after a cut, a round of quick writes adds one
         p.observe(SLOW, t0);
         assert_eq!(p.limit(), 200);
-        for _ in 0..210 {
-            p.observe(FAST, t0);
-        }
+        writes(&p, 210, FAST, t0);
         assert_eq!(p.limit(), 201);
     }
 
@@ -301,9 +297,7 @@ mod tests {
     async fn after_a_cut_running_flows_finish_before_new_ones_start() {
         let p = Pace::starting_at(32, 32);
         let mut held = Vec::new();
-        for _ in 0..32 {
-            held.push(p.slot().await);
-        }
+        take(&p, 32, &mut held).await;
         p.observe(SLOW, Instant::now());
         assert_eq!(p.limit(), 16);
         // 16 of the 32 end: still at the limit, nothing new starts
