@@ -13,8 +13,8 @@
 //! - a write within half of [`TARGET`], while the flows fill at least half the limit, raises it
 //!   by one per limit's worth of such writes (about one per round of flows). An idle member keeps
 //!   its limit where it was, so a burst does not start with a limit nobody tested.
-//! - A member starts at its least limit and, until its first cut, adds one for each quick write
-//!   (doubling per round, TCP's slow start): five members that each started every worker at once
+//! - A member starts at its least limit and, until its first write that is not quick, adds one
+//!   for each quick write (doubling per round, TCP's slow start): five members that each started every worker at once
 //!   put so many writes in the leader's queue that it missed its Raft heartbeats and lost office
 //!   before the first cut could act.
 //!
@@ -48,7 +48,8 @@ struct State {
     limit: f64,
     running: usize,
     last_cut: Option<Instant>,
-    /// Until the first cut, each quick write adds a place, doubling the limit per round.
+    /// Until the first write that is not quick, each quick write adds a place, doubling the
+    /// limit per round.
     slow_start: bool,
 }
 
@@ -151,6 +152,9 @@ impl Pace {
         } else if took <= TARGET / 2 && s.running as f64 * 2.0 >= s.limit {
             let step = if s.slow_start { 1.0 } else { 1.0 / s.limit };
             s.limit = (s.limit + step).min(self.max as f64);
+        } else if took > TARGET / 2 {
+            // the queue is building: stop doubling before a cut is needed (TCP's HyStart)
+            s.slow_start = false;
         }
         let grew = s.limit as usize > before;
         drop(s);
@@ -270,6 +274,23 @@ mod tests {
         // after a cut, a round of quick writes adds one
         p.observe(SLOW, t0);
         assert_eq!(p.limit(), 200);
+        writes(&p, 210, FAST, t0);
+        assert_eq!(p.limit(), 201);
+    }
+
+    #[tokio::test]
+    async fn a_write_neither_quick_nor_slow_ends_slow_start_without_a_cut() {
+        let p = Pace::new(400);
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        take(&p, 100, &mut held).await;
+        writes(&p, 100, FAST, t0);
+        assert_eq!(p.limit(), 200);
+        // the queue is building: the limit stays, and grows by one a round from here
+        p.observe(TARGET, t0);
+        assert_eq!(p.limit(), 200);
+        assert_eq!(p.cuts(), 0);
+        take(&p, 100, &mut held).await;
         writes(&p, 210, FAST, t0);
         assert_eq!(p.limit(), 201);
     }
