@@ -32,8 +32,11 @@ pub enum Start {
     Claim(Ticket),
     /// Work it without a claim under the ticket's epoch.
     Owned(Ticket),
-    /// Not yet: the epoch is not settled for it, or this member is fenced.
+    /// Not yet: the epoch is not settled for it.
     Wait,
+    /// Not while this member is fenced (no heartbeat committed lately): nothing of the
+    /// server's doing, so it starts again as soon as the fence opens.
+    Fenced,
     /// This member enrolled it moments ago (it is restarting into its configuration); its
     /// own ledger may not show that yet.
     JustEnrolled,
@@ -152,6 +155,17 @@ impl Flows {
         now_ms < self.fence_until()
     }
 
+    /// Whether this member, in a cluster that works without claims (rules 6 and an epoch),
+    /// is fenced at `now_ms`: it starts no flow until a heartbeat of its own is committed
+    /// again. Flows that claim first do not need the fence.
+    pub fn fenced(&self, now_ms: u64) -> bool {
+        if !self.clustered || self.unfenced(now_ms) {
+            return false;
+        }
+        let inner = self.lock();
+        inner.rules >= OWNED_RULES && inner.view.current.is_some()
+    }
+
     /// Whether this member works under an ownership epoch that names it, with its fence open:
     /// then who owns what is settled, whoever else is live. What a restarted member finds
     /// once its first heartbeat is committed.
@@ -188,7 +202,7 @@ impl Flows {
                 Decision::NotMine => return Start::NotMine,
             };
         if self.clustered && !self.unfenced(now_ms) {
-            return Start::Wait;
+            return Start::Fenced;
         }
         *inner.running.entry(epoch).or_default() += 1;
         Start::Owned(self.ticket(epoch, loan_until_ms))
@@ -583,10 +597,19 @@ mod tests {
         // a fenced member starts nothing
         let late = Flows::new("a", true);
         late.follow(OWNED_RULES, &own);
-        assert!(matches!(late.start(&stays, 20_000), Start::Wait));
+        assert!(matches!(late.start(&stays, 20_000), Start::Fenced));
+        assert!(late.fenced(20_000));
         late.heartbeat_committed(19_000);
+        assert!(!late.fenced(20_000));
         assert!(matches!(late.start(&stays, 20_000), Start::Owned(_)));
-        assert!(matches!(late.start(&stays, 24_000), Start::Wait));
+        assert!(matches!(late.start(&stays, 24_000), Start::Fenced));
+        assert!(late.fenced(24_000));
+        // a member alone is never fenced, nor one whose flows claim first
+        assert!(!Flows::new("a", false).fenced(u64::MAX - 1));
+        let claims = Flows::new("a", true);
+        claims.follow(OWNED_RULES - 1, &own);
+        assert!(!claims.fenced(20_000));
+        assert!(matches!(claims.start(&stays, 20_000), Start::Claim(_)));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub flow_limit: IntGaugeVec,
     /// Times the flow limit was cut for slow ledger writes.
     pub flow_limit_cuts: IntCounterVec,
+    /// Flows this member stopped at its own fence, to be started again first.
+    pub flows_interrupted: IntCounterVec,
     pub provisioned: IntCounterVec,
     pub work_queue_entries: IntGaugeVec,
     pub waiting_nodes: IntGaugeVec,
@@ -164,6 +166,11 @@ impl Metrics {
             flow_limit: gauge(
                 "choria_provisioner_flow_limit",
                 "How many flows this member may run at once: workers, fewer while its ledger writes are slow",
+            ),
+            flows_interrupted: counter(
+                "choria_provisioner_flows_interrupted",
+                "How many flows this member stopped because it was fenced (no heartbeat committed lately); each starts again first",
+                site_l,
             ),
             flow_limit_cuts: counter(
                 "choria_provisioner_flow_limit_cuts",
@@ -326,6 +333,7 @@ impl Metrics {
             &m.deferred,
             &m.raft_leader_changes,
             &m.flow_limit_cuts,
+            &m.flows_interrupted,
         ] {
             c.with_label_values(&[site]).reset();
         }

@@ -104,6 +104,10 @@ pub enum Outcome {
     Deferred(String),
     /// A step failed; try again later.
     Failed(String),
+    /// This member stopped the flow before it changed the server, for a reason of its own
+    /// (fenced: no heartbeat committed lately). Not the server's failure: it starts again
+    /// first, once the member may.
+    Interrupted(String),
     /// Shut down on the helper's request.
     Shutdown,
     /// Asked to update to this version; it comes back to provisioning mode afterwards.
@@ -208,6 +212,12 @@ pub async fn provision(svc: &Services, identity: &str, seen_ms: u64) -> Outcome 
         Ok(Step::Upgrading { from, to }) => (
             Outcome::Upgrading(to.clone()),
             ReleaseOutcome::Upgrading { from, to },
+        ),
+        // stopped by this member's fence, not by the server: recorded as a failure, and
+        // started again first
+        Err(reason) if lease.interrupted => (
+            Outcome::Interrupted(reason.clone()),
+            ReleaseOutcome::Failed { reason },
         ),
         Err(reason) => (
             Outcome::Failed(reason.clone()),
@@ -427,6 +437,7 @@ async fn begin(
     let mut lease = Lease {
         until_ms: 0,
         fenced: false,
+        interrupted: false,
         enrolled_at_ms: None,
         owned: None,
     };
@@ -445,8 +456,11 @@ async fn begin(
             });
             Ok((lease, ticket))
         }
-        // the epoch is not settled for it yet (or this member is fenced): soon again
+        // the epoch is not settled for it yet: soon again
         Start::Wait => Err(Outcome::Busy(now + EPOCH_WAIT_MS)),
+        Start::Fenced => Err(Outcome::Interrupted(
+            "fenced (no heartbeat committed lately) before starting".into(),
+        )),
         Start::JustEnrolled => Err(Outcome::Skipped(
             "enrolled by this member moments ago; restarting".into(),
         )),
@@ -748,6 +762,8 @@ struct Lease {
     until_ms: u64,
     fenced: bool,
     enrolled_at_ms: Option<u64>,
+    /// The flow stopped at this member's fence (see [`Outcome::Interrupted`]).
+    interrupted: bool,
     /// Started without a claim, under an ownership epoch: the member's fence stands in for
     /// the claim.
     owned: Option<Owned>,
@@ -779,12 +795,13 @@ impl Owned {
 impl Lease {
     /// Before a call that changes the server (a new key, a shutdown, an update): a flow under
     /// an epoch goes on only while this member is not fenced; a claim was checked when taken.
-    fn check(&self, svc: &Services, before: &str) -> Result<(), String> {
+    fn check(&mut self, svc: &Services, before: &str) -> Result<(), String> {
         let Some(owned) = &self.owned else {
             return Ok(());
         };
         let now = now_ms();
         if !svc.flows.unfenced(now) {
+            self.interrupted = true;
             return Err(format!(
                 "fenced (no heartbeat committed lately) before {before}; not sent"
             ));
@@ -851,6 +868,7 @@ async fn fenced_configure(
         // lent server's by the loan's send-by time
         let until = svc.flows.fence_until();
         let Some(budget) = send_budget(until, crate::flows::FENCE_MS, now_ms()) else {
+            lease.interrupted = true;
             return Err("fenced (no heartbeat committed lately) before configure; not sent".into());
         };
         let budget = match owned.send_by_ms {

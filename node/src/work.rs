@@ -10,7 +10,9 @@
 //! `max_waiting` servers are known at once; further sightings are dropped and counted
 //! (`choria_provisioner_waiting_dropped`) until some finish. Queued servers this member lends
 //! to another ([`crate::lending`]) leave the queue, and sightings of them are passed over
-//! until the loan has ended; servers lent to this member start before its own ([`jobs`]).
+//! until the loan has ended; servers lent to this member start before its own ([`jobs`]). A
+//! fenced member starts nothing, and a flow its fence stopped counts no attempt: its server
+//! starts again before the member's own queue ([`Outcome::Interrupted`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +24,7 @@ use crate::pipeline::{self, Outcome, Services};
 mod jobs;
 mod known;
 
-use jobs::{JobReceiver, JobSender};
+use jobs::{JobReceiver, JobSender, Lane};
 use known::{Entry, Known, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +32,9 @@ pub enum Source {
     Discovery,
     Event,
     Retry,
+    /// A flow this member interrupted (see [`Outcome::Interrupted`]), started again before
+    /// the servers queued since.
+    Resume,
     /// Lent to this member by another.
     Loan,
 }
@@ -40,8 +45,14 @@ impl Source {
             Source::Discovery => "discovery",
             Source::Event => "event",
             Source::Retry => "retry",
+            Source::Resume => "resume",
             Source::Loan => "loan",
         }
+    }
+
+    /// A server this queue knows already, waiting to run again.
+    fn again(self) -> bool {
+        matches!(self, Source::Retry | Source::Resume)
     }
 }
 
@@ -85,7 +96,7 @@ impl WorkQueue {
         }
         if !self.svc.owns(identity) {
             // a retry of a server that moved to another member is forgotten here
-            if source == Source::Retry {
+            if source.again() {
                 if let Ok(mut entries) = self.entries.lock() {
                     if entries
                         .get(identity)
@@ -101,7 +112,7 @@ impl WorkQueue {
         let Ok(mut entries) = self.entries.lock() else {
             return false;
         };
-        let seen = (source != Source::Retry).then_some(seen_ms);
+        let seen = (!source.again()).then_some(seen_ms);
         if !entries.contains(identity) && entries.len() >= self.svc.config.max_waiting {
             // bounded: a flood of sightings (real or forged) cannot grow this without end;
             // the servers left out are found again by the next discovery
@@ -112,7 +123,7 @@ impl WorkQueue {
             return false;
         }
         let borrowed = match entries.get_mut(identity) {
-            Some(e) if source == Source::Retry && e.state() == State::Waiting => {
+            Some(e) if source.again() && e.state() == State::Waiting => {
                 e.queued_at = Instant::now();
                 let borrowed = e.borrowed;
                 entries.set_state(identity, State::Queued);
@@ -135,10 +146,17 @@ impl WorkQueue {
         };
         self.update_gauges(&entries);
         drop(entries);
-        if source != Source::Retry {
+        if !source.again() {
             tracing::debug!(identity, ?source, "queued");
         }
-        self.jobs.send(identity.to_string(), borrowed)
+        let lane = if borrowed {
+            Lane::Lent
+        } else if source == Source::Resume {
+            Lane::Resumed
+        } else {
+            Lane::Own
+        };
+        self.jobs.send(identity.to_string(), lane)
     }
 
     /// Servers this queue knows of, by state: (queued, in flight, waiting for retry).
@@ -273,6 +291,13 @@ impl WorkQueue {
                     ))
                 }
             }
+            // the member's own doing: no attempt counted, started again first
+            Outcome::Interrupted(_) => {
+                if !entries.set_state(identity, State::Waiting) {
+                    return None;
+                }
+                Some(Duration::ZERO)
+            }
             Outcome::Busy(until_ms) => {
                 // another member holds it; look again when its claim lapses
                 if !entries.set_state(identity, State::Waiting) {
@@ -306,7 +331,9 @@ async fn dispatch(q: Arc<WorkQueue>, mut rx: JobReceiver) {
         let Some(identity) = rx.recv().await else {
             return;
         };
-        while q.svc.is_paused() {
+        // paused, or fenced: a flow started now would stop at its first step that needs the
+        // fence, after an RPC to the server for nothing
+        while q.svc.is_paused() || q.svc.flows.fenced(pipeline::now_ms()) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let Some(seen_ms) = q.begin(&identity) else {
@@ -321,10 +348,14 @@ async fn dispatch(q: Arc<WorkQueue>, mut rx: JobReceiver) {
             drop(permit);
             report(&q.svc, &identity, &outcome);
             if let Some(delay) = q.finish(&identity, &outcome) {
+                let source = match outcome {
+                    Outcome::Interrupted(_) => Source::Resume,
+                    _ => Source::Retry,
+                };
                 let q = q.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    q.offer(&identity, Source::Retry);
+                    q.offer(&identity, source);
                 });
             }
         });
@@ -347,6 +378,10 @@ fn report(svc: &Services, identity: &str, outcome: &Outcome) {
         Outcome::Failed(why) => {
             m.inc(&m.provision_errors);
             tracing::error!(identity, error = why, "could not provision");
+        }
+        Outcome::Interrupted(why) => {
+            m.inc(&m.flows_interrupted);
+            tracing::warn!(identity, why, "flow interrupted; started again first");
         }
         Outcome::Shutdown => tracing::warn!(identity, "shut down"),
         Outcome::Upgrading(to) => tracing::info!(

@@ -390,17 +390,26 @@ impl Fleet {
 
     /// Appends one event line for server `index` to the events file, if any.
     fn event(&mut self, index: usize, event: &str, serial: Option<&str>) {
+        self.event_with(index, event, "serial", serial);
+    }
+
+    /// An event line that names the action it is about.
+    fn action_event(&mut self, index: usize, event: &str, action: &str) {
+        self.event_with(index, event, "action", Some(action));
+    }
+
+    fn event_with(&mut self, index: usize, event: &str, key: &str, value: Option<&str>) {
         use std::io::Write;
         let Some(out) = &mut self.events else { return };
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "event": event,
             "identity": self.identities.get(index),
-            "serial": serial,
             "at_ms": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         });
+        line[key] = serde_json::json!(value);
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
@@ -420,6 +429,7 @@ impl Fleet {
                 Report::Delivered { index, serial } => {
                     self.event(index, "delivered", Some(&serial))
                 }
+                Report::Repeated { index, action } => self.action_event(index, "repeated", &action),
                 Report::Arrived { .. }
                 | Report::FirstRequest { .. }
                 | Report::Configured { .. }
@@ -468,6 +478,10 @@ impl Fleet {
                         Report::FirstRequest { index, at } if !arrivals => {
                             first.get_or_insert(at);
                             started_at.entry(index).or_insert(at);
+                            self.event(index, "first_request", None);
+                        }
+                        Report::Repeated { index, action } => {
+                            self.action_event(index, "repeated", &action);
                         }
                         Report::Arrived { .. } | Report::FirstRequest { .. } => {}
                         Report::Delivered { index, serial } => {

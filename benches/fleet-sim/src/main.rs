@@ -93,7 +93,8 @@ struct Args {
     /// collective, until the process is stopped (for reprovisioning)
     #[arg(long)]
     stay: bool,
-    /// Write what happens to each server as JSON lines (provisioned, reprovisioning)
+    /// Write what happens to each server as JSON lines (provisioned, reprovisioning...),
+    /// and its first request and any request for an action it was asked before (repeated)
     #[arg(long)]
     events: Option<PathBuf>,
     /// User provisioned servers connect as (their production account); default: they keep

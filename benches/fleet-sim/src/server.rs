@@ -78,6 +78,9 @@ pub enum Report {
     Arrived { index: usize, at: Instant },
     /// The first provisioning request reached the server.
     FirstRequest { index: usize, at: Instant },
+    /// A request for an action this server was already asked for in this provisioning
+    /// (a flow run again, or a retried RPC): where a slow server's time went.
+    Repeated { index: usize, action: String },
     /// The provisioner's work is done: the server accepted `restart` into a configuration
     /// with provisioning off, and restarts after its own delay.
     Configured { index: usize, at: Instant },
@@ -156,6 +159,8 @@ struct State {
     verified: bool,
     configure_count: u32,
     seen_first: bool,
+    /// Actions asked for since it last entered provisioning mode.
+    asked: Vec<String>,
     restarting: bool,
     csr_count: u32,
     /// The collective the server listens in now.
@@ -403,6 +408,23 @@ impl SimServer {
         }
     }
 
+    fn note_action(&self, action: &str) {
+        let repeated = match self.state.lock() {
+            Ok(st) if st.asked.iter().any(|a| a == action) => true,
+            Ok(mut st) => {
+                st.asked.push(action.to_string());
+                false
+            }
+            Err(_) => false,
+        };
+        if repeated {
+            let _ = self.reports.send(Report::Repeated {
+                index: self.spec.index,
+                action: action.to_string(),
+            });
+        }
+    }
+
     async fn rpc(self: &Arc<Self>, incoming: &Incoming) -> RpcReply {
         let env = &incoming.request.envelope;
         let req = match RpcRequest::from_json(&incoming.request.body()) {
@@ -413,6 +435,7 @@ impl SimServer {
             }
         };
         let action = req.action.clone();
+        self.note_action(&action);
         if req.agent != env.agent {
             self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
             return RpcReply::error(
