@@ -104,9 +104,9 @@ pub enum Outcome {
     Deferred(String),
     /// A step failed; try again later.
     Failed(String),
-    /// This member stopped the flow before it changed the server, for a reason of its own
-    /// (fenced: no heartbeat committed lately). Not the server's failure: it starts again
-    /// first, once the member may.
+    /// This member stopped the flow before its next call to the server went out, for a reason
+    /// of its own (fenced: no heartbeat committed lately). Not the server's failure: it starts
+    /// again first, once the member may.
     Interrupted(String),
     /// Shut down on the helper's request.
     Shutdown,
