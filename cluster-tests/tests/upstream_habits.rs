@@ -60,17 +60,14 @@ fn an_upstream_helm_chart_configuration_checks() {
     assert!(out.contains("ca.validity"), "{out}");
 }
 
-/// Under systemd stdout is a socket to the journal, which cannot be opened by its path: the
-/// provisioner must write to the stream it was given.
-#[test]
-fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
+/// A member's configuration (memory ledger, `extra_yaml` added) against a broker of its own,
+/// for a run that no fleet comes to.
+fn fleetless_config(d: &std::path::Path, extra_yaml: &str) -> (Nats, WrittenConfig) {
     let nats = Nats::start(d);
     let ca = init_ca(d);
     let opts = ProvisionerOptions {
         memory_ledger: true,
-        extra_yaml: "\nlogfile: /dev/stdout\nleader_election_name: choria-provisioner\n".into(),
+        extra_yaml: extra_yaml.into(),
         ..Default::default()
     };
     // no fleet comes: any ed25519 key will do as the provisioning JWT signer's
@@ -78,6 +75,68 @@ fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
     let signer_pub = d.join("jwt-signer.pem");
     std::fs::write(&signer_pub, issuer.public_pem().expect("pem")).expect("write the signer key");
     let written = WrittenConfig::write(d, &nats, &ca, &signer_pub, &opts);
+    (nats, written)
+}
+
+/// A supervisor may stop the service as soon as it is up (the pid file is there): that is a
+/// clean stop, not death by the default action of SIGTERM, even while it is still starting.
+#[test]
+fn a_sigterm_as_soon_as_the_pid_file_is_there_is_a_clean_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_nats, written) = fleetless_config(d, "");
+    let pid_file = d.join("choria-provisioner.pid");
+    let mut child = Command::new(bin("provisioner"))
+        .arg("run")
+        .arg("--config")
+        .arg(&written.config)
+        .arg("--pid")
+        .arg(&pid_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start provisioner");
+    let start = Instant::now();
+    // polled without a pause and signalled directly, so the signal lands while it starts
+    while !pid_file.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no pid file after 30 s"
+        );
+        std::hint::spin_loop();
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill(2) with the pid of our own child and a signal number; no memory is shared
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "kill -TERM");
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still running long after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!pid_file.exists(), "the pid file outlived the process");
+}
+
+/// Under systemd stdout is a socket to the journal, which cannot be opened by its path: the
+/// provisioner must write to the stream it was given.
+#[test]
+fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_nats, written) = fleetless_config(
+        d,
+        "\nlogfile: /dev/stdout\nleader_election_name: choria-provisioner\n",
+    );
     let (ours, theirs) = UnixStream::pair().expect("socket pair");
     let pid_file = d.join("choria-provisioner.pid");
     let mut child = Command::new(bin("provisioner"))

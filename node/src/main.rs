@@ -382,6 +382,19 @@ fn run(path: Option<PathBuf>, pid: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // listened for before the pid file and the first log line, which tell a supervisor the
+    // process is up: a SIGTERM from then on is a clean stop, never the default kill
+    let mut signals = {
+        let _in_runtime = runtime.enter();
+        StopSignals::listen()
+    };
     // written before the first log line; removed when this function returns, however the
     // provisioner stops
     let _pid = match &pid {
@@ -408,15 +421,18 @@ fn run(path: Option<PathBuf>, pid: Option<PathBuf>) -> ExitCode {
     if let Some(other) = not_read {
         tracing::info!(config = %path.display(), "{} is not read", other.display());
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     runtime.block_on(async move {
-        let provisioner = match Provisioner::start(config, None, None).await {
+        // a stop asked for while starting is carried out once started
+        let start = Provisioner::start(config, None, None);
+        tokio::pin!(start);
+        let mut stop_asked = false;
+        let started = loop {
+            tokio::select! {
+                started = &mut start => break started,
+                _ = signals.recv(), if !stop_asked => stop_asked = true,
+            }
+        };
+        let provisioner = match started {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -427,14 +443,16 @@ fn run(path: Option<PathBuf>, pid: Option<PathBuf>) -> ExitCode {
                 };
             }
         };
-        tokio::select! {
-            _ = wait_for_signal() => {}
-            reason = provisioner.failed() => {
-                // systemd restarts it (Restart=on-failure); a disk that is still full stops
-                // it again, visibly, rather than leaving a member that claims with a dead log
-                tracing::error!(%reason, "the ledger can no longer be written (is the disk under data_dir full or read-only?); stopping");
-                eprintln!("stopping: the ledger can no longer be written: {reason}");
-                return ExitCode::from(EXIT_STORAGE);
+        if !stop_asked {
+            tokio::select! {
+                _ = signals.recv() => {}
+                reason = provisioner.failed() => {
+                    // systemd restarts it (Restart=on-failure); a disk that is still full stops
+                    // it again, visibly, rather than leaving a member that claims with a dead log
+                    tracing::error!(%reason, "the ledger can no longer be written (is the disk under data_dir full or read-only?); stopping");
+                    eprintln!("stopping: the ledger can no longer be written: {reason}");
+                    return ExitCode::from(EXIT_STORAGE);
+                }
             }
         }
         tracing::info!("shutting down");
@@ -446,17 +464,36 @@ fn run(path: Option<PathBuf>, pid: Option<PathBuf>) -> ExitCode {
 /// Exit status when the ledger cannot be written: sysexits' EX_IOERR.
 const EXIT_STORAGE: u8 = 74;
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM (systemd's stop) and SIGINT, registered when made: a signal that comes before
+/// anyone waits is kept, not lost to the default action.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Needs a tokio runtime entered.
+    fn listen() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Until either signal comes (never, if neither could be registered).
+    async fn recv(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = one(&mut self.term) => {}
+            _ = one(&mut self.int) => {}
         }
     }
 }
