@@ -78,6 +78,26 @@ fn fleetless_config(d: &std::path::Path, extra_yaml: &str) -> (Nats, WrittenConf
     (nats, written)
 }
 
+/// Waits (30 s at most) for a signalled provisioner to end: its status and stderr.
+fn stopped(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    (status, stderr)
+}
+
 /// A supervisor may stop the service as soon as it is up (the pid file is there): that is a
 /// clean stop, not death by the default action of SIGTERM, even while it is still starting.
 #[test]
@@ -109,20 +129,7 @@ fn a_sigterm_as_soon_as_the_pid_file_is_there_is_a_clean_stop() {
     // SAFETY: kill(2) with the pid of our own child and a signal number; no memory is shared
     let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
     assert_eq!(sent, 0, "kill -TERM");
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "still running long after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let (status, stderr) = stopped(&mut child);
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(!pid_file.exists(), "the pid file outlived the process");
 }
@@ -181,21 +188,7 @@ fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
         .status()
         .expect("kill -TERM");
     assert!(term.success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "still running 30 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-    }
+    let (status, stderr) = stopped(&mut child);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(status.success(), "{status:?}: {stderr} {rest:?}");
     assert!(!pid_file.exists(), "the pid file outlived the process");
