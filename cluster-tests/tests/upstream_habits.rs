@@ -78,6 +78,24 @@ fn fleetless_config(d: &std::path::Path, extra_yaml: &str) -> (Nats, WrittenConf
     (nats, written)
 }
 
+/// `provisioner run --pid PID_FILE` on `written`, stdout to `stdout`, stderr kept.
+fn run_with_pid(
+    written: &WrittenConfig,
+    pid_file: &std::path::Path,
+    stdout: Stdio,
+) -> std::process::Child {
+    Command::new(bin("provisioner"))
+        .arg("run")
+        .arg("--config")
+        .arg(&written.config)
+        .arg("--pid")
+        .arg(pid_file)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start provisioner")
+}
+
 /// Waits (30 s at most) for a signalled provisioner to end: its status and stderr.
 fn stopped(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
     let start = Instant::now();
@@ -106,16 +124,7 @@ fn a_sigterm_as_soon_as_the_pid_file_is_there_is_a_clean_stop() {
     let d = dir.path();
     let (_nats, written) = fleetless_config(d, "");
     let pid_file = d.join("choria-provisioner.pid");
-    let mut child = Command::new(bin("provisioner"))
-        .arg("run")
-        .arg("--config")
-        .arg(&written.config)
-        .arg("--pid")
-        .arg(&pid_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start provisioner");
+    let mut child = run_with_pid(&written, &pid_file, Stdio::null());
     let start = Instant::now();
     // polled without a pause and signalled directly, so the signal lands while it starts
     while !pid_file.exists() {
@@ -146,16 +155,7 @@ fn run_logs_to_a_stdout_socket_and_keeps_its_pid_file_while_it_runs() {
     );
     let (ours, theirs) = UnixStream::pair().expect("socket pair");
     let pid_file = d.join("choria-provisioner.pid");
-    let mut child = Command::new(bin("provisioner"))
-        .arg("run")
-        .arg("--config")
-        .arg(&written.config)
-        .arg("--pid")
-        .arg(&pid_file)
-        .stdout(Stdio::from(OwnedFd::from(theirs)))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start provisioner");
+    let mut child = run_with_pid(&written, &pid_file, Stdio::from(OwnedFd::from(theirs)));
 
     ours.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
