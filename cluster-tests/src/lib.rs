@@ -691,6 +691,11 @@ pub struct ProvisionerOptions {
     pub cluster_extra: String,
     /// How long the certificates the provisioner issues are valid (`ca.validity`).
     pub ca_validity: String,
+    /// Control groups to start in, as their `cgroup.procs` files: the process joins its group
+    /// before the provisioner runs, so what the provisioner sizes by the CPUs it may use (its
+    /// runtime's threads) sees the group's cap. A process started alone takes the first;
+    /// [`start_members`] gives member *i* the *i*-th (none past the end).
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl Default for ProvisionerOptions {
@@ -717,6 +722,7 @@ impl Default for ProvisionerOptions {
             data_tmpfs: None,
             cluster_extra: String::new(),
             ca_validity: "30d".into(),
+            cgroups: Vec::new(),
         }
     }
 }
@@ -739,6 +745,8 @@ pub struct ProvisionerProcess {
     /// Its data directory (for a member, or a provisioner alone with a ledger on disk).
     pub data_dir: PathBuf,
     data_tmpfs: Option<String>,
+    /// The `cgroup.procs` file it joins before it runs, at every start.
+    cgroup: Option<PathBuf>,
 }
 
 /// A provisioner's configuration written to a file in its test directory.
@@ -848,11 +856,17 @@ impl ProvisionerProcess {
         if opts.data_tmpfs.is_some() {
             std::fs::create_dir_all(&data_dir).expect("data dir");
         }
-        let child = run_command(&config, &data_dir, opts.data_tmpfs.as_deref())
-            .stdout(log_file(dir, &format!("{}.out", opts.identity)))
-            .stderr(log_file(dir, &format!("{}.log", opts.identity)))
-            .spawn()
-            .expect("start provisioner");
+        let cgroup = opts.cgroups.first().cloned();
+        let child = run_command(
+            &config,
+            &data_dir,
+            opts.data_tmpfs.as_deref(),
+            cgroup.as_deref(),
+        )
+        .stdout(log_file(dir, &format!("{}.out", opts.identity)))
+        .stderr(log_file(dir, &format!("{}.log", opts.identity)))
+        .spawn()
+        .expect("start provisioner");
         let proc = Proc {
             child,
             name: opts.identity.clone(),
@@ -863,6 +877,7 @@ impl ProvisionerProcess {
             config,
             data_dir,
             data_tmpfs: opts.data_tmpfs.clone(),
+            cgroup,
         }
     }
 
@@ -919,10 +934,15 @@ impl ProvisionerProcess {
                 .map(Stdio::from)
                 .unwrap_or_else(|_| Stdio::null())
         };
-        self.proc.child = run_command(&self.config, &self.data_dir, self.data_tmpfs.as_deref())
-            .stdout(log("out"))
-            .stderr(log("log"))
-            .spawn()?;
+        self.proc.child = run_command(
+            &self.config,
+            &self.data_dir,
+            self.data_tmpfs.as_deref(),
+            self.cgroup.as_deref(),
+        )
+        .stdout(log("out"))
+        .stderr(log("log"))
+        .spawn()?;
         Ok(())
     }
 
@@ -938,9 +958,15 @@ impl ProvisionerProcess {
 }
 
 /// `provisioner run --config <config>`, with `data_dir` a fresh tmpfs of `tmpfs` size in a
-/// mount namespace of its own when asked (the process keeps its pid: `unshare` and `sh` exec).
-fn run_command(config: &Path, data_dir: &Path, tmpfs: Option<&str>) -> Command {
-    match tmpfs {
+/// mount namespace of its own when asked (the process keeps its pid: `unshare` and `sh` exec),
+/// in the control group whose `cgroup.procs` file is `cgroup` from before it runs.
+fn run_command(
+    config: &Path,
+    data_dir: &Path,
+    tmpfs: Option<&str>,
+    cgroup: Option<&Path>,
+) -> Command {
+    let command = match tmpfs {
         None => {
             let mut c = Command::new(bin("provisioner"));
             c.arg("run").arg("--config").arg(config);
@@ -958,7 +984,25 @@ fn run_command(config: &Path, data_dir: &Path, tmpfs: Option<&str>) -> Command {
                 .arg(config);
             c
         }
+    };
+    match cgroup {
+        Some(procs) => in_cgroup(&command, procs),
+        None => command,
     }
+}
+
+/// `command`, run by a shell that first moves itself into the control group whose
+/// `cgroup.procs` file is `procs` and then execs it (same pid). Moving the process in after it
+/// started races its start-up: a provisioner that has already counted its CPUs keeps the
+/// uncapped machine's worker threads, one that has not gets the cap's.
+pub fn in_cgroup(command: &Command, procs: &Path) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("echo $$ > \"$0\" && exec \"$@\"")
+        .arg(procs)
+        .arg(command.get_program())
+        .args(command.get_args());
+    c
 }
 
 /// Finds `series` (name with labels as printed) in Prometheus text.
@@ -1127,7 +1171,8 @@ pub fn start_members(
     let tls_dir = (members > 1).then(|| cluster_pki(dir, &specs));
     specs
         .iter()
-        .map(|spec| {
+        .enumerate()
+        .map(|(i, spec)| {
             let opts = ProvisionerOptions {
                 identity: spec.name.clone(),
                 cluster: (members > 1).then(|| ClusterOptions {
@@ -1140,6 +1185,7 @@ pub fn start_members(
                     admin_extra: admin.as_ref().map(|a| a.1.clone()).unwrap_or_default(),
                     cluster_extra: base.cluster_extra.clone(),
                 }),
+                cgroups: base.cgroups.get(i).cloned().into_iter().collect(),
                 ..base.clone()
             };
             ProvisionerProcess::start(dir, nats, ca, jwt_signer_pub, &opts)

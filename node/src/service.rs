@@ -914,6 +914,9 @@ fn status_fn(
                     "in_flight": in_flight,
                     "waiting_retry": waiting,
                     "flows_by_epoch": svc.flows.running(),
+                    // the flows' runtime's threads: as many as the CPUs the process may use
+                    // when it started, a cgroup's cap included
+                    "threads": tokio::runtime::Handle::current().metrics().num_workers(),
                 },
                 "ledger": {
                     "records": records,

@@ -23,16 +23,40 @@ pub fn own() -> Option<Usage> {
     read("/proc/self")
 }
 
-fn read(dir: &str) -> Option<Usage> {
-    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+/// CPU seconds of process `pid`'s living threads, summed by thread name (`raft`, tokio's
+/// workers, RocksDB's, the main thread under the program's name): where a process's CPU went.
+/// `None` when it is gone.
+pub fn by_thread(pid: u32) -> Option<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        if let Some((user, system, _, _)) = times(&stat) {
+            *out.entry(name).or_insert(0.0) += (user + system) / TICKS_PER_SECOND;
+        }
+    }
+    Some(out)
+}
+
+/// utime, stime, cutime and cstime (ticks) of a `/proc/.../stat` line.
+fn times(stat: &str) -> Option<(f64, f64, f64, f64)> {
     // fields after the command name, which is in parentheses and may hold spaces
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let cutime: f64 = fields.get(13)?.parse().ok()?;
-    let cstime: f64 = fields.get(14)?.parse().ok()?;
+    let field = |i: usize| -> Option<f64> { fields.get(i)?.parse().ok() };
+    Some((field(11)?, field(12)?, field(13)?, field(14)?))
+}
+
+fn read(dir: &str) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let (utime, stime, cutime, cstime) = times(&stat)?;
     let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
     let hwm_kb: f64 = status
         .lines()
@@ -64,6 +88,10 @@ mod tests {
         assert!(after.cpu_s > before.cpu_s, "{before:?} {after:?}");
         assert!(after.peak_rss_mb > 1.0);
         assert!(super::of(u32::MAX).is_none());
+        // this (busy) thread's CPU is in its name's sum
+        let threads = super::by_thread(std::process::id()).unwrap();
+        assert!(threads.values().sum::<f64>() > 0.0, "{threads:?}");
+        assert!(super::by_thread(u32::MAX).is_none());
         // a child's CPU counts once it is waited for
         let child = std::process::Command::new("sh")
             .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])

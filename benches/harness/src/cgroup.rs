@@ -99,9 +99,11 @@ impl CpuCap {
         std::fs::write(&path, value).map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
-    /// Moves process `pid` (all its threads, and the children it starts later) into the group.
-    pub fn adopt(&self, pid: u32) -> Result<(), String> {
-        self.write("cgroup.procs", &pid.to_string())
+    /// The group's `cgroup.procs` file: a process that writes its pid there is in the group,
+    /// with its threads and the children it starts later. Members join from before they run
+    /// (`cluster_tests::in_cgroup`), not moved in once started.
+    pub fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
     }
 
     /// How long the group's processes were held back by the cap so far, in seconds.
@@ -201,11 +203,11 @@ mod tests {
                 return;
             }
         };
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "while :; do :; done"])
+        let mut busy = std::process::Command::new("sh");
+        busy.args(["-c", "while :; do :; done"]);
+        let mut child = cluster_tests::in_cgroup(&busy, &cap.procs_file())
             .spawn()
             .unwrap_or_else(|e| panic!("{e}"));
-        cap.adopt(child.id()).unwrap_or_else(|e| panic!("{e}"));
         std::thread::sleep(std::time::Duration::from_millis(700));
         let throttled = cap.throttled_s().unwrap_or(0.0);
         let saturated = cap.saturated_share();
@@ -223,5 +225,32 @@ mod tests {
         let dir = cap.dir.clone();
         drop(cap);
         assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+
+    /// A process started in a group is in it before the program runs: what it reads of its
+    /// own cgroup at its first instruction (as a runtime counting its CPUs does) is the group.
+    #[test]
+    fn a_process_started_in_a_group_is_in_it_from_its_first_instruction() {
+        let name = format!("provisioner-bench-test-first-{}", std::process::id());
+        let cap = match CpuCap::create(&name, 0.05, DEFAULT_PERIOD_MS) {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(e.contains("cgroup"), "{e}");
+                return;
+            }
+        };
+        for _ in 0..5 {
+            let mut cat = std::process::Command::new("cat");
+            cat.arg("/proc/self/cgroup");
+            let out = cluster_tests::in_cgroup(&cat, &cap.procs_file())
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{out:?}");
+            assert!(
+                text.lines().any(|l| l.ends_with(&format!("/{name}"))),
+                "started outside the group:\n{text}"
+            );
+        }
     }
 }

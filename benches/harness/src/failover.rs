@@ -51,7 +51,6 @@ pub fn drive(
     events: &Path,
     servers: usize,
     members: &mut [ProvisionerProcess],
-    caps: &[crate::cgroup::CpuCap],
     fleet: &mut FleetProcess,
 ) -> Vec<Kill> {
     let mut kills = Vec::new();
@@ -67,12 +66,9 @@ pub fn drive(
             }
             match members[*i].restart() {
                 Ok(()) => {
+                    // (back on its own small machine: a restart joins the member's group
+                    // before it runs, as the first start did)
                     alive[*i] = true;
-                    // the new process goes back on its own small machine
-                    if let Some(Err(e)) = caps.get(*i).map(|c| c.adopt(members[*i].proc.child.id()))
-                    {
-                        eprintln!("bench: {} runs uncapped: {e}", name(*i));
-                    }
                     eprintln!("bench: {} started again", name(*i));
                 }
                 Err(e) => eprintln!("bench: cannot start {} again: {e}", name(*i)),

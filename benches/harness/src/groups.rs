@@ -9,16 +9,21 @@
 //! (a broker connection, a gRPC server, discovery, start-up) is paid once per group here, so
 //! this rate is a floor for the design, not its promise. Interleaved with one member at the
 //! same cap for the ratio.
+//!
+//! With `--replicas 1` each group is a provisioner alone on its machine: nothing is
+//! replicated or coordinated, and what the machines reach together against one member alone is
+//! what the box lets N capped members reach (its broker, simulator and caches shared), the
+//! yardstick for a cluster's ratio on it.
 
 use std::time::Duration;
 
-use cluster_tests::{init_ca, start_members, FleetOptions, FleetProcess, Nats};
+use cluster_tests::{init_ca, start_members, FleetOptions, FleetProcess, Nats, ProvisionerOptions};
 use serde_json::{json, Value};
 
 use crate::{cgroup, steady, Args};
 
 /// Replicas of every server: the design's three.
-const REPLICAS: u64 = 3;
+pub const REPLICAS: u64 = 3;
 
 /// Machine that member `i` of group `g` runs on.
 pub fn machine_of(g: u64, i: u64, machines: u64) -> u64 {
@@ -55,9 +60,10 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
     let Some(cores) = args.member_cpu else {
         return Err("groups: --member-cpu is needed (a cap per machine)".into());
     };
-    if machines < REPLICAS {
+    let replicas = args.replicas;
+    if replicas == 0 || machines < replicas {
         return Err(format!(
-            "groups: --members must be at least {REPLICAS} (the replicas of each group)"
+            "groups: --members must be at least --replicas ({replicas}), and --replicas at least 1"
         ));
     }
     let dir = tempfile::Builder::new()
@@ -100,10 +106,14 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
         fleets.push(fleet);
     }
     for (g, ((gdir, nats, ca), fleet)) in brokers.iter().zip(&fleets).enumerate() {
-        let procs = start_members(gdir, nats, ca, &fleet.signer_pub, REPLICAS, &opts, None);
-        for (i, p) in procs.iter().enumerate() {
-            caps[machine_of(g as u64, i as u64, machines) as usize].adopt(p.proc.child.id())?;
-        }
+        // each replica on its machine from before it runs
+        let placed = ProvisionerOptions {
+            cgroups: (0..replicas)
+                .map(|i| caps[machine_of(g as u64, i, machines) as usize].procs_file())
+                .collect(),
+            ..opts.clone()
+        };
+        let procs = start_members(gdir, nats, ca, &fleet.signer_pub, replicas, &placed, None);
         members.push(procs);
     }
     let pids: Vec<u32> = members
@@ -132,7 +142,7 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
         let s = &summaries[g];
         group_lines.push(json!({
             "group": g + 1,
-            "machines": (0..REPLICAS).map(|i| machine_of(g as u64, i, machines) + 1).collect::<Vec<_>>(),
+            "machines": (0..replicas).map(|i| machine_of(g as u64, i, machines) + 1).collect::<Vec<_>>(),
             "leader_machine": leader.map(|id| machine_of(g as u64, id.saturating_sub(1), machines) + 1),
             "servers": s["servers"],
             "provisioned": s["provisioned"],
@@ -185,7 +195,7 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
         "scenario": "groups",
         "members": machines,
         "groups": machines,
-        "replicas": REPLICAS,
+        "replicas": replicas,
         "servers": servers,
         "provisioned": provisioned,
         "duplicates": sum("provisioned_twice") + sum("duplicate_serials"),

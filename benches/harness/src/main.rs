@@ -130,6 +130,11 @@ struct Args {
     /// interleaved; ratios use each size's median
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// `groups`: members of each group (the design's 3). 1 runs that many provisioners that
+    /// share nothing but the box, each with its own broker and share of the fleet: what any
+    /// design could reach on this box at that cap
+    #[arg(long, default_value_t = groups::REPLICAS)]
+    replicas: u64,
 }
 
 impl Args {
@@ -458,32 +463,32 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         },
         true,
     );
+    // each member in its own capped group from before it runs (its runtime sizes its
+    // threads by the cap)
+    let caps = match args.member_cpu {
+        Some(cores) => (0..plan.members)
+            .map(|i| {
+                cgroup::CpuCap::create(
+                    &format!("provisioner-bench-{}-prov{}", std::process::id(), i + 1),
+                    cores,
+                    args.member_cpu_period_ms,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     let mut provisioners = start_members(
         dir.path(),
         &nats,
         &ca,
         &fleet.signer_pub,
         plan.members,
-        &options(args, plan.logic, plan.delay_ms),
+        &ProvisionerOptions {
+            cgroups: caps.iter().map(cgroup::CpuCap::procs_file).collect(),
+            ..options(args, plan.logic, plan.delay_ms)
+        },
         None,
     );
-    // each member in its own capped group from its first moments
-    let caps = match args.member_cpu {
-        Some(cores) => {
-            let mut caps = Vec::new();
-            for (i, p) in provisioners.iter().enumerate() {
-                let cap = cgroup::CpuCap::create(
-                    &format!("provisioner-bench-{}-prov{}", std::process::id(), i + 1),
-                    cores,
-                    args.member_cpu_period_ms,
-                )?;
-                cap.adopt(p.proc.child.id())?;
-                caps.push(cap);
-            }
-            caps
-        }
-        None => Vec::new(),
-    };
     if plan.arrival_rate.is_some() {
         // servers arrive once every member listens, as into a running cluster
         for p in &mut provisioners {
@@ -493,7 +498,7 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
     }
     let trace = steady::Trace::start(provisioners.iter().map(|p| p.proc.child.id()).collect());
     let kills = if plan.kill {
-        failover::drive(&events, args.servers, &mut provisioners, &caps, &mut fleet)
+        failover::drive(&events, args.servers, &mut provisioners, &mut fleet)
     } else {
         Vec::new()
     };
@@ -508,10 +513,20 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
         .iter()
         .map(|p| fleet::usage::of(p.proc.child.id()).unwrap_or_default())
         .collect();
+    // where each member's CPU went: its flows' threads, Raft's, RocksDB's
+    let by_thread: Vec<Value> = provisioners
+        .iter()
+        .map(|p| json!(fleet::usage::by_thread(p.proc.child.id()).unwrap_or_default()))
+        .collect();
     let (throttled, saturated) = cgroup::held_back(&caps);
     let leader = provisioners
         .iter()
         .find_map(|m| m.status()["raft"]["leader"].as_u64());
+    // each member's flows' runtime threads, as it sized them by the CPUs it may use
+    let flow_threads: Vec<Option<u64>> = provisioners
+        .iter()
+        .map(|m| m.status()["work"]["threads"].as_u64())
+        .collect();
     // Raft log entries written over the whole run (start-up and heartbeats included)
     let log_entries = provisioners
         .iter()
@@ -600,6 +615,8 @@ fn run(args: &Args, plan: Plan) -> Result<Value, String> {
     run["leader_share"] = json!(args.leader_share);
     run["raft_heartbeat_ms"] = json!(args.raft_heartbeat_ms);
     run["members_saturated"] = json!(saturated);
+    run["members_flow_threads"] = json!(flow_threads);
+    run["members_cpu_by_thread_s"] = json!(by_thread);
     if let (Value::Object(w), Some(r)) = (steady, run.as_object_mut()) {
         r.extend(w);
     }

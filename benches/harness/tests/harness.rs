@@ -88,6 +88,9 @@ fn throughput_with_the_shell_helper_reports_every_key() {
         "helpers ran: {r}"
     );
     assert_eq!(r["ledger"]["enrolled"], serde_json::json!([40]), "{r}");
+    // uncapped, a member runs its flows on the box's CPUs, as many as it may use
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert_eq!(r["members_flow_threads"], serde_json::json!([cpus]), "{r}");
 }
 
 #[test]
@@ -116,7 +119,7 @@ fn failover_kills_the_leader_then_a_follower_and_nothing_is_lost() {
 }
 
 /// Each member in its own CPU-capped cgroup (needs root, as CI and the bench machines run):
-/// the run says the cap, each member's CPU and throttled time, and who led.
+/// the run says the cap, each member's CPU, throttled time and threads, and who led.
 #[test]
 fn capped_members_report_their_cpu_throttling_and_leader() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,6 +146,20 @@ fn capped_members_report_their_cpu_throttling_and_leader() {
     assert_eq!(throttled.len(), 3, "{r}");
     assert!(cpu.iter().all(|c| c.as_f64().unwrap_or(0.0) > 0.0), "{r}");
     assert!(throttled.iter().all(Value::is_f64), "{r}");
+    // in its group from before it ran, each member sized its flows' runtime by the cap (0.2
+    // core: one thread), not by the box's two cores
+    assert_eq!(
+        r["members_flow_threads"],
+        serde_json::json!([1, 1, 1]),
+        "{r}"
+    );
+    // and the CPU each member spent, by thread: every member of a cluster runs Raft's
+    let by_thread = r["members_cpu_by_thread_s"].as_array().expect("by thread");
+    assert_eq!(by_thread.len(), 3, "{r}");
+    for m in by_thread {
+        assert!(m["raft"].as_f64().unwrap_or(0.0) > 0.0, "{m}");
+        assert!(m["tokio-rt-worker"].as_f64().unwrap_or(0.0) > 0.0, "{m}");
+    }
     assert!(
         ["prov1", "prov2", "prov3"].contains(&r["leader"].as_str().unwrap_or("")),
         "{r}"
@@ -191,6 +208,40 @@ fn groups_place_three_clusters_on_three_capped_machines() {
     assert_eq!(cpu.len(), 3, "{r}");
     assert!(cpu.iter().all(|c| c.as_f64().unwrap_or(0.0) > 0.0), "{r}");
     assert!(r["ratio_to_one_member"].is_f64(), "{r}");
+}
+
+/// `groups --replicas 1`: provisioners alone on their machines, sharing nothing but the box;
+/// each provisions its share with a ledger of its own.
+#[test]
+fn groups_of_one_are_provisioners_that_share_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = bench(
+        dir.path(),
+        &[
+            "groups",
+            "--servers",
+            "40",
+            "--members",
+            "2",
+            "--replicas",
+            "1",
+            "--member-cpu",
+            "0.3",
+        ],
+    );
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let r = &runs[1];
+    assert_eq!(n(r, "replicas"), 1, "{r}");
+    assert_eq!(n(r, "provisioned"), 40, "{r}");
+    let groups = r["group_runs"].as_array().expect("group_runs");
+    assert_eq!(groups.len(), 2, "{r}");
+    for (i, g) in groups.iter().enumerate() {
+        assert_eq!(n(g, "provisioned"), 20, "{g}");
+        // one machine each, and no Raft to lead
+        assert_eq!(g["machines"], serde_json::json!([i + 1]), "{g}");
+        assert!(g["leader_machine"].is_null(), "{g}");
+        assert_eq!(g["ledger"]["enrolled"], serde_json::json!([20]), "{g}");
+    }
 }
 
 /// A run that cannot finish in time ends at its deadline and says so, with what it did.
