@@ -33,15 +33,16 @@ pub fn by_thread(pid: u32) -> Option<std::collections::BTreeMap<String, f64>> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_string();
-        if let Some((user, system, _, _)) = times(&stat) {
-            *out.entry(name).or_insert(0.0) += (user + system) / TICKS_PER_SECOND;
+        if let Some((name, (user, system, _, _))) = name(&stat).zip(times(&stat)) {
+            *out.entry(name.to_string()).or_insert(0.0) += (user + system) / TICKS_PER_SECOND;
         }
     }
     Some(out)
+}
+
+/// The command name of a `/proc/.../stat` line, between its first `(` and last `)`.
+fn name(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
 }
 
 /// utime, stime, cutime and cstime (ticks) of a `/proc/.../stat` line.
@@ -75,6 +76,29 @@ fn read(dir: &str) -> Option<Usage> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stat_line_that_is_not_one_gives_nothing() {
+        for garbage in [
+            "",
+            ")",
+            ") (",
+            "1 (x",
+            "1 (x) S",
+            "1 (a b) S 1 2 3 4 5 6 7 8 9 x y 0 0",
+        ] {
+            assert!(super::times(garbage).is_none(), "{garbage:?}");
+        }
+        assert_eq!(super::name(") ("), None);
+        assert_eq!(
+            super::name("7 (tokio-rt-worker) S"),
+            Some("tokio-rt-worker")
+        );
+        // a name may hold spaces and parentheses; the fields come after the last `)`
+        let line = "7 (a) b) S 1 2 3 4 5 6 7 8 9 10 250 30 4 5";
+        assert_eq!(super::name(line), Some("a) b"));
+        assert_eq!(super::times(line), Some((250.0, 30.0, 4.0, 5.0)));
+    }
+
     #[test]
     fn own_usage_grows_with_work() {
         let before = super::own().unwrap();
