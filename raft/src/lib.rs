@@ -6,7 +6,8 @@
 //! every replica reaches the same ledger; [`ledger`] is the small interface the provisioning
 //! pipeline talks to. [`local`] implements it in one process; [`replicated`] implements the
 //! same interface by committing the same commands through the Raft log of a [`member`], whose
-//! [`store`] keeps log and state machine in RocksDB and whose [`network`] is gRPC, with
+//! [`store`] keeps the state machine in RocksDB and the log in a
+//! [`segment_log`] and whose [`network`] is gRPC, with
 //! [`authz`] deciding which member may make which call on it and [`codec`] how log entries and
 //! peer messages are encoded ([`append_cache`]: once for every follower). A replica's records stay in RocksDB ([`disk`]), the state
 //! machine holding in memory only what the batch being applied touches ([`records`]);
@@ -30,6 +31,7 @@ pub mod ownership;
 pub mod recent_log;
 pub mod records;
 pub mod replicated;
+pub mod segment_log;
 pub mod snapshot;
 pub mod snapshot_file;
 pub mod state;

@@ -1,11 +1,13 @@
-//! RocksDB storage of one member: the Raft log and vote, and the ledger state machine.
+//! Storage of one member: the Raft log and vote, and the ledger state machine in RocksDB.
 //! openraft reaches it through the two halves of its storage API in [`crate::storage`].
 //!
-//! Column families:
-//! - `logs`: entries by big-endian index (so iteration is in log order), binary (entries an
-//!   earlier build wrote, JSON, are read as they are; see [`crate::codec`]); the entries
-//!   appended last are also kept decoded in memory ([`crate::recent_log`]), which serves
-//!   replication and apply;
+//! The log's entries are in segment files under `log/` ([`crate::segment_log`]), binary
+//! (entries an earlier build wrote, JSON, are read as they are; see [`crate::codec`]); the
+//! entries appended last are also kept decoded in memory ([`crate::recent_log`]), which serves
+//! replication and apply. Column families:
+//! - `logs`: where earlier builds kept the entries, by big-endian index; a store found with
+//!   entries there has them moved to the segments once, at start; `log_moved` (empty) is
+//!   there from then on, so an earlier build refuses the store instead of missing its log;
 //! - `meta`: vote, last purged log id (and the current snapshot where an earlier build kept
 //!   it; now it is the file `snapshot/current`, see [`crate::snapshot`]);
 //! - `ledger`, `serials`, `by_state`: the ledger's records, serials and index by state (see
@@ -42,9 +44,7 @@ use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
@@ -52,13 +52,20 @@ use crate::codec::{self, WireFormat};
 use crate::digest::Sum;
 use crate::disk::{self, StoredRecords, CF_BY_STATE, CF_LEDGER, CF_SERIALS};
 use crate::ledger::Applied;
+use crate::segment_log::SegmentLog;
 use crate::snapshot;
 use crate::snapshot_file::SnapshotFile;
 use crate::state::{Encoded, LedgerCounts, LedgerState, Rejection};
 use crate::types::{BatchResult, Member, NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
+/// Its presence says the log is in segment files: RocksDB refuses to open a store with a
+/// column family the opener does not name, so an earlier build stops with
+/// `Column families not opened: log_moved` instead of starting without its log.
+const CF_LOG_MOVED: &str = "log_moved";
 const CF_META: &str = "meta";
+/// The log's directory, inside the store's.
+const LOG_DIR: &str = "log";
 const CF_SM_META: &str = "sm_meta";
 /// The state machine's column families, which a snapshot replaces.
 const SM_DATA: [&str; 3] = [CF_LEDGER, CF_SERIALS, CF_BY_STATE];
@@ -161,6 +168,8 @@ pub struct Store {
     last_snapshot: std::sync::Mutex<Option<SnapshotStats>>,
     /// The log entries appended last, so replication and apply need not read them back.
     recent: std::sync::Mutex<crate::recent_log::RecentLog>,
+    /// The stored log.
+    log: SegmentLog,
     /// Tests: the next state machine write fails, as on a full disk.
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
@@ -246,6 +255,7 @@ impl Store {
         opts.set_allow_concurrent_memtable_write(false);
         let cfs = [
             CF_LOGS,
+            CF_LOG_MOVED,
             CF_META,
             CF_LEDGER,
             CF_SERIALS,
@@ -256,6 +266,13 @@ impl Store {
         .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        let (log, opened) = SegmentLog::open(&dir.join(LOG_DIR)).map_err(logs_read)?;
+        if opened.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = opened.torn_bytes,
+                "the raft log ended in an append a crash cut short; it was never acknowledged and is dropped"
+            );
+        }
         let mut store = Store {
             db: Arc::new(db),
             dir: dir.to_path_buf(),
@@ -263,9 +280,15 @@ impl Store {
             wire: WireFormat::default(),
             last_snapshot: Default::default(),
             recent: Default::default(),
+            log,
             #[cfg(test)]
             fail_next_write: Default::default(),
         };
+        store.move_log_once()?;
+        if let Some(purged) = store.get_json::<LogId<NodeId>>(CF_META, KEY_PURGED)? {
+            // a purge that ended before its segments were deleted
+            store.log.purge_upto(purged.index).map_err(logs_write)?;
+        }
         store.index_once()?;
         let mut sm = store.load_state_machine()?;
         if let Some((meta, saved)) = store.current_snapshot()? {
@@ -324,8 +347,13 @@ impl Store {
                 openraft::AnyError::error(e.to_string()),
             ))
         };
-        rocksdb::checkpoint::Checkpoint::new(&self.db)
-            .and_then(|c| c.create_checkpoint(dest))
+        // the log is held still while RocksDB's part is copied, so both are of one moment
+        self.log
+            .copy_to(&dest.join(LOG_DIR), || {
+                rocksdb::checkpoint::Checkpoint::new(&self.db)
+                    .and_then(|c| c.create_checkpoint(dest))
+            })
+            .map_err(|e| read(&e))?
             .map_err(|e| read(&e))?;
         // the log may be purged up to the snapshot: the copy needs it too
         let (from, to) = (snapshot::path(&self.dir), snapshot::path(dest));
@@ -478,6 +506,37 @@ impl Store {
         self.db
             .put_cf_opt(self.cf(cf)?, key, bytes, &synced())
             .map_err(logs_write)
+    }
+
+    /// Moves the entries an earlier build kept in the `logs` column family into the segment
+    /// log (once: a start that stops halfway finds them still there and moves them again,
+    /// over whatever segments it wrote).
+    fn move_log_once(&self) -> StoreResult<()> {
+        let logs = self.cf(CF_LOGS)?;
+        let mut entries = Vec::new();
+        for item in self.db.iterator_cf(logs, IteratorMode::Start) {
+            let (k, v) = item.map_err(logs_read)?;
+            entries.push((key_index(&k).map_err(logs_read)?, v.to_vec()));
+        }
+        let Some((first, _)) = entries.first() else {
+            return Ok(());
+        };
+        let (first, count) = (*first, entries.len());
+        self.log.truncate_from(0).map_err(logs_write)?;
+        for chunk in entries.chunks(1024) {
+            self.log.append(chunk).map_err(logs_write)?;
+        }
+        self.db
+            .delete_range_cf(logs, index_key(0), index_key(u64::MAX))
+            .map_err(logs_write)?;
+        // delete_range excludes its end: the entry at u64::MAX cannot exist in practice
+        self.db.flush_wal(true).map_err(logs_write)?;
+        tracing::info!(
+            first,
+            entries = count,
+            "moved the raft log from RocksDB to segment files"
+        );
+        Ok(())
     }
 
     /// Builds the index by state of a store an earlier build wrote (once; a start that stops
@@ -885,20 +944,17 @@ impl Store {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        let key = index_key(start);
-        for item in self.db.iterator_cf(
-            self.cf(CF_LOGS)?,
-            IteratorMode::From(&key, Direction::Forward),
-        ) {
-            let (k, v) = item.map_err(logs_read)?;
-            let index = key_index(&k).map_err(logs_read)?;
-            if !range.contains(&index) {
-                break;
-            }
-            out.push(codec::decode(&v).map_err(logs_read)?);
-        }
-        Ok(out)
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.log
+            .read(start, end)
+            .map_err(logs_read)?
+            .iter()
+            .map(|(_, bytes)| codec::decode(bytes).map_err(logs_read))
+            .collect()
     }
 }
 
@@ -953,16 +1009,12 @@ impl Store {
     /// The last purged and the last stored log ids.
     pub fn get_log_state(&self) -> StoreResult<LogState<TypeConfig>> {
         let purged: Option<LogId<NodeId>> = self.get_json(CF_META, KEY_PURGED)?;
-        let last = match self
-            .db
-            .iterator_cf(self.cf(CF_LOGS)?, IteratorMode::End)
-            .next()
-        {
-            Some(item) => {
-                let (_, v) = item.map_err(logs_read)?;
-                let e: Entry<TypeConfig> = codec::decode(&v).map_err(logs_read)?;
-                Some(e.log_id)
-            }
+        let last = match self.log.bounds() {
+            Some((_, last)) => self
+                .read_log(&(last..=last))?
+                .pop()
+                .map(|e| e.log_id)
+                .or(purged),
             None => purged,
         };
         Ok(LogState {
@@ -976,38 +1028,29 @@ impl Store {
     where
         I: IntoIterator<Item = Entry<TypeConfig>>,
     {
-        let cf = self.cf(CF_LOGS)?;
-        let mut written = Vec::new();
-        let mut batch = WriteBatch::default();
+        let mut records = Vec::new();
+        let mut decoded = Vec::new();
         for e in entries {
             let bytes = codec::encode(&e, true).map_err(logs_write)?;
-            batch.put_cf(cf, index_key(e.log_id.index), &bytes);
-            written.push((e, bytes.len()));
+            decoded.push((e, bytes.len()));
+            records.push((decoded[decoded.len() - 1].0.log_id.index, bytes));
         }
-        self.db.write_opt(batch, &synced()).map_err(logs_write)?;
-        self.change_recent(|r| r.appended(written));
+        self.log.append(&records).map_err(logs_write)?;
+        self.change_recent(|r| r.appended(decoded));
         Ok(())
     }
 
     /// Deletes the log from `log_id` on (entries a new leader's log does not have).
     pub fn delete_conflict_logs_since(&self, log_id: LogId<NodeId>) -> StoreResult<()> {
         self.change_recent(|r| r.truncated_from(log_id.index));
-        let cf = self.cf(CF_LOGS)?;
-        self.db
-            .delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX))
-            .map_err(logs_write)?;
-        // delete_range excludes its end: the entry at u64::MAX cannot exist in practice
-        self.db.flush_wal(true).map_err(logs_write)
+        self.log.truncate_from(log_id.index).map_err(logs_write)
     }
 
     /// Deletes the log up to `log_id`, which a snapshot holds.
     pub fn purge_logs_upto(&self, log_id: LogId<NodeId>) -> StoreResult<()> {
         self.change_recent(|r| r.purged_upto(log_id.index));
         self.put_json_synced(CF_META, KEY_PURGED, &log_id)?;
-        let cf = self.cf(CF_LOGS)?;
-        self.db
-            .delete_range_cf(cf, index_key(0), index_key(log_id.index.saturating_add(1)))
-            .map_err(logs_write)
+        self.log.purge_upto(log_id.index).map_err(logs_write)
     }
 
     /// The last applied log id and membership.
@@ -1509,32 +1552,102 @@ mod tests {
         );
     }
 
-    /// A log an earlier build wrote (JSON entries) reads as it is; what this build appends is
-    /// binary, and both read back side by side.
+    /// A log an earlier build wrote (in RocksDB, JSON entries and binary ones) is moved to
+    /// the segment files at the first start and reads as it was; what this build appends
+    /// follows it, and a second start finds nothing left to move.
     #[tokio::test]
-    async fn json_entries_of_an_earlier_build_read_next_to_binary_ones() {
+    async fn a_log_an_earlier_build_kept_in_rocksdb_is_moved_to_segments_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
         let old = entry(1, vec![Command::Rebalance { at_ms: 1 }]);
-        store
-            .db
-            .put_cf(
-                store.cf(CF_LOGS).unwrap(),
-                index_key(1),
-                serde_json::to_vec(&old).unwrap(),
+        let newer = entry(2, vec![Command::Rebalance { at_ms: 2 }]);
+        {
+            // the column families an earlier build had
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf(
+                &opts,
+                dir.path(),
+                [
+                    CF_LOGS,
+                    CF_META,
+                    CF_LEDGER,
+                    CF_SERIALS,
+                    CF_BY_STATE,
+                    CF_SM_META,
+                ],
             )
             .unwrap();
-        let new = entry(2, vec![Command::Rebalance { at_ms: 2 }]);
-        store.append_to_log(vec![new.clone()]).unwrap();
-        let raw = store
+            let logs = db.cf_handle(CF_LOGS).unwrap();
+            db.put_cf(logs, index_key(1), serde_json::to_vec(&old).unwrap())
+                .unwrap();
+            db.put_cf(logs, index_key(2), codec::encode(&newer, true).unwrap())
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.log_entries(1..).unwrap(),
+            vec![old.clone(), newer.clone()]
+        );
+        let logs = store.cf(CF_LOGS).unwrap();
+        assert!(store
             .db
-            .get_cf(store.cf(CF_LOGS).unwrap(), index_key(2))
-            .unwrap()
-            .unwrap();
-        assert!(codec::is_binary(&raw));
-        assert_eq!(store.log_entries(1..).unwrap(), vec![old, new]);
+            .iterator_cf(logs, IteratorMode::Start)
+            .next()
+            .is_none());
+        let third = entry(3, vec![Command::Rebalance { at_ms: 3 }]);
+        store.append_to_log(vec![third.clone()]).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.read_log(&(1..)).unwrap(), vec![old, newer, third]);
         let state = store.get_log_state().unwrap();
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(2));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(3));
+        drop(store);
+
+        // an earlier build, which names only its own column families, refuses the store
+        let opts = Options::default();
+        let err = DB::open_cf(
+            &opts,
+            dir.path(),
+            [
+                CF_LOGS,
+                CF_META,
+                CF_LEDGER,
+                CF_SERIALS,
+                CF_BY_STATE,
+                CF_SM_META,
+            ],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(CF_LOG_MOVED), "{err}");
+    }
+
+    /// A purge whose segments were not all deleted when the process ended (the purge point
+    /// is written first) is finished at start: the log reads from the purge point on.
+    #[tokio::test]
+    async fn a_purge_cut_short_is_finished_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cmd = |i| vec![Command::Rebalance { at_ms: i }];
+        store
+            .append_to_log((1..=6).map(|i| entry(i, cmd(i))).collect::<Vec<_>>())
+            .unwrap();
+        // as if the process ended right after the purge point was written
+        store
+            .put_json_synced(
+                CF_META,
+                KEY_PURGED,
+                &LogId::new(CommittedLeaderId::new(1, 1), 4),
+            )
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let indexes =
+            |v: Vec<Entry<TypeConfig>>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        assert_eq!(indexes(store.read_log(&(1..)).unwrap()), vec![5, 6]);
+        let state = store.get_log_state().unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(6));
     }
 
     /// The entries kept in memory are the stored log's: after appends, a conflicting suffix

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use proto::v1::{Filter, Insecure, Reply, Request};
@@ -387,13 +388,15 @@ fn state_machine(c: &mut Criterion) {
 /// What a follower does for each server another member provisioned: decode the append that
 /// carries it, append it to the synced log and apply it. Per server this is most of a
 /// replica's cost (`k` in `BENCHMARKS.md`); the RPC's HTTP/2 and TLS and openraft's own work
-/// come on top.
-fn replica(c: &mut Criterion) {
+/// come on top. Measured twice: in wall time, and in the CPU time of the thread
+/// ([`ThreadCpu`]), which is what a capped member pays (a synced write's wait for the disk
+/// is not).
+fn replica<M: Measurement + 'static>(c: &mut Criterion<M>, group: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     let (_dir, store) = store_at_current_rules(&rt);
     // about what one entry carried in the capped 5-member runs (7,500 servers, 81-90 entries)
     const SERVERS: usize = 90;
-    let mut g = c.benchmark_group("replica");
+    let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(SERVERS as u64));
     let mut next = 0usize;
     let mut index = 1u64;
@@ -427,8 +430,82 @@ fn replica(c: &mut Criterion) {
             )
         },
     );
+    // the log's own part of the above: encode the entry, write it and sync it (after the
+    // entries above: the log takes only the next index)
+    g.bench_function("synced log append of 90 servers' Finish", |b| {
+        b.iter_batched(
+            || {
+                index += 1;
+                let cmds = (next..next + SERVERS)
+                    .flat_map(|i| server_commands_finish(i, 1_700_000_000_000))
+                    .collect();
+                next += SERVERS;
+                vec![entry(index, cmds)]
+            },
+            |entries| {
+                store
+                    .append_to_log(entries)
+                    .unwrap_or_else(|e| panic!("append: {e}"))
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 
-criterion_group!(benches, envelopes, csr, jwt, state_machine, replica);
-criterion_main!(benches);
+fn replica_wall(c: &mut Criterion) {
+    replica(c, "replica");
+}
+
+fn replica_cpu(c: &mut Criterion<ThreadCpu>) {
+    replica(c, "replica, thread CPU");
+}
+
+/// The CPU time (user and system) of the thread that runs the measured routine.
+struct ThreadCpu;
+
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill in
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        panic!("clock_gettime: {}", std::io::Error::last_os_error());
+    }
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+static WALL: WallTime = WallTime;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu()
+    }
+    fn end(&self, started: Duration) -> Duration {
+        thread_cpu().saturating_sub(started)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        // nanoseconds, as wall time's
+        WALL.formatter()
+    }
+}
+
+criterion_group!(benches, envelopes, csr, jwt, state_machine, replica_wall);
+criterion_group! {
+    name = cpu_benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = replica_cpu
+}
+criterion_main!(benches, cpu_benches);

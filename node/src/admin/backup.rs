@@ -103,15 +103,14 @@ pub async fn make(
     Ok((dir, manifest))
 }
 
-/// Bytes in the files under `dir`.
+/// Bytes in the files under `dir` and its directories (the log's segments are in `log/`).
 fn size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+        .map(|(path, m)| if m.is_dir() { size(&path) } else { m.len() })
         .sum()
 }
 
