@@ -50,6 +50,8 @@ pub enum LogError {
     },
     #[error("raft log: entry {got} appended where {expected} comes next")]
     Gap { expected: u64, got: u64 },
+    #[error("raft log: an entry of {bytes} bytes is too large to log")]
+    TooLarge { bytes: usize },
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
@@ -102,10 +104,8 @@ fn put_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) -> Result<(), LogEr
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|l| *l <= MAX_RECORD)
-        .ok_or_else(|| LogError::Corrupt {
-            path: PathBuf::new(),
-            offset: 0,
-            why: format!("an entry of {} bytes is too large to log", payload.len()),
+        .ok_or(LogError::TooLarge {
+            bytes: payload.len(),
         })?;
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&checksum(index, payload).to_le_bytes());
@@ -467,12 +467,13 @@ impl SegmentLog {
     pub fn truncate_from(&self, index: u64) -> Result<(), LogError> {
         let mut inner = self.lock();
         let segments = &mut inner.segments;
-        let mut removed = false;
         let later: Vec<u64> = segments.range(index..).map(|(f, _)| *f).collect();
-        for first in later {
+        // the last first, each removal synced: a crash in between leaves a shorter log, never
+        // one with a hole (truncations are rare: a new leader's conflicting suffix)
+        for first in later.into_iter().rev() {
             if let Some(s) = segments.remove(&first) {
                 std::fs::remove_file(&s.path).map_err(io("remove", &s.path))?;
-                removed = true;
+                sync_dir(&self.dir)?;
             }
         }
         if let Some(segment) = segments.values_mut().next_back() {
@@ -485,9 +486,6 @@ impl SegmentLog {
                     .map_err(io("truncate", &segment.path))?;
                 segment.ends.truncate((index - segment.first) as usize);
             }
-        }
-        if removed {
-            sync_dir(&self.dir)?;
         }
         Ok(())
     }
