@@ -565,6 +565,16 @@ mod tests {
     /// Small segments (a few records each), so every test crosses segment boundaries.
     const SMALL: u64 = 200;
 
+    /// A log in `dir` with small segments holding entries `1..=last`, appended `per_append`
+    /// at a time.
+    fn filled(dir: &Path, last: u64, per_append: usize) -> SegmentLog {
+        let (log, _) = SegmentLog::open_with(dir, SMALL).unwrap();
+        for chunk in records(1..=last).chunks(per_append) {
+            log.append(chunk).unwrap();
+        }
+        log
+    }
+
     #[test]
     fn appends_read_back_across_segments_and_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -625,10 +635,7 @@ mod tests {
     fn a_torn_append_at_the_end_is_cut_off_at_start() {
         for cut in [1usize, 10, HEADER, HEADER + 3] {
             let dir = tempfile::tempdir().unwrap();
-            let (log, _) = SegmentLog::open_with(dir.path(), SMALL).unwrap();
-            for chunk in records(1..=20).chunks(4) {
-                log.append(chunk).unwrap();
-            }
+            let log = filled(dir.path(), 20, 4);
             drop(log);
             let last = dir.path().join(files(dir.path()).pop().unwrap());
             let mut torn = Vec::new();
@@ -654,10 +661,7 @@ mod tests {
     #[test]
     fn a_damaged_record_is_found_by_its_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SegmentLog::open_with(dir.path(), SMALL).unwrap();
-        for chunk in records(1..=30).chunks(2) {
-            log.append(chunk).unwrap();
-        }
+        let log = filled(dir.path(), 30, 2);
         drop(log);
         let names = files(dir.path());
         let flip = |name: &str, back: u64| {
@@ -687,10 +691,7 @@ mod tests {
     #[test]
     fn a_truncation_across_segment_boundaries_holds_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SegmentLog::open_with(dir.path(), SMALL).unwrap();
-        for chunk in records(1..=40).chunks(2) {
-            log.append(chunk).unwrap();
-        }
+        let log = filled(dir.path(), 40, 2);
         let before = files(dir.path()).len();
         // an index inside a segment, several segments before the last
         log.truncate_from(13).unwrap();
@@ -725,10 +726,7 @@ mod tests {
     #[test]
     fn a_purge_deletes_whole_segments_and_hides_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = SegmentLog::open_with(dir.path(), SMALL).unwrap();
-        for chunk in records(1..=40).chunks(2) {
-            log.append(chunk).unwrap();
-        }
+        let log = filled(dir.path(), 40, 2);
         let before = files(dir.path()).len();
         log.purge_upto(21).unwrap();
         let after = files(dir.path());

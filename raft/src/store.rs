@@ -1552,6 +1552,16 @@ mod tests {
         );
     }
 
+    /// The column families of the builds before the log moved to segment files.
+    const EARLIER_CFS: [&str; 6] = [
+        CF_LOGS,
+        CF_META,
+        CF_LEDGER,
+        CF_SERIALS,
+        CF_BY_STATE,
+        CF_SM_META,
+    ];
+
     /// A log an earlier build wrote (in RocksDB, JSON entries and binary ones) is moved to
     /// the segment files at the first start and reads as it was; what this build appends
     /// follows it, and a second start finds nothing left to move.
@@ -1565,19 +1575,7 @@ mod tests {
             let mut opts = Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
-            let db = DB::open_cf(
-                &opts,
-                dir.path(),
-                [
-                    CF_LOGS,
-                    CF_META,
-                    CF_LEDGER,
-                    CF_SERIALS,
-                    CF_BY_STATE,
-                    CF_SM_META,
-                ],
-            )
-            .unwrap();
+            let db = DB::open_cf(&opts, dir.path(), EARLIER_CFS).unwrap();
             let logs = db.cf_handle(CF_LOGS).unwrap();
             db.put_cf(logs, index_key(1), serde_json::to_vec(&old).unwrap())
                 .unwrap();
@@ -1606,19 +1604,7 @@ mod tests {
 
         // an earlier build, which names only its own column families, refuses the store
         let opts = Options::default();
-        let err = DB::open_cf(
-            &opts,
-            dir.path(),
-            [
-                CF_LOGS,
-                CF_META,
-                CF_LEDGER,
-                CF_SERIALS,
-                CF_BY_STATE,
-                CF_SM_META,
-            ],
-        )
-        .unwrap_err();
+        let err = DB::open_cf(&opts, dir.path(), EARLIER_CFS).unwrap_err();
         assert!(err.to_string().contains(CF_LOG_MOVED), "{err}");
     }
 

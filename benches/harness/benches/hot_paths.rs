@@ -405,15 +405,11 @@ fn replica<M: Measurement + 'static>(c: &mut Criterion<M>, group: &str) {
         |b| {
             b.iter_batched(
                 || {
-                    index += 1;
-                    let cmds = (next..next + SERVERS)
-                        .flat_map(|i| server_commands_finish(i, 1_700_000_000_000))
-                        .collect();
-                    next += SERVERS;
+                    let e = next_finish(&mut index, &mut next, SERVERS);
                     let req = openraft::raft::AppendEntriesRequest::<TypeConfig> {
                         vote: openraft::Vote::new_committed(1, 1),
                         prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index - 1)),
-                        entries: vec![entry(index, cmds)],
+                        entries: vec![e],
                         leader_commit: None,
                     };
                     raft::codec::encode(&req, true).unwrap_or_else(|e| panic!("encode: {e}"))
@@ -434,14 +430,7 @@ fn replica<M: Measurement + 'static>(c: &mut Criterion<M>, group: &str) {
     // entries above: the log takes only the next index)
     g.bench_function("synced log append of 90 servers' Finish", |b| {
         b.iter_batched(
-            || {
-                index += 1;
-                let cmds = (next..next + SERVERS)
-                    .flat_map(|i| server_commands_finish(i, 1_700_000_000_000))
-                    .collect();
-                next += SERVERS;
-                vec![entry(index, cmds)]
-            },
+            || vec![next_finish(&mut index, &mut next, SERVERS)],
             |entries| {
                 store
                     .append_to_log(entries)
@@ -451,6 +440,17 @@ fn replica<M: Measurement + 'static>(c: &mut Criterion<M>, group: &str) {
         )
     });
     g.finish();
+}
+
+/// The next log entry (after `index`) with the next `servers` servers' `Finish` (after
+/// `next`), both moved on.
+fn next_finish(index: &mut u64, next: &mut usize, servers: usize) -> Entry<TypeConfig> {
+    *index += 1;
+    let cmds = (*next..*next + servers)
+        .flat_map(|i| server_commands_finish(i, 1_700_000_000_000))
+        .collect();
+    *next += servers;
+    entry(*index, cmds)
 }
 
 fn replica_wall(c: &mut Criterion) {
