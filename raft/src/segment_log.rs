@@ -686,6 +686,26 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
     }
 
+    /// A segment file without its header: the last one is a segment created just before a
+    /// crash (dropped); any other is refused.
+    #[test]
+    fn a_segment_without_its_header_is_dropped_at_the_end_and_refused_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(segment_name(7)), b"PRV").unwrap();
+        let (log, opened) = SegmentLog::open_with(dir.path(), SMALL).unwrap();
+        assert_eq!(opened.torn_bytes, 3);
+        assert_eq!(log.bounds(), None);
+        assert!(files(dir.path()).is_empty());
+        drop(log);
+
+        let log = filled(dir.path(), 10, 2);
+        drop(log);
+        let first = files(dir.path())[0].clone();
+        std::fs::write(dir.path().join(&first), b"garbage, not a segment").unwrap();
+        let err = SegmentLog::open_with(dir.path(), SMALL).unwrap_err();
+        assert!(err.to_string().contains("no segment header"), "{err}");
+    }
+
     /// A new leader's log replaces a suffix that starts in an earlier segment than the last:
     /// later segments go, the one it starts in is cut, and both hold across a restart.
     #[test]
