@@ -310,18 +310,7 @@ fn main() -> ExitCode {
             );
         }
     }
-    let mut all = runs.clone();
-    if args.append {
-        let earlier: Vec<Value> = std::fs::read_to_string(&args.out)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["runs"].as_array().cloned())
-            .unwrap_or_default();
-        all = earlier.into_iter().chain(all).collect();
-    }
-    let doc = json!({ "runs": all });
-    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    if let Err(e) = std::fs::write(&args.out, text + "\n") {
+    if let Err(e) = write_runs(&args.out, args.append, runs.clone()) {
         eprintln!("bench: cannot write {}: {e}", args.out.display());
         return ExitCode::FAILURE;
     }
@@ -363,23 +352,32 @@ fn ledger_main(args: &Args) -> ExitCode {
         }
     };
     println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default());
-    let earlier: Vec<Value> = if args.append {
-        std::fs::read_to_string(&args.out)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|v| v["runs"].as_array().cloned())
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let all: Vec<Value> = earlier.into_iter().chain([run]).collect();
-    let text = serde_json::to_string_pretty(&json!({ "runs": all })).unwrap_or_default();
-    if let Err(e) = std::fs::write(&args.out, text + "\n") {
+    if let Err(e) = write_runs(&args.out, args.append, vec![run]) {
         eprintln!("bench: cannot write {}: {e}", args.out.display());
         return ExitCode::FAILURE;
     }
     eprintln!("bench: wrote {}", args.out.display());
     ExitCode::SUCCESS
+}
+
+/// Writes `{"runs": [...]}` to `out`, after the runs already there when `append`, one run per
+/// line: a results file that collects hundreds of runs with their timelines stays a third of
+/// its pretty-printed size, and a new run is one added line in a diff.
+fn write_runs(out: &std::path::Path, append: bool, runs: Vec<Value>) -> std::io::Result<()> {
+    let earlier: Vec<Value> = match append {
+        true => std::fs::read_to_string(out)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["runs"].as_array().cloned())
+            .unwrap_or_default(),
+        false => Vec::new(),
+    };
+    let lines: Vec<String> = earlier
+        .iter()
+        .chain(&runs)
+        .map(|r| serde_json::to_string(r).unwrap_or_default())
+        .collect();
+    std::fs::write(out, format!("{{\"runs\": [\n{}\n]}}\n", lines.join(",\n")))
 }
 
 /// The provisioner options for a run's user logic.
@@ -718,5 +716,32 @@ fn print_table(runs: &[Value]) {
             f("nats_cpu_s"),
             f("peak_rss_mb"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs appended to a results file read back in order, each on its own line.
+    #[test]
+    fn runs_are_appended_one_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("runs.json");
+        write_runs(&out, true, vec![json!({"a": 1, "t": [1, 2]})]).unwrap();
+        write_runs(&out, true, vec![json!({"a": 2}), json!({"a": 3})]).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let a: Vec<i64> = doc["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["a"].as_i64().unwrap())
+            .collect();
+        assert_eq!(a, [1, 2, 3]);
+        assert_eq!(text.lines().count(), 5, "{text}");
+        write_runs(&out, false, vec![]).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(doc["runs"].as_array().map(Vec::len), Some(0));
     }
 }
