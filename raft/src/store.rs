@@ -1032,8 +1032,9 @@ impl Store {
         let mut decoded = Vec::new();
         for e in entries {
             let bytes = codec::encode(&e, true).map_err(logs_write)?;
+            let index = e.log_id.index;
             decoded.push((e, bytes.len()));
-            records.push((decoded[decoded.len() - 1].0.log_id.index, bytes));
+            records.push((index, bytes));
         }
         self.log.append(&records).map_err(logs_write)?;
         self.change_recent(|r| r.appended(decoded));
