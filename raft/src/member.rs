@@ -9,7 +9,6 @@ use std::sync::Arc;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use thiserror::Error;
-use tokio::sync::oneshot;
 
 use crate::admin::{
     ChangeError, ExtraFn, MembershipChange, MembershipOutcome, PeerContext, PeerView,
@@ -141,7 +140,8 @@ pub struct RaftMember {
     /// The store held a log when this process started: a restart, not a first start.
     pub restarted: bool,
     ctx: Arc<PeerContext>,
-    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    /// Set once the member stops: its gRPC server and its followers' append streams end.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl RaftMember {
@@ -200,7 +200,7 @@ impl RaftMember {
             })?),
             None => None,
         };
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let proposer = Proposer::start(
             cfg.id,
             raft.clone(),
@@ -223,6 +223,8 @@ impl RaftMember {
             max_clock_skew_ms: cfg.max_clock_skew_ms,
             names: Default::default(),
             refusals_logged: Default::default(),
+            streamed_appends: Default::default(),
+            stopping: stopped.clone(),
         });
         let service = RaftGrpc::server(ctx.clone());
         let mut builder = tonic::transport::Server::builder();
@@ -242,7 +244,7 @@ impl RaftMember {
             network,
             restarted,
             ctx,
-            stop: std::sync::Mutex::new(Some(stop)),
+            stop,
         })
     }
 
@@ -250,14 +252,15 @@ impl RaftMember {
         listener: tokio::net::TcpListener,
         mut builder: tonic::transport::Server,
         service: proto::grpc::raft::raft_server::RaftServer<RaftGrpc>,
-        stopped: oneshot::Receiver<()>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
     ) {
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = builder
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
+                .serve_with_incoming_shutdown(incoming, async move {
+                    // a dropped member stops its server as well
+                    let _ = stopped.wait_for(|stop| *stop).await;
                 })
                 .await;
             if let Err(e) = result {
@@ -550,6 +553,14 @@ impl RaftMember {
         leader_of(&self.raft)
     }
 
+    /// Appends this member took on a leader's append stream since it started (the rest came
+    /// as calls of their own, from a leader that serves no stream).
+    pub fn streamed_appends(&self) -> u64 {
+        self.ctx
+            .streamed_appends
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Where this member's commands (and, on the leader, forwarded ones) are queued.
     pub fn proposer(&self) -> &Proposer {
         &self.ctx.proposer
@@ -594,10 +605,7 @@ impl RaftMember {
     /// Stops serving peers and shuts Raft down; the store closes when the last handle to
     /// this member is dropped.
     pub async fn shutdown(&self) {
-        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
-        if let Some(stop) = stop {
-            let _ = stop.send(());
-        }
+        self.stop.send_replace(true);
         let _ = self.raft.shutdown().await;
     }
 }
