@@ -112,11 +112,6 @@ pub struct PeerContext {
     pub refusals_logged: std::sync::Mutex<
         std::collections::HashMap<(&'static str, &'static str), std::time::Instant>,
     >,
-    /// Appends this member took on append streams (as a follower), since it started.
-    pub streamed_appends: std::sync::atomic::AtomicU64,
-    /// Turns true when the member stops: a leader's append stream to it ends then, instead
-    /// of holding the member's store open for as long as the leader keeps it.
-    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PeerContext {

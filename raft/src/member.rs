@@ -9,6 +9,7 @@ use std::sync::Arc;
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use thiserror::Error;
+use tokio::sync::oneshot;
 
 use crate::admin::{
     ChangeError, ExtraFn, MembershipChange, MembershipOutcome, PeerContext, PeerView,
@@ -140,8 +141,7 @@ pub struct RaftMember {
     /// The store held a log when this process started: a restart, not a first start.
     pub restarted: bool,
     ctx: Arc<PeerContext>,
-    /// Set once the member stops: its gRPC server and its followers' append streams end.
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl RaftMember {
@@ -200,7 +200,7 @@ impl RaftMember {
             })?),
             None => None,
         };
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (stop, stopped) = oneshot::channel::<()>();
         let proposer = Proposer::start(
             cfg.id,
             raft.clone(),
@@ -223,8 +223,6 @@ impl RaftMember {
             max_clock_skew_ms: cfg.max_clock_skew_ms,
             names: Default::default(),
             refusals_logged: Default::default(),
-            streamed_appends: Default::default(),
-            stopping: stopped.clone(),
         });
         let service = RaftGrpc::server(ctx.clone());
         let mut builder = tonic::transport::Server::builder();
@@ -244,7 +242,7 @@ impl RaftMember {
             network,
             restarted,
             ctx,
-            stop,
+            stop: std::sync::Mutex::new(Some(stop)),
         })
     }
 
@@ -252,15 +250,14 @@ impl RaftMember {
         listener: tokio::net::TcpListener,
         mut builder: tonic::transport::Server,
         service: proto::grpc::raft::raft_server::RaftServer<RaftGrpc>,
-        mut stopped: tokio::sync::watch::Receiver<bool>,
+        stopped: oneshot::Receiver<()>,
     ) {
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let result = builder
                 .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    // a dropped member stops its server as well
-                    let _ = stopped.wait_for(|stop| *stop).await;
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
                 })
                 .await;
             if let Err(e) = result {
@@ -553,14 +550,6 @@ impl RaftMember {
         leader_of(&self.raft)
     }
 
-    /// Appends this member took on a leader's append stream since it started (the rest came
-    /// as calls of their own, from a leader that serves no stream).
-    pub fn streamed_appends(&self) -> u64 {
-        self.ctx
-            .streamed_appends
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Where this member's commands (and, on the leader, forwarded ones) are queued.
     pub fn proposer(&self) -> &Proposer {
         &self.ctx.proposer
@@ -605,7 +594,10 @@ impl RaftMember {
     /// Stops serving peers and shuts Raft down; the store closes when the last handle to
     /// this member is dropped.
     pub async fn shutdown(&self) {
-        self.stop.send_replace(true);
+        let stop = self.stop.lock().ok().and_then(|mut s| s.take());
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
         let _ = self.raft.shutdown().await;
     }
 }

@@ -36,7 +36,7 @@ use serde::Serialize;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::admin::{ChangeError, MembershipChange, MembershipOutcome, PeerContext, PeerView};
 use crate::append_cache::AppendCache;
@@ -321,19 +321,6 @@ pub struct PeerClient {
     client: Result<RaftClient<Channel>, String>,
     wire: WireFormat,
     appends: AppendCache,
-    /// The open append stream, if any; dropped on any failure and opened again by the next
-    /// append.
-    stream: Option<AppendStream>,
-    /// False once the peer answered that it serves no append stream (an older member).
-    streams: bool,
-}
-
-/// One long-lived `AppendStream` call: requests go in on `tx`, answers come back on
-/// `replies` in the same order. openraft sends a peer one append at a time and waits for its
-/// answer, so the next reply always belongs to the last request.
-struct AppendStream {
-    tx: tokio::sync::mpsc::Sender<RaftPayload>,
-    replies: Streaming<RaftPayload>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -346,8 +333,6 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client(node).map_err(|e| e.to_string()),
             wire: self.wire.clone(),
             appends: self.appends.clone(),
-            stream: None,
-            streams: true,
         }
     }
 }
@@ -416,133 +401,21 @@ impl PeerClient {
                 RPCTypes::InstallSnapshot,
             ),
         };
-        let reply = reply.map_err(|s| self.failed(kind, action, s, timeout))?;
-        self.answer(reply.get_ref())
-    }
-
-    /// A call that failed: out of time (openraft sends again at once) or not through.
-    fn failed<E: std::error::Error>(
-        &self,
-        kind: &'static str,
-        action: RPCTypes,
-        s: Status,
-        timeout: Duration,
-    ) -> RPCError<NodeId, Member, E> {
-        if timed_out(&s) {
-            self.late(action, timeout)
-        } else {
-            RPCError::Unreachable(Unreachable::new(&TransportError(format!("{kind}: {s}"))))
-        }
-    }
-
-    fn late<E: std::error::Error>(
-        &self,
-        action: RPCTypes,
-        timeout: Duration,
-    ) -> RPCError<NodeId, Member, E> {
-        RPCError::Timeout(Timeout {
-            action,
-            id: self.id,
-            target: self.target,
-            timeout,
-        })
-    }
-
-    /// The peer's answer: what it returned, or its Raft error as a remote error.
-    fn answer<Resp, E>(&self, reply: &RaftPayload) -> Result<Resp, RPCError<NodeId, Member, E>>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let result: Result<Resp, E> = decode(reply)
+        let reply = reply.map_err(|s| {
+            if timed_out(&s) {
+                RPCError::Timeout(Timeout {
+                    action,
+                    id: self.id,
+                    target: self.target,
+                    timeout,
+                })
+            } else {
+                unreachable(format!("{kind}: {s}"))
+            }
+        })?;
+        let result: Result<Resp, E> = decode(reply.get_ref())
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-    }
-}
-
-impl PeerClient {
-    /// The open append stream, opening one if there is none; `Ok(None)` when the peer
-    /// serves none, so the append goes as a call of its own.
-    async fn append_stream<E: std::error::Error>(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<Option<&mut AppendStream>, RPCError<NodeId, Member, E>> {
-        if self.stream.is_none() && self.streams {
-            let client = self
-                .client
-                .as_mut()
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&TransportError(e.clone()))))?;
-            // one request and one answer in flight: openraft waits for each answer
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let opened = tokio::time::timeout(
-                timeout,
-                client.append_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            )
-            .await;
-            match opened {
-                Ok(Ok(replies)) => {
-                    tracing::debug!(target = self.target, "append stream opened");
-                    self.stream = Some(AppendStream {
-                        tx,
-                        replies: replies.into_inner(),
-                    });
-                }
-                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                    tracing::info!(
-                        target = self.target,
-                        "the peer serves no append stream (an older member): one call per append"
-                    );
-                    self.streams = false;
-                }
-                Ok(Err(s)) => {
-                    return Err(self.failed("append", RPCTypes::AppendEntries, s, timeout))
-                }
-                Err(_) => return Err(self.late(RPCTypes::AppendEntries, timeout)),
-            }
-        }
-        Ok(self.stream.as_mut())
-    }
-
-    /// Sends one append on the open stream and waits for its answer; any failure drops the
-    /// stream, so a late answer never meets the next request.
-    async fn append_streamed<Resp, E>(
-        &mut self,
-        payload: RaftPayload,
-        timeout: Duration,
-    ) -> Result<Resp, RPCError<NodeId, Member, E>>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
-                "no append stream open".into(),
-            ))));
-        };
-        let exchange = async {
-            stream
-                .tx
-                .send(payload)
-                .await
-                .map_err(|_| Status::unavailable("the append stream closed"))?;
-            match stream.replies.message().await {
-                Ok(Some(reply)) => Ok(reply),
-                Ok(None) => Err(Status::unavailable("the peer ended the append stream")),
-                Err(s) => Err(s),
-            }
-        };
-        let reply = match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(s)) => {
-                self.stream = None;
-                return Err(self.failed("append", RPCTypes::AppendEntries, s, timeout));
-            }
-            Err(_) => {
-                self.stream = None;
-                return Err(self.late(RPCTypes::AppendEntries, timeout));
-            }
-        };
-        self.answer(&reply)
     }
 }
 
@@ -556,11 +429,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .appends
             .encode(&rpc, self.wire.binary())
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
-        let payload = RaftPayload { payload };
-        if self.append_stream(option.hard_ttl()).await?.is_some() {
-            return self.append_streamed(payload, option.hard_ttl()).await;
-        }
-        self.send("append", payload, option.hard_ttl()).await
+        self.send("append", RaftPayload { payload }, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -584,7 +454,6 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 }
 
 /// The gRPC service a member serves to its peers.
-#[derive(Clone)]
 pub struct RaftGrpc {
     raft: Raft,
     ctx: Arc<PeerContext>,
@@ -603,27 +472,6 @@ impl RaftGrpc {
         .max_encoding_message_size(GRPC_MAX_MESSAGE)
     }
 }
-
-/// Where a call came from: the certificates its connection presented and its address. A
-/// stream's messages are each checked against the group as it is when they arrive, with the
-/// origin the stream was opened from.
-#[derive(Clone)]
-struct Origin {
-    certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
-    addr: Option<std::net::SocketAddr>,
-}
-
-impl Origin {
-    fn of<T>(req: &Request<T>) -> Self {
-        Origin {
-            certs: req.peer_certs(),
-            addr: req.remote_addr(),
-        }
-    }
-}
-
-/// What a member's append stream answers with.
-type Answers = std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
 
 /// How often one kind of refused call is logged; the metric counts every one.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
@@ -668,19 +516,23 @@ impl RaftGrpc {
     }
 
     /// Who made the call, with the roster it was judged against.
-    async fn caller(&self, from: &Origin, rpc: &'static str) -> Result<(Caller, Roster), Status> {
+    async fn caller(
+        &self,
+        req: &Request<RaftPayload>,
+        rpc: &'static str,
+    ) -> Result<(Caller, Roster), Status> {
         let roster = self.roster().await;
         let caller = if self.ctx.tls {
-            match from.certs.as_deref().and_then(|c| c.first()) {
+            match req.peer_certs().as_deref().and_then(|c| c.first()) {
                 Some(cert) => self.ctx.names.of(cert).and_then(|n| roster.identify(&n)),
                 None => Err(Refusal::NoCertificate),
             }
         } else {
-            authz::loopback(from.addr)
+            authz::loopback(req.remote_addr())
         };
         match caller {
             Ok(c) => Ok((c, roster)),
-            Err(e) => Err(self.refused(rpc, e, from.addr)),
+            Err(e) => Err(self.refused(rpc, e, req.remote_addr())),
         }
     }
 
@@ -750,30 +602,9 @@ impl RaftGrpc {
         rpc: &'static str,
         check: impl FnOnce(&Roster, &Caller) -> Result<(), Refusal>,
     ) -> Result<Caller, Status> {
-        self.authorize_from(&Origin::of(req), rpc, check).await
-    }
-
-    async fn authorize_from(
-        &self,
-        from: &Origin,
-        rpc: &'static str,
-        check: impl FnOnce(&Roster, &Caller) -> Result<(), Refusal>,
-    ) -> Result<Caller, Status> {
-        let (caller, roster) = self.caller(from, rpc).await?;
-        check(&roster, &caller).map_err(|e| self.refused(rpc, e, from.addr))?;
+        let (caller, roster) = self.caller(req, rpc).await?;
+        check(&roster, &caller).map_err(|e| self.refused(rpc, e, req.remote_addr()))?;
         Ok(caller)
-    }
-
-    /// One append, from a call of its own or a stream: only the leader it names may send it.
-    async fn append(&self, from: &Origin, msg: &RaftPayload) -> Result<RaftPayload, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(msg)?;
-        let leader = rpc.vote.leader_id().voted_for();
-        self.authorize_from(from, "append", |r, c| r.acts_as(c, leader))
-            .await?;
-        encode(
-            &self.raft.append_entries(rpc).await,
-            codec::is_binary(&msg.payload),
-        )
     }
 
     /// Adds a joining member: learner first (it catches up), then voter.
@@ -841,45 +672,11 @@ impl RaftService for RaftGrpc {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.append(&Origin::of(&req), req.get_ref())
-            .await
-            .map(Response::new)
-    }
-
-    type AppendStreamStream = Answers;
-
-    async fn append_stream(
-        &self,
-        req: Request<Streaming<RaftPayload>>,
-    ) -> Result<Response<Answers>, Status> {
-        let from = Origin::of(&req);
-        // a stranger is turned away at once; each append is checked as it comes
-        self.caller(&from, "append").await?;
-        let this = self.clone();
-        let mut appends = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let mut stopping = self.ctx.stopping.clone();
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    msg = appends.message() => msg,
-                    _ = stopping.wait_for(|stop| *stop) => break,
-                };
-                let Ok(Some(msg)) = msg else { break };
-                this.ctx
-                    .streamed_appends
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let answer = this.append(&from, &msg).await;
-                // a refused or undecodable append ends the stream, as it fails a call
-                let last = answer.is_err();
-                if tx.send(answer).await.is_err() || last {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        let leader = rpc.vote.leader_id().voted_for();
+        self.authorize(&req, "append", |r, c| r.acts_as(c, leader))
+            .await?;
+        reply(&req, &self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

@@ -83,35 +83,6 @@ async fn raw_append(net: &Network, to: &Member, term: u64, leader: u64) -> Resul
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
-/// An append as `leader` on an append stream: the stream ends with the refusal, if any.
-async fn raw_append_streamed(
-    net: &Network,
-    to: &Member,
-    term: u64,
-    leader: u64,
-) -> Result<(), String> {
-    let req = AppendEntriesRequest::<TypeConfig> {
-        vote: Vote::new_committed(term, leader),
-        prev_log_id: None,
-        entries: vec![],
-        leader_commit: None,
-    };
-    let payload = serde_json::to_vec(&req).unwrap();
-    let mut client = net.client(to).map_err(|e| e.to_string())?;
-    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
-    let appends = tokio_stream::iter(vec![RaftPayload { payload }]);
-    let mut replies = client
-        .append_stream(appends)
-        .await
-        .map_err(status)?
-        .into_inner();
-    match replies.message().await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("the stream ended without an answer".into()),
-        Err(s) => Err(status(s)),
-    }
-}
-
 struct Group {
     _dir: tempfile::TempDir,
     pki: Pki,
@@ -251,10 +222,6 @@ async fn members_act_only_as_themselves() {
     refused(
         raw_append(&net, &leader, term + 50, lid).await,
         "append as the leader",
-    );
-    refused(
-        raw_append_streamed(&net, &leader, term + 50, lid).await,
-        "append as the leader on a stream",
     );
     refused(
         net.join(

@@ -126,15 +126,6 @@ async fn three_members_agree_and_survive_restart() {
     for l in &ledgers[1..] {
         assert_eq!(l.records().await, a);
     }
-    // the leader sent its appends on one stream per follower, not as calls of their own
-    let leader_id = wait_leader(&members).await;
-    for m in members.iter().filter(|m| m.id != leader_id) {
-        assert!(
-            m.streamed_appends() > 0,
-            "member {} took no streamed append",
-            m.id
-        );
-    }
 
     // the ledger rules: a new group applies the first ones; a follower cannot raise them, the
     // leader does once every voter reports it applies the newest, and every replica follows
