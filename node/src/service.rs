@@ -614,10 +614,12 @@ async fn probe_broker(opts: async_nats::ConnectOptions, servers: Vec<String>) {
     }
 }
 
-/// Counts each new leader this member sees, from openraft's metrics channel, so elections
-/// between two housekeeping ticks are counted too.
+/// Counts each new leader this member sees, from openraft's server metrics, so elections
+/// between two housekeeping ticks are counted too. Those change with the role, vote, leader
+/// or membership only; the full metrics change with every turn of Raft's core (every entry,
+/// reply and tick), and each change would wake this task on the flows' runtime.
 async fn watch_leader(member: Arc<RaftMember>, m: Arc<Metrics>) {
-    let mut rx = member.raft.metrics();
+    let mut rx = member.raft.server_metrics();
     // the first leader seen counts too, even one elected before this task ran
     let mut last = None;
     loop {

@@ -270,14 +270,16 @@ impl RaftMember {
     /// that failed, such as a full disk): the member can no longer commit anything and its
     /// process should end, so that it is restarted or an operator looks.
     pub async fn failed(&self) -> String {
-        let mut rx = self.raft.metrics();
+        // waits on the server metrics, which change with the role or leader only, not on the
+        // full ones, which change with every entry and would wake the caller as often; both
+        // end when Raft's core ends, after it recorded why in the full ones
+        let mut rx = self.raft.server_metrics();
         loop {
-            if let Err(fatal) = &rx.borrow().running_state {
+            if let Err(fatal) = &self.raft.metrics().borrow().running_state {
                 return fatal.to_string();
             }
             if rx.changed().await.is_err() {
-                // the channel ends only when Raft has stopped
-                return match &rx.borrow().running_state {
+                return match &self.raft.metrics().borrow().running_state {
                     Err(fatal) => fatal.to_string(),
                     Ok(()) => "raft stopped".to_string(),
                 };
