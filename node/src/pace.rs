@@ -10,8 +10,8 @@
 //!
 //! - a write slower than [`TARGET`] cuts the limit by `TARGET / took` (at least 20 %, at most
 //!   half), once per `TARGET` so one slow batch counts once;
-//! - a write within half of [`TARGET`], while the flows fill at least half the limit, raises it
-//!   by one per limit's worth of such writes (about one per round of flows). An idle member keeps
+//! - a quick write (within [`QUICK`], three quarters of [`TARGET`]), while the flows fill at
+//!   least half the limit, raises it by a quarter ([`AVOIDANCE_STEP`]). An idle member keeps
 //!   its limit where it was, so a burst does not start with a limit nobody tested.
 //! - A member starts at its least limit and, until its first write that is not quick, adds one
 //!   for each quick write (doubling per round, TCP's slow start): five members that each started every worker at once
@@ -31,6 +31,22 @@ use tokio::sync::Notify;
 /// The commit time this member's writes should stay within: two fifths of the fence, so a
 /// heartbeat (sent every 2 s) committed at half as long again still keeps the fence open.
 pub const TARGET: Duration = Duration::from_millis(crate::flows::FENCE_MS * 2 / 5);
+
+/// A write this quick lets the limit grow. A follower's writes wait for the leader's next entry
+/// and for its own batch before, about a second on capped members however many flows it runs;
+/// with half the target here its limit stayed where slow start first met that second, the
+/// flows all busy and its CPU cap not used up (`benches/BENCHMARKS.md`, "Followers that stopped
+/// growing").
+pub const QUICK: Duration = Duration::from_millis(crate::flows::FENCE_MS * 3 / 10);
+
+/// What a quick write adds once slow start is over. One place per round of flows (TCP's one per
+/// round trip) was too slow here: a round takes seconds, and a member whose first writes were
+/// slow (the cluster forming, an election) stayed near a quarter of its workers through a whole
+/// burst while its queue held thousands (`benches/BENCHMARKS.md`, "Followers that stopped
+/// growing"). A quarter a write goes from a quarter of 384 workers to all of them in about 1,150
+/// quick writes, some 13 s at the 90 a second a member capped at 0.05 core writes; a cut stops
+/// an overshoot within the 2 s a write may take.
+const AVOIDANCE_STEP: f64 = 1.0 / 4.0;
 
 /// The flow limit, and the flows running under it.
 #[derive(Debug)]
@@ -149,10 +165,10 @@ impl Pace {
                 limit = s.limit as usize,
                 "ledger writes slow; fewer flows at once"
             );
-        } else if took <= TARGET / 2 && s.running as f64 * 2.0 >= s.limit {
-            let step = if s.slow_start { 1.0 } else { 1.0 / s.limit };
+        } else if took <= QUICK && s.running as f64 * 2.0 >= s.limit {
+            let step = if s.slow_start { 1.0 } else { AVOIDANCE_STEP };
             s.limit = (s.limit + step).min(self.max as f64);
-        } else if took > TARGET / 2 {
+        } else if took > QUICK {
             // the queue is building: stop doubling before a cut is needed (TCP's HyStart)
             s.slow_start = false;
         }
@@ -243,10 +259,10 @@ mod tests {
         // idle: fast writes (the heartbeat's) leave the limit alone
         writes(&p, 300, FAST, t0);
         assert_eq!(p.limit(), 64);
-        // over half the places taken: a limit's worth of fast writes adds one
+        // over half the places taken: four fast writes add one
         let mut held = Vec::new();
         take(&p, 33, &mut held).await;
-        writes(&p, 65, FAST, t0);
+        writes(&p, 4, FAST, t0);
         assert_eq!(p.limit(), 65);
         // writes neither fast nor slow change nothing
         writes(&p, 300, TARGET, t0);
@@ -271,10 +287,10 @@ mod tests {
         take(&p, 100, &mut held).await;
         writes(&p, 300, FAST, t0);
         assert_eq!(p.limit(), 400);
-        // after a cut, a round of quick writes adds one
+        // after a cut, four quick writes add one
         p.observe(SLOW, t0);
         assert_eq!(p.limit(), 200);
-        writes(&p, 210, FAST, t0);
+        writes(&p, 4, FAST, t0);
         assert_eq!(p.limit(), 201);
     }
 
@@ -286,13 +302,57 @@ mod tests {
         take(&p, 100, &mut held).await;
         writes(&p, 100, FAST, t0);
         assert_eq!(p.limit(), 200);
-        // the queue is building: the limit stays, and grows by one a round from here
+        // the queue is building: the limit stays, and grows by a quarter a write from here
         p.observe(TARGET, t0);
         assert_eq!(p.limit(), 200);
         assert_eq!(p.cuts(), 0);
         take(&p, 100, &mut held).await;
-        writes(&p, 210, FAST, t0);
+        writes(&p, 4, FAST, t0);
         assert_eq!(p.limit(), 201);
+    }
+
+    #[tokio::test]
+    async fn a_follower_s_second_long_writes_still_let_slow_start_double() {
+        // a follower's writes wait on the leader's next entry: about a second however few
+        // flows it runs, and that alone must not stop the limit where it starts
+        let second = Duration::from_millis(1_200);
+        assert!(second > TARGET / 2 && second <= QUICK);
+        let p = Pace::new(400);
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        take(&p, 100, &mut held).await;
+        writes(&p, 100, second, t0);
+        assert_eq!(p.limit(), 200);
+        // past three quarters of the target the queue counts as building
+        p.observe(QUICK + Duration::from_millis(1), t0);
+        take(&p, 100, &mut held).await;
+        writes(&p, 100, second, t0);
+        assert_eq!(
+            p.limit(),
+            225,
+            "not a quarter a write after a write that was not quick"
+        );
+        assert_eq!(p.cuts(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_first_write_was_slow_still_reaches_all_its_workers() {
+        // the cluster forming made the first write slow: slow start ends at a quarter, and a
+        // burst must still get every worker going, not one more per round of flows
+        let p = Pace::new(384);
+        let t0 = Instant::now();
+        p.observe(QUICK + Duration::from_millis(100), t0);
+        assert_eq!(p.limit(), 96);
+        let mut held = Vec::new();
+        let mut quick = 0;
+        while p.limit() < 384 && quick < 10_000 {
+            let free = p.limit() - held.len();
+            take(&p, free, &mut held).await;
+            writes(&p, 4, FAST, t0);
+            quick += 4;
+        }
+        assert_eq!(p.limit(), 384);
+        assert!(quick <= 1_200, "{quick} quick writes to reach all workers");
     }
 
     #[tokio::test]
