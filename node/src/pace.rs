@@ -11,8 +11,8 @@
 //! - a write slower than [`TARGET`] cuts the limit by `TARGET / took` (at least 20 %, at most
 //!   half), once per `TARGET` so one slow batch counts once;
 //! - a quick write (within [`QUICK`], three quarters of [`TARGET`]), while the flows fill at
-//!   least half the limit, raises it by a quarter ([`AVOIDANCE_STEP`]). An idle member keeps
-//!   its limit where it was, so a burst does not start with a limit nobody tested.
+//!   least half the limit, raises it by a quarter of a place ([`AVOIDANCE_STEP`]). An idle
+//!   member keeps its limit where it was, so a burst does not start with a limit nobody tested.
 //! - A member starts at its least limit and, until its first write that is not quick, adds one
 //!   for each quick write (doubling per round, TCP's slow start): five members that each started every worker at once
 //!   put so many writes in the leader's queue that it missed its Raft heartbeats and lost office
