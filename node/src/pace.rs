@@ -202,6 +202,18 @@ mod tests {
         }
     }
 
+    /// A member of 400 workers whose first round of writes, each taking `took`, doubled its
+    /// limit from 100 to 200 in slow start; the places held and when the writes were seen.
+    async fn doubled_once(took: Duration) -> (Arc<Pace>, Vec<Slot>, Instant) {
+        let p = Pace::new(400);
+        let t0 = Instant::now();
+        let mut held = Vec::new();
+        take(&p, 100, &mut held).await;
+        writes(&p, 100, took, t0);
+        assert_eq!(p.limit(), 200);
+        (p, held, t0)
+    }
+
     #[test]
     fn a_slow_write_cuts_by_how_slow_it_was() {
         let p = Pace::starting_at(100, 100);
@@ -296,12 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_neither_quick_nor_slow_ends_slow_start_without_a_cut() {
-        let p = Pace::new(400);
-        let t0 = Instant::now();
-        let mut held = Vec::new();
-        take(&p, 100, &mut held).await;
-        writes(&p, 100, FAST, t0);
-        assert_eq!(p.limit(), 200);
+        let (p, mut held, t0) = doubled_once(FAST).await;
         // the queue is building: the limit stays, and grows by a quarter a write from here
         p.observe(TARGET, t0);
         assert_eq!(p.limit(), 200);
@@ -317,12 +324,7 @@ mod tests {
         // flows it runs, and that alone must not stop the limit where it starts
         let second = Duration::from_millis(1_200);
         assert!(second > TARGET / 2 && second <= QUICK);
-        let p = Pace::new(400);
-        let t0 = Instant::now();
-        let mut held = Vec::new();
-        take(&p, 100, &mut held).await;
-        writes(&p, 100, second, t0);
-        assert_eq!(p.limit(), 200);
+        let (p, mut held, t0) = doubled_once(second).await;
         // past three quarters of the target the queue counts as building
         p.observe(QUICK + Duration::from_millis(1), t0);
         take(&p, 100, &mut held).await;
