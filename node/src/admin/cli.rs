@@ -396,7 +396,7 @@ fn rfc3339(t: Option<time::OffsetDateTime>) -> Option<String> {
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
+    t.load_style(UTF8_BORDERS_ONLY);
     t.set_header(header.iter().copied());
     t
 }
