@@ -172,8 +172,9 @@ pub struct Issued {
 /// A loaded CA, ready to sign.
 pub struct Ca {
     cert_pem: String,
-    issuer: rcgen::Certificate,
-    key: KeyPair,
+    /// The CA's name, key identifier and key usages, as its certificate on disk has them,
+    /// with its key.
+    issuer: rcgen::Issuer<'static, KeyPair>,
     validity: Duration,
 }
 
@@ -191,11 +192,6 @@ impl Ca {
             path: key_path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let params =
-            CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| CaError::BadCert {
-                path: cert_path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
         let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| {
             CaError::BadCert {
                 path: cert_path.to_path_buf(),
@@ -209,15 +205,14 @@ impl Ca {
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(CaError::KeyMismatch);
         }
-        // rcgen signs with an issuer Certificate; re-creating it from the CA's own params and
-        // key gives the same subject and key identifier as the file on disk.
-        let issuer = params
-            .self_signed(&key)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CaError::BadCert {
+                path: cert_path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         Ok(Ca {
             cert_pem,
             issuer,
-            key,
             validity,
         })
     }
@@ -256,7 +251,7 @@ impl Ca {
         params.not_after = now + to_time(self.validity)?;
         let not_after = params.not_after.unix_timestamp();
         let cert = params
-            .signed_by(&public_key, &self.issuer, &self.key)
+            .signed_by(&public_key, &self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(Issued {
             fingerprint: hex::encode(Sha256::digest(cert.der())),
@@ -340,7 +335,7 @@ impl Ca {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + to_time(self.validity)?;
         let cert = params
-            .signed_by(&key, &self.issuer, &self.key)
+            .signed_by(&key, &self.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
@@ -383,7 +378,7 @@ impl Ca {
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         params
-            .signed_by(&self.issuer, &self.key)
+            .signed_by(&self.issuer)
             .and_then(|c| c.pem())
             .map_err(|e| CaError::Sign(e.to_string()))
     }

@@ -41,7 +41,7 @@ pub fn settings() -> RaftSettings {
 /// A cluster CA and a certificate per member name, as `provisioner ca` makes them.
 pub struct Pki {
     ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
@@ -57,7 +57,7 @@ impl Pki {
         ];
         Pki {
             ca: p.self_signed(&ca_key).unwrap(),
-            ca_key,
+            issuer: rcgen::Issuer::new(p, ca_key),
         }
     }
 
@@ -69,7 +69,7 @@ impl Pki {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
         Tls {
             ca_pem: self.ca.pem(),
             cert_pem: cert.pem(),
