@@ -520,7 +520,7 @@ fn a_member_that_lost_its_data_rejoins_from_a_snapshot() {
 #[test]
 #[ignore = "long soak; set FAULT_SOAK_SECS and run with --ignored"]
 fn soak_random_faults() {
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let secs: u64 = std::env::var("FAULT_SOAK_SECS")
         .ok()
@@ -548,31 +548,31 @@ fn soak_random_faults() {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut n = 0;
     while Instant::now() < end {
-        std::thread::sleep(Duration::from_secs(rng.gen_range(5..20)));
+        std::thread::sleep(Duration::from_secs(rng.random_range(5..20)));
         n += 1;
         let l = site.leader();
-        match rng.gen_range(0..5) {
+        match rng.random_range(0..5) {
             0 | 1 => {
-                let victim = if rng.gen_bool(0.5) {
+                let victim = if rng.random_bool(0.5) {
                     l
                 } else {
                     (l + 1) % site.specs.len()
                 };
                 site.kill(victim);
-                std::thread::sleep(Duration::from_secs(rng.gen_range(1..6)));
+                std::thread::sleep(Duration::from_secs(rng.random_range(1..6)));
                 site.restart(victim);
             }
             2 => {
                 let net = site.net.as_ref().expect("proxies");
                 eprintln!("fault {n}: isolate {}", site.specs[l].name);
                 net.isolate(site.specs[l].id);
-                std::thread::sleep(Duration::from_secs(rng.gen_range(2..10)));
+                std::thread::sleep(Duration::from_secs(rng.random_range(2..10)));
                 net.heal();
             }
             3 => {
                 eprintln!("fault {n}: broker outage");
                 site.nats.kill();
-                std::thread::sleep(Duration::from_secs(rng.gen_range(1..5)));
+                std::thread::sleep(Duration::from_secs(rng.random_range(1..5)));
                 site.nats.restart();
             }
             _ => {

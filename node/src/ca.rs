@@ -109,7 +109,7 @@ fn generate_key(key_type: KeyType) -> Result<KeyPair, CaError> {
             .map_err(|e| CaError::KeyGen(e.to_string())),
         KeyType::Rsa2048 => {
             use rsa::pkcs8::EncodePrivateKey;
-            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+            let key = rsa::PrivateKey::new(&mut rand::rng(), 2048)
                 .map_err(|e| CaError::KeyGen(e.to_string()))?;
             let pem = key
                 .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)

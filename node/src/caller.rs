@@ -27,7 +27,7 @@ pub struct CallerSigner {
 
 impl CallerSigner {
     pub fn new(issuer: Arc<OrgIssuer>, callerid: &str) -> Result<CallerSigner, IssuerError> {
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = SigningKey::generate(&mut rand::rng());
         let (token, exp) = mint(&issuer, &key, callerid)?;
         Ok(CallerSigner {
             issuer,

@@ -166,7 +166,7 @@ pub fn public_key_of(key_pem: &str) -> Result<Vec<u8>, HelperCertError> {
         return Ok(k.public_key_raw().to_vec());
     }
     use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPublicKey};
-    let rsa = rsa::RsaPrivateKey::from_pkcs1_pem(key_pem).map_err(|_| {
+    let rsa = rsa::PrivateKey::from_pkcs1_pem(key_pem).map_err(|_| {
         HelperCertError::BadKey("neither a PKCS#8 private key nor a PKCS#1 RSA key".into())
     })?;
     rsa.to_public_key()

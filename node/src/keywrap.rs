@@ -7,7 +7,7 @@
 //! the server's `x509.DecryptPEMBlock` reads. Our public key goes in `configure` as
 //! `ecdh_public`.
 
-use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyIvInit};
+use aes::cipher::{block_padding::Pkcs7, BlockModeEncrypt, KeyIvInit};
 use base64::Engine;
 use md5::{Digest, Md5};
 use thiserror::Error;
@@ -39,7 +39,7 @@ pub fn wrap(key: &str, server_hex: &str) -> Result<Wrapped, KeyWrapError> {
         .and_then(|v| v.try_into().ok())
         .ok_or(KeyWrapError::BadServerKey)?;
     let der = pem_body(key).ok_or(KeyWrapError::BadKey)?;
-    let ours = StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let ours = StaticSecret::random_from_rng(&mut rand::rng());
     let secret = ours.diffie_hellman(&PublicKey::from(server));
     let iv: [u8; 16] = rand::random();
     Ok(Wrapped {
@@ -86,8 +86,8 @@ fn bytes_to_key(password: &[u8], salt: &[u8]) -> [u8; 32] {
 /// A legacy encrypted PEM block, labelled as upstream labels it.
 fn encrypt_pem(der: &[u8], password: &[u8], iv: &[u8; 16]) -> String {
     let key = bytes_to_key(password, &iv[..8]);
-    let ct = cbc::Encryptor::<aes::Aes256>::new(&key.into(), iv.into())
-        .encrypt_padded_vec_mut::<Pkcs7>(der);
+    let ct =
+        cbc::Encryptor::<aes::Aes256>::new(&key.into(), iv.into()).encrypt_padded_vec::<Pkcs7>(der);
     let b64 = base64::engine::general_purpose::STANDARD.encode(ct);
     let mut out = String::from(
         "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,",
@@ -118,8 +118,8 @@ mod tests {
 
     #[test]
     fn the_server_can_decrypt_what_we_wrap() {
-        use aes::cipher::BlockDecryptMut;
-        let server = StaticSecret::random_from_rng(rand::rngs::OsRng);
+        use aes::cipher::BlockModeDecrypt;
+        let server = StaticSecret::random_from_rng(&mut rand::rng());
         let server_pub = hex::encode(PublicKey::from(&server).as_bytes());
         let key_pem =
             "-----BEGIN PRIVATE KEY-----\naGVsbG8gcHJpdmF0ZSBrZXk=\n-----END PRIVATE KEY-----\n";
@@ -141,7 +141,7 @@ mod tests {
         let ct = pem_body(&w.pem).unwrap();
         let key = bytes_to_key(secret.as_bytes(), &iv[..8]);
         let plain = cbc::Decryptor::<aes::Aes256>::new(&key.into(), &iv.into())
-            .decrypt_padded_vec_mut::<Pkcs7>(&ct)
+            .decrypt_padded_vec::<Pkcs7>(&ct)
             .unwrap();
         assert_eq!(plain, b"hello private key");
         // no exchange, or garbage, is an error and never a clear key

@@ -66,7 +66,7 @@ pub fn init_issuer(dir: &Path) -> Result<(OrgIssuer, bool), IssuerError> {
     let created = !seed_path.exists();
     let issuer = if created {
         std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
-        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = SigningKey::generate(&mut rand::rng());
         crate::ca::write_file(&seed_path, hex::encode(key.to_bytes()).as_bytes(), 0o600)
             .map_err(|e| io(e.to_string()))?;
         OrgIssuer::from_seed(&key.to_bytes())?

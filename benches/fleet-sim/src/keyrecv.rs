@@ -4,14 +4,14 @@
 //! `DEK-Info: AES-256-CBC,<hex iv>`) whose AES key is EVP_BytesToKey(MD5) of the X25519 shared
 //! secret, salted with the first 8 bytes of the IV.
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+use aes::cipher::{block_padding::Pkcs7, BlockModeDecrypt, KeyIvInit};
 use base64::Engine;
 use md5::{Digest, Md5};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 /// A fresh X25519 pair: the secret stays with the server, the public half goes out hex.
 pub fn offer() -> (StaticSecret, String) {
-    let secret = StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let secret = StaticSecret::random_from_rng(&mut rand::rng());
     let public = hex::encode(PublicKey::from(&secret).as_bytes());
     (secret, public)
 }
@@ -74,7 +74,7 @@ pub fn receive(pem: &str, ours: &StaticSecret, theirs_hex: &str) -> Result<Vec<u
     key[..16].copy_from_slice(&d1);
     key[16..].copy_from_slice(&d2);
     cbc::Decryptor::<aes::Aes256>::new(&key.into(), &iv.into())
-        .decrypt_padded_vec_mut::<Pkcs7>(&ct)
+        .decrypt_padded_vec::<Pkcs7>(&ct)
         .map_err(|_| "could not decrypt the key (wrong secret?)".to_string())
 }
 

@@ -27,8 +27,7 @@ pub fn generate(kind: KeyType) -> Result<KeyPair, String> {
         }
         KeyType::Rsa2048 => {
             use rsa::pkcs8::EncodePrivateKey;
-            let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
-                .map_err(|e| e.to_string())?;
+            let key = rsa::PrivateKey::new(&mut rand::rng(), 2048).map_err(|e| e.to_string())?;
             let pem = key
                 .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
                 .map_err(|e| e.to_string())?;

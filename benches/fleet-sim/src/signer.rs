@@ -4,7 +4,7 @@
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::RsaPrivateKey;
+use rsa::PrivateKey;
 use serde_json::json;
 
 pub struct JwtSigner {
@@ -16,17 +16,17 @@ pub struct JwtSigner {
 impl JwtSigner {
     /// A new 2048-bit RSA signer.
     pub fn generate() -> Result<Self, String> {
-        let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| e.to_string())?;
+        let key = PrivateKey::new(&mut rand::rng(), 2048).map_err(|e| e.to_string())?;
         Self::from_key(&key)
     }
 
     /// A signer from a PKCS#8 PEM private key.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let key = RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+        let key = PrivateKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
         Self::from_key(&key)
     }
 
-    fn from_key(key: &RsaPrivateKey) -> Result<Self, String> {
+    fn from_key(key: &PrivateKey) -> Result<Self, String> {
         let private = key
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| e.to_string())?;

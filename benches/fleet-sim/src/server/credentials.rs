@@ -194,7 +194,7 @@ impl SimServer {
     /// Upstream's gen25519: a new ed25519 key, and the nonce signed with it.
     pub(super) fn gen25519(&self, nonce: &str) -> Result<Value, (StatusCode, String)> {
         use ed25519_dalek::Signer;
-        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
         let reply = proto::agents::Ed25519Reply {
             public_key: hex::encode(key.verifying_key().as_bytes()),
             directory: "/etc/choria".into(),
