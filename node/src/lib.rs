@@ -9,6 +9,7 @@
 //! starts it all. [`admin`] is the operator API and CLI.
 
 pub mod admin;
+pub mod broker;
 pub mod ca;
 pub mod caller;
 pub mod certcheck;

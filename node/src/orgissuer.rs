@@ -140,6 +140,10 @@ pub const CLIENT_PURPOSE: &str = "choria_client_id";
 pub struct ClientPermissions {
     #[serde(default, skip_serializing_if = "is_false")]
     pub fleet_management: bool,
+    /// May log in to a Choria Broker as its `provisioner` user (upstream's
+    /// `ServerProvisioner`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub provisioner: bool,
 }
 
 /// The claims of a client JWT, with upstream's names.
@@ -406,6 +410,7 @@ impl OrgIssuer {
             public_key: hex::encode(public_key.as_bytes()),
             permissions: ClientPermissions {
                 fleet_management: true,
+                provisioner: true,
             },
             reg: self.registered(validity.as_secs() as i64, now)?,
         })

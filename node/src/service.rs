@@ -167,19 +167,31 @@ impl Provisioner {
             tasks.push(tokio::spawn(watch_leader(member.clone(), metrics.clone())));
         }
 
+        // a cluster's members all speak as the cluster, so a server's provisioning lock is not
+        // tied to one member
+        let sender = config
+            .cluster
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| config.identity.clone());
+        // Organization Issuer networks speak protocol v2, as upstream's do, and log in to the
+        // broker with the same caller JWT
+        let caller = match &issuer {
+            Some(issuer) => {
+                let signer =
+                    crate::caller::CallerSigner::new(issuer.clone(), &format!("choria={sender}"))?;
+                tracing::info!(
+                    caller = signer.callerid(),
+                    "speaking protocol v2 with a signed caller JWT"
+                );
+                Some(Arc::new(signer))
+            }
+            None => None,
+        };
         let make_opts = {
             let config = config.clone();
-            move || {
-                let opts = async_nats::ConnectOptions::with_user_and_password(
-                    config.nats.user.clone(),
-                    config.broker_provisioning_password.clone(),
-                )
-                .name(format!("provisioner {}", config.identity));
-                match &config.nats.tls {
-                    Some(tls) => tls.apply(opts),
-                    None => opts,
-                }
-            }
+            let caller = caller.clone();
+            move || crate::broker::connect_options(&config, caller.clone())
         };
         // the client retries on its own but only says "IO error"; one plain attempt first
         // says why the broker cannot be used (refused, TLS, credentials)
@@ -203,13 +215,6 @@ impl Provisioner {
                 reason: e.to_string(),
             })?;
 
-        // a cluster's members all speak as the cluster, so a server's provisioning lock is not
-        // tied to one member
-        let sender = config
-            .cluster
-            .as_ref()
-            .map(|c| c.name.clone())
-            .unwrap_or_else(|| config.identity.clone());
         let rpc = RpcClient::start(
             nats.clone(),
             &sender,
@@ -218,17 +223,8 @@ impl Provisioner {
             metrics.clone(),
         )
         .await?;
-        // Organization Issuer networks speak protocol v2, as upstream's do
-        let rpc = match &issuer {
-            Some(issuer) => {
-                let signer =
-                    crate::caller::CallerSigner::new(issuer.clone(), &format!("choria={sender}"))?;
-                tracing::info!(
-                    caller = signer.callerid(),
-                    "speaking protocol v2 with a signed caller JWT"
-                );
-                rpc.with_protocol(crate::rpc::Protocol::V2(Arc::new(signer)))
-            }
+        let rpc = match &caller {
+            Some(signer) => rpc.with_protocol(crate::rpc::Protocol::V2(signer.clone())),
             None => rpc,
         };
 
