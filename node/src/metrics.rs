@@ -68,6 +68,8 @@ pub struct Metrics {
     pub reenrolled: IntCounterVec,
     /// Sightings not queued because `max_waiting` servers wait already, by source.
     pub waiting_dropped: IntCounterVec,
+    /// Locks of the work queue a panic left poisoned, taken over by the next user, by lock.
+    pub poisoned_locks: IntCounterVec,
     /// Servers lent to or borrowed from other members, by result (lent, borrowed, refused,
     /// failed).
     pub loans: IntCounterVec,
@@ -281,6 +283,11 @@ impl Metrics {
                 "choria_provisioner_waiting_dropped",
                 "Servers not queued because max_waiting servers wait already",
                 &["site", "source"],
+            ),
+            poisoned_locks: counter(
+                "choria_provisioner_poisoned_locks",
+                "Work queue locks a panic left poisoned, taken over by the next user",
+                &["site", "lock"],
             ),
             loans: counter(
                 "choria_provisioner_loans",

@@ -23,6 +23,7 @@ use crate::pipeline::{self, Outcome, Services};
 
 mod jobs;
 mod known;
+mod lock;
 
 use jobs::{JobReceiver, JobSender, Lane};
 use known::{Entry, Known, State};
@@ -97,21 +98,18 @@ impl WorkQueue {
         if !self.svc.owns(identity) {
             // a retry of a server that moved to another member is forgotten here
             if source.again() {
-                if let Ok(mut entries) = self.entries.lock() {
-                    if entries
-                        .get(identity)
-                        .is_some_and(|e| e.state() == State::Waiting)
-                    {
-                        entries.remove(identity);
-                        self.update_gauges(&entries);
-                    }
+                let mut entries = self.entries();
+                if entries
+                    .get(identity)
+                    .is_some_and(|e| e.state() == State::Waiting)
+                {
+                    entries.remove(identity);
+                    self.update_gauges(&entries);
                 }
             }
             return false;
         }
-        let Ok(mut entries) = self.entries.lock() else {
-            return false;
-        };
+        let mut entries = self.entries();
         let seen = (!source.again()).then_some(seen_ms);
         if !entries.contains(identity) && entries.len() >= self.svc.config.max_waiting {
             // bounded: a flood of sightings (real or forged) cannot grow this without end;
@@ -161,9 +159,7 @@ impl WorkQueue {
 
     /// Servers this queue knows of, by state: (queued, in flight, waiting for retry).
     pub fn counts(&self) -> (usize, usize, usize) {
-        let Ok(entries) = self.entries.lock() else {
-            return (0, 0, 0);
-        };
+        let entries = self.entries();
         (
             entries.count(State::Queued),
             entries.count(State::InFlight),
@@ -179,12 +175,8 @@ impl WorkQueue {
         until_ms: u64,
         may_lend: impl Fn(&str) -> bool,
     ) -> Vec<(String, u64)> {
-        let Ok(mut entries) = self.entries.lock() else {
-            return Vec::new();
-        };
-        let Ok(mut lent) = self.lent.lock() else {
-            return Vec::new();
-        };
+        let mut entries = self.entries();
+        let mut lent = self.lent();
         let now = pipeline::now_ms();
         lent.retain(|_, until| *until > now);
         let taken = entries.take_queued(n, may_lend);
@@ -197,7 +189,8 @@ impl WorkQueue {
 
     /// Puts back servers taken to lend that were not lent after all.
     pub fn restore(&self, taken: &[(String, u64)]) {
-        if let Ok(mut lent) = self.lent.lock() {
+        {
+            let mut lent = self.lent();
             for (id, _) in taken {
                 lent.remove(id);
             }
@@ -214,11 +207,17 @@ impl WorkQueue {
 
     /// True while `identity` is lent away by this member.
     fn lent_away(&self, identity: &str) -> bool {
-        let Ok(lent) = self.lent.lock() else {
-            return false;
-        };
-        lent.get(identity)
+        self.lent()
+            .get(identity)
             .is_some_and(|until| *until > pipeline::now_ms())
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Known> {
+        lock::lock(&self.entries, "entries", &self.svc.metrics)
+    }
+
+    fn lent(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        lock::lock(&self.lent, "lent", &self.svc.metrics)
     }
 
     fn update_gauges(&self, entries: &Known) {
@@ -230,9 +229,7 @@ impl WorkQueue {
     /// Marks a job in flight and returns when the server was last seen; `None` when it
     /// should not run (stale or gone).
     fn begin(&self, identity: &str) -> Option<u64> {
-        let Ok(mut entries) = self.entries.lock() else {
-            return None;
-        };
+        let mut entries = self.entries();
         let stale_after = self.svc.config.interval * 2;
         let run = match entries.get_mut(identity) {
             Some(e) if e.stale(Instant::now(), stale_after) => {
@@ -265,9 +262,7 @@ impl WorkQueue {
 
     /// Records how a job ended; returns the retry delay when it should run again.
     fn finish(&self, identity: &str, outcome: &Outcome) -> Option<Duration> {
-        let Ok(mut entries) = self.entries.lock() else {
-            return None;
-        };
+        let mut entries = self.entries();
         let cfg = &self.svc.config;
         let retry = match outcome {
             Outcome::Deferred(_) | Outcome::Failed(_) => {
