@@ -121,7 +121,7 @@ impl CrlState {
     /// `revoked` is the ledger's count of revocations; `caught_up` says this member's ledger
     /// has applied what it knows is committed.
     pub async fn refresh(&mut self, svc: &Services, revoked: usize, caught_up: bool) {
-        let (Some(ca), Some(path)) = (&svc.ca, crl_path(&svc.config)) else {
+        let (Some(ca), Some(path)) = (svc.ca(), crl_path(&svc.config)) else {
             return;
         };
         let fresh = self.written_at.is_some_and(|t| t.elapsed() < CRL_REFRESH);

@@ -1,5 +1,5 @@
-//! Step 3 (feature `pki`): ask the server for a certificate signing request
-//! (`choria_provision#gencsr`) and check it before anything signs it.
+//! Checking a server's certificate signing request (asked for in [`crate::pipeline::key`])
+//! before anything signs it.
 //!
 //! A CSR is accepted when it is a PEM `CERTIFICATE REQUEST`, its self-signature verifies (the
 //! server holds the key) with SHA-256 or stronger (RSA, ECDSA) or Ed25519, an RSA key has at
@@ -10,12 +10,10 @@
 //! a CSR asking to be a CA, for key usages or for other names is an attack on a CA that copies
 //! extensions (as `openssl x509 -copy_extensions` does), so it is refused here whatever signs it.
 
-use proto::agents::{CsrReply, CsrRequest, PROVISION_AGENT};
 use regex::Regex;
 use thiserror::Error;
 use x509_parser::prelude::*;
 
-use crate::pipeline::Services;
 use crate::rpc::RpcError;
 
 const MAX_CSR_BYTES: usize = 64 * 1024;
@@ -192,38 +190,6 @@ fn requested_dns_names(csr: &X509CertificationRequest<'_>) -> Result<Vec<String>
         }
     }
     Ok(names)
-}
-
-/// The server's CSR reply together with the checked CSR.
-pub struct FetchedCsr {
-    pub reply: CsrReply,
-    pub csr: ValidCsr,
-}
-
-/// Asks the server for a CSR with its identity as common name and checks it.
-pub async fn fetch_and_validate(svc: &Services, identity: &str) -> Result<FetchedCsr, CsrError> {
-    let req = CsrRequest {
-        token: svc.config.token.clone(),
-        cn: identity.to_string(),
-        ..Default::default()
-    };
-    // upstream tries gencsr once: every try makes the server write a new key
-    let reply = svc
-        .rpc
-        .call_ok(
-            identity,
-            PROVISION_AGENT,
-            "gencsr",
-            &req,
-            svc.config.rpc_timeout,
-            1,
-        )
-        .await?;
-    let out: CsrReply = reply
-        .data_as()
-        .map_err(|e| CsrError::Reply(e.to_string()))?;
-    let csr = validate(&out.csr, identity, &svc.config.cert_deny_list)?;
-    Ok(FetchedCsr { reply: out, csr })
 }
 
 #[cfg(test)]

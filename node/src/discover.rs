@@ -20,7 +20,7 @@ use futures::StreamExt;
 use proto::lifecycle::{Event, EventType};
 use tokio::sync::Notify;
 
-use crate::pipeline::Services;
+use crate::context::Services;
 use crate::work::{Source, WorkQueue};
 
 /// A cluster member's share in the group's one discovery.
@@ -52,8 +52,7 @@ pub async fn run_discovery(
             tokio::time::sleep(step).await;
         }
         let until = tokio::time::Instant::now() + PEERS_SHOW_UP;
-        while !svc.flows.in_force(crate::pipeline::now_ms()) && tokio::time::Instant::now() < until
-        {
+        while !svc.flows.in_force(crate::clock::now_ms()) && tokio::time::Instant::now() < until {
             tokio::time::sleep(step).await;
         }
         // a restarted member's servers are its own again at once, and the leader, which saw

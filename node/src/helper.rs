@@ -34,7 +34,20 @@ pub struct HelperRequest {
     /// server fell back, was reprovisioned, or someone else answers in its name). User logic
     /// may refuse it (`defer` or `shutdown`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enrolled_before: Option<crate::pipeline::EnrolledBefore>,
+    pub enrolled_before: Option<EnrolledBefore>,
+}
+
+/// What the ledger knew of a server's earlier enrollment when it was claimed again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EnrolledBefore {
+    /// Serial (or server JWT id) of the credential it holds.
+    pub serial: String,
+    /// The member that issued it.
+    pub issued_by: String,
+    /// When, Unix ms.
+    pub issued_at_ms: u64,
+    /// Credentials issued to this identity within `reenroll_window`.
+    pub issued_in_window: usize,
 }
 
 /// What the helper decided.

@@ -1,4 +1,4 @@
-//! Step 1: fetch the server's provisioning JWT (`choria_provision#jwt`) and verify it.
+//! Verifying a server's provisioning JWT (fetched in [`crate::pipeline::jwt`]).
 //!
 //! The token must be signed by the key configured in `jwt_verify_cert`: a PEM file holding an
 //! RSA or ed25519 public key or a certificate (RS256/RS384/RS512 or EdDSA), or, when no such
@@ -8,13 +8,9 @@
 use std::path::Path;
 
 use jsonwebtoken::{decode, errors::ErrorKind, Algorithm, DecodingKey, Validation};
-use proto::agents::{JwtReply, TokenRequest, PROVISION_AGENT};
 use serde_json::{Map, Value};
 use thiserror::Error;
 use x509_parser::prelude::*;
-
-use crate::pipeline::Services;
-use crate::rpc::RpcError;
 
 const PROVISIONING_PURPOSE: &str = "choria_provisioning";
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -187,52 +183,6 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
 
 fn rsa_algorithms() -> Vec<Algorithm> {
     vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512]
-}
-
-/// What the `jwt` action gave us.
-pub struct FetchedJwt {
-    pub claims: ProvisioningClaims,
-    /// The server's ECDH public key, used when a private key is delivered to it.
-    pub ecdh_public: String,
-}
-
-#[derive(Debug, Error)]
-pub enum FetchJwtError {
-    #[error(transparent)]
-    Rpc(#[from] RpcError),
-    #[error("{0}")]
-    Reply(String),
-    #[error("provisioning JWT rejected: {0}")]
-    Invalid(#[from] JwtError),
-}
-
-/// Fetches the server's provisioning JWT and verifies it.
-pub async fn fetch_and_verify(
-    svc: &Services,
-    verifier: &JwtVerifier,
-    identity: &str,
-) -> Result<FetchedJwt, FetchJwtError> {
-    let reply = svc
-        .rpc
-        .call_ok(
-            identity,
-            PROVISION_AGENT,
-            "jwt",
-            &TokenRequest {
-                token: svc.config.token.clone(),
-            },
-            svc.config.rpc_timeout,
-            3,
-        )
-        .await?;
-    let out: JwtReply = reply
-        .data_as()
-        .map_err(|e| FetchJwtError::Reply(format!("jwt reply: {e}")))?;
-    let claims = verifier.verify(&out.jwt)?;
-    Ok(FetchedJwt {
-        claims,
-        ecdh_public: out.ecdh_public,
-    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use raft::member::RaftMember;
 use raft::ownership::MAX_LEND;
 use raft::{Applied, Command};
 
-use crate::pipeline::{now_ms, Services};
+use crate::clock::now_ms;
+use crate::context::Services;
 use crate::work::{Source, WorkQueue};
 
 /// How often a member with work looks whether it ran dry.

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub helper_errors: IntCounterVec,
     pub discovery_errors: IntCounterVec,
     pub provision_errors: IntCounterVec,
+    /// Failed flows by the step error's reason (`StepError::reason`).
+    pub step_errors: IntCounterVec,
     pub paused: IntGaugeVec,
     pub busy_workers: IntGaugeVec,
     /// How many flows this member may run at once now (`workers`, fewer while its ledger
@@ -159,6 +161,11 @@ impl Metrics {
                 "choria_provisioner_provision_errors",
                 "How many provision related errors were encountered",
                 site_l,
+            ),
+            step_errors: counter(
+                "choria_provisioner_step_errors",
+                "Failed provisioning flows by the step that failed and why",
+                &["site", "reason"],
             ),
             paused: gauge("choria_provisioner_paused", "1 when provisioning is paused"),
             busy_workers: gauge(
@@ -382,6 +389,13 @@ impl Metrics {
     pub fn bad_message(&self, kind: &str) {
         self.bad_messages
             .with_label_values(&[&self.site, kind])
+            .inc();
+    }
+
+    /// A flow that failed, by its step error's reason.
+    pub fn step_error(&self, reason: &str) {
+        self.step_errors
+            .with_label_values(&[&self.site, reason])
             .inc();
     }
 

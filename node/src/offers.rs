@@ -25,8 +25,8 @@ use raft::member::RaftMember;
 use raft::offer::{OfferBatch, OfferTaken, MAX_OFFER_IDENTITIES};
 use tokio::sync::mpsc;
 
+use crate::context::Services;
 use crate::metrics::Metrics;
-use crate::pipeline::Services;
 use crate::work::{Source, WorkQueue};
 
 /// How often the leader sends what it has gathered for each member (a batch also goes out

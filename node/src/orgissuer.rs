@@ -20,12 +20,11 @@ use std::time::Duration;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use proto::agents::{Ed25519Reply, Ed25519Request, PROVISION_AGENT};
+use proto::agents::Ed25519Reply;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::pipeline::Services;
 use crate::rpc::RpcError;
 
 /// Upstream's issuer name in server JWTs it signs.
@@ -443,30 +442,6 @@ pub fn verify_proof(reply: &Ed25519Reply, nonce: &str) -> Result<VerifyingKey, I
     key.verify_strict(nonce.as_bytes(), &Signature::from_bytes(&sig))
         .map_err(|_| IssuerError::BadProof)?;
     Ok(key)
-}
-
-/// Asks the server for a new ed25519 key (`gen25519`) with a fresh nonce and checks its proof.
-pub async fn fetch_key(svc: &Services, identity: &str) -> Result<Ed25519Reply, IssuerError> {
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let reply = svc
-        .rpc
-        .call_ok(
-            identity,
-            PROVISION_AGENT,
-            "gen25519",
-            &Ed25519Request {
-                token: svc.config.token.clone(),
-                nonce: nonce.clone(),
-            },
-            svc.config.rpc_timeout,
-            3,
-        )
-        .await?;
-    let out: Ed25519Reply = reply
-        .data_as()
-        .map_err(|e| IssuerError::Reply(e.to_string()))?;
-    verify_proof(&out, &nonce)?;
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use raft::EnrollState;
 
 use crate::admin::server::AdminContext;
-use crate::pipeline::now_ms;
+use crate::clock::now_ms;
 
 /// When and how fast servers are renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

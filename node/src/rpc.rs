@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use futures::StreamExt;
@@ -52,6 +52,14 @@ pub enum RpcError {
         identity: String,
         code: StatusCode,
         message: String,
+    },
+    /// The server answered, but its data is not the action's reply type.
+    #[error("{rpc}: reply data from {identity} is not what the action returns: {source}")]
+    BadData {
+        rpc: String,
+        identity: String,
+        #[source]
+        source: ProtoError,
     },
     #[error("subscribing to replies failed: {0}")]
     Subscribe(String),
@@ -324,60 +332,6 @@ impl RpcClient {
         }
     }
 
-    /// Like [`call`](Self::call), but only a successful reply is a success; `tries` attempts
-    /// with backoff, each timed in `choria_provisioner_rpc_time`, a final failure counted in
-    /// `choria_provisioner_rpc_errors`.
-    pub async fn call_ok<T: Serialize>(
-        &self,
-        identity: &str,
-        agent: &str,
-        action: &str,
-        data: &T,
-        timeout: Duration,
-        tries: u32,
-    ) -> Result<RpcReply, RpcError> {
-        let rpc = format!("{agent}#{action}");
-        let site = self.metrics.site().to_string();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let started = Instant::now();
-            let result = self
-                .call(identity, agent, action, data, timeout)
-                .await
-                .and_then(|reply| {
-                    if reply.is_ok() {
-                        Ok(reply)
-                    } else {
-                        Err(RpcError::Failed {
-                            rpc: rpc.clone(),
-                            identity: identity.to_string(),
-                            code: reply.statuscode,
-                            message: reply.statusmsg,
-                        })
-                    }
-                });
-            self.metrics
-                .rpc_time
-                .with_label_values(&[&site, &rpc])
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(r) => return Ok(r),
-                Err(e) if attempt < tries && e.is_retryable() => {
-                    tracing::debug!(identity, rpc, attempt, error = %e, "retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-                Err(e) => {
-                    self.metrics
-                        .rpc_errors
-                        .with_label_values(&[&site, &rpc])
-                        .inc();
-                    return Err(e);
-                }
-            }
-        }
-    }
-
     /// Broadcast discovery: asks every server in the collective with `agent` to answer a
     /// `discovery` ping and hands each valid identity that answers to `found` as its reply is
     /// routed, at most `max` of them, so the first servers start while the rest still answer.
@@ -554,13 +508,6 @@ fn route_reply(pending: &Pending, metrics: &Metrics, subject: &str, payload: &[u
 fn wanted_for(pending: &Pending, subject: &str) -> Option<Arc<Wanted>> {
     let id = subject.rsplit('.').next()?;
     pending.lock().ok()?.get(id)?.wanted.clone()
-}
-
-/// Backoff between RPC tries: 250 ms doubling to 4 s, with jitter.
-fn backoff(attempt: u32) -> Duration {
-    let base = 250u64.saturating_mul(1 << attempt.min(4).saturating_sub(1));
-    let jitter = rand::random::<u64>() % (base / 2 + 1);
-    Duration::from_millis(base + jitter)
 }
 
 #[cfg(test)]
@@ -784,11 +731,5 @@ mod tests {
             &bytes,
         );
         assert_eq!(rx.try_recv().unwrap().envelope.senderid, "n1");
-    }
-
-    #[test]
-    fn backoff_grows_and_is_bounded() {
-        assert!(backoff(1) >= Duration::from_millis(250));
-        assert!(backoff(10) <= Duration::from_millis(6000));
     }
 }

@@ -17,7 +17,9 @@ use tokio::sync::Notify;
 
 use crate::admin::server::AdminContext;
 use crate::ca::{Ca, CaError};
+use crate::call::Agents;
 use crate::config::{Cluster, Config};
+use crate::enrollment::Enrollment;
 use crate::helper::{ExternalHelper, UserLogic};
 use crate::jwt::{JwtError, JwtVerifier};
 use crate::metrics::{self, Metrics, StatusFn};
@@ -235,15 +237,26 @@ impl Provisioner {
                 config.helper_max_output,
             ))
         });
+        let enrollment = match (issuer, config.features.pki) {
+            (Some(issuer), _) => Enrollment::Ed25519 { issuer },
+            (None, true) => Enrollment::X509 { ca: ca.map(Box::new) },
+            (None, false) => Enrollment::None,
+        };
+        let agents = Agents::new(
+            Arc::new(rpc.clone()),
+            metrics.clone(),
+            config.rpc_timeout,
+            config.token.clone(),
+        );
         let services = Arc::new(Services {
             member: config.identity.clone(),
             config: config.clone(),
             rpc,
+            agents,
             ledger,
             logic,
-            ca,
+            enrollment,
             jwt,
-            issuer,
             metrics: metrics.clone(),
             paused: AtomicBool::new(false),
             shard: config

@@ -9,7 +9,8 @@ use std::time::Duration;
 use raft::member::RaftMember;
 use raft::{Applied, Command};
 
-use crate::pipeline::{now_ms, Services};
+use crate::clock::now_ms;
+use crate::context::Services;
 
 /// How often the rules are looked at while a raise is pending. Often: a new cluster starts
 /// at rules 1 and works under them (JSON on the wire, two commands per credential) until the

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::pipeline::{self, Outcome, Services};
+use crate::clock::now_ms;
+use crate::context::Services;
+use crate::pipeline::{self, Outcome};
 
 mod jobs;
 mod known;
@@ -87,7 +89,7 @@ impl WorkQueue {
     /// Offers a server for provisioning; true when it was queued, false when it is known
     /// already.
     pub fn offer(&self, identity: &str, source: Source) -> bool {
-        self.offer_seen(identity, source, pipeline::now_ms())
+        self.offer_seen(identity, source, now_ms())
     }
 
     /// [`WorkQueue::offer`], the server last seen at `seen_ms` (Unix ms).
@@ -177,7 +179,7 @@ impl WorkQueue {
     ) -> Vec<(String, u64)> {
         let mut entries = self.entries();
         let mut lent = self.lent();
-        let now = pipeline::now_ms();
+        let now = now_ms();
         lent.retain(|_, until| *until > now);
         let taken = entries.take_queued(n, may_lend);
         for (id, _) in &taken {
@@ -209,7 +211,7 @@ impl WorkQueue {
     fn lent_away(&self, identity: &str) -> bool {
         self.lent()
             .get(identity)
-            .is_some_and(|until| *until > pipeline::now_ms())
+            .is_some_and(|until| *until > now_ms())
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -298,7 +300,7 @@ impl WorkQueue {
                 if !entries.set_state(identity, State::Waiting) {
                     return None;
                 }
-                let wait = until_ms.saturating_sub(pipeline::now_ms()) + 500;
+                let wait = until_ms.saturating_sub(now_ms()) + 500;
                 Some(Duration::from_millis(
                     wait.min(cfg.retry_backoff_max.as_millis() as u64),
                 ))
@@ -328,7 +330,7 @@ async fn dispatch(q: Arc<WorkQueue>, mut rx: JobReceiver) {
         };
         // paused, or fenced: a flow started now would stop at its first step that needs the
         // fence, after an RPC to the server for nothing
-        while q.svc.is_paused() || q.svc.flows.fenced(pipeline::now_ms()) {
+        while q.svc.is_paused() || q.svc.flows.fenced(now_ms()) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let Some(seen_ms) = q.begin(&identity) else {

@@ -6,12 +6,13 @@
 //! SimpleRPC body carried inside them, [`subject`] the NATS subjects they travel on,
 //! [`lifecycle`] the events servers publish, [`ddl`] the agent interfaces (inputs and their
 //! validation) and [`agents`] the typed inputs and outputs of the `choria_provision` and
-//! `rpcutil` actions we call. [`grpc`] holds the protobuf services members speak to each
+//! `rpcutil` actions we call, each tied to its agent and action name by [`action`]. [`grpc`] holds the protobuf services members speak to each
 //! other. [`x509`] reads the certificates and CRLs we hand out as strictly as a TLS peer does.
 //!
 //! This crate depends on no other crate of the workspace, so the fleet simulator that uses
 //! it stays an independent peer of the provisioner.
 
+pub mod action;
 pub mod agents;
 pub mod ddl;
 pub mod error;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use proto::agents::{TokenRequest, PROVISION_AGENT};
+use proto::action::Reprovision;
+use proto::agents::{MessageReply, TokenRequest};
 use proto::grpc::admin as pb;
 use raft::{Applied, Command, Rejection};
 use tokio::sync::mpsc;
@@ -17,7 +18,8 @@ use tonic::Status;
 
 use super::select::Selector;
 use super::server::AdminContext;
-use crate::pipeline::now_ms;
+use crate::call::Agents;
+use crate::clock::now_ms;
 use crate::rpc::RpcError;
 
 /// Checks the request, picks the servers and starts the run; progress arrives on the
@@ -128,13 +130,17 @@ pub(crate) async fn one(
         Ok(Applied::Rejected(r)) => return ("error", r.to_string()),
         Err(e) => return ("error", e.to_string()),
     }
+    // the collective provisioned servers answer in, each try given the run's timeout
+    let agents = Agents::new(
+        Arc::new(ctx.reprovision.clone()),
+        ctx.svc.metrics.clone(),
+        timeout,
+        ctx.svc.config.token.clone(),
+    );
     let req = TokenRequest {
-        token: ctx.svc.config.token.clone(),
+        token: agents.token(),
     };
-    let reply = ctx
-        .reprovision
-        .call_ok(identity, PROVISION_AGENT, "reprovision", &req, timeout, 1)
-        .await;
+    let reply = agents.call::<Reprovision>(identity, &req).await;
     let (result, message) = classify(&reply);
     let note = Command::Note {
         identity: identity.to_string(),
@@ -151,17 +157,9 @@ pub(crate) async fn one(
 }
 
 /// How a reprovision request to one server ended.
-fn classify(r: &Result<proto::rpc::RpcReply, RpcError>) -> (&'static str, String) {
+fn classify(r: &Result<MessageReply, RpcError>) -> (&'static str, String) {
     match r {
-        Ok(reply) => (
-            "ok",
-            reply
-                .data
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or_default()
-                .to_string(),
-        ),
+        Ok(reply) => ("ok", reply.message.clone()),
         Err(e @ RpcError::Timeout { .. }) => ("no_answer", e.to_string()),
         Err(e) => ("error", e.to_string()),
     }

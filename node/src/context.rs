@@ -1,0 +1,72 @@
+//! What a member's provisioning works with, built once when the member starts
+//! ([`crate::service`]) and shared by its tasks: the work queue and its flows
+//! ([`crate::pipeline`]), discovery, lending and the admin API.
+//!
+//! The steps of a flow are handed the parts they need (the [`Agents`] to call servers, the
+//! ledger, the [`Enrollment`]), not this whole value.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use raft::Ledger;
+
+use crate::ca::Ca;
+use crate::call::Agents;
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::enrollment::Enrollment;
+use crate::helper::UserLogic;
+use crate::jwt::JwtVerifier;
+use crate::metrics::Metrics;
+use crate::rpc::RpcClient;
+
+/// Everything a member's provisioning uses.
+pub struct Services {
+    pub config: Arc<Config>,
+    /// This member's name in the ledger.
+    pub member: String,
+    /// The NATS client: discovery, and the transport behind `agents`.
+    pub rpc: RpcClient,
+    /// Every call to a server's agent, with each action's retry policy.
+    pub agents: Agents,
+    pub ledger: Arc<dyn Ledger>,
+    pub logic: Arc<dyn UserLogic>,
+    pub enrollment: Enrollment,
+    pub jwt: Option<JwtVerifier>,
+    pub metrics: Arc<Metrics>,
+    pub paused: AtomicBool,
+    /// Set in a cluster: which servers this member works on.
+    pub shard: Option<Arc<crate::shard::Shard>>,
+    pub claim_lease_ms: u64,
+    /// Flows by ownership epoch, and whether a server may be started without a claim.
+    pub flows: Arc<crate::flows::Flows>,
+    /// How many flows may run at once (see [`crate::pace`]).
+    pub pace: Arc<crate::pace::Pace>,
+}
+
+impl Services {
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// True when this member should work on `identity` (always, outside a cluster): it owns
+    /// it, or it is lent to it; not while it is lent to another.
+    pub fn owns(&self, identity: &str) -> bool {
+        let Some(shard) = &self.shard else {
+            return true;
+        };
+        self.flows
+            .lent(identity, now_ms())
+            .unwrap_or_else(|| shard.owns(identity))
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        self.metrics.set(&self.metrics.paused, paused as i64);
+    }
+
+    /// The built-in CA, when this member signs certificates.
+    pub fn ca(&self) -> Option<&Ca> {
+        self.enrollment.ca()
+    }
+}
