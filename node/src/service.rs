@@ -239,7 +239,9 @@ impl Provisioner {
         });
         let enrollment = match (issuer, config.features.pki) {
             (Some(issuer), _) => Enrollment::Ed25519 { issuer },
-            (None, true) => Enrollment::X509 { ca: ca.map(Box::new) },
+            (None, true) => Enrollment::X509 {
+                ca: ca.map(Box::new),
+            },
             (None, false) => Enrollment::None,
         };
         let agents = Agents::new(

@@ -108,7 +108,9 @@ mod tests {
         use std::error::Error;
         let e = StepError::from(DecideError::Failed(crate::helper::HelperError::Empty));
         assert_eq!(e.to_string(), "helper failed: helper wrote nothing");
-        assert!(e.source().is_some_and(|s| s.to_string() == "helper wrote nothing"));
+        assert!(e
+            .source()
+            .is_some_and(|s| s.to_string() == "helper wrote nothing"));
         assert_eq!(e.reason(), "helper");
         let e = StepError::Ed25519Key(IssuerError::BadProof);
         assert_eq!(e.rejected(), Some("ed25519"));

@@ -96,3 +96,69 @@ async fn fetch_ed25519(agents: &Agents, identity: &str) -> Result<Ed25519Reply, 
     orgissuer::verify_proof(&out, &nonce)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::call::tests::{agents, Scripted};
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_feature_the_server_is_asked_for_no_key() {
+        let t = Arc::new(Scripted::default());
+        let key = ask(&agents(&t), &Enrollment::None, "n1.example.net", &[]).await;
+        assert!(matches!(key, Ok(ServerKey::None)));
+        assert!(t.asked().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_csr_that_fails_its_checks_is_a_rejection_and_is_asked_for_once() {
+        let t = Arc::new(Scripted::default());
+        t.ok(serde_json::json!({"csr": "not a csr", "ssldir": "/etc/choria"}));
+        let key = ask(
+            &agents(&t),
+            &Enrollment::X509 { ca: None },
+            "n1.example.net",
+            &[],
+        )
+        .await;
+        let Err(e) = key else {
+            panic!("a garbage CSR was accepted");
+        };
+        assert_eq!(e.reason(), "csr");
+        assert!(e.rejected().is_some_and(|r| r.starts_with("csr_")), "{e}");
+        assert_eq!(t.asked(), ["choria_provision#gencsr"]);
+        let asked = t.asked.lock().unwrap()[0].2.clone();
+        assert_eq!(asked["cn"], "n1.example.net");
+        assert_eq!(asked["token"], "secret");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ed25519_key_that_does_not_sign_our_nonce_is_a_rejection() {
+        let issuer = match crate::orgissuer::OrgIssuer::from_seed(&[7; 32]) {
+            Ok(i) => Arc::new(i),
+            Err(e) => panic!("{e}"),
+        };
+        let t = Arc::new(Scripted::default());
+        // a real key, but a signature over something else
+        t.ok(serde_json::json!({
+            "public_key": issuer.public_hex(),
+            "directory": "/etc/choria",
+            "signature": "00".repeat(64),
+        }));
+        let key = ask(
+            &agents(&t),
+            &Enrollment::Ed25519 { issuer },
+            "n1.example.net",
+            &[],
+        )
+        .await;
+        let Err(e) = key else {
+            panic!("a key without proof was accepted");
+        };
+        assert_eq!((e.reason(), e.rejected()), ("ed25519_key", Some("ed25519")));
+        let asked = t.asked.lock().unwrap()[0].2.clone();
+        assert!(asked["nonce"].as_str().is_some_and(|n| n.len() == 32));
+    }
+}
