@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use crate::free_port;
+use crate::ports::free_port;
 
 /// The source address member `id` sends from.
 pub fn source_ip(id: u64) -> IpAddr {
