@@ -35,6 +35,23 @@ pub enum JwtError {
     Empty,
 }
 
+/// Why a PEM file is not a key provisioning tokens can be verified with.
+#[derive(Debug, Error)]
+pub enum VerifyKeyError {
+    #[error("not PEM: {0}")]
+    Pem(#[source] x509_parser::nom::Err<x509_parser::error::PEMError>),
+    #[error("bad certificate: {0}")]
+    Certificate(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("bad RSA public key: {0}")]
+    Rsa(#[source] jsonwebtoken::errors::Error),
+    #[error("PEM block {0:?} is not a public key or certificate")]
+    Label(String),
+    #[error("bad public key: {0}")]
+    PublicKey(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("public key is neither RSA nor ed25519")]
+    Algorithm,
+}
+
 /// Verifies provisioning tokens with one configured public key.
 pub struct JwtVerifier {
     key: DecodingKey,
@@ -80,13 +97,13 @@ impl JwtVerifier {
     }
 
     /// Builds a verifier from a PEM public key or certificate.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
-        let (_, block) = parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    pub fn from_pem(pem: &[u8]) -> Result<Self, VerifyKeyError> {
+        let (_, block) = parse_x509_pem(pem).map_err(VerifyKeyError::Pem)?;
         let spki_der: Vec<u8> = match block.label.as_str() {
             "CERTIFICATE" => {
                 let cert = block
                     .parse_x509()
-                    .map_err(|e| format!("bad certificate: {e}"))?;
+                    .map_err(VerifyKeyError::Certificate)?;
                 cert.public_key().raw.to_vec()
             }
             "PUBLIC KEY" => block.contents.clone(),
@@ -96,16 +113,12 @@ impl JwtVerifier {
                         key,
                         algorithms: rsa_algorithms(),
                     })
-                    .map_err(|e| format!("bad RSA public key: {e}"))
+                    .map_err(VerifyKeyError::Rsa)
             }
-            other => {
-                return Err(format!(
-                    "PEM block {other:?} is not a public key or certificate"
-                ))
-            }
+            other => return Err(VerifyKeyError::Label(other.to_string())),
         };
         let (_, spki) = SubjectPublicKeyInfo::from_der(&spki_der)
-            .map_err(|e| format!("bad public key: {e}"))?;
+            .map_err(VerifyKeyError::PublicKey)?;
         match spki.parsed() {
             Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => Ok(JwtVerifier {
                 // ASN.1 integers carry a leading zero byte that the verifier must not see
@@ -119,7 +132,7 @@ impl JwtVerifier {
                 key: DecodingKey::from_ed_der(&spki.subject_public_key.data),
                 algorithms: vec![Algorithm::EdDSA],
             }),
-            _ => Err("public key is neither RSA nor ed25519".into()),
+            _ => Err(VerifyKeyError::Algorithm),
         }
     }
 
