@@ -12,11 +12,9 @@ use std::path::Path;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use proto::grpc::admin as pb;
-use proto::grpc::admin::admin_client::AdminClient;
 use serde::Deserialize;
-use tonic::transport::Channel;
 
-use super::cli::{Exit, Failure};
+use super::cli::{Client, Exit, Failure, Outcome, Render};
 
 /// Problems printed one by one; the counts cover the rest.
 const SHOWN: usize = 20;
@@ -75,15 +73,29 @@ struct Summary {
     unreadable: u64,
 }
 
-/// Sends `file` in batches of `batch` with up to `parallel` calls in flight; exit `Failed`
-/// when anything was refused or unreadable.
-pub async fn run(
-    client: &mut AdminClient<Channel>,
+impl Render for Summary {
+    fn table(&self) -> String {
+        format!(
+            "imported {}, skipped {} already in the ledger, {} not enrolled, {} refused, {} unreadable lines",
+            self.imported, self.skipped, self.not_enrolled, self.refused, self.unreadable
+        )
+    }
+
+    /// On one line, unlike the other replies.
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
+}
+
+/// Sends `file` in batches of `batch` with up to `parallel` calls in flight, showing progress
+/// on standard error unless `json`; exit `Failed` when anything was refused or unreadable.
+pub(super) async fn run(
+    client: &mut Client,
     file: &Path,
     batch: usize,
     parallel: usize,
     json: bool,
-) -> Result<Exit, Failure> {
+) -> Result<Outcome, Failure> {
     let batch = batch.clamp(1, super::import::MAX_SERVERS);
     let parallel = parallel.max(1);
     let f = std::fs::File::open(file)
@@ -145,22 +157,16 @@ pub async fn run(
             }
         }
     }
-    if json {
-        let out =
-            serde_json::to_string(&sum).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
-        println!("{out}");
-    } else {
+    if !json {
+        // ends the progress line
         eprintln!();
-        println!(
-            "imported {}, skipped {} already in the ledger, {} not enrolled, {} refused, {} unreadable lines",
-            sum.imported, sum.skipped, sum.not_enrolled, sum.refused, sum.unreadable
-        );
     }
-    Ok(if sum.refused + sum.unreadable > 0 {
+    let exit = if sum.refused + sum.unreadable > 0 {
         Exit::Failed
     } else {
         Exit::Ok
-    })
+    };
+    Ok(Outcome::reply(sum).exit(exit))
 }
 
 #[cfg(test)]
