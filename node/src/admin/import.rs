@@ -40,12 +40,47 @@ pub struct Valid {
     pub facts: BTreeMap<String, String>,
 }
 
-/// Why `s` cannot be imported, or what is recorded for it.
-pub fn check(s: &pb::ImportedServer) -> Result<Valid, String> {
-    if !proto::subject::is_valid_identity(&s.identity) {
-        return Err("not a valid identity".into());
+/// What is wrong with a server sent for import; its text is what the operator reads after the
+/// server's identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("not a valid identity")]
+    Identity,
+    #[error("no credential")]
+    NoCredential,
+    #[error("serial must be 1 to {max} letters, digits, '-' or '_'", max = MAX_SERIAL)]
+    Serial,
+    #[error("fingerprint must be a SHA-256 in 64 hex digits")]
+    Fingerprint,
+    #[error("not_after must be a time (Unix seconds)")]
+    NotAfter,
+    #[error("config_digest must be at most {max} printable characters", max = MAX_DIGEST)]
+    ConfigDigest,
+    #[error("facts are {bytes} bytes, more than the {budget} kept per server", budget = FACTS_BUDGET)]
+    FactsTooLarge { bytes: usize },
+}
+
+impl Invalid {
+    /// The field at fault, short and fixed: for logs and labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Invalid::Identity => "identity",
+            Invalid::NoCredential => "no_credential",
+            Invalid::Serial => "serial",
+            Invalid::Fingerprint => "fingerprint",
+            Invalid::NotAfter => "not_after",
+            Invalid::ConfigDigest => "config_digest",
+            Invalid::FactsTooLarge { .. } => "facts",
+        }
     }
-    let cred = s.credential.as_ref().ok_or("no credential")?;
+}
+
+/// Why `s` cannot be imported, or what is recorded for it.
+pub fn check(s: &pb::ImportedServer) -> Result<Valid, Invalid> {
+    if !proto::subject::is_valid_identity(&s.identity) {
+        return Err(Invalid::Identity);
+    }
+    let cred = s.credential.as_ref().ok_or(Invalid::NoCredential)?;
     let serial_ok = !cred.serial.is_empty()
         && cred.serial.len() <= MAX_SERIAL
         && cred
@@ -53,29 +88,23 @@ pub fn check(s: &pb::ImportedServer) -> Result<Valid, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !serial_ok {
-        return Err(format!(
-            "serial must be 1 to {MAX_SERIAL} letters, digits, '-' or '_'"
-        ));
+        return Err(Invalid::Serial);
     }
     let fingerprint = cred.fingerprint.to_ascii_lowercase();
     if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("fingerprint must be a SHA-256 in 64 hex digits".into());
+        return Err(Invalid::Fingerprint);
     }
     if cred.not_after <= 0 {
-        return Err("not_after must be a time (Unix seconds)".into());
+        return Err(Invalid::NotAfter);
     }
     let digest_ok = s.config_digest.len() <= MAX_DIGEST
         && s.config_digest.bytes().all(|b| b.is_ascii_graphic());
     if !digest_ok {
-        return Err(format!(
-            "config_digest must be at most {MAX_DIGEST} printable characters"
-        ));
+        return Err(Invalid::ConfigDigest);
     }
-    let facts_bytes: usize = s.facts.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if facts_bytes > FACTS_BUDGET {
-        return Err(format!(
-            "facts are {facts_bytes} bytes, more than the {FACTS_BUDGET} kept per server"
-        ));
+    let bytes: usize = s.facts.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > FACTS_BUDGET {
+        return Err(Invalid::FactsTooLarge { bytes });
     }
     Ok(Valid {
         identity: s.identity.clone(),
@@ -105,18 +134,19 @@ pub async fn import(
     servers: Vec<pb::ImportedServer>,
 ) -> pb::ImportLedgerReply {
     let mut reply = pb::ImportLedgerReply::default();
-    let refuse = |reply: &mut pb::ImportLedgerReply, identity: &str, why: String| {
-        reply.refused += 1;
-        svc.metrics.rejected("import");
-        if reply.errors.len() < MAX_ERRORS {
-            reply.errors.push(format!("{identity:?}: {why}"));
-        }
-    };
+    let refuse =
+        |reply: &mut pb::ImportLedgerReply, identity: &str, why: &dyn std::fmt::Display| {
+            reply.refused += 1;
+            svc.metrics.rejected("import");
+            if reply.errors.len() < MAX_ERRORS {
+                reply.errors.push(format!("{identity:?}: {why}"));
+            }
+        };
     let mut valid = Vec::with_capacity(servers.len());
     for s in &servers {
         match check(s) {
             Ok(v) => valid.push(v),
-            Err(why) => refuse(&mut reply, &s.identity, why),
+            Err(why) => refuse(&mut reply, &s.identity, &why),
         }
     }
     let results: Vec<(String, One)> = futures::stream::iter(valid)
@@ -133,7 +163,7 @@ pub async fn import(
             One::Skipped => reply.skipped += 1,
             One::Refused(why) => {
                 tracing::warn!(identity, reason = %why, "import refused");
-                refuse(&mut reply, &identity, why)
+                refuse(&mut reply, &identity, &why)
             }
         }
     }
@@ -261,42 +291,61 @@ mod tests {
     #[test]
     fn bad_servers_are_refused_with_the_reason() {
         type Change = Box<dyn Fn(&mut pb::ImportedServer)>;
-        let cases: Vec<(Change, &str)> = vec![
-            (Box::new(|s| s.identity = "a b".into()), "identity"),
-            (Box::new(|s| s.identity = "x".repeat(300)), "identity"),
-            (Box::new(|s| s.credential = None), "no credential"),
+        let cases: Vec<(Change, &str, &str)> = vec![
+            (
+                Box::new(|s| s.identity = "a b".into()),
+                "identity",
+                "not a valid identity",
+            ),
+            (
+                Box::new(|s| s.identity = "x".repeat(300)),
+                "identity",
+                "not a valid identity",
+            ),
+            (
+                Box::new(|s| s.credential = None),
+                "no_credential",
+                "no credential",
+            ),
             (
                 Box::new(|s| s.credential.as_mut().unwrap().serial = "01;rm".into()),
                 "serial",
+                "serial must be 1 to 128 letters, digits, '-' or '_'",
             ),
             (
                 Box::new(|s| s.credential.as_mut().unwrap().serial = "a".repeat(129)),
                 "serial",
+                "serial must be 1 to 128 letters, digits, '-' or '_'",
             ),
             (
                 Box::new(|s| s.credential.as_mut().unwrap().fingerprint = "zz".repeat(32)),
                 "fingerprint",
+                "fingerprint must be a SHA-256 in 64 hex digits",
             ),
             (
                 Box::new(|s| s.credential.as_mut().unwrap().not_after = 0),
                 "not_after",
+                "not_after must be a time (Unix seconds)",
             ),
             (
                 Box::new(|s| s.config_digest = "a\nb".into()),
                 "config_digest",
+                "config_digest must be at most 128 printable characters",
             ),
             (
                 Box::new(|s| {
                     s.facts.insert("big".into(), "v".repeat(3000));
                 }),
                 "facts",
+                "facts are 3010 bytes, more than the 2048 kept per server",
             ),
         ];
-        for (change, why) in cases {
+        for (change, reason, text) in cases {
             let mut s = server();
             change(&mut s);
             let err = check(&s).unwrap_err();
-            assert!(err.contains(why), "{err:?} should name {why}");
+            assert_eq!(err.reason(), reason, "{err:?}");
+            assert_eq!(err.to_string(), text);
         }
     }
 }

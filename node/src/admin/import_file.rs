@@ -46,8 +46,28 @@ enum Parsed {
     NotEnrolled,
 }
 
-fn parse(line: &str) -> Result<Parsed, String> {
-    let l: Line = serde_json::from_str(line).map_err(|e| e.to_string())?;
+/// Why a line of the file cannot be read; the text is serde_json's, which names the place.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    /// Not JSON, or cut short.
+    #[error("{0}")]
+    NotJson(serde_json::Error),
+    /// JSON, but not a record: a field missing (`identity`) or of the wrong type.
+    #[error("{0}")]
+    NotARecord(serde_json::Error),
+}
+
+impl From<serde_json::Error> for Unreadable {
+    fn from(e: serde_json::Error) -> Unreadable {
+        match e.classify() {
+            serde_json::error::Category::Data => Unreadable::NotARecord(e),
+            _ => Unreadable::NotJson(e),
+        }
+    }
+}
+
+fn parse(line: &str) -> Result<Parsed, Unreadable> {
+    let l: Line = serde_json::from_str(line)?;
     if l.state.as_deref().is_some_and(|s| s != "enrolled") {
         return Ok(Parsed::NotEnrolled);
     }
@@ -188,7 +208,36 @@ mod tests {
         let bare =
             r#"{"identity":"n3","credential":{"serial":"1","fingerprint":"f","not_after":9}}"#;
         assert!(matches!(parse(bare), Ok(Parsed::Server(_))));
-        assert!(parse("{not json").is_err());
-        assert!(parse(r#"{"credential":null}"#).is_err());
+        let Err(e) = parse("{not json") else {
+            panic!("read garbage")
+        };
+        assert!(matches!(e, Unreadable::NotJson(_)), "{e:?}");
+        let serde = |l: &str| serde_json::from_str::<Line>(l).unwrap_err().to_string();
+        assert_eq!(e.to_string(), serde("{not json"));
+        let Err(e) = parse(r#"{"credential":null}"#) else {
+            panic!("read a line without an identity")
+        };
+        assert!(matches!(e, Unreadable::NotARecord(_)), "{e:?}");
+        assert_eq!(e.to_string(), serde(r#"{"credential":null}"#));
+        assert!(e.to_string().contains("identity"), "{e}");
+    }
+
+    #[test]
+    fn the_summary_prints_as_before() {
+        let sum = Summary {
+            imported: 5,
+            skipped: 1,
+            not_enrolled: 2,
+            refused: 3,
+            unreadable: 4,
+        };
+        assert_eq!(
+            sum.table(),
+            "imported 5, skipped 1 already in the ledger, 2 not enrolled, 3 refused, 4 unreadable lines"
+        );
+        assert_eq!(
+            sum.json().unwrap(),
+            r#"{"imported":5,"skipped":1,"not_enrolled":2,"refused":3,"unreadable":4}"#
+        );
     }
 }
