@@ -101,9 +101,7 @@ impl JwtVerifier {
         let (_, block) = parse_x509_pem(pem).map_err(VerifyKeyError::Pem)?;
         let spki_der: Vec<u8> = match block.label.as_str() {
             "CERTIFICATE" => {
-                let cert = block
-                    .parse_x509()
-                    .map_err(VerifyKeyError::Certificate)?;
+                let cert = block.parse_x509().map_err(VerifyKeyError::Certificate)?;
                 cert.public_key().raw.to_vec()
             }
             "PUBLIC KEY" => block.contents.clone(),
@@ -117,8 +115,8 @@ impl JwtVerifier {
             }
             other => return Err(VerifyKeyError::Label(other.to_string())),
         };
-        let (_, spki) = SubjectPublicKeyInfo::from_der(&spki_der)
-            .map_err(VerifyKeyError::PublicKey)?;
+        let (_, spki) =
+            SubjectPublicKeyInfo::from_der(&spki_der).map_err(VerifyKeyError::PublicKey)?;
         match spki.parsed() {
             Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => Ok(JwtVerifier {
                 // ASN.1 integers carry a leading zero byte that the verifier must not see

@@ -9,7 +9,7 @@ use raft::member::RaftMember;
 use raft::store::Store;
 use tonic::Status;
 
-use crate::pipeline::now_ms;
+use crate::clock::now_ms;
 
 /// What a backup holds, as written to `NAME/backup.json` and returned to the operator.
 #[derive(Debug, serde::Serialize)]

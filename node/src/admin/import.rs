@@ -16,7 +16,8 @@ use raft::command::{FlowEnd, Issued};
 use raft::state::OWNED_RULES;
 use raft::{Applied, Command, Rejection, ReleaseOutcome};
 
-use crate::pipeline::{now_ms, Services};
+use crate::clock::now_ms;
+use crate::context::Services;
 
 /// Servers one call may carry.
 pub const MAX_SERVERS: usize = 1_000;

@@ -31,7 +31,7 @@ impl Selector {
     /// Checks `s`; `INVALID_ARGUMENT` says what is wrong. With `require`, an empty selector is
     /// refused (an operator must say which servers, or `all`).
     pub fn parse(s: Option<pb::Selector>, require: bool) -> Result<Selector, Status> {
-        Self::parse_at(s, require, (crate::pipeline::now_ms() / 1000) as i64)
+        Self::parse_at(s, require, (crate::clock::now_ms() / 1000) as i64)
     }
 
     /// [`Selector::parse`] with "now" given (Unix seconds).

@@ -8,7 +8,7 @@ use tonic::Status;
 use super::{AdminApi, Stream};
 use crate::admin::import;
 use crate::admin::select::{self, Selector};
-use crate::pipeline::now_ms;
+use crate::clock::now_ms;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::tls::{AdminTls, TlsError};
 use crate::config::Admin as AdminConfig;
-use crate::pipeline::Services;
+use crate::context::Services;
 use crate::rpc::RpcClient;
 
 mod ledger;

@@ -5,7 +5,7 @@ use proto::grpc::admin as pb;
 use tonic::Status;
 
 use super::AdminApi;
-use crate::pipeline::now_ms;
+use crate::clock::now_ms;
 use crate::service::LIVE_WINDOW_MS;
 use crate::VERSION;
 
