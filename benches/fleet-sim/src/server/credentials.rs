@@ -3,8 +3,20 @@
 //! chain, names and key, server JWT, a delivered private key, policies) before it writes its
 //! configuration.
 
-use super::*;
-use crate::keys;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use proto::agents::{ConfigureRequest, CsrReply, CsrRequest, MessageReply};
+use proto::lifecycle::EventType;
+use proto::rpc::StatusCode;
+use rcgen::KeyPair;
+use serde_json::Value;
+use x509_parser::prelude::*;
+
+use super::provision::to_value;
+use super::{Report, SimServer, CONFIG_FILE, SSL_DIR};
+use crate::faults::Fault;
+use crate::keys::{self, Subject};
 
 impl SimServer {
     pub(super) fn gencsr(&self, args: CsrRequest) -> Result<Value, String> {
