@@ -20,7 +20,9 @@ use std::time::Duration;
 use cluster_tests::{init_ca, start_members, FleetOptions, FleetProcess, Nats, ProvisionerOptions};
 use serde_json::{json, Value};
 
-use crate::{cgroup, steady, Args};
+use crate::cli::Args;
+use crate::members::{ledger_check, options};
+use crate::{cgroup, steady};
 
 /// Replicas of every server: the design's three.
 pub const REPLICAS: u64 = 3;
@@ -79,7 +81,7 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let opts = crate::options(args, args.logic, args.helper_delay_ms.unwrap_or(0));
+    let opts = options(args, args.logic, args.helper_delay_ms.unwrap_or(0));
     let shares = split(args.servers, machines);
     // every group's broker and fleet first, then every member at once, so the groups start
     // together
@@ -151,7 +153,7 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
             "servers_per_minute": s["rate_per_minute"],
             "p50_ms": s["latency_p50_ms"],
             "p99_ms": s["latency_p99_ms"],
-            "ledger": crate::ledger_check(procs),
+            "ledger": ledger_check(procs),
         }));
     }
     let (throttled, saturated) = cgroup::held_back(&caps);
@@ -161,7 +163,7 @@ pub fn run(args: &Args, machines: u64) -> Result<Value, String> {
         .sum();
     let mut exited = Vec::new();
     for procs in members.iter_mut() {
-        if let Value::Array(a) = crate::exited(procs) {
+        if let Value::Array(a) = crate::members::exited(procs) {
             exited.extend(a);
         }
     }
