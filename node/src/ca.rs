@@ -416,14 +416,26 @@ pub fn write_member(
     Ok((cert, key))
 }
 
+/// Why a PEM text is not a certificate [`describe`] can read.
+#[derive(Debug, Error)]
+pub enum DescribeError {
+    #[error("{0}")]
+    Pem(#[source] x509_parser::nom::Err<x509_parser::error::PEMError>),
+    /// A PEM block of another kind (a key, a CSR...).
+    #[error("PEM block is {0:?}")]
+    NotACertificate(String),
+    #[error("{0}")]
+    Certificate(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+}
+
 /// Serial, fingerprint and expiry of a PEM certificate, for certificates a helper returns.
-pub fn describe(cert_pem: &str) -> Result<Issued, String> {
+pub fn describe(cert_pem: &str) -> Result<Issued, DescribeError> {
     let (_, pem) =
-        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(DescribeError::Pem)?;
     if pem.label != "CERTIFICATE" {
-        return Err(format!("PEM block is {:?}", pem.label));
+        return Err(DescribeError::NotACertificate(pem.label));
     }
-    let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+    let cert = pem.parse_x509().map_err(DescribeError::Certificate)?;
     Ok(Issued {
         pem: cert_pem.to_string(),
         serial: hex::encode(cert.raw_serial()),

@@ -73,7 +73,7 @@ pub struct Expected<'a> {
 /// Checks the helper's `cert_pem` against `ca_pem` and what is expected; returns what the
 /// ledger records about it.
 pub fn check(cert_pem: &str, ca_pem: &str, want: &Expected<'_>) -> Result<Issued, HelperCertError> {
-    let issued = ca::describe(cert_pem).map_err(HelperCertError::Malformed)?;
+    let issued = ca::describe(cert_pem).map_err(|e| HelperCertError::Malformed(e.to_string()))?;
     let (_, block) = parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| HelperCertError::Malformed(e.to_string()))?;
     let (_, cert) = X509Certificate::from_der(&block.contents)

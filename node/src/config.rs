@@ -22,7 +22,7 @@ pub use admin::{Admin, AdminSection, AdminTlsSection, ReprovisionSection};
 use check::{read_all, Problems};
 use cluster::check_cluster;
 pub use cluster::{Cluster, ClusterMember, ClusterSection, ClusterTls};
-pub use duration::parse_duration;
+pub use duration::{parse_duration, DurationError};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -60,10 +60,11 @@ impl ConfigError {
     }
 }
 
-pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+/// A problem with `key`: `reason` is a message or an error, shown as it displays.
+pub(crate) fn invalid(key: impl Into<String>, reason: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
-        reason: reason.into(),
+        reason: reason.to_string(),
     }
 }
 

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use thiserror::Error;
+use x509_parser::error::{PEMError, X509Error};
+use x509_parser::nom;
 use x509_parser::prelude::FromDer;
 
 use crate::ca::Ca;
@@ -75,24 +78,41 @@ pub fn merge(
     out.into_values().collect()
 }
 
+/// Why the CRL on disk cannot be trusted (it is replaced then, from the ledger).
+#[derive(Debug, Error)]
+pub enum CrlReadError {
+    /// The file is there but cannot be read.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    #[error("PEM: {0}")]
+    Pem(#[source] nom::Err<PEMError>),
+    #[error("CRL: {0}")]
+    Crl(#[source] nom::Err<X509Error>),
+    /// Our own CA certificate does not parse (it loaded, so this should not happen).
+    #[error("CA certificate: {0}")]
+    CaPem(#[source] nom::Err<PEMError>),
+    #[error("CA certificate: {0}")]
+    CaCert(#[source] nom::Err<X509Error>),
+    #[error("not signed by this CA: {0}")]
+    NotOurs(#[source] X509Error),
+}
+
 /// The entries and CRL number of the CRL at `path`, if it is one our CA signed. `Ok(None)`
 /// when there is no file yet.
-pub fn read(path: &Path, ca: &Ca) -> Result<Option<(Vec<Entry>, u64)>, String> {
+pub fn read(path: &Path, ca: &Ca) -> Result<Option<(Vec<Entry>, u64)>, CrlReadError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(CrlReadError::Io(e)),
     };
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).map_err(|e| format!("PEM: {e}"))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).map_err(CrlReadError::Pem)?;
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&pem.contents)
-        .map_err(|e| format!("CRL: {e}"))?;
-    let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes())
-        .map_err(|e| format!("CA certificate: {e}"))?;
-    let ca_cert = ca_pem
-        .parse_x509()
-        .map_err(|e| format!("CA certificate: {e}"))?;
+        .map_err(CrlReadError::Crl)?;
+    let (_, ca_pem) =
+        x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes()).map_err(CrlReadError::CaPem)?;
+    let ca_cert = ca_pem.parse_x509().map_err(CrlReadError::CaCert)?;
     crl.verify_signature(ca_cert.public_key())
-        .map_err(|e| format!("not signed by this CA: {e}"))?;
+        .map_err(CrlReadError::NotOurs)?;
     let entries = crl
         .iter_revoked_certificates()
         .map(|r| {
@@ -228,7 +248,7 @@ mod tests {
         let ours = make("ours");
         let theirs = make("theirs");
         let path = dir.path().join("crl.pem");
-        assert_eq!(read(&path, &ours), Ok(None));
+        assert!(matches!(read(&path, &ours), Ok(None)));
 
         let pem = ours
             .crl(&[("0a01".into(), 1_700_000_000)], 7, CRL_VALIDITY)
@@ -246,8 +266,10 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(mode, 0o644);
 
-        let err = read(&path, &theirs).err().unwrap_or_default();
-        assert!(err.contains("not signed by this CA"), "{err}");
+        let err = read(&path, &theirs).err();
+        assert!(matches!(err, Some(CrlReadError::NotOurs(_))), "{err:?}");
+        let said = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(said.starts_with("not signed by this CA: "), "{said}");
         // garbage, or a PEM that holds no CRL, is an error, not a crash
         for junk in [
             &b"\x00\xffnot pem"[..],

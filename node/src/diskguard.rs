@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use thiserror::Error;
+
 /// How often the free space is looked at.
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -28,22 +30,37 @@ pub fn available(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// `Err` (the reason) when `dir` has less than `min` bytes free. A directory that cannot
-/// be looked at passes: opening the store says why.
-pub fn check(dir: &Path, min: u64) -> Result<(), String> {
+const MIB: u64 = 1024 * 1024;
+
+/// `dir` has `free` bytes free, less than the `min` the configuration asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "{} has {} MiB free, less than data_dir_min_free_mb ({} MiB)",
+    dir.display(),
+    free / MIB,
+    min / MIB
+)]
+pub struct LowSpace {
+    pub dir: PathBuf,
+    pub free: u64,
+    pub min: u64,
+}
+
+/// `Err` when `dir` has less than `min` bytes free. A directory that cannot be looked at
+/// passes: opening the store says why.
+pub fn check(dir: &Path, min: u64) -> Result<(), LowSpace> {
     match available(dir) {
-        Ok(free) if free < min => Err(format!(
-            "{} has {} MiB free, less than data_dir_min_free_mb ({} MiB)",
-            dir.display(),
-            free / (1024 * 1024),
-            min / (1024 * 1024)
-        )),
+        Ok(free) if free < min => Err(LowSpace {
+            dir: dir.to_path_buf(),
+            free,
+            min,
+        }),
         _ => Ok(()),
     }
 }
 
-/// Resolves, with the reason, once `dir` has less than `min` bytes free.
-pub async fn watch(dir: PathBuf, min: u64) -> String {
+/// Resolves once `dir` has less than `min` bytes free.
+pub async fn watch(dir: PathBuf, min: u64) -> LowSpace {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
@@ -63,7 +80,10 @@ mod tests {
         let free = available(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert!(free > 0);
         assert!(check(dir.path(), 0).is_ok());
-        let err = check(dir.path(), u64::MAX).err().unwrap_or_default();
+        let err = check(dir.path(), u64::MAX)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("less than data_dir_min_free_mb"), "{err}");
         // a missing directory is left to the store to report
         assert!(check(&dir.path().join("missing"), u64::MAX).is_ok());

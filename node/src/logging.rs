@@ -4,9 +4,10 @@
 //! opened by path.
 
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use thiserror::Error;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -28,7 +29,22 @@ fn target(file: Option<&Path>) -> Target<'_> {
     }
 }
 
-pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<(), String> {
+/// Why logging could not be set up.
+#[derive(Debug, Error)]
+pub enum LoggingError {
+    /// The configured `logfile` cannot be opened for appending.
+    #[error("logfile {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A global subscriber is set already (or the log bridge is).
+    #[error("{0}")]
+    Install(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<(), LoggingError> {
     let level = if level == "warning" { "warn" } else { level };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let writer: Box<dyn Fn() -> Box<dyn std::io::Write> + Send + Sync> = match target(file) {
@@ -39,7 +55,10 @@ pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<(), S
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| format!("logfile {}: {e}", path.display()))?;
+                .map_err(|source| LoggingError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             let f = Mutex::new(f);
             Box::new(move || {
                 let clone = f.lock().ok().and_then(|f| f.try_clone().ok());
@@ -57,7 +76,7 @@ pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<(), S
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(LoggingError::Install)
 }
 
 #[cfg(test)]
@@ -71,5 +90,17 @@ mod tests {
         assert_eq!(target(Some(Path::new("/dev/stdout"))), Target::Stdout);
         let f = Path::new("/var/log/choria-provisioner.log");
         assert_eq!(target(Some(f)), Target::File(f));
+    }
+
+    #[test]
+    fn a_logfile_that_cannot_be_opened_is_named() {
+        let bad = Path::new("/nonexistent/dir/provisioner.log");
+        let err = init("info", LogFormat::Text, Some(bad)).err();
+        let said = err.as_ref().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            said.starts_with("logfile /nonexistent/dir/provisioner.log: "),
+            "{said}"
+        );
+        assert!(matches!(err, Some(LoggingError::Open { .. })), "{err:?}");
     }
 }

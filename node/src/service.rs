@@ -131,10 +131,10 @@ impl Provisioner {
         };
 
         if let (None, Some(dir)) = (&ledger, &config.data_dir) {
-            crate::diskguard::check(dir, config.data_dir_min_free).map_err(|reason| {
+            crate::diskguard::check(dir, config.data_dir_min_free).map_err(|e| {
                 ServiceError::Ledger {
                     dir: dir.display().to_string(),
-                    reason,
+                    reason: e.to_string(),
                 }
             })?;
         }
@@ -485,7 +485,9 @@ impl Provisioner {
         let config = &self.services.config;
         let disk = async {
             match &config.data_dir {
-                Some(dir) => crate::diskguard::watch(dir.clone(), config.data_dir_min_free).await,
+                Some(dir) => crate::diskguard::watch(dir.clone(), config.data_dir_min_free)
+                    .await
+                    .to_string(),
                 None => std::future::pending().await,
             }
         };

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde::Deserialize;
+use thiserror::Error;
 
 use crate::helper::{HelperError, HelperRequest, HelperResponse, UserLogic};
 
@@ -21,11 +22,21 @@ pub struct BuiltinHelper {
     pub action_policies: BTreeMap<String, String>,
 }
 
+/// What makes a `builtin_helper` section unusable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BuiltinHelperError {
+    #[error("configuration is empty")]
+    Empty,
+    /// Servers would restart into provisioning mode and be provisioned again, for ever.
+    #[error("configuration must set plugin.choria.server.provision to \"false\", or servers come back to provisioning mode after their restart")]
+    StaysInProvisioningMode,
+}
+
 impl BuiltinHelper {
     /// Refuses a configuration that would bring servers back to provisioning mode.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), BuiltinHelperError> {
         if self.configuration.is_empty() {
-            return Err("configuration is empty".into());
+            return Err(BuiltinHelperError::Empty);
         }
         match self
             .configuration
@@ -33,7 +44,7 @@ impl BuiltinHelper {
             .map(String::as_str)
         {
             Some("false") => Ok(()),
-            _ => Err("configuration must set plugin.choria.server.provision to \"false\", or servers come back to provisioning mode after their restart".into()),
+            _ => Err(BuiltinHelperError::StaysInProvisioningMode),
         }
     }
 }
@@ -104,7 +115,13 @@ mod tests {
         );
         let mut bad = h.clone();
         bad.configuration.remove("plugin.choria.server.provision");
-        assert!(bad.check().is_err());
-        assert!(BuiltinHelper::default().check().is_err());
+        assert_eq!(
+            bad.check(),
+            Err(BuiltinHelperError::StaysInProvisioningMode)
+        );
+        assert_eq!(
+            BuiltinHelper::default().check(),
+            Err(BuiltinHelperError::Empty)
+        );
     }
 }

@@ -3,10 +3,14 @@
 //! configuration names (`provisioner config check`).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
+use thiserror::Error;
+
+use crate::jwt::JwtError;
+use crate::orgissuer::IssuerError;
 
 use super::{invalid, Config, ConfigError};
 
@@ -153,11 +157,11 @@ impl Config {
         // the same loading `run` does, so a key that does not parse is found here too
         if self.features.jwt && !self.jwt_verify_cert.is_empty() {
             if let Err(e) = crate::jwt::JwtVerifier::from_config(&self.jwt_verify_cert) {
-                let e = e.to_string();
-                p.push(invalid(
-                    "jwt_verify_cert",
-                    e.trim_start_matches("jwt_verify_cert "),
-                ));
+                // the key's own error names the key already
+                p.push(match e {
+                    JwtError::Key(reason) => invalid("jwt_verify_cert", reason),
+                    other => invalid("jwt_verify_cert", other),
+                });
             }
         }
         if let (true, Some(ca)) = (self.features.pki, &self.ca) {
@@ -171,11 +175,13 @@ impl Config {
                 (!self.jwt_signing_token.is_empty()).then(|| Path::new(&self.jwt_signing_token));
             let key = Path::new(&self.jwt_signing_key);
             if let Err(e) = crate::orgissuer::OrgIssuer::load_with_chain(key, token) {
-                let e = e.to_string();
-                p.push(invalid(
-                    "jwt_signing_key",
-                    e.trim_start_matches("jwt_signing_key "),
-                ));
+                // the key's own error names the key already
+                p.push(match e {
+                    IssuerError::Key { path, reason } => {
+                        invalid("jwt_signing_key", format!("{path}: {reason}"))
+                    }
+                    other => invalid("jwt_signing_key", other),
+                });
             }
             private(&mut p, "jwt_signing_key", key);
         }
@@ -231,9 +237,28 @@ fn private(p: &mut Vec<ConfigError>, key: &'static str, f: &Path) {
     }
 }
 
+/// Why the configured helper program cannot be run.
+#[derive(Debug, Error)]
+enum HelperProgramError {
+    /// A path that names nothing.
+    #[error("{0}: no such file")]
+    NoSuchFile(String),
+    /// A bare name no directory of `PATH` holds.
+    #[error("{0}: not found in PATH")]
+    NotInPath(String),
+    #[error("{}: not executable", .0.display())]
+    NotExecutable(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The helper program exists and may be run: a path as given, a bare name through `PATH`.
-fn executable(cmd: &str) -> Result<(), String> {
-    let candidates: Vec<std::path::PathBuf> = if cmd.contains('/') {
+fn executable(cmd: &str) -> Result<(), HelperProgramError> {
+    let candidates: Vec<PathBuf> = if cmd.contains('/') {
         vec![cmd.into()]
     } else {
         std::env::var_os("PATH")
@@ -242,12 +267,15 @@ fn executable(cmd: &str) -> Result<(), String> {
     };
     let found = candidates.iter().find(|c| c.is_file());
     match found {
-        None if cmd.contains('/') => Err(format!("{cmd}: no such file")),
-        None => Err(format!("{cmd}: not found in PATH")),
+        None if cmd.contains('/') => Err(HelperProgramError::NoSuchFile(cmd.into())),
+        None => Err(HelperProgramError::NotInPath(cmd.into())),
         Some(f) => match std::fs::metadata(f) {
             Ok(m) if m.permissions().mode() & 0o111 != 0 => Ok(()),
-            Ok(_) => Err(format!("{}: not executable", f.display())),
-            Err(e) => Err(format!("{}: {e}", f.display())),
+            Ok(_) => Err(HelperProgramError::NotExecutable(f.clone())),
+            Err(source) => Err(HelperProgramError::Unreadable {
+                path: f.clone(),
+                source,
+            }),
         },
     }
 }

@@ -1,16 +1,45 @@
 //! Durations as upstream's configuration writes them (`10s`, `1h30m`, `365d`, `1W`, `6M`), capped
 //! so that arithmetic on them (`heartbeat * 3`, expiry times) cannot overflow.
 
+use std::num::ParseFloatError;
 use std::time::Duration;
+
+use thiserror::Error;
+
+/// What is wrong with a duration; each names the text as it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    /// A unit (or anything else) where a number should start.
+    #[error("{0:?} is not a duration (e.g. 10s, 5m, 1h, 1d)")]
+    NoNumber(String),
+    #[error("{text:?}: bad number")]
+    BadNumber {
+        text: String,
+        #[source]
+        source: ParseFloatError,
+    },
+    #[error("{0:?} needs a unit (ms, s, m, h, d, w, M, y)")]
+    NoUnit(String),
+    #[error("{text:?}: unknown unit {unit:?}")]
+    UnknownUnit { text: String, unit: String },
+    /// Too long to be a `Duration` at all.
+    #[error("{0:?} is too long a duration")]
+    Overflow(String),
+    /// Longer than [`MAX_DURATION`].
+    #[error("{0:?} is longer than 100 years")]
+    TooLong(String),
+}
 
 /// Parses durations as upstream writes them: a number and a unit, `500ms`, `10s`, `5m`,
 /// `1h`, `1d`, `1w`, `1y`; several may be chained (`1h30m`). As go-choria's `ParseDuration`
 /// does, `D`, `W`, `Y`, `H` and `S` are taken for their lower-case units and `M` is a month
 /// of 30 days (`m` stays minutes).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -19,11 +48,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{s:?} is not a duration (e.g. 10s, 5m, 1h, 1d)"));
+            return Err(DurationError::NoNumber(s.into()));
         }
         let n: f64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("{s:?}: bad number"))?;
+            .map_err(|source| DurationError::BadNumber {
+                text: s.into(),
+                source,
+            })?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -37,19 +69,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "w" | "W" => n * 7.0 * 86400.0,
             "M" => n * 30.0 * 86400.0,
             "y" | "Y" => n * 365.0 * 86400.0,
-            "" => return Err(format!("{s:?} needs a unit (ms, s, m, h, d, w, M, y)")),
-            u => return Err(format!("{s:?}: unknown unit {u:?}")),
+            "" => return Err(DurationError::NoUnit(s.into())),
+            u => {
+                return Err(DurationError::UnknownUnit {
+                    text: s.into(),
+                    unit: u.into(),
+                })
+            }
         };
         // the fuzzer found that an overlong number panicked here
         total = Duration::try_from_secs_f64(secs)
             .ok()
             .and_then(|d| total.checked_add(d))
-            .ok_or_else(|| format!("{s:?} is too long a duration"))?;
+            .ok_or_else(|| DurationError::Overflow(s.into()))?;
         rest = &rest[unit_len..];
     }
     // everything after this multiplies or adds durations; a century leaves room for that
     if total > MAX_DURATION {
-        return Err(format!("{s:?} is longer than 100 years"));
+        return Err(DurationError::TooLong(s.into()));
     }
     Ok(total)
 }
@@ -104,5 +141,23 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // the texts `config check` shows
+        for (bad, said) in [
+            ("", "empty duration"),
+            ("s", "\"s\" is not a duration (e.g. 10s, 5m, 1h, 1d)"),
+            ("1.2.3s", "\"1.2.3s\": bad number"),
+            ("10", "\"10\" needs a unit (ms, s, m, h, d, w, M, y)"),
+            ("1x", "\"1x\": unknown unit \"x\""),
+            (
+                endless.as_str(),
+                &format!("{endless:?} is too long a duration"),
+            ),
+            ("101y", "\"101y\" is longer than 100 years"),
+        ] {
+            let err = parse_duration(bad).err().map(|e| e.to_string());
+            assert_eq!(err.as_deref(), Some(said), "{bad}");
+        }
+        let bad_number = parse_duration("1.2.3s").err();
+        assert!(bad_number.is_some_and(|e| std::error::Error::source(&e).is_some()));
     }
 }
