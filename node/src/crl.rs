@@ -16,8 +16,9 @@ use x509_parser::nom;
 use x509_parser::prelude::FromDer;
 
 use crate::ca::Ca;
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::pipeline::{now_ms, Services};
+use crate::context::Services;
 
 /// How long a CRL is valid; rewritten daily, so a week gives a lot of slack.
 pub const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);

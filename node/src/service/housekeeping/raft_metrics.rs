@@ -1,0 +1,58 @@
+//! A member's Raft state as metrics: term, leader, log and voters each tick, leader changes
+//! as they happen, and whether its ledger has caught up (a member that is behind must not
+//! write the CRL from an older ledger).
+
+use std::sync::Arc;
+
+use raft::member::RaftMember;
+
+use crate::metrics::Metrics;
+
+/// Sets the Raft gauges from openraft's metrics.
+pub(super) fn export(m: &Metrics, member: &RaftMember) {
+    let rm = member.raft.metrics().borrow().clone();
+    m.set(&m.raft_term, rm.current_term as i64);
+    m.set(&m.raft_leader, rm.current_leader.unwrap_or(0) as i64);
+    m.set(
+        &m.raft_last_log_index,
+        rm.last_log_index.unwrap_or(0) as i64,
+    );
+    m.set(
+        &m.raft_last_applied,
+        rm.last_applied.map(|l| l.index).unwrap_or(0) as i64,
+    );
+    m.set(
+        &m.raft_voters,
+        rm.membership_config.membership().voter_ids().count() as i64,
+    );
+}
+
+/// Counts each new leader this member sees, from openraft's server metrics, so elections
+/// between two housekeeping ticks are counted too. Those change with the role, vote, leader
+/// or membership only; the full metrics change with every turn of Raft's core (every entry,
+/// reply and tick), and each change would wake this task on the flows' runtime.
+pub(in crate::service) async fn watch_leader(member: Arc<RaftMember>, m: Arc<Metrics>) {
+    let mut rx = member.raft.server_metrics();
+    // the first leader seen counts too, even one elected before this task ran
+    let mut last = None;
+    loop {
+        let now = rx.borrow_and_update().current_leader;
+        if now != last {
+            if now.is_some() {
+                m.inc(&m.raft_leader_changes);
+            }
+            last = now;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether this member's ledger has applied every entry it holds and it knows a leader: a
+/// member that is behind (just restarted, or cut off) would write a CRL from an older ledger.
+pub(super) fn caught_up(m: &RaftMember) -> bool {
+    let metrics = m.raft.metrics().borrow().clone();
+    metrics.current_leader.is_some()
+        && metrics.last_applied.map(|l| l.index) >= metrics.last_log_index
+}
