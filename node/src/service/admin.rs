@@ -37,9 +37,9 @@ pub(super) async fn start(
         }
         opts.connect(r.servers.clone())
             .await
-            .map_err(|e| ServiceError::Connect {
+            .map_err(|source| ServiceError::Connect {
                 servers: r.servers.clone(),
-                reason: e.to_string(),
+                source,
             })?
     };
     let reprovision = RpcClient::start(

@@ -32,7 +32,7 @@ use crate::shard::Shard;
 use crate::work::WorkQueue;
 use crate::{discover, VERSION};
 
-pub use error::ServiceError;
+pub use error::{ClusterError, LedgerOpenError, ServiceError};
 
 /// A member is live while its last heartbeat is younger than this.
 pub(crate) const LIVE_WINDOW_MS: u64 = 7_000;

@@ -40,9 +40,9 @@ pub(super) async fn connect(
         })
         .connect(config.nats.servers.clone())
         .await
-        .map_err(|e| ServiceError::Connect {
+        .map_err(|source| ServiceError::Connect {
             servers: config.nats.servers.clone(),
-            reason: e.to_string(),
+            source,
         })
 }
 
@@ -108,7 +108,7 @@ pub(super) async fn listen_for_startups(
     let sub = nats
         .subscribe(subject.clone())
         .await
-        .map_err(|e| ServiceError::Events(e.to_string()))?;
+        .map_err(ServiceError::Events)?;
     tracing::info!(subject, "listening for lifecycle events");
     Ok(tokio::spawn(discover::run_events(
         services.clone(),

@@ -25,9 +25,9 @@ pub(super) async fn serve(
         return Ok(None);
     }
     let addr = format!("{}:{}", config.monitor_listen, config.monitor_port);
-    let sock: SocketAddr = addr.parse().map_err(|e| ServiceError::Metrics {
+    let sock: SocketAddr = addr.parse().map_err(|source| ServiceError::MetricsAddr {
         addr: addr.clone(),
-        reason: format!("{e}"),
+        source,
     })?;
     let handle = metrics::serve(
         svc.metrics.clone(),
@@ -35,10 +35,7 @@ pub(super) async fn serve(
         status_fn(svc.clone(), queue.clone(), member),
     )
     .await
-    .map_err(|e| ServiceError::Metrics {
-        addr,
-        reason: e.to_string(),
-    })?;
+    .map_err(|source| ServiceError::Metrics { addr, source })?;
     Ok(Some(handle))
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use raft::member::{MemberConfig, RaftMember, RaftSettings};
+use raft::member::{MemberConfig, MemberError, RaftMember, RaftSettings};
 use raft::replicated::RaftLedger;
 use raft::types::Member;
 use raft::{Ledger, LocalLedger};
@@ -15,6 +15,7 @@ use raft::{Ledger, LocalLedger};
 use crate::config::{Cluster, Config};
 use crate::raft_runtime::RaftRuntime;
 
+use super::error::ClusterError;
 use super::ServiceError;
 
 /// The ledger, and the Raft member behind it when there is one.
@@ -38,7 +39,7 @@ pub(super) async fn open(
         crate::diskguard::check(dir, config.data_dir_min_free).map_err(|e| {
             ServiceError::Ledger {
                 dir: dir.display().to_string(),
-                reason: e.to_string(),
+                source: e.into(),
             }
         })?;
     }
@@ -57,7 +58,7 @@ pub(super) async fn open(
             let member = rt
                 .spawn(async move { join_cluster(&cfg, &cl).await })
                 .await
-                .map_err(|e| ServiceError::Cluster(format!("Raft runtime: {e}")))??;
+                .map_err(ClusterError::Runtime)??;
             Storage {
                 ledger: RaftLedger::new(member.clone()),
                 member: Some(member),
@@ -82,27 +83,21 @@ pub(super) async fn open(
 /// The ledger of a provisioner without a cluster: a Raft group of one in `data_dir/raft`,
 /// stored as a member's is, with no port and no peers.
 async fn start_alone(config: &Config, dir: &Path) -> Result<Arc<RaftMember>, ServiceError> {
-    let fail = |reason: String| ServiceError::Ledger {
+    let fail = |e: MemberError| ServiceError::Ledger {
         dir: dir.display().to_string(),
-        reason,
+        source: e.into(),
     };
     let member = RaftMember::start(MemberConfig::alone(&config.identity, dir.to_path_buf()))
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    member
-        .start_alone()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(fail)?;
+    member.start_alone().await.map_err(fail)?;
     Ok(Arc::new(member))
 }
 
 /// Starts this member of the Raft group; the member with the lowest id makes a new group
 /// from the configured members if none exists yet.
-async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, ServiceError> {
-    let data_dir = config
-        .data_dir
-        .clone()
-        .ok_or_else(|| ServiceError::Cluster("data_dir is required".into()))?;
+async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, ClusterError> {
+    let data_dir = config.data_dir.clone().ok_or(ClusterError::NoDataDir)?;
     let members: BTreeMap<u64, Member> = c
         .members
         .iter()
@@ -120,12 +115,14 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
     let me = members
         .get(&c.id)
         .cloned()
-        .ok_or_else(|| ServiceError::Cluster(format!("id {} is not a member", c.id)))?;
+        .ok_or(ClusterError::NotAMember(c.id))?;
     let tls = match &c.tls {
         Some(t) => {
             let read = |p: &Path| {
-                std::fs::read_to_string(p)
-                    .map_err(|e| ServiceError::Cluster(format!("tls {}: {e}", p.display())))
+                std::fs::read_to_string(p).map_err(|source| ClusterError::Tls {
+                    path: p.to_path_buf(),
+                    source,
+                })
             };
             Some(raft::network::Tls {
                 ca_pem: read(&t.ca)?,
@@ -159,14 +156,10 @@ async fn join_cluster(config: &Config, c: &Cluster) -> Result<Arc<RaftMember>, S
         configured: members.clone(),
         max_clock_skew_ms: c.max_clock_skew.as_millis() as u64,
     })
-    .await
-    .map_err(|e| ServiceError::Cluster(e.to_string()))?;
+    .await?;
     let member = Arc::new(member);
     if members.keys().next() == Some(&c.id) {
-        member
-            .bootstrap(members)
-            .await
-            .map_err(|e| ServiceError::Cluster(e.to_string()))?;
+        member.bootstrap(members).await?;
     } else if !c.auto_join {
         tracing::info!("waiting to be added by an operator (auto_join is off)");
     } else {
