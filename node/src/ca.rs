@@ -30,18 +30,82 @@ pub enum CaError {
     },
     #[error("{path} exists already; use --force to replace the CA")]
     Exists { path: PathBuf },
-    #[error("CA certificate {path}: {reason}")]
-    BadCert { path: PathBuf, reason: String },
-    #[error("CA key {path}: {reason}")]
-    BadKey { path: PathBuf, reason: String },
+    #[error("CA certificate {path}: {source}")]
+    BadCert {
+        path: PathBuf,
+        #[source]
+        source: CertError,
+    },
+    #[error("CA key {path}: {source}")]
+    BadKey {
+        path: PathBuf,
+        #[source]
+        source: rcgen::Error,
+    },
     #[error("CA key does not match the CA certificate")]
     KeyMismatch,
     #[error("cannot create key: {0}")]
-    KeyGen(String),
+    KeyGen(#[source] KeyGenError),
     #[error("cannot sign: {0}")]
-    Sign(String),
+    Sign(#[source] SignError),
     #[error("validity {0:?} is out of range")]
     Validity(Duration),
+}
+
+/// Why the CA certificate on disk cannot be used.
+#[derive(Debug, Error)]
+pub enum CertError {
+    #[error("{0}")]
+    Pem(#[source] x509_parser::nom::Err<x509_parser::error::PEMError>),
+    #[error("{0}")]
+    X509(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    /// rcgen cannot take it as an issuer.
+    #[error("{0}")]
+    Issuer(#[source] rcgen::Error),
+}
+
+/// Why a new key could not be made.
+#[derive(Debug, Error)]
+pub enum KeyGenError {
+    #[error("{0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Rsa(#[from] rsa::Error),
+    #[error("{0}")]
+    Pkcs8(#[from] rsa::pkcs8::Error),
+}
+
+/// Why a certificate or CRL could not be made.
+#[derive(Debug, Error)]
+pub enum SignError {
+    #[error("CSR public key: {0}")]
+    PublicKey(#[source] rcgen::Error),
+    #[error("identity as DNS name: {0}")]
+    Identity(#[source] rcgen::Error),
+    #[error("{0:?} is not a DNS name")]
+    NotDnsName(String),
+    #[error("{name:?} as DNS name: {source}")]
+    DnsName {
+        name: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("{0:?} is not a valid operator name (letters, digits, - . _ @)")]
+    OperatorName(String),
+    #[error("serial {serial:?}: {source}")]
+    Serial {
+        serial: String,
+        #[source]
+        source: hex::FromHexError,
+    },
+    #[error("revocation time {at}: {source}")]
+    RevocationTime {
+        at: i64,
+        #[source]
+        source: time::error::ComponentRange,
+    },
+    #[error("{0}")]
+    Rcgen(#[from] rcgen::Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,9 +158,7 @@ pub fn init(
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + to_time(validity)?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| CaError::Sign(e.to_string()))?;
+    let cert = params.self_signed(&key).map_err(sign)?;
 
     write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
@@ -105,17 +167,14 @@ pub fn init(
 
 fn generate_key(key_type: KeyType) -> Result<KeyPair, CaError> {
     match key_type {
-        KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::KeyGen(e.to_string())),
+        KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(keygen),
         KeyType::Rsa2048 => {
             use rsa::pkcs8::EncodePrivateKey;
-            let key = rsa::PrivateKey::new(&mut rand::rng(), 2048)
-                .map_err(|e| CaError::KeyGen(e.to_string()))?;
+            let key = rsa::PrivateKey::new(&mut rand::rng(), 2048).map_err(keygen)?;
             let pem = key
                 .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
-                .map_err(|e| CaError::KeyGen(e.to_string()))?;
-            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256)
-                .map_err(|e| CaError::KeyGen(e.to_string()))
+                .map_err(keygen)?;
+            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).map_err(keygen)
         }
     }
 }
@@ -134,6 +193,14 @@ pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaEr
         .map_err(io)?;
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)
+}
+
+fn keygen(e: impl Into<KeyGenError>) -> CaError {
+    CaError::KeyGen(e.into())
+}
+
+fn sign(e: impl Into<SignError>) -> CaError {
+    CaError::Sign(e.into())
 }
 
 fn to_time(d: Duration) -> Result<time::Duration, CaError> {
@@ -188,28 +255,22 @@ impl Ca {
             path: key_path.to_path_buf(),
             source,
         })?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::BadKey {
+        let key = KeyPair::from_pem(&key_pem).map_err(|source| CaError::BadKey {
             path: key_path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         })?;
-        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| {
-            CaError::BadCert {
-                path: cert_path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        let parsed = pem.parse_x509().map_err(|e| CaError::BadCert {
+        let bad_cert = |source| CaError::BadCert {
             path: cert_path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            source,
+        };
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|e| bad_cert(CertError::Pem(e)))?;
+        let parsed = pem.parse_x509().map_err(|e| bad_cert(CertError::X509(e)))?;
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(CaError::KeyMismatch);
         }
-        let issuer =
-            rcgen::Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CaError::BadCert {
-                path: cert_path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|e| bad_cert(CertError::Issuer(e)))?;
         Ok(Ca {
             cert_pem,
             issuer,
@@ -225,15 +286,16 @@ impl Ca {
     /// Signs a certificate for `identity` with the public key of a CSR that
     /// [`crate::csr::validate`] checked (its `spki_der`).
     pub fn sign(&self, spki_der: &[u8], identity: &str) -> Result<Issued, CaError> {
-        let public_key = SubjectPublicKeyInfo::from_der(spki_der)
-            .map_err(|e| CaError::Sign(format!("CSR public key: {e}")))?;
+        let public_key =
+            SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| sign(SignError::PublicKey(e)))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, identity);
-        params.subject_alt_names =
-            vec![SanType::DnsName(identity.try_into().map_err(|e| {
-                CaError::Sign(format!("identity as DNS name: {e}"))
-            })?)];
+        params.subject_alt_names = vec![SanType::DnsName(
+            identity
+                .try_into()
+                .map_err(|e| sign(SignError::Identity(e)))?,
+        )];
         mark_not_a_ca(&mut params);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -250,9 +312,7 @@ impl Ca {
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + to_time(self.validity)?;
         let not_after = params.not_after.unix_timestamp();
-        let cert = params
-            .signed_by(&public_key, &self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = params.signed_by(&public_key, &self.issuer).map_err(sign)?;
         Ok(Issued {
             fingerprint: hex::encode(Sha256::digest(cert.der())),
             pem: cert.pem(),
@@ -279,12 +339,14 @@ impl Ca {
                 && d.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
             if !dns_like {
-                return Err(CaError::Sign(format!("{d:?} is not a DNS name")));
+                return Err(sign(SignError::NotDnsName(d.to_string())));
             }
-            sans.push(SanType::DnsName(
-                d.try_into()
-                    .map_err(|e| CaError::Sign(format!("{d:?} as DNS name: {e}")))?,
-            ));
+            sans.push(SanType::DnsName(d.try_into().map_err(|source| {
+                sign(SignError::DnsName {
+                    name: d.to_string(),
+                    source,
+                })
+            })?));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         self.issue_leaf(
@@ -305,9 +367,7 @@ impl Ca {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-._@".contains(c));
         if !printable {
-            return Err(CaError::Sign(format!(
-                "{name:?} is not a valid operator name (letters, digits, - . _ @)"
-            )));
+            return Err(sign(SignError::OperatorName(name.to_string())));
         }
         self.issue_leaf(name, Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
@@ -318,8 +378,7 @@ impl Ca {
         sans: Vec<SanType>,
         ekus: Vec<ExtendedKeyUsagePurpose>,
     ) -> Result<(String, String), CaError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::KeyGen(e.to_string()))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(keygen)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -334,9 +393,7 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + to_time(self.validity)?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(sign)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
@@ -350,12 +407,16 @@ impl Ca {
     ) -> Result<String, CaError> {
         let mut certs = Vec::with_capacity(revoked.len());
         for (serial, at) in revoked {
-            let bytes = hex::decode(serial)
-                .map_err(|e| CaError::Sign(format!("serial {serial:?}: {e}")))?;
+            let bytes = hex::decode(serial).map_err(|source| {
+                sign(SignError::Serial {
+                    serial: serial.clone(),
+                    source,
+                })
+            })?;
             certs.push(rcgen::RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&bytes),
                 revocation_time: OffsetDateTime::from_unix_timestamp(*at)
-                    .map_err(|e| CaError::Sign(format!("revocation time {at}: {e}")))?,
+                    .map_err(|source| sign(SignError::RevocationTime { at: *at, source }))?,
                 reason_code: None,
                 invalidity_date: None,
             });
@@ -380,7 +441,7 @@ impl Ca {
         params
             .signed_by(&self.issuer)
             .and_then(|c| c.pem())
-            .map_err(|e| CaError::Sign(e.to_string()))
+            .map_err(sign)
     }
 }
 
