@@ -68,16 +68,25 @@ pub enum ChangeError {
     Unavailable(String),
 }
 
+/// Why a membership change run on its own task did not complete.
+#[derive(Debug, thiserror::Error)]
+enum DetachedError<E: std::error::Error + 'static> {
+    #[error("{0}")]
+    Change(#[source] E),
+    #[error("membership change task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
 /// Runs a membership change to its end on its own task: an operator's call that times out or
 /// is cancelled must not leave the group in the joint configuration half way.
-async fn detached<F, E>(change: F) -> Result<(), String>
+async fn detached<F, E>(change: F) -> Result<(), DetachedError<E>>
 where
     F: std::future::Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
-    match tokio::spawn(async move { change.await.map_err(|e| e.to_string()) }).await {
-        Ok(r) => r,
-        Err(e) => Err(format!("membership change task failed: {e}")),
+    match tokio::spawn(change).await {
+        Ok(r) => r.map_err(DetachedError::Change),
+        Err(e) => Err(DetachedError::Task(e)),
     }
 }
 
@@ -154,7 +163,8 @@ impl PeerContext {
         }
         let membership = m.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let raft_err = |e: String| ChangeError::Unavailable(e);
+        // a change error crosses the wire as its text (see `ChangeError`)
+        let raft_err = |e: &dyn std::error::Error| ChangeError::Unavailable(e.to_string());
         let message = match change {
             MembershipChange::AddLearner { id, member } => {
                 if membership.get_node(&id).is_some() {
@@ -169,7 +179,7 @@ impl PeerContext {
                 self.raft
                     .add_learner(id, member, false)
                     .await
-                    .map_err(|e| raft_err(e.to_string()))?;
+                    .map_err(|e| raft_err(&e))?;
                 if self.caught_up(id).await {
                     format!("{id} added as a learner and caught up")
                 } else {
@@ -189,7 +199,7 @@ impl PeerContext {
                 let raft = self.raft.clone();
                 detached(async move { raft.change_membership(after, false).await.map(|_| ()) })
                     .await
-                    .map_err(raft_err)?;
+                    .map_err(|e| raft_err(&e))?;
                 format!("{id} is a voter")
             }
             MembershipChange::Remove { id, force } => {
@@ -215,7 +225,7 @@ impl PeerContext {
                         .map(|_| ())
                 })
                 .await
-                .map_err(raft_err)?;
+                .map_err(|e| raft_err(&e))?;
                 format!("{id} removed")
             }
         };

@@ -48,13 +48,26 @@ pub type BorrowFn = Arc<
         + Sync,
 >;
 
+/// Why a member lends nothing to an asker (sent back as a
+/// [`PeerRefusal`](crate::network::PeerRefusal)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BorrowRefusal {
+    #[error("asks for {want} servers (1 to {MAX_LEND})")]
+    Want { want: u32 },
+    #[error("names no member")]
+    NoMember,
+    /// Its pipeline has not set what answers borrow requests yet.
+    #[error("this member lends nothing yet")]
+    NotLending,
+}
+
 /// Why a request is refused before anything of it is looked at.
-pub fn check(req: &BorrowRequest) -> Result<(), String> {
+pub fn check(req: &BorrowRequest) -> Result<(), BorrowRefusal> {
     if req.want == 0 || req.want as usize > MAX_LEND {
-        return Err(format!("asks for {} servers (1 to {MAX_LEND})", req.want));
+        return Err(BorrowRefusal::Want { want: req.want });
     }
     if req.member.is_empty() || req.member.len() > 256 {
-        return Err("names no member".into());
+        return Err(BorrowRefusal::NoMember);
     }
     Ok(())
 }

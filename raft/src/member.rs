@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use openraft::error::{InitializeError, RaftError};
-use openraft::{Config, SnapshotPolicy};
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{Config, ConfigError, SnapshotPolicy, StorageError};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
@@ -19,16 +19,51 @@ use crate::replicated::Proposer;
 use crate::store::Store;
 use crate::types::{Member, NodeId};
 
+/// Why a member did not start, or a change to its group was not made.
 #[derive(Debug, Error)]
 pub enum MemberError {
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[source] Box<StorageError<NodeId>>),
     #[error("raft configuration: {0}")]
-    Config(String),
+    Config(#[source] ConfigError),
+    #[error(
+        "raft configuration: without TLS the Raft port may only listen on a loopback address, \
+         not {0}"
+    )]
+    PlaintextNotLoopback(SocketAddr),
+    #[error("raft configuration: tls: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    /// Raft stopped (or did not start) on an error of its own.
     #[error("raft: {0}")]
-    Raft(String),
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: String, reason: String },
+    Fatal(#[source] Box<Fatal<NodeId>>),
+    #[error("raft: {0}")]
+    Initialize(#[source] Box<RaftError<NodeId, InitializeError<NodeId, Member>>>),
+    /// A membership change did not commit.
+    #[error("raft: {0}")]
+    Change(#[source] Box<RaftError<NodeId, ClientWriteError<NodeId, Member>>>),
+    #[error("raft: a group of one elected no leader")]
+    NoLeader,
+    #[error("raft: no snapshot of index {index} within {timeout:?}")]
+    SnapshotTimeout {
+        index: u64,
+        timeout: std::time::Duration,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl MemberError {
+    fn storage(e: StorageError<NodeId>) -> MemberError {
+        MemberError::Storage(Box::new(e))
+    }
+
+    fn change(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> MemberError {
+        MemberError::Change(Box::new(e))
+    }
 }
 
 /// How long one snapshot chunk may take to be sent and stored before the send starts over.
@@ -151,12 +186,9 @@ impl RaftMember {
             .listen
             .filter(|l| cfg.tls.is_none() && !l.ip().is_loopback())
         {
-            return Err(MemberError::Config(format!(
-                "without TLS the Raft port may only listen on a loopback address, not {listen}"
-            )));
+            return Err(MemberError::PlaintextNotLoopback(listen));
         }
-        let store = Store::open(&cfg.data_dir.join("raft"))
-            .map_err(|e| MemberError::Storage(e.to_string()))?;
+        let store = Store::open(&cfg.data_dir.join("raft")).map_err(MemberError::storage)?;
         let s = &cfg.settings;
         let config = Config {
             cluster_name: "choria-provisioner".into(),
@@ -175,7 +207,7 @@ impl RaftMember {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| MemberError::Config(e.to_string()))?;
+        .map_err(MemberError::Config)?;
         let network = Network::new(cfg.tls.clone())
             .with_id(cfg.id)
             .with_source_ip(cfg.source_ip)
@@ -183,21 +215,21 @@ impl RaftMember {
         // a log on disk before anything (a bootstrap, a join) appends to it: a restart
         let restarted = store
             .get_log_state()
-            .map_err(|e| MemberError::Storage(e.to_string()))?
+            .map_err(MemberError::storage)?
             .last_log_id
             .is_some();
         let (log, sm) = crate::storage::split(store.clone());
         let raft = Raft::new(cfg.id, Arc::new(config), network.clone(), log, sm)
             .await
-            .map_err(|e| MemberError::Raft(e.to_string()))?;
+            .map_err(|e| MemberError::Fatal(Box::new(e)))?;
 
         let listener = match cfg.listen {
-            Some(listen) => Some(tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-                MemberError::Listen {
-                    addr: listen.to_string(),
-                    reason: e.to_string(),
-                }
-            })?),
+            Some(listen) => Some(tokio::net::TcpListener::bind(listen).await.map_err(
+                |source| MemberError::Listen {
+                    addr: listen,
+                    source,
+                },
+            )?),
             None => None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
@@ -227,9 +259,7 @@ impl RaftMember {
         let service = RaftGrpc::server(ctx.clone());
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &cfg.tls {
-            builder = builder
-                .tls_config(tls.server())
-                .map_err(|e| MemberError::Config(format!("tls: {e}")))?;
+            builder = builder.tls_config(tls.server()).map_err(MemberError::Tls)?;
         }
         if let Some(listener) = listener {
             Self::serve(listener, builder, service, stopped);
@@ -293,7 +323,7 @@ impl RaftMember {
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-            Err(e) => Err(MemberError::Raft(e.to_string())),
+            Err(e) => Err(MemberError::Initialize(Box::new(e))),
         }
     }
 
@@ -311,7 +341,7 @@ impl RaftMember {
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return Err(MemberError::Raft("a group of one elected no leader".into())),
+                _ => return Err(MemberError::NoLeader),
             }
         }
         let (voters, named) = {
@@ -332,7 +362,7 @@ impl RaftMember {
                 false,
             )
             .await
-            .map_err(|e| MemberError::Raft(e.to_string()))?;
+            .map_err(MemberError::change)?;
         Ok(())
     }
 
@@ -347,7 +377,7 @@ impl RaftMember {
                 member: me.me.clone(),
             };
             // a refusal is worth a warning (an operator must act); say each one once
-            let mut last_refusal = String::new();
+            let mut last_refusal: Option<String> = None;
             loop {
                 let known = me
                     .raft
@@ -362,15 +392,17 @@ impl RaftMember {
                 }
                 for peer in &peers {
                     match me.network.join(peer, &req).await {
-                        Ok(Ok(())) => {
+                        Ok(()) => {
                             tracing::info!(via = %peer, "joined the group");
                             return;
                         }
-                        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "join refused"),
-                        Err(PeerError::Refused(e)) => {
-                            if e != last_refusal {
-                                tracing::warn!(peer = %peer, error = %e, "join refused");
-                                last_refusal = e;
+                        Err(PeerError::Declined(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "join refused")
+                        }
+                        Err(PeerError::Refused { status }) => {
+                            if last_refusal.as_deref() != Some(status.message()) {
+                                tracing::warn!(peer = %peer, error = %status.message(), "join refused");
+                                last_refusal = Some(status.message().to_string());
                             }
                         }
                         Err(e) => tracing::debug!(peer = %peer, error = %e, "join failed"),
@@ -388,7 +420,7 @@ impl RaftMember {
             .add_learner(id, member, true)
             .await
             .map(|_| ())
-            .map_err(|e| MemberError::Raft(e.to_string()))
+            .map_err(MemberError::change)
     }
 
     /// Makes learner `id` a voter. Must be called on the leader.
@@ -409,7 +441,7 @@ impl RaftMember {
             .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
             .await
             .map(|_| ())
-            .map_err(|e| MemberError::Raft(e.to_string()))
+            .map_err(MemberError::change)
     }
 
     /// Voter ids of the committed membership.
@@ -431,7 +463,7 @@ impl RaftMember {
             .change_membership(voters, false)
             .await
             .map(|_| ())
-            .map_err(|e| MemberError::Raft(e.to_string()))
+            .map_err(MemberError::change)
     }
 
     /// Sets what is told of calls refused on the Raft port (once): a metric.
@@ -454,10 +486,10 @@ impl RaftMember {
         &self,
         name: &str,
         want: u32,
-    ) -> Result<crate::borrow::BorrowReply, crate::network::PeerError> {
-        let peer = self.peer_named(name).ok_or_else(|| {
-            crate::network::PeerError::Unavailable(format!("{name} is not a member of the group"))
-        })?;
+    ) -> Result<crate::borrow::BorrowReply, PeerError> {
+        let peer = self
+            .peer_named(name)
+            .ok_or_else(|| PeerError::NotAMember { name: name.into() })?;
         let req = crate::borrow::BorrowRequest {
             member: self.ctx.me.name.clone(),
             want,
@@ -485,11 +517,9 @@ impl RaftMember {
         &self,
         name: &str,
         batch: &crate::offer::OfferBatch,
-    ) -> Result<crate::offer::OfferTaken, crate::network::PeerError> {
+    ) -> Result<crate::offer::OfferTaken, PeerError> {
         let Some(peer) = self.peer_named(name) else {
-            return Err(crate::network::PeerError::Unavailable(format!(
-                "{name} is not a member of the group"
-            )));
+            return Err(PeerError::NotAMember { name: name.into() });
         };
         self.ctx.network.offer(&peer, batch).await
     }
@@ -505,7 +535,7 @@ impl RaftMember {
     }
 
     /// Every member's view, asked concurrently; `Err` for members that did not answer.
-    pub async fn views(&self) -> Vec<(NodeId, Member, Result<PeerView, String>)> {
+    pub async fn views(&self) -> Vec<(NodeId, Member, Result<PeerView, PeerError>)> {
         let nodes: Vec<(NodeId, Member)> = self
             .raft
             .metrics()
@@ -522,8 +552,8 @@ impl RaftMember {
                 match tokio::time::timeout(crate::admin::PEEK_TIMEOUT, self.network.peek(&node))
                     .await
                 {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err("no answer".to_string()),
+                    Ok(r) => r,
+                    Err(_) => Err(PeerError::NoAnswer),
                 }
             };
             (id, node, view)
@@ -574,15 +604,16 @@ impl RaftMember {
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| MemberError::Raft(e.to_string()))?;
+            .map_err(|e| MemberError::Fatal(Box::new(e)))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.store.last_snapshot() {
                 Some(s) if s.index >= applied => return Ok(s),
                 _ if tokio::time::Instant::now() >= deadline => {
-                    return Err(MemberError::Raft(format!(
-                        "no snapshot of index {applied} within {timeout:?}"
-                    )))
+                    return Err(MemberError::SnapshotTimeout {
+                        index: applied,
+                        timeout,
+                    })
                 }
                 _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             }

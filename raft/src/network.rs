@@ -112,26 +112,84 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// it to catch up).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A peer's refusal as it travels between members: the `Err` of a join, offer or borrow
+/// reply. Serialized as the bare string earlier builds sent (their replies were
+/// `Result<T, String>`), in JSON and binary alike, so members of two builds side by side (a
+/// rolling upgrade) read each other's replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(transparent)]
+#[error("{0}")]
+pub struct PeerRefusal(String);
+
+impl PeerRefusal {
+    /// The refusal `why` says, for the wire.
+    pub fn of(why: &(dyn std::error::Error + '_)) -> PeerRefusal {
+        PeerRefusal(why.to_string())
+    }
+
+    /// The peer's reason, as it gave it.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Why a call to a peer failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     /// The peer refused this member the call (see [`authz`](crate::authz)): trying again does
     /// not help until an operator changes the membership.
-    #[error("refused: {0}")]
-    Refused(String),
-    /// No answer, a transport failure, or an answer that does not decode: worth another try.
+    #[error("refused: {}", .status.message())]
+    Refused {
+        #[source]
+        status: Box<Status>,
+    },
+    /// The peer answered, declining (not the leader, takes no offers yet...): worth another
+    /// try, maybe elsewhere.
     #[error("{0}")]
-    Unavailable(String),
+    Declined(#[source] PeerRefusal),
+    /// A transport failure or an error status: worth another try.
+    #[error("{status}")]
+    Unavailable {
+        #[source]
+        status: Box<Status>,
+    },
+    /// The peer is not reachable at its address (the channel could not be set up).
+    #[error("{0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// No answer within `limit`: a peer behind a partition never answers, not even with an
+    /// error.
+    #[error("no answer within {limit:?}")]
+    Timeout { limit: Duration },
+    /// No answer in time to a status query.
+    #[error("no answer")]
+    NoAnswer,
+    /// The request could not be encoded.
+    #[error("encode: {0}")]
+    Encode(#[source] codec::CodecError),
+    /// The answer does not decode.
+    #[error("decode: {0}")]
+    Decode(#[source] codec::CodecError),
+    /// The member asked for is not in the group's membership.
+    #[error("{name} is not a member of the group")]
+    NotAMember { name: String },
 }
 
 impl From<Status> for PeerError {
     fn from(s: Status) -> Self {
         match s.code() {
-            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
-                PeerError::Refused(s.message().to_string())
-            }
-            _ => PeerError::Unavailable(s.to_string()),
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => PeerError::Refused {
+                status: Box::new(s),
+            },
+            _ => PeerError::Unavailable {
+                status: Box::new(s),
+            },
         }
+    }
+}
+
+impl From<PeerRefusal> for PeerError {
+    fn from(r: PeerRefusal) -> Self {
+        PeerError::Declined(r)
     }
 }
 
@@ -142,14 +200,20 @@ async fn within<T>(
 ) -> Result<T, PeerError> {
     match tokio::time::timeout(limit, call).await {
         Ok(r) => r.map_err(PeerError::from),
-        Err(_) => Err(PeerError::Unavailable(format!(
-            "no answer within {limit:?}"
-        ))),
+        Err(_) => Err(PeerError::Timeout { limit }),
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> PeerError {
-    PeerError::Unavailable(e.to_string())
+/// `v` as a request payload to a peer.
+fn request<T: Serialize>(v: &T, binary: bool) -> Result<RaftPayload, PeerError> {
+    codec::encode(v, binary)
+        .map(|payload| RaftPayload { payload })
+        .map_err(PeerError::Encode)
+}
+
+/// A peer's answer.
+fn answer<T: DeserializeOwned>(p: &Response<RaftPayload>) -> Result<T, PeerError> {
+    codec::decode(&p.get_ref().payload).map_err(PeerError::Decode)
 }
 
 /// Builds gRPC clients to peers; channels are shared per address and reconnect lazily.
@@ -233,28 +297,25 @@ impl Network {
         Ok(RaftClient::new(channel))
     }
 
-    /// Asks `peer` to add this member to the group; `Ok(Err(..))` is the peer's refusal (for
-    /// example, it is not the leader).
-    pub async fn join(
-        &self,
-        peer: &Member,
-        req: &JoinRequest,
-    ) -> Result<Result<(), String>, PeerError> {
-        let mut client = self.client(peer).map_err(unavailable)?;
+    /// Asks `peer` to add this member to the group; [`PeerError::Declined`] is the peer's
+    /// refusal (for example, it is not the leader).
+    pub async fn join(&self, peer: &Member, req: &JoinRequest) -> Result<(), PeerError> {
+        let mut client = self.client(peer).map_err(PeerError::Connect)?;
         // control calls stay JSON: their messages carry free-form JSON (`PeerView::extra`)
         // that only a self-describing format can hold; only the hot calls go binary
-        let payload = encode(req, false)?;
+        let payload = request(req, false)?;
         let reply = within(JOIN_TIMEOUT, client.join(payload)).await?;
-        Ok(decode(reply.get_ref())?)
+        let joined: Result<(), PeerRefusal> = answer(&reply)?;
+        Ok(joined?)
     }
 
     /// Asks `peer` for its own view of itself and the group.
     pub async fn peek(&self, peer: &Member) -> Result<PeerView, PeerError> {
-        let mut client = self.client(peer).map_err(unavailable)?;
-        let mut req = Request::new(encode(&(), false)?);
+        let mut client = self.client(peer).map_err(PeerError::Connect)?;
+        let mut req = Request::new(request(&(), false)?);
         req.set_timeout(crate::admin::PEEK_TIMEOUT);
         let reply = within(crate::admin::PEEK_TIMEOUT, client.peek(req)).await?;
-        Ok(decode(reply.get_ref())?)
+        answer(&reply)
     }
 
     /// Asks `leader` to carry out a membership change.
@@ -263,10 +324,10 @@ impl Network {
         leader: &Member,
         change: &MembershipChange,
     ) -> Result<Result<MembershipOutcome, ChangeError>, PeerError> {
-        let mut client = self.client(leader).map_err(unavailable)?;
-        let req = encode(change, false)?;
+        let mut client = self.client(leader).map_err(PeerError::Connect)?;
+        let req = request(change, false)?;
         let reply = within(MEMBERSHIP_TIMEOUT, client.membership(req)).await?;
-        Ok(decode(reply.get_ref())?)
+        answer(&reply)
     }
 
     /// Offers `peer` the waiting servers the leader's discovery found for it.
@@ -275,11 +336,11 @@ impl Network {
         peer: &Member,
         batch: &crate::offer::OfferBatch,
     ) -> Result<crate::offer::OfferTaken, PeerError> {
-        let mut client = self.client(peer).map_err(unavailable)?;
-        let req = encode(batch, self.wire.binary())?;
+        let mut client = self.client(peer).map_err(PeerError::Connect)?;
+        let req = request(batch, self.wire.binary())?;
         let reply = within(crate::offer::OFFER_TIMEOUT, client.offer(req)).await?;
-        let taken: Result<crate::offer::OfferTaken, String> = decode(reply.get_ref())?;
-        taken.map_err(PeerError::Unavailable)
+        let taken: Result<crate::offer::OfferTaken, PeerRefusal> = answer(&reply)?;
+        Ok(taken?)
     }
 
     /// Asks `peer` to lend this member servers.
@@ -288,11 +349,11 @@ impl Network {
         peer: &Member,
         req: &crate::borrow::BorrowRequest,
     ) -> Result<crate::borrow::BorrowReply, PeerError> {
-        let mut client = self.client(peer).map_err(unavailable)?;
-        let req = encode(req, self.wire.binary())?;
+        let mut client = self.client(peer).map_err(PeerError::Connect)?;
+        let req = request(req, self.wire.binary())?;
         let reply = within(crate::borrow::BORROW_TIMEOUT, client.borrow(req)).await?;
-        let lent: Result<crate::borrow::BorrowReply, String> = decode(reply.get_ref())?;
-        lent.map_err(PeerError::Unavailable)
+        let lent: Result<crate::borrow::BorrowReply, PeerRefusal> = answer(&reply)?;
+        Ok(lent?)
     }
 
     /// Sends a batch of commands to `leader` to commit, waiting at most `limit`. A batch
@@ -303,14 +364,14 @@ impl Network {
         batch: &Batch,
         limit: Duration,
     ) -> Result<ForwardResult, PeerError> {
-        let mut client = self.client(leader).map_err(unavailable)?;
-        let mut req = Request::new(encode(batch, self.wire.binary())?);
+        let mut client = self.client(leader).map_err(PeerError::Connect)?;
+        let mut req = Request::new(request(batch, self.wire.binary())?);
         // the leader compares it with its own clock (see `max_clock_skew_ms`)
         if let Ok(v) = crate::now_ms().to_string().parse() {
             req.metadata_mut().insert(SENT_MS, v);
         }
         let reply = within(limit, client.forward(req)).await?;
-        Ok(decode(reply.get_ref())?)
+        answer(&reply)
     }
 }
 
@@ -318,7 +379,9 @@ impl Network {
 pub struct PeerClient {
     id: NodeId,
     target: NodeId,
-    client: Result<RaftClient<Channel>, String>,
+    /// The channel to it, or why there is none (openraft asks for a client whatever the
+    /// address holds; every call reports the peer unreachable).
+    client: Result<RaftClient<Channel>, tonic::transport::Error>,
     wire: WireFormat,
     appends: AppendCache,
 }
@@ -330,7 +393,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             id: self.id,
             target,
-            client: self.client(node).map_err(|e| e.to_string()),
+            client: self.client(node),
             wire: self.wire.clone(),
             appends: self.appends.clone(),
         }
@@ -347,16 +410,20 @@ fn timed_out(s: &Status) -> bool {
         || (s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired")
 }
 
-#[derive(Debug)]
-struct TransportError(String);
-
-impl std::fmt::Display for TransportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a call openraft made did not get an answer from the peer.
+#[derive(Debug, thiserror::Error)]
+enum TransportError {
+    #[error("{kind}: {status}")]
+    Call {
+        kind: &'static str,
+        #[source]
+        status: Box<Status>,
+    },
+    #[error("encode: {0}")]
+    Encode(#[source] codec::CodecError),
+    #[error("decode: {0}")]
+    Decode(#[source] codec::CodecError),
 }
-
-impl std::error::Error for TransportError {}
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
@@ -370,9 +437,9 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = encode(req, self.wire.binary())
-            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
-        self.send(kind, payload, timeout).await
+        let payload = codec::encode(req, self.wire.binary())
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Encode(e))))?;
+        self.send(kind, RaftPayload { payload }, timeout).await
     }
 
     /// Sends an encoded request and decodes the reply.
@@ -386,8 +453,10 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&TransportError(e)));
-        let client = self.client.as_mut().map_err(|e| unreachable(e.clone()))?;
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&*e)))?;
         let mut request = Request::new(payload);
         request.set_timeout(timeout);
         let (reply, action) = match kind {
@@ -410,11 +479,14 @@ impl PeerClient {
                     timeout,
                 })
             } else {
-                unreachable(format!("{kind}: {s}"))
+                RPCError::Unreachable(Unreachable::new(&TransportError::Call {
+                    kind,
+                    status: Box::new(s),
+                }))
             }
         })?;
-        let result: Result<Resp, E> = decode(reply.get_ref())
-            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        let result: Result<Resp, E> = codec::decode(&reply.get_ref().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Decode(e))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -428,7 +500,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let payload = self
             .appends
             .encode(&rpc, self.wire.binary())
-            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+            .map_err(|e| RPCError::Network(NetworkError::new(&TransportError::Encode(e))))?;
         self.send("append", RaftPayload { payload }, option.hard_ttl())
             .await
     }
@@ -608,13 +680,12 @@ impl RaftGrpc {
     }
 
     /// Adds a joining member: learner first (it catches up), then voter.
-    async fn admit(&self, join: JoinRequest) -> Result<(), String> {
+    async fn admit(&self, join: JoinRequest) -> Result<(), JoinRefusal> {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(metrics.id) {
-            return Err(format!(
-                "not the leader; the leader is {:?}",
-                metrics.current_leader
-            ));
+            return Err(JoinRefusal::NotLeader {
+                leader: metrics.current_leader,
+            });
         }
         if metrics
             .membership_config
@@ -636,10 +707,7 @@ impl RaftGrpc {
                     "a member came back with an empty log: its data is lost; remove it \
                      (provisioner admin remove-member) and it rejoins as a learner"
                 );
-                return Err(format!(
-                    "this member held the log up to {index} and lost it; an operator must \
-                     remove it from the group before it can join again"
-                ));
+                return Err(JoinRefusal::LostLog { index });
             }
             return Ok(());
         }
@@ -647,7 +715,7 @@ impl RaftGrpc {
         self.raft
             .add_learner(join.id, join.member, true)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| JoinRefusal::Raft(Box::new(e)))?;
         let mut voters: std::collections::BTreeSet<NodeId> = self
             .raft
             .metrics()
@@ -660,10 +728,24 @@ impl RaftGrpc {
             self.raft
                 .change_membership(voters, false)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| JoinRefusal::Raft(Box::new(e)))?;
         }
         Ok(())
     }
+}
+
+/// Why the leader did not add a member that asked to join.
+#[derive(Debug, thiserror::Error)]
+enum JoinRefusal {
+    #[error("not the leader; the leader is {leader:?}")]
+    NotLeader { leader: Option<NodeId> },
+    #[error(
+        "this member held the log up to {index} and lost it; an operator must remove it from \
+         the group before it can join again"
+    )]
+    LostLog { index: u64 },
+    #[error("{0}")]
+    Raft(#[source] Box<RaftError<NodeId, ClientWriteError<NodeId, Member>>>),
 }
 
 #[tonic::async_trait]
@@ -707,7 +789,7 @@ impl RaftService for RaftGrpc {
         if let Some(member) = self.ctx.configured.get(&join.id) {
             join.member = member.clone();
         }
-        let result = self.admit(join).await;
+        let result = self.admit(join).await.map_err(|e| PeerRefusal::of(&e));
         reply(&req, &result)
     }
 
@@ -732,10 +814,12 @@ impl RaftService for RaftGrpc {
             Caller::Plaintext => None,
         };
         let batch: crate::offer::OfferBatch = decode(req.get_ref())?;
-        let taken = crate::offer::check(&batch).and_then(|()| match self.ctx.on_offer.get() {
-            Some(take) => Ok(take(from, batch)),
-            None => Err("this member takes no offers yet".to_string()),
-        });
+        let taken = crate::offer::check(&batch)
+            .and_then(|()| match self.ctx.on_offer.get() {
+                Some(take) => Ok(take(from, batch)),
+                None => Err(crate::offer::OfferRefusal::NotTaking),
+            })
+            .map_err(|e| PeerRefusal::of(&e));
         reply(&req, &taken)
     }
 
@@ -747,8 +831,8 @@ impl RaftService for RaftGrpc {
             ask.member = name.clone();
         }
         let lent = match (crate::borrow::check(&ask), self.ctx.on_borrow.get()) {
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => Err("this member lends nothing yet".to_string()),
+            (Err(e), _) => Err(PeerRefusal::of(&e)),
+            (Ok(()), None) => Err(PeerRefusal::of(&crate::borrow::BorrowRefusal::NotLending)),
             (Ok(()), Some(lend)) => Ok(lend(ask.member.clone(), ask).await),
         };
         reply(&req, &lent)
@@ -782,5 +866,69 @@ impl RaftService for RaftGrpc {
             }
         };
         reply(&req, &result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::borrow::BorrowReply;
+    use crate::offer::OfferTaken;
+
+    /// What earlier builds sent and read: `Result<T, String>`. The replies of this build must
+    /// be the same bytes, in both wire formats, and earlier builds' bytes must read as ours.
+    fn same_on_the_wire<T>(ok: T)
+    where
+        T: Serialize + DeserializeOwned + Clone + PartialEq + std::fmt::Debug,
+    {
+        let why = "not the leader; the leader is Some(2)";
+        let olds: [Result<T, String>; 2] = [Ok(ok.clone()), Err(why.to_string())];
+        let news: [Result<T, PeerRefusal>; 2] = [Ok(ok), Err(PeerRefusal(why.to_string()))];
+        for (old, new) in olds.iter().zip(&news) {
+            for binary in [false, true] {
+                let old_bytes = codec::encode(old, binary).unwrap();
+                let new_bytes = codec::encode(new, binary).unwrap();
+                assert_eq!(old_bytes, new_bytes, "binary: {binary}");
+                let read: Result<T, PeerRefusal> = codec::decode(&old_bytes).unwrap();
+                assert_eq!(&read, new);
+                let back: Result<T, String> = codec::decode(&new_bytes).unwrap();
+                assert_eq!(&back, old);
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_travel_as_the_strings_earlier_builds_sent() {
+        same_on_the_wire(());
+        same_on_the_wire(OfferTaken {
+            queued: 3,
+            refused: 1,
+        });
+        same_on_the_wire(BorrowReply {
+            lent: vec![("n1.example.net".into(), 7)],
+            queued: 2,
+        });
+        let refusal = PeerRefusal::of(&crate::borrow::BorrowRefusal::NotLending);
+        assert_eq!(refusal.reason(), "this member lends nothing yet");
+        let e = PeerError::from(refusal);
+        assert_eq!(e.to_string(), "this member lends nothing yet");
+    }
+
+    #[test]
+    fn peer_errors_keep_their_status_and_say_what_happened() {
+        use std::error::Error as _;
+        let e = PeerError::from(Status::permission_denied(
+            "raft join: prov9 is not a member",
+        ));
+        assert!(matches!(e, PeerError::Refused { .. }));
+        assert_eq!(e.to_string(), "refused: raft join: prov9 is not a member");
+        assert!(e.source().is_some());
+        let e = PeerError::from(Status::unavailable("connection refused"));
+        assert!(matches!(e, PeerError::Unavailable { .. }));
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        let e = PeerError::Timeout {
+            limit: Duration::from_secs(2),
+        };
+        assert_eq!(e.to_string(), "no answer within 2s");
     }
 }

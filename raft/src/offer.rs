@@ -46,13 +46,22 @@ pub struct OfferTaken {
 /// caller, which names nobody) and the batch.
 pub type OfferFn = std::sync::Arc<dyn Fn(Option<NodeId>, OfferBatch) -> OfferTaken + Send + Sync>;
 
+/// Why a member does not take a batch (sent back as a [`PeerRefusal`](crate::network::PeerRefusal)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OfferRefusal {
+    #[error("an offer of {count} identities is more than {MAX_OFFER_IDENTITIES}")]
+    TooLarge { count: usize },
+    /// Its pipeline has not set what takes offers yet.
+    #[error("this member takes no offers yet")]
+    NotTaking,
+}
+
 /// Why a batch is refused before anything of it is looked at.
-pub fn check(batch: &OfferBatch) -> Result<(), String> {
+pub fn check(batch: &OfferBatch) -> Result<(), OfferRefusal> {
     if batch.identities.len() > MAX_OFFER_IDENTITIES {
-        return Err(format!(
-            "an offer of {} identities is more than {MAX_OFFER_IDENTITIES}",
-            batch.identities.len()
-        ));
+        return Err(OfferRefusal::TooLarge {
+            count: batch.identities.len(),
+        });
     }
     Ok(())
 }
@@ -70,7 +79,7 @@ mod tests {
         };
         assert!(check(&b).is_ok());
         b.identities.push("one.more".into());
-        let e = check(&b).unwrap_err();
+        let e = check(&b).unwrap_err().to_string();
         assert!(e.contains("2049"), "{e}");
     }
 }

@@ -252,9 +252,11 @@ async fn write(route: &Route, batch: Batch) -> Result<BatchResult, LedgerError> 
             {
                 Ok(r) => r,
                 // the leader will not take this member's commands; asking again does not help
-                Err(PeerError::Refused(e)) => return Err(LedgerError::Refused(e)),
-                Err(PeerError::Unavailable(e)) => {
-                    last_error = e;
+                Err(PeerError::Refused { status }) => {
+                    return Err(LedgerError::Refused(status.message().to_string()))
+                }
+                Err(e) => {
+                    last_error = e.to_string();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

@@ -271,7 +271,6 @@ async fn a_removed_member_is_refused_until_an_operator_adds_it_again() {
             },
         )
         .await
-        .unwrap()
         .unwrap();
     assert!(lm.voters().contains(&4));
     lm.remove(4).await.unwrap();

@@ -123,7 +123,7 @@ impl AdminApi {
                 }
                 Err(e) => {
                     s.role = "unreachable".into();
-                    s.error = e;
+                    s.error = e.to_string();
                 }
             }
             reply.members.push(s);
