@@ -1,9 +1,22 @@
 //! One running member of the Raft group: its RocksDB store, the openraft instance and the gRPC
 //! server its peers talk to.
+//!
+//! [`RaftMember::start`] opens the store and starts Raft and the server; what is asked of a
+//! running member is grouped by who asks: the group's membership and views ([`group`]), its
+//! peers' offers and loans ([`peers`]), and its status for metrics and operators ([`status`]).
+//! Its settings are in [`config`].
+
+mod config;
+mod group;
+mod peers;
+mod status;
+
+use config::SNAPSHOT_CHUNK_TIMEOUT_MS;
+pub use config::{MemberConfig, RaftSettings, DEFAULT_COMMIT_LINGER_MS};
+pub use status::{CheckpointError, LeaderWatch, RaftStatus, Role};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
@@ -11,10 +24,8 @@ use openraft::{Config, ConfigError, SnapshotPolicy, StorageError};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::admin::{
-    ChangeError, ExtraFn, MembershipChange, MembershipOutcome, PeerContext, PeerView,
-};
-use crate::network::{Network, PeerError, Raft, RaftGrpc, Tls};
+use crate::admin::PeerContext;
+use crate::network::{Network, PeerError, Raft, RaftGrpc};
 use crate::replicated::Proposer;
 use crate::store::Store;
 use crate::types::{Member, NodeId};
@@ -66,98 +77,6 @@ impl MemberError {
     }
 }
 
-/// How long one snapshot chunk may take to be sent and stored before the send starts over.
-const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
-
-/// Timing and snapshot settings of the group.
-#[derive(Debug, Clone)]
-pub struct RaftSettings {
-    pub heartbeat_ms: u64,
-    pub election_min_ms: u64,
-    pub election_max_ms: u64,
-    /// Build a snapshot after this many applied entries since the last one.
-    pub snapshot_every: u64,
-    /// Largest snapshot chunk sent to a follower in one message.
-    pub snapshot_chunk_bytes: u64,
-    /// Log entries kept behind a snapshot, for followers that lag a little.
-    pub keep_logs: u64,
-    /// Pause a busy member makes after each log entry (see `Proposer::start`).
-    pub commit_linger_ms: u64,
-}
-
-/// A busy member waits 20 ms after each entry by default: on a shared or busy machine an entry
-/// costs every member more than the servers in it (an uncapped 5-member cluster on two
-/// cores went from ~900 entries and 8.3 s of CPU for 7,500 servers to ~230 and 5.9 s, and
-/// from 0.78x to about one member's rate); a command waits at most that much longer (p99 at
-/// half capacity 94 ms against 88). 100 ms cost throughput where flows wait on commits
-/// (measured in `benches/BENCHMARKS.md`).
-pub const DEFAULT_COMMIT_LINGER_MS: u64 = 20;
-
-impl Default for RaftSettings {
-    fn default() -> Self {
-        RaftSettings {
-            heartbeat_ms: 250,
-            election_min_ms: 1000,
-            election_max_ms: 2000,
-            snapshot_every: 10_000,
-            // a million-record snapshot is ~850 MB: 8 MiB chunks keep it to ~100 round trips
-            snapshot_chunk_bytes: 8 * 1024 * 1024,
-            keep_logs: 1000,
-            commit_linger_ms: DEFAULT_COMMIT_LINGER_MS,
-        }
-    }
-}
-
-pub struct MemberConfig {
-    pub id: NodeId,
-    pub me: Member,
-    /// Where the Raft gRPC server binds (may differ from the advertised `me.raft_addr`);
-    /// `None` for a member that is a group of one and never talks to peers (a provisioner
-    /// without a `cluster` section keeps its ledger in a group of one).
-    pub listen: Option<SocketAddr>,
-    pub data_dir: PathBuf,
-    pub settings: RaftSettings,
-    /// Mutual TLS between members; `None` is plaintext, for development only.
-    pub tls: Option<Tls>,
-    /// Address connections to peers leave from; the system picks when `None`.
-    pub source_ip: Option<std::net::IpAddr>,
-    /// The members the configuration lists, the only ones that may join by themselves (see
-    /// [`authz`](crate::authz)); empty when there is no such list.
-    pub configured: BTreeMap<NodeId, Member>,
-    /// Most milliseconds another member's clock may be off this one's for the commands it
-    /// forwards to be taken while this member leads (0: not checked).
-    pub max_clock_skew_ms: u64,
-}
-
-impl MemberConfig {
-    /// A group of one named `name`, stored in `data_dir`: no port, no peers, elections at
-    /// once (nobody to hear from). What a provisioner without a cluster runs.
-    pub fn alone(name: &str, data_dir: PathBuf) -> MemberConfig {
-        MemberConfig {
-            id: 1,
-            me: Member {
-                name: name.to_string(),
-                raft_addr: String::new(),
-                admin_addr: String::new(),
-            },
-            listen: None,
-            data_dir,
-            settings: RaftSettings {
-                heartbeat_ms: 50,
-                election_min_ms: 150,
-                election_max_ms: 300,
-                // an entry costs a group of one a synced append only: no reason to wait
-                commit_linger_ms: 0,
-                ..Default::default()
-            },
-            tls: None,
-            source_ip: None,
-            configured: BTreeMap::new(),
-            max_clock_skew_ms: 0,
-        }
-    }
-}
-
 /// The leader as `raft` knows it, with how to reach it.
 pub fn leader_of(raft: &Raft) -> Option<(NodeId, Member)> {
     let m = raft.metrics().borrow().clone();
@@ -170,7 +89,11 @@ pub fn leader_of(raft: &Raft) -> Option<(NodeId, Member)> {
 pub struct RaftMember {
     pub id: NodeId,
     pub me: Member,
+    /// openraft itself. Outside this crate, read [`RaftMember::status`] and
+    /// [`RaftMember::leader_watch`] instead: this field is to become private.
     pub raft: Raft,
+    /// The member's storage. Outside this crate, use [`RaftMember::status`] (its snapshot)
+    /// and [`RaftMember::checkpoint`] instead: this field is to become private.
     pub store: Arc<Store>,
     pub network: Network,
     /// The store held a log when this process started: a restart, not a first start.
@@ -413,215 +336,9 @@ impl RaftMember {
         });
     }
 
-    /// Adds `member` as a learner and waits until it has caught up with the log (through a
-    /// snapshot when the log was compacted). Must be called on the leader.
-    pub async fn add_learner(&self, id: NodeId, member: Member) -> Result<(), MemberError> {
-        self.raft
-            .add_learner(id, member, true)
-            .await
-            .map(|_| ())
-            .map_err(MemberError::change)
-    }
-
-    /// Makes learner `id` a voter. Must be called on the leader.
-    pub async fn promote(&self, id: NodeId) -> Result<(), MemberError> {
-        let mut voters = self.voters();
-        voters.insert(id);
-        self.set_voters(voters).await
-    }
-
-    /// Removes `id` from the group (voter or learner). Must be called on the leader.
-    pub async fn remove(&self, id: NodeId) -> Result<(), MemberError> {
-        let mut voters = self.voters();
-        if voters.remove(&id) {
-            self.set_voters(voters).await?;
-        }
-        // once not a voter, dropping it from the nodes removes the learner too
-        self.raft
-            .change_membership(openraft::ChangeMembers::RemoveNodes([id].into()), false)
-            .await
-            .map(|_| ())
-            .map_err(MemberError::change)
-    }
-
-    /// Voter ids of the committed membership.
-    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
-    }
-
-    async fn set_voters(
-        &self,
-        voters: std::collections::BTreeSet<NodeId>,
-    ) -> Result<(), MemberError> {
-        self.raft
-            .change_membership(voters, false)
-            .await
-            .map(|_| ())
-            .map_err(MemberError::change)
-    }
-
-    /// Sets what is told of calls refused on the Raft port (once): a metric.
-    pub fn on_refused(&self, f: crate::admin::RefusedFn) {
-        let _ = self.ctx.on_refused.set(f);
-    }
-
-    /// Sets what takes the leader's discovery offers (once).
-    pub fn on_offer(&self, f: crate::offer::OfferFn) {
-        let _ = self.ctx.on_offer.set(f);
-    }
-
-    /// Sets what answers other members' borrow requests (once).
-    pub fn on_borrow(&self, f: crate::borrow::BorrowFn) {
-        let _ = self.ctx.on_borrow.set(f);
-    }
-
-    /// Asks the member named `name` to lend this one up to `want` servers.
-    pub async fn borrow(
-        &self,
-        name: &str,
-        want: u32,
-    ) -> Result<crate::borrow::BorrowReply, PeerError> {
-        let peer = self
-            .peer_named(name)
-            .ok_or_else(|| PeerError::NotAMember { name: name.into() })?;
-        let req = crate::borrow::BorrowRequest {
-            member: self.ctx.me.name.clone(),
-            want,
-        };
-        self.ctx.network.borrow(&peer, &req).await
-    }
-
-    /// The member named `name` in the group's membership.
-    fn peer_named(&self, name: &str) -> Option<crate::types::Member> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let found = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, n)| n)
-            .find(|n| n.name == name)
-            .cloned();
-        found
-    }
-
-    /// Sends `batch` to the member named `name` (by the group's membership); its answer says
-    /// what it queued.
-    pub async fn offer(
-        &self,
-        name: &str,
-        batch: &crate::offer::OfferBatch,
-    ) -> Result<crate::offer::OfferTaken, PeerError> {
-        let Some(peer) = self.peer_named(name) else {
-            return Err(PeerError::NotAMember { name: name.into() });
-        };
-        self.ctx.network.offer(&peer, batch).await
-    }
-
-    /// Sets what this member adds to its view for peers and operators (once).
-    pub fn set_extra(&self, extra: ExtraFn) {
-        let _ = self.ctx.extra.set(extra);
-    }
-
-    /// This member's own view.
-    pub async fn view(&self) -> PeerView {
-        self.ctx.view().await
-    }
-
-    /// Every member's view, asked concurrently; `Err` for members that did not answer.
-    pub async fn views(&self) -> Vec<(NodeId, Member, Result<PeerView, PeerError>)> {
-        let nodes: Vec<(NodeId, Member)> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.clone()))
-            .collect();
-        let asks = nodes.into_iter().map(|(id, node)| async move {
-            let view = if id == self.id {
-                Ok(self.view().await)
-            } else {
-                match tokio::time::timeout(crate::admin::PEEK_TIMEOUT, self.network.peek(&node))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(PeerError::NoAnswer),
-                }
-            };
-            (id, node, view)
-        });
-        futures::future::join_all(asks).await
-    }
-
-    /// Carries out a membership change on the leader, wherever it is.
-    pub async fn change_membership(
-        &self,
-        change: MembershipChange,
-    ) -> Result<MembershipOutcome, ChangeError> {
-        match self.leader() {
-            Some((id, _)) if id == self.id => self.ctx.change(change).await,
-            Some((_, node)) => self
-                .network
-                .membership(&node, &change)
-                .await
-                .map_err(|e| ChangeError::Unavailable(e.to_string()))?,
-            None => Err(ChangeError::Unavailable("no leader".into())),
-        }
-    }
-
-    /// The current leader, as this member knows it.
-    pub fn leader(&self) -> Option<(NodeId, Member)> {
-        leader_of(&self.raft)
-    }
-
     /// Where this member's commands (and, on the leader, forwarded ones) are queued.
     pub fn proposer(&self) -> &Proposer {
         &self.ctx.proposer
-    }
-
-    /// Builds a snapshot of this member's state machine now (an operator compacting the log,
-    /// or measuring) and waits up to `timeout` for it.
-    pub async fn snapshot_now(
-        &self,
-        timeout: std::time::Duration,
-    ) -> Result<crate::store::SnapshotStats, MemberError> {
-        let applied = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0);
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| MemberError::Fatal(Box::new(e)))?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match self.store.last_snapshot() {
-                Some(s) if s.index >= applied => return Ok(s),
-                _ if tokio::time::Instant::now() >= deadline => {
-                    return Err(MemberError::SnapshotTimeout {
-                        index: applied,
-                        timeout,
-                    })
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-            }
-        }
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
     /// Stops serving peers and shuts Raft down; the store closes when the last handle to
