@@ -14,6 +14,10 @@
 //! leaves a torn or partly written record at the end of the last segment: the append was not
 //! acknowledged (its `fdatasync` had not returned), so [`SegmentLog::open`] cuts the segment
 //! back to its last whole record. A bad record anywhere else is corruption and refused.
+//!
+//! [`segment`] is one segment file: its records' format and reading it back at start.
+
+mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,16 +26,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use segment::{checksum, header_fields, put_record, segment_name, sync_dir, Segment, HEADER};
+
 /// Bytes a segment grows to before the next append starts a new one: purging deletes whole
 /// segments, so this is also about how much a member keeps past its snapshot.
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 /// The first bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"PRVLOG01";
-const HEADER: usize = 16;
-/// Larger than any entry a member writes (`replicated::MAX_BATCH_BYTES` and then some): a
-/// length above it is a damaged header, not a reason to allocate.
-const MAX_RECORD: u32 = 256 * 1024 * 1024;
-
 /// What went wrong with the log's files.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -60,83 +61,6 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Lo
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// One segment file and where its records end.
-#[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    file: File,
-    first: u64,
-    /// `ends[i]` is the offset just past the record of index `first + i`.
-    ends: Vec<u64>,
-}
-
-impl Segment {
-    fn len(&self) -> u64 {
-        self.ends.last().copied().unwrap_or(HEADER_LEN)
-    }
-
-    fn last(&self) -> Option<u64> {
-        (!self.ends.is_empty()).then(|| self.first + self.ends.len() as u64 - 1)
-    }
-
-    /// Offset where the record of `index` starts (`index` within the segment or just past it).
-    fn start_of(&self, index: u64) -> u64 {
-        match index.checked_sub(self.first).and_then(|i| i.checked_sub(1)) {
-            Some(prev) => self.ends[prev as usize],
-            None => HEADER_LEN,
-        }
-    }
-}
-
-const HEADER_LEN: u64 = MAGIC.len() as u64;
-
-fn checksum(index: u64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&index.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
-/// Appends the record of `index` to `buf`.
-fn put_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) -> Result<(), LogError> {
-    let len = u32::try_from(payload.len())
-        .ok()
-        .filter(|l| *l <= MAX_RECORD)
-        .ok_or(LogError::TooLarge {
-            bytes: payload.len(),
-        })?;
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&checksum(index, payload).to_le_bytes());
-    buf.extend_from_slice(&index.to_le_bytes());
-    buf.extend_from_slice(payload);
-    Ok(())
-}
-
-/// Fields of a record header: payload length, checksum, index.
-fn header_fields(h: &[u8; HEADER]) -> (u32, u32, u64) {
-    let mut len = [0u8; 4];
-    let mut crc = [0u8; 4];
-    let mut index = [0u8; 8];
-    len.copy_from_slice(&h[0..4]);
-    crc.copy_from_slice(&h[4..8]);
-    index.copy_from_slice(&h[8..16]);
-    (
-        u32::from_le_bytes(len),
-        u32::from_le_bytes(crc),
-        u64::from_le_bytes(index),
-    )
-}
-
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync directory", dir))
-}
-
-fn segment_name(first: u64) -> String {
-    format!("{first:020}.log")
 }
 
 /// The log in one directory. Calls are serialised by one lock: appends, truncations and
@@ -230,88 +154,6 @@ impl SegmentLog {
                 segment_bytes,
             },
             opened,
-        ))
-    }
-
-    /// Reads a segment's records; in the last segment a bad tail is cut off (returned: the
-    /// bytes cut), anywhere else it is an error.
-    fn scan(path: &Path, first: u64, is_last: bool) -> Result<(Segment, u64), LogError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io("open", path))?;
-        let size = file.metadata().map_err(io("stat", path))?.len();
-        let corrupt = |offset: u64, why: String| LogError::Corrupt {
-            path: path.to_path_buf(),
-            offset,
-            why,
-        };
-        let mut reader = BufReader::with_capacity(1 << 20, &file);
-        let mut magic = [0u8; 8];
-        let mut ends = Vec::new();
-        let mut good = 0u64;
-        let mut why = None;
-        if reader.read_exact(&mut magic).is_err() || &magic != MAGIC {
-            why = Some("no segment header".to_string());
-        } else {
-            good = HEADER_LEN;
-            let mut payload = Vec::new();
-            while good < size {
-                let mut h = [0u8; HEADER];
-                if reader.read_exact(&mut h).is_err() {
-                    why = Some("a record header cut short".into());
-                    break;
-                }
-                let (len, crc, index) = header_fields(&h);
-                let expected = first + ends.len() as u64;
-                if index != expected {
-                    why = Some(format!("entry {index} where {expected} comes next"));
-                    break;
-                }
-                if len > MAX_RECORD || good + HEADER as u64 + u64::from(len) > size {
-                    why = Some(format!("a record of {len} bytes runs past the end"));
-                    break;
-                }
-                payload.resize(len as usize, 0);
-                if reader.read_exact(&mut payload).is_err() {
-                    why = Some("a record cut short".into());
-                    break;
-                }
-                if checksum(index, &payload) != crc {
-                    why = Some(format!("entry {index}: checksum mismatch"));
-                    break;
-                }
-                good += HEADER as u64 + u64::from(len);
-                ends.push(good);
-            }
-        }
-        let mut torn = 0;
-        if let Some(why) = why {
-            if !is_last {
-                return Err(corrupt(good, why));
-            }
-            tracing::warn!(path = %path.display(), offset = good, %why,
-                "cutting an unfinished append from the end of the raft log");
-            torn = size.saturating_sub(good);
-            if good < HEADER_LEN {
-                // the crash came between creating the file and syncing its header
-                file.set_len(0).map_err(io("truncate", path))?;
-                file.write_all_at(MAGIC, 0).map_err(io("write", path))?;
-                torn = size;
-                good = HEADER_LEN;
-            }
-            file.set_len(good).map_err(io("truncate", path))?;
-            file.sync_data().map_err(io("sync", path))?;
-        }
-        Ok((
-            Segment {
-                path: path.to_path_buf(),
-                file,
-                first,
-                ends,
-            },
-            torn,
         ))
     }
 
