@@ -2,9 +2,9 @@
 //! server its peers talk to.
 //!
 //! [`RaftMember::start`] opens the store and starts Raft and the server; what is asked of a
-//! running member is grouped by who asks: the group's membership and views ([`group`]), its
-//! peers' offers and loans ([`peers`]), and its status for metrics and operators ([`status`]).
-//! Its settings are in [`config`].
+//! running member is grouped by who asks: the group's membership and views (`group`), its
+//! peers' offers and loans (`peers`), and its status for metrics and operators (`status`).
+//! Its settings are in `config`.
 
 mod config;
 mod group;

@@ -1,5 +1,5 @@
 //! The serving side of the members' port: [`RaftGrpc`] authorizes every call by its
-//! caller's certificate (see [`authz`](crate::authz)) and hands it to the local Raft, or to
+//! caller's certificate (see [`authz`]) and hands it to the local Raft, or to
 //! the hooks the application set (offers, borrowing), answering in the form the request came
 //! in.
 

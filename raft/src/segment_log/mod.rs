@@ -15,7 +15,7 @@
 //! acknowledged (its `fdatasync` had not returned), so [`SegmentLog::open`] cuts the segment
 //! back to its last whole record. A bad record anywhere else is corruption and refused.
 //!
-//! [`segment`] is one segment file: its records' format and reading it back at start.
+//! `segment` is one segment file: its records' format and reading it back at start.
 
 mod segment;
 

@@ -43,9 +43,9 @@
 //! (`Lend`, see [`crate::ownership::Loan`]); while a loan is in force a `Finish` on its server
 //! is refused from anyone but the borrower.
 //!
-//! The ledger's parts: its records and why a command is refused ([`record`]); reading it
-//! (counts, pages, the digest: [`read`]); the cluster's settings and members ([`settings`]);
-//! applying a command ([`apply`]) under the rules a flow's record follows ([`flow`]).
+//! The ledger's parts: its records and why a command is refused (`record`); reading it
+//! (counts, pages, the digest: `read`); the cluster's settings and members (`settings`);
+//! applying a command (`apply`) under the rules a flow's record follows (`flow`).
 
 mod apply;
 mod flow;

@@ -112,7 +112,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub claimed_while_enrolled: bool,
     /// When its latest credentials were issued (Unix ms), oldest first, at most
-    /// [`ISSUE_TIMES_KEPT`] (rules 2).
+    /// [`ISSUE_TIMES_KEPT`](super::ISSUE_TIMES_KEPT) (rules 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issued_at_ms: Vec<u64>,
     /// This record's term in the ledger digest, once computed (see [`crate::digest::Term`]).

@@ -23,7 +23,7 @@ pub struct ClusterSettings {
     /// refused on the Raft port, joining included (see `authz`).
     #[serde(default)]
     pub departed: std::collections::BTreeSet<String>,
-    /// The ledger rules every replica applies (see [`LEDGER_RULES`]); ledgers written before
+    /// The ledger rules every replica applies (see [`LEDGER_RULES`](super::LEDGER_RULES)); ledgers written before
     /// the setting existed apply rules 1.
     #[serde(default = "rules_v1")]
     pub rules: u32,

@@ -30,9 +30,9 @@
 //! incomplete (no applied index), so a crash halfway installs the kept snapshot again.
 
 //!
-//! The parts: the log and the vote ([`log`]), applying entries to the state machine
-//! ([`apply`]), building and reading snapshots and copies ([`snapshots`]) and installing one
-//! ([`install`]).
+//! The parts: the log and the vote (`log`), applying entries to the state machine
+//! (`apply`), building and reading snapshots and copies (`snapshots`) and installing one
+//! (`install`).
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); boxing it in our
 // own helpers would only add conversions at every trait boundary.
