@@ -144,7 +144,7 @@ impl Group {
 async fn a_certificate_of_the_cluster_ca_that_names_no_member_gets_nothing() {
     let g = Group::start(3).await;
     let (lid, leader, lm) = g.leader();
-    let term = lm.raft.metrics().borrow().current_term;
+    let term = lm.openraft().metrics().borrow().current_term;
     let voters = lm.voters();
     let outsider = g.as_("m9");
     let t = Duration::from_secs(5);
@@ -188,7 +188,7 @@ async fn a_certificate_of_the_cluster_ca_that_names_no_member_gets_nothing() {
 
     // nothing changed: same term, same voters, and the refusals were counted
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(lm.raft.metrics().borrow().current_term, term);
+    assert_eq!(lm.openraft().metrics().borrow().current_term, term);
     assert_eq!(lm.voters(), voters);
     assert!(g.saw("forward", "unknown") && g.saw("vote", "unknown"));
 }
@@ -197,7 +197,7 @@ async fn a_certificate_of_the_cluster_ca_that_names_no_member_gets_nothing() {
 async fn members_act_only_as_themselves() {
     let g = Group::start(3).await;
     let (lid, leader, lm) = g.leader();
-    let term = lm.raft.metrics().borrow().current_term;
+    let term = lm.openraft().metrics().borrow().current_term;
     let other = if lid == 2 { 3 } else { 2 };
     let name = format!("m{other}");
     let net = g.as_(&name);
@@ -252,7 +252,7 @@ async fn members_act_only_as_themselves() {
         .await,
         "join under another id",
     );
-    assert_eq!(lm.raft.metrics().borrow().current_term, term);
+    assert_eq!(lm.openraft().metrics().borrow().current_term, term);
     assert!(g.saw("forward", "impersonation") && g.saw("join", "not_configured"));
 }
 
@@ -262,7 +262,7 @@ async fn a_removed_member_is_refused_until_an_operator_adds_it_again() {
     let (_, leader, lm) = g.leader();
     // m4 joins by itself (the configuration lists it), then an operator removes it
     let m4 = &g.members[3];
-    m4.network
+    m4.network()
         .join(
             &leader,
             &JoinRequest {
@@ -276,7 +276,7 @@ async fn a_removed_member_is_refused_until_an_operator_adds_it_again() {
     lm.remove(4).await.unwrap();
     assert!(!lm.voters().contains(&4));
 
-    let term = lm.raft.metrics().borrow().current_term;
+    let term = lm.openraft().metrics().borrow().current_term;
     let net = g.as_("m4");
     let t = Duration::from_secs(5);
     refused(
@@ -298,10 +298,10 @@ async fn a_removed_member_is_refused_until_an_operator_adds_it_again() {
     );
     // the removed member keeps running and campaigning; the group does not notice
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(lm.raft.metrics().borrow().current_term, term);
+    assert_eq!(lm.openraft().metrics().borrow().current_term, term);
     assert!(g.saw("join", "departed"));
     for m in &g.members[..3] {
-        let departed = m.store.state().await.ledger.settings().departed.clone();
+        let departed = m.store().state().await.ledger.settings().departed.clone();
         assert!(departed.contains("m4"), "{departed:?}");
     }
 
@@ -309,7 +309,7 @@ async fn a_removed_member_is_refused_until_an_operator_adds_it_again() {
     lm.add_learner(4, g.nodes[&4].clone()).await.unwrap();
     assert!(net.peek(&leader).await.is_ok());
     assert!(!lm
-        .store
+        .store()
         .state()
         .await
         .ledger

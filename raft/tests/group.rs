@@ -130,7 +130,7 @@ async fn three_members_agree_and_survive_restart() {
     // the ledger rules: a new group applies the first ones; a follower cannot raise them, the
     // leader does once every voter reports it applies the newest, and every replica follows
     for m in &members {
-        assert_eq!(m.store.state().await.ledger.rules(), 1);
+        assert_eq!(m.store().state().await.ledger.rules(), 1);
     }
     let leader_id = wait_leader(&members).await;
     let li = members.iter().position(|m| m.id == leader_id).unwrap();
@@ -157,7 +157,7 @@ async fn three_members_agree_and_survive_restart() {
     for _ in 0..50 {
         let mut all = true;
         for m in &members {
-            all &= m.store.state().await.ledger.rules() == LEDGER_RULES;
+            all &= m.store().state().await.ledger.rules() == LEDGER_RULES;
         }
         if all {
             break;
@@ -165,17 +165,17 @@ async fn three_members_agree_and_survive_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for m in &members {
-        assert_eq!(m.store.state().await.ledger.rules(), LEDGER_RULES);
+        assert_eq!(m.store().state().await.ledger.rules(), LEDGER_RULES);
     }
 
     // a new member joins as a learner after the log was compacted: it can only catch up
     // through a snapshot, sent in 4 KiB chunks
     let leader_id = wait_leader(&members).await;
     let leader = members.iter().find(|m| m.id == leader_id).unwrap().clone();
-    leader.raft.trigger().snapshot().await.unwrap();
+    leader.openraft().trigger().snapshot().await.unwrap();
     for _ in 0..50 {
         let purged = leader
-            .raft
+            .openraft()
             .metrics()
             .borrow()
             .purged
@@ -187,7 +187,7 @@ async fn three_members_agree_and_survive_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        leader.raft.metrics().borrow().purged.is_some(),
+        leader.openraft().metrics().borrow().purged.is_some(),
         "log was not purged"
     );
     let me4 = Member {
@@ -198,12 +198,12 @@ async fn three_members_agree_and_survive_restart() {
     let m4 = start(4, &me4, dir.path(), &pki).await;
     leader.add_learner(4, me4.clone()).await.unwrap();
     for _ in 0..50 {
-        if m4.store.state().await.ledger.len() == 300 {
+        if m4.store().state().await.ledger.len() == 300 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let learned: Vec<_> = m4.store.state().await.ledger.all_records();
+    let learned: Vec<_> = m4.store().state().await.ledger.all_records();
     assert_eq!(learned, a);
 
     // the learner becomes a voter, then leaves again
@@ -212,7 +212,7 @@ async fn three_members_agree_and_survive_restart() {
     leader.remove(4).await.unwrap();
     assert_eq!(leader.voters(), [1, 2, 3].into());
     let nodes_left: Vec<u64> = leader
-        .raft
+        .openraft()
         .metrics()
         .borrow()
         .membership_config
@@ -229,7 +229,7 @@ async fn three_members_agree_and_survive_restart() {
     for m in members.drain(..) {
         m.shutdown().await;
         // the store closes once Raft's tasks and the gRPC server let go of it
-        let weak = Arc::downgrade(&m.store);
+        let weak = Arc::downgrade(m.store());
         drop(m);
         for _ in 0..50 {
             if weak.strong_count() == 0 {
@@ -246,7 +246,7 @@ async fn three_members_agree_and_survive_restart() {
     assert!(again.iter().all(|m| m.restarted));
     wait_leader(&again).await;
     for m in &again {
-        let recs: Vec<_> = m.store.state().await.ledger.all_records();
+        let recs: Vec<_> = m.store().state().await.ledger.all_records();
         assert_eq!(recs, a);
     }
 }

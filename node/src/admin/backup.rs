@@ -71,8 +71,7 @@ pub async fn make(
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&top)
             .map_err(|e| Status::internal(format!("{}: {e}", top.display())))?;
-        m.store
-            .checkpoint(&d)
+        m.checkpoint(&d)
             .map_err(|e| Status::internal(format!("checkpoint: {e}")))
     })
     .await

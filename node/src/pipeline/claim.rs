@@ -9,7 +9,7 @@
 use raft::{Applied, Command, Rejection};
 
 use super::lease::{Lease, Owned};
-use super::Outcome;
+use super::outcome::Outcome;
 use crate::clock::now_ms;
 use crate::context::Services;
 use crate::flows::{Start, Ticket};

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::enroll::{self, Credential, Enrolled};
+use super::error::StepError;
 use super::key::ServerKey;
 use super::lease::{send_budget, settle_budget, Lease, LeaseError};
 use crate::clock::now_ms;
@@ -110,7 +111,7 @@ pub(super) async fn send(
     seen_ms: u64,
     lease: &mut Lease,
     request: &ConfigureRequest,
-) -> Result<(), super::StepError> {
+) -> Result<(), StepError> {
     if let Some(at) = lease.enrolled_at_ms {
         let budget = settle_budget(at, now_ms()).ok_or(LeaseError::SettleEnds)?;
         return Ok(within(svc, identity, request, budget).await?);

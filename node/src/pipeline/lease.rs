@@ -8,8 +8,8 @@ use raft::state::REENROLL_SETTLE_MS;
 use thiserror::Error;
 
 use super::claim::claim;
+use super::outcome::Outcome;
 use super::restart::RESTART_WITHIN;
-use super::Outcome;
 use crate::clock::now_ms;
 use crate::context::Services;
 

@@ -36,6 +36,7 @@ pub mod inventory;
 pub mod jwt;
 pub mod key;
 pub mod lease;
+mod outcome;
 pub mod restart;
 pub mod upgrade;
 
@@ -46,38 +47,14 @@ use raft::ReleaseOutcome;
 
 pub use claim::CLAIM_LEASE_MS;
 pub use error::StepError;
+pub use outcome::Outcome;
 
+use crate::context::Services;
 use crate::helper::{EnrolledBefore, HelperRequest};
 use decide::Decision;
 use enroll::EnrollRecord;
 use lease::{Lease, SETTLE_MARGIN_MS};
 
-// Read from here by modules that predate `clock` and `context`.
-pub use crate::clock::now_ms;
-pub use crate::context::Services;
-
-/// How provisioning one server ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Configured and restarting into its configuration.
-    Provisioned,
-    /// Not worked on: enrolled already.
-    Skipped(String),
-    /// Claimed by another member until the given time (Unix ms).
-    Busy(u64),
-    /// The helper deferred it; try again later.
-    Deferred(String),
-    /// A step failed; try again later.
-    Failed(String),
-    /// This member stopped the flow before its next call to the server went out, for a reason
-    /// of its own (fenced: no heartbeat committed lately). Not the server's failure: it starts
-    /// again first, once the member may.
-    Interrupted(String),
-    /// Shut down on the helper's request.
-    Shutdown,
-    /// Asked to update to this version; it comes back to provisioning mode afterwards.
-    Upgrading(String),
-}
 
 /// How the steps ended, when none failed.
 enum Step {

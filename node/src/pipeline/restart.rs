@@ -7,7 +7,7 @@ use proto::agents::RestartRequest;
 use raft::Command;
 
 use super::finish::propose;
-use super::Outcome;
+use super::outcome::Outcome;
 use crate::clock::now_ms;
 use crate::context::Services;
 use crate::rpc::RpcError;

@@ -39,15 +39,15 @@ pub(super) fn connect(
         queue.clone(),
         m.clone(),
     ));
-    let (svc, queue, inbox, raft) = (
+    let (svc, queue, inbox, leaders) = (
         services.clone(),
         queue.clone(),
         inbox.clone(),
-        m.raft.clone(),
+        m.leader_watch(),
     );
     m.on_offer(Arc::new(move |from, batch| {
         // only the leader's offers say that its discovery covers this member
-        let leader = raft::member::leader_of(&raft).map(|(id, _)| id);
+        let leader = leaders.current();
         let from_leader = from.is_none() || from == leader;
         inbox.take(&svc, &queue, from_leader, &batch)
     }));

@@ -75,15 +75,15 @@ fn status_fn(
             let enrolled_by = counts.enrolled_by;
             let (queued, in_flight, waiting) = queue.counts();
             let raft = member.as_ref().map(|m| {
-                let rm = m.raft.metrics().borrow().clone();
+                let s = m.status();
                 serde_json::json!({
                     "id": m.id,
-                    "term": rm.current_term,
-                    "leader": rm.current_leader,
-                    "last_log_index": rm.last_log_index,
-                    "last_applied": rm.last_applied.map(|l| l.index),
-                    "voters": rm.membership_config.membership().voter_ids().collect::<Vec<_>>(),
-                    "snapshot": m.store.last_snapshot(),
+                    "term": s.term,
+                    "leader": s.leader,
+                    "last_log_index": s.last_log_index,
+                    "last_applied": s.last_applied,
+                    "voters": s.voters,
+                    "snapshot": s.snapshot,
                 })
             });
             serde_json::json!({

@@ -89,13 +89,11 @@ pub fn leader_of(raft: &Raft) -> Option<(NodeId, Member)> {
 pub struct RaftMember {
     pub id: NodeId,
     pub me: Member,
-    /// openraft itself. Outside this crate, read [`RaftMember::status`] and
-    /// [`RaftMember::leader_watch`] instead: this field is to become private.
-    pub raft: Raft,
-    /// The member's storage. Outside this crate, use [`RaftMember::status`] (its snapshot)
-    /// and [`RaftMember::checkpoint`] instead: this field is to become private.
-    pub store: Arc<Store>,
-    pub network: Network,
+    /// openraft itself; other crates read [`RaftMember::status`] and
+    /// [`RaftMember::leader_watch`].
+    pub(crate) raft: Raft,
+    pub(crate) store: Arc<Store>,
+    pub(crate) network: Network,
     /// The store held a log when this process started: a restart, not a first start.
     pub restarted: bool,
     ctx: Arc<PeerContext>,

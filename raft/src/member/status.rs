@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use openraft::{RaftMetrics, ServerState, StorageError};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{MemberError, RaftMember};
-use crate::store::SnapshotStats;
+use crate::network::{Network, Raft};
+use crate::store::{SnapshotStats, Store};
 use crate::types::{Member, NodeId};
 
 /// What a member is in its group now.
@@ -141,6 +143,24 @@ impl LeaderWatch {
 pub struct CheckpointError(Box<StorageError<NodeId>>);
 
 impl RaftMember {
+    /// The member's store (its ledger, log and snapshots).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Its client side of the group's transport.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// openraft itself, for this crate's own group tests (terms, snapshots, purges); other
+    /// crates read [`RaftMember::status`] and [`RaftMember::leader_watch`], and the workspace
+    /// test checks `node` never names openraft.
+    #[doc(hidden)]
+    pub fn openraft(&self) -> &Raft {
+        &self.raft
+    }
+
     /// What Raft reports now, with the last snapshot.
     pub fn status(&self) -> RaftStatus {
         let snapshot = self.store.last_snapshot();

@@ -89,7 +89,7 @@ impl AdminApi {
             reply.leader_id = id;
             reply.leader = node.name;
         }
-        reply.term = member.raft.metrics().borrow().current_term;
+        reply.term = member.status().term;
         for (id, node, view) in views {
             let mut s = base(&node.name);
             s.id = id;

@@ -14,14 +14,7 @@ impl AdminApi {
             return Err(Status::invalid_argument("member is required"));
         }
         let known = match &self.ctx.member {
-            Some(m) => m
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .nodes()
-                .any(|(_, n)| n.name == req.member),
+            Some(m) => m.status().member_named(&req.member).is_some(),
             None => req.member == self.svc().member,
         };
         if !known {
