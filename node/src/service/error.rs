@@ -69,11 +69,18 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// Boxed: openraft's errors inside are large, and every `Result` of start carries this.
     #[error("{0}")]
-    Raft(#[from] MemberError),
+    Raft(#[source] Box<MemberError>),
     /// The task that joins on the Raft runtime ended without an answer.
     #[error("Raft runtime: {0}")]
     Runtime(#[source] tokio::task::JoinError),
+}
+
+impl From<MemberError> for ClusterError {
+    fn from(e: MemberError) -> Self {
+        ClusterError::Raft(Box::new(e))
+    }
 }
 
 /// Why the ledger in `data_dir` could not be opened.
@@ -81,6 +88,13 @@ pub enum ClusterError {
 pub enum LedgerOpenError {
     #[error("{0}")]
     LowSpace(#[from] LowSpace),
+    /// Boxed: openraft's errors inside are large, and every `Result` of start carries this.
     #[error("{0}")]
-    Raft(#[from] MemberError),
+    Raft(#[source] Box<MemberError>),
+}
+
+impl From<MemberError> for LedgerOpenError {
+    fn from(e: MemberError) -> Self {
+        LedgerOpenError::Raft(Box::new(e))
+    }
 }
