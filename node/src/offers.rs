@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft::member::RaftMember;
+use raft::network::PeerError;
 use raft::offer::{OfferBatch, OfferTaken, MAX_OFFER_IDENTITIES};
 use tokio::sync::mpsc;
 
@@ -59,7 +60,7 @@ pub struct Outbox {
 /// Where the outbox's batches go: a member's name and the batch (the Raft port in a member,
 /// a recorder in tests).
 pub type SendFn = Arc<
-    dyn Fn(String, OfferBatch) -> futures::future::BoxFuture<'static, Result<OfferTaken, String>>
+    dyn Fn(String, OfferBatch) -> futures::future::BoxFuture<'static, Result<OfferTaken, PeerError>>
         + std::marker::Send
         + Sync,
 >;
@@ -79,7 +80,7 @@ impl Outbox {
     pub fn through(member: Arc<RaftMember>, metrics: Arc<Metrics>) -> Outbox {
         let send: SendFn = Arc::new(move |to: String, batch: OfferBatch| {
             let member = member.clone();
-            Box::pin(async move { member.offer(&to, &batch).await.map_err(|e| e.to_string()) })
+            Box::pin(async move { member.offer(&to, &batch).await })
         });
         Outbox::start(send, metrics)
     }
@@ -363,9 +364,8 @@ mod tests {
     /// A member that takes no offers fails each batch: every one is counted.
     #[tokio::test(start_paused = true)]
     async fn failed_offers_are_counted() {
-        let send: SendFn = Arc::new(|_: String, _: OfferBatch| {
-            Box::pin(async { Err("unimplemented".to_string()) })
-        });
+        let send: SendFn =
+            Arc::new(|_: String, _: OfferBatch| Box::pin(async { Err(PeerError::NoAnswer) }));
         let metrics = Arc::new(Metrics::new("t"));
         let out = Outbox::start(send, metrics.clone());
         let round = out.start_round(vec!["old".into()]);

@@ -55,7 +55,6 @@ use decide::Decision;
 use enroll::EnrollRecord;
 use lease::{Lease, SETTLE_MARGIN_MS};
 
-
 /// How the steps ended, when none failed.
 enum Step {
     /// Configured (not yet restarted): the configuration digest and the facts to keep, and
