@@ -166,7 +166,7 @@ fn helper_defer_and_shutdown_are_retried_and_recorded() {
     let deferrals = deferred
         .history
         .iter()
-        .filter(|h| h.event == "deferred: waiting for the CMDB")
+        .filter(|h| h.event.to_string() == "deferred: waiting for the CMDB")
         .count();
     assert_eq!(deferrals, 2, "{:?}", deferred.history);
     let shut = rec("sim-00001.");
@@ -175,7 +175,7 @@ fn helper_defer_and_shutdown_are_retried_and_recorded() {
     assert!(shut
         .history
         .iter()
-        .any(|h| h.event == "shut down: decommissioned"));
+        .any(|h| h.event.to_string() == "shut down: decommissioned"));
     let metrics = prov.services.metrics.render();
     assert!(
         metrics.contains("choria_provisioner_deferred{site=\"\"} 2"),

@@ -210,7 +210,7 @@ pub fn record(r: &Record) -> pb::Record {
             .map(|h| pb::HistoryEntry {
                 at_ms: h.at_ms,
                 member: h.member.clone(),
-                event: h.event.clone(),
+                event: h.event.to_string(),
             })
             .collect(),
         revoked: r

@@ -195,7 +195,9 @@ impl LedgerState {
                 not_after,
                 at_ms,
             } => {
-                let event = format!("credential issued, serial {serial}");
+                let event = Event::CredentialIssued {
+                    serial: serial.clone(),
+                };
                 let issued = Issue {
                     serial,
                     fingerprint,
@@ -222,19 +224,22 @@ impl LedgerState {
                 }
                 // the history reads as the two commands' would: issued, then enrolled
                 if self.records.serial(serial).map(String::as_str) == Some(identity.as_str())
-                    && self.replayed(identity, member, *at_ms, "enrolled")
+                    && self.replayed(identity, member, *at_ms, &Event::Enrolled)
                 {
                     return Ok(());
                 }
-                let event = format!("credential issued, serial {serial}");
+                let event = Event::CredentialIssued {
+                    serial: serial.clone(),
+                };
                 let issued = Issue {
                     serial,
                     fingerprint,
                     not_after: *not_after,
                 };
+                let rules = self.rules();
                 if let Some(rec) = self.issue(identity, member, *at_ms, event, issued)? {
                     enrolled(rec, config_digest, facts);
-                    note(rec, *at_ms, member, "enrolled".into());
+                    note(rec, rules, *at_ms, member, Event::Enrolled);
                 }
                 Ok(())
             }
@@ -246,12 +251,13 @@ impl LedgerState {
                 facts,
                 at_ms,
             } => {
-                if self.replayed(identity, member, *at_ms, "enrolled") {
+                if self.replayed(identity, member, *at_ms, &Event::Enrolled) {
                     return Ok(());
                 }
+                let rules = self.rules();
                 let rec = self.owned_by(identity, member, *at_ms)?;
                 enrolled(rec, config_digest, facts);
-                note(rec, *at_ms, member, "enrolled".into());
+                note(rec, rules, *at_ms, member, Event::Enrolled);
                 Ok(())
             }
 
@@ -261,6 +267,7 @@ impl LedgerState {
                 reason,
                 at_ms,
             } => {
+                let rules = self.rules();
                 let rec = self.record_mut(identity)?;
                 let cred = rec.credential.take().ok_or(Rejection::NoCredential)?;
                 let serial = cred.serial.clone();
@@ -272,12 +279,11 @@ impl LedgerState {
                 if rec.state != EnrollState::Claimed {
                     rec.state = EnrollState::Revoked;
                 }
-                note(
-                    rec,
-                    *at_ms,
-                    member,
-                    format!("credential {serial} revoked: {reason}"),
-                );
+                let event = Event::CredentialRevoked {
+                    serial,
+                    reason: reason.clone(),
+                };
+                note(rec, rules, *at_ms, member, event);
                 Ok(())
             }
 
@@ -294,6 +300,7 @@ impl LedgerState {
                         until_ms: by.1,
                     });
                 }
+                let rules = self.rules();
                 let rec = self.record_mut(identity)?;
                 if rec.state == EnrollState::Claimed && rec.lease_until_ms > *at_ms {
                     if let Some(owner) = &rec.owner {
@@ -306,7 +313,7 @@ impl LedgerState {
                 rec.state = EnrollState::Reprovisioning;
                 rec.owner = None;
                 rec.lease_until_ms = 0;
-                note(rec, *at_ms, member, "reprovision requested".into());
+                note(rec, rules, *at_ms, member, Event::ReprovisionRequested);
                 Ok(())
             }
 
@@ -316,8 +323,12 @@ impl LedgerState {
                 event,
                 at_ms,
             } => {
+                let rules = self.rules();
                 let rec = self.record_mut(identity)?;
-                note(rec, *at_ms, member, event.clone());
+                let event = Event::Note {
+                    text: event.clone(),
+                };
+                note(rec, rules, *at_ms, member, event);
                 Ok(())
             }
 
@@ -328,7 +339,8 @@ impl LedgerState {
                 reason,
                 at_ms,
             } => {
-                let rules2 = self.rules() >= 2;
+                let rules = self.rules();
+                let rules2 = rules >= 2;
                 let rec = self.record_mut(identity)?;
                 if rec.state != EnrollState::Claimed || rec.owner.as_deref() != Some(from) {
                     return Err(Rejection::NotOwner {
@@ -345,7 +357,11 @@ impl LedgerState {
                 rec.owner = None;
                 rec.lease_until_ms = 0;
                 rec.last_error = Some(reason.clone());
-                note(rec, *at_ms, member, format!("taken from {from}: {reason}"));
+                let event = Event::TakenFrom {
+                    from: from.clone(),
+                    reason: reason.clone(),
+                };
+                note(rec, rules, *at_ms, member, event);
                 Ok(())
             }
 
@@ -386,7 +402,8 @@ impl LedgerState {
                 if self.replayed(identity, member, *at_ms, &event) {
                     return Ok(());
                 }
-                let rules2 = self.rules() >= 2;
+                let rules = self.rules();
+                let rules2 = rules >= 2;
                 let rec = if self.enrolled_just_now(identity, member, *at_ms) {
                     // the flow that enrolled it could not configure or restart it
                     self.record_mut(identity)?
@@ -411,7 +428,7 @@ impl LedgerState {
                 rec.owner = None;
                 rec.lease_until_ms = 0;
                 rec.last_error = error;
-                note(rec, *at_ms, member, event);
+                note(rec, rules, *at_ms, member, event);
                 Ok(())
             }
 
@@ -425,7 +442,8 @@ impl LedgerState {
                 member,
                 at_ms,
             } => {
-                if self.rules() < 2 {
+                let rules = self.rules();
+                if rules < 2 {
                     return Err(Rejection::NotEnabled { rules: 2 });
                 }
                 let rec = self.record_mut(identity)?;
@@ -442,12 +460,11 @@ impl LedgerState {
                     let serial = old.serial.clone();
                     let reason = format!("superseded by {}", current.serial);
                     revoke(rec, old, member, *at_ms, reason);
-                    note(
-                        rec,
-                        *at_ms,
-                        member,
-                        format!("restarted with {}; {serial} revoked", current.serial),
-                    );
+                    let event = Event::Restarted {
+                        serial: current.serial.clone(),
+                        revoked: serial,
+                    };
+                    note(rec, rules, *at_ms, member, event);
                 }
                 Ok(())
             }

@@ -16,7 +16,8 @@ impl LedgerState {
         seen_ms: u64,
         at_ms: u64,
     ) -> Result<(), Rejection> {
-        let rules2 = self.rules() >= 2;
+        let rules = self.rules();
+        let rules2 = rules >= 2;
         let mut fell_back = false;
         if let Some(rec) = self.records.loaded(identity) {
             if let Some(refusal) = rec.claim_refusal(member, seen_ms, at_ms) {
@@ -34,12 +35,7 @@ impl LedgerState {
         rec.lease_until_ms = lease_until_ms;
         if !renewal {
             rec.attempts += 1;
-            let event = if fell_back {
-                "claimed: back in provisioning mode after enrollment"
-            } else {
-                "claimed"
-            };
-            note(rec, at_ms, member, event.into());
+            note(rec, rules, at_ms, member, Event::Claimed { fell_back });
         }
         Ok(())
     }
@@ -84,7 +80,7 @@ impl LedgerState {
                 let (state, error, event) = released_as(outcome);
                 (event, Some((state, error)))
             }
-            None => ("enrolled".to_string(), None),
+            None => (Event::Enrolled, None),
         };
         if self.replayed(identity, member, at_ms, &event) {
             return Ok(());
@@ -146,13 +142,15 @@ impl LedgerState {
                         fingerprint: &c.fingerprint,
                         not_after: c.not_after,
                     };
-                    let event = format!("credential issued, serial {}", c.serial);
+                    let event = Event::CredentialIssued {
+                        serial: c.serial.clone(),
+                    };
                     record_credential(rec, rules, member, at_ms, event, issued);
                     self.records.insert_serial(&c.serial, identity);
                 }
                 let rec = self.record_mut(identity)?;
                 enrolled(rec, config_digest, facts);
-                note(rec, at_ms, member, event);
+                note(rec, rules, at_ms, member, event);
             }
             (FlowEnd::Released { outcome, .. }, Some((state, error))) => {
                 // a flow on an enrolled server that issued nothing leaves it enrolled
@@ -168,7 +166,7 @@ impl LedgerState {
                     rec.state = state;
                 }
                 rec.last_error = error;
-                note(rec, at_ms, member, event);
+                note(rec, rules, at_ms, member, event);
             }
             (FlowEnd::Released { .. }, None) => {}
         }
@@ -187,11 +185,11 @@ impl LedgerState {
     /// event). Should another command (an operator's) land in between, the copy is judged
     /// like any late command and refused, as before; the flow then ends as failed and the
     /// server is picked up again.
-    pub(super) fn replayed(&self, identity: &str, member: &str, at_ms: u64, event: &str) -> bool {
+    pub(super) fn replayed(&self, identity: &str, member: &str, at_ms: u64, event: &Event) -> bool {
         self.records
             .loaded(identity)
             .and_then(|r| r.history.last())
-            .is_some_and(|h| h.at_ms == at_ms && h.member == member && h.event == event)
+            .is_some_and(|h| h.at_ms == at_ms && h.member == member && h.event.is(event))
     }
 
     /// Records the credential `issued` for `identity` under `member`'s claim, with `event` in
@@ -201,7 +199,7 @@ impl LedgerState {
         identity: &str,
         member: &str,
         at_ms: u64,
-        event: String,
+        event: Event,
         issued: Issue<'_>,
     ) -> Result<Option<&mut Record>, Rejection> {
         let serial = issued.serial;
@@ -294,30 +292,41 @@ pub(super) fn new_record(identity: &str, at_ms: u64) -> Record {
 }
 
 /// The state, error and history line a flow's outcome leaves.
-pub(super) fn released_as(outcome: &ReleaseOutcome) -> (EnrollState, Option<String>, String) {
+pub(super) fn released_as(outcome: &ReleaseOutcome) -> (EnrollState, Option<String>, Event) {
     match outcome {
         ReleaseOutcome::Deferred { reason } => (
             EnrollState::Deferred,
             Some(reason.clone()),
-            format!("deferred: {reason}"),
+            Event::Deferred {
+                reason: reason.clone(),
+            },
         ),
         ReleaseOutcome::Failed { reason } => (
             EnrollState::Failed,
             Some(reason.clone()),
-            format!("failed: {reason}"),
+            Event::Failed {
+                reason: reason.clone(),
+            },
         ),
-        ReleaseOutcome::Shutdown { reason } => {
-            (EnrollState::Shutdown, None, format!("shut down: {reason}"))
-        }
+        ReleaseOutcome::Shutdown { reason } => (
+            EnrollState::Shutdown,
+            None,
+            Event::ShutDown {
+                reason: reason.clone(),
+            },
+        ),
         ReleaseOutcome::Upgrading { from, to } => (
             EnrollState::Upgrading,
             None,
-            format!("upgrading from {from} to {to}"),
+            Event::Upgrading {
+                from: from.clone(),
+                to: to.clone(),
+            },
         ),
         ReleaseOutcome::Abandoned => (
             EnrollState::Failed,
             Some("abandoned".into()),
-            "abandoned".into(),
+            Event::Abandoned,
         ),
     }
 }
@@ -329,7 +338,7 @@ pub(super) fn record_credential(
     rules: u32,
     member: &str,
     at_ms: u64,
-    event: String,
+    event: Event,
     issued: Issue<'_>,
 ) {
     let serial = issued.serial;
@@ -357,7 +366,7 @@ pub(super) fn record_credential(
         issued_by: member.to_string(),
         issued_at_ms: at_ms,
     });
-    note(rec, at_ms, member, event);
+    note(rec, rules, at_ms, member, event);
 }
 
 pub(super) fn forgettable(rec: &Record) -> bool {
@@ -398,12 +407,13 @@ pub(super) fn enrolled(rec: &mut Record, config_digest: &str, facts: &BTreeMap<S
     rec.facts = facts.clone();
 }
 
-pub(super) fn note(rec: &mut Record, at_ms: u64, member: &str, event: String) {
+/// Adds `event` to the record's history, as ledger `rules` store it.
+pub(super) fn note(rec: &mut Record, rules: u32, at_ms: u64, member: &str, event: Event) {
     rec.updated_ms = at_ms;
     rec.history.push(HistoryEntry {
         at_ms,
         member: member.to_string(),
-        event,
+        event: Logged::under(rules, event),
     });
     if rec.history.len() > HISTORY_LIMIT {
         let excess = rec.history.len() - HISTORY_LIMIT;

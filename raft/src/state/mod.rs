@@ -43,12 +43,16 @@
 //! (`Lend`, see [`crate::ownership::Loan`]); while a loan is in force a `Finish` on its server
 //! is refused from anyone but the borrower.
 //!
+//! Rules 8: a record's history stores each line as a typed event (`history`), not its
+//! sentence; a command sent again is known by its event either way.
+//!
 //! The ledger's parts: its records and why a command is refused (`record`); reading it
 //! (counts, pages, the digest: `read`); the cluster's settings and members (`settings`);
 //! applying a command (`apply`) under the rules a flow's record follows (`flow`).
 
 mod apply;
 mod flow;
+mod history;
 mod read;
 mod record;
 mod settings;
@@ -60,6 +64,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::Command;
 use crate::records::{ReadError, Records};
 
+pub use history::{Event, Logged, TYPED_HISTORY_RULES};
 pub(crate) use read::page_into;
 use read::Tally;
 pub use read::{Filter, LedgerCounts, Page};
@@ -78,8 +83,9 @@ pub const ISSUE_TIMES_KEPT: usize = 16;
 /// 3: commands apply as in 2; every member decodes binary, so members send it to each other
 /// (see [`crate::codec`]). 4: as 3; every member reads snapshots in format 2, so they are
 /// built in it (see [`crate::snapshot`]). 5: `Enroll` (see the list above). 6: ownership
-/// epochs and `Finish` (see the list above). 7: loans (see the list above).
-pub const LEDGER_RULES: u32 = 7;
+/// epochs and `Finish` (see the list above). 7: loans (see the list above). 8: history lines
+/// stored as typed events (see the list above).
+pub const LEDGER_RULES: u32 = 8;
 /// The ledger rules from which `Enroll` applies.
 pub const ENROLL_RULES: u32 = 5;
 /// The ledger rules from which ownership epochs and `Finish` apply.
@@ -297,7 +303,7 @@ mod tests {
         assert_eq!(one.digest(), two.digest());
         assert_eq!((r.state, r.owner.as_deref()), (EnrollState::Enrolled, None));
         assert_eq!(r.credential.as_ref().map(|c| c.serial.as_str()), Some("01"));
-        let events: Vec<_> = r.history.iter().map(|h| h.event.as_str()).collect();
+        let events: Vec<_> = r.history.iter().map(|h| h.event.to_string()).collect();
         assert_eq!(
             events,
             ["claimed", "credential issued, serial 01", "enrolled"]
@@ -397,7 +403,7 @@ mod tests {
         assert_eq!(r.owner, None);
         assert_eq!(r.credential.as_ref().map(|c| c.serial.as_str()), Some("01"));
         assert_eq!(r.facts["role"], "web");
-        let events: Vec<_> = r.history.iter().map(|h| h.event.as_str()).collect();
+        let events: Vec<_> = r.history.iter().map(|h| h.event.to_string()).collect();
         assert_eq!(events, ["credential issued, serial 01", "enrolled"]);
         // the same command again (a forward sent twice) changes nothing
         let digest = s.digest();
@@ -804,10 +810,10 @@ mod tests {
         let r = s.record("n1").unwrap();
         assert_eq!(r.state, EnrollState::Upgrading);
         assert_eq!(r.owner, None);
-        assert!(r
-            .history
-            .iter()
-            .any(|h| h.event.contains("upgrading from 0.29.4 to 0.30.0")));
+        assert!(r.history.iter().any(|h| h
+            .event
+            .to_string()
+            .contains("upgrading from 0.29.4 to 0.30.0")));
         assert_eq!(
             EnrollState::from_name("upgrading"),
             Some(EnrollState::Upgrading)
@@ -889,6 +895,38 @@ mod tests {
         assert_eq!(s.digest(), d);
         s.apply(&claim("n1", "a", 0)).unwrap();
         assert_ne!(s.digest(), d);
+    }
+
+    #[test]
+    fn from_rules_8_history_lines_are_typed_and_a_replay_is_still_known() {
+        let mut s = at_rules(TYPED_HISTORY_RULES - 1);
+        s.apply(&claim("n1", "a", 1)).unwrap();
+        s.apply(&Command::SetRules {
+            rules: TYPED_HISTORY_RULES,
+            at_ms: 2,
+        })
+        .unwrap();
+        let release = Command::Release {
+            identity: "n1".into(),
+            member: "a".into(),
+            outcome: crate::command::ReleaseOutcome::Failed { reason: "x".into() },
+            at_ms: 3,
+        };
+        s.apply(&release).unwrap();
+        let r = s.record("n1").unwrap();
+        // written before the rules changed: the sentence, as it was
+        assert_eq!(r.history[0].event, Logged::Text("claimed".into()));
+        assert_eq!(
+            r.history[1].event,
+            Logged::Event(Event::Failed { reason: "x".into() })
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""kind":"failed""#), "{json}");
+        // a copy of the release sent again changes nothing, the digest included
+        let digest = s.digest();
+        s.apply(&release).unwrap();
+        assert_eq!(s.digest(), digest);
+        assert_eq!(s.record("n1").unwrap().history.len(), 2);
     }
 
     #[test]
@@ -1008,6 +1046,7 @@ mod tests {
             .last()
             .unwrap()
             .event
+            .to_string()
             .contains("back in provisioning"));
         // the new credential supersedes the old one
         s.apply(&issue("n1", "b", "02", 60_001)).unwrap();

@@ -80,7 +80,8 @@ pub struct Credential {
 pub struct HistoryEntry {
     pub at_ms: u64,
     pub member: String,
-    pub event: String,
+    /// Rendered for people with `to_string()`; compared as an event.
+    pub event: super::history::Logged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
