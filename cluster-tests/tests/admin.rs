@@ -414,17 +414,20 @@ fn admin_api_drives_a_three_member_cluster() {
         .map(|r| r["identity"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(asked, targets);
+    // the old credential is revoked only once the server restarted with the new one, a
+    // moment after the ledger shows it enrolled again
     wait_for(
-        "reprovisioned servers enrolled again",
+        "reprovisioned servers enrolled again, their old credentials retired",
         Duration::from_secs(120),
         || {
             let recs = ledger(&op, &m1);
             recs.iter()
                 .filter(|r| targets.contains(r["identity"].as_str().unwrap_or_default()))
                 .all(|r| {
+                    let old = before.get(r["identity"].as_str().unwrap_or_default());
                     r["state"] == "Enrolled"
-                        && serial(r).as_ref()
-                            != before.get(r["identity"].as_str().unwrap_or_default())
+                        && serial(r).as_ref() != old
+                        && r["superseded"].is_null()
                 })
         },
     );
