@@ -61,6 +61,7 @@ pub trait Call: Action {
     const POLICY: Policy;
 }
 
+/// Tried up to `n` times in `rpc_timeout` each.
 const fn tries(n: u32) -> Policy {
     Policy {
         tries: n,
@@ -68,40 +69,32 @@ const fn tries(n: u32) -> Policy {
     }
 }
 
-impl Call for Inventory {
-    const POLICY: Policy = tries(5);
+macro_rules! policy {
+    ($($(#[$doc:meta])* $action:ty => $policy:expr;)*) => {
+        $($(#[$doc])* impl Call for $action {
+            const POLICY: Policy = $policy;
+        })*
+    };
 }
-impl Call for Jwt {
-    const POLICY: Policy = tries(3);
-}
-/// Once, as upstream: every try makes the server write a new key.
-impl Call for GenCsr {
-    const POLICY: Policy = tries(1);
-}
-impl Call for Gen25519 {
-    const POLICY: Policy = tries(3);
-}
-impl Call for Configure {
-    const POLICY: Policy = tries(5);
-}
-/// Once, within the settle time (see [`Agents::call_within`]): a restart sent late could boot
-/// the server into a credential that was replaced.
-impl Call for Restart {
-    const POLICY: Policy = tries(1);
-}
-/// Once: the operator sees the result and may ask again.
-impl Call for Reprovision {
-    const POLICY: Policy = tries(1);
-}
-/// Once, and the server downloads and checks the release before it answers.
-impl Call for ReleaseUpdate {
-    const POLICY: Policy = Policy {
+
+policy! {
+    Inventory => tries(5);
+    Jwt => tries(3);
+    /// Once, as upstream: every try makes the server write a new key.
+    GenCsr => tries(1);
+    Gen25519 => tries(3);
+    Configure => tries(5);
+    /// Once, within the settle time (see [`Agents::call_within`]): a restart sent late could
+    /// boot the server into a credential that was replaced.
+    Restart => tries(1);
+    /// Once: the operator sees the result and may ask again.
+    Reprovision => tries(1);
+    /// Once, and the server downloads and checks the release before it answers.
+    ReleaseUpdate => Policy {
         tries: 1,
         at_least: Some(Duration::from_secs(60)),
     };
-}
-impl Call for Shutdown {
-    const POLICY: Policy = tries(3);
+    Shutdown => tries(3);
 }
 
 /// Calls actions on servers as this provisioner: the transport, the provisioning token every

@@ -28,6 +28,42 @@ pub(super) async fn propose(svc: &Services, cmd: Command) -> Result<(), ProposeE
     }
 }
 
+/// The command that ends this flow with `end`: `Finish` under an ownership epoch, else the
+/// claim's own command (`Enrolled`, `Release`).
+fn ending(svc: &Services, identity: &str, lease: &Lease, end: FlowEnd) -> Command {
+    let (identity, member, at_ms) = (identity.to_string(), svc.member.clone(), now_ms());
+    match (&lease.owned, end) {
+        (Some(o), end) => Command::Finish {
+            identity,
+            member,
+            epoch: o.epoch,
+            seen_ms: o.seen_ms,
+            end,
+            at_ms,
+        },
+        (
+            None,
+            FlowEnd::Enrolled {
+                config_digest,
+                facts,
+                ..
+            },
+        ) => Command::Enrolled {
+            identity,
+            member,
+            config_digest,
+            facts,
+            at_ms,
+        },
+        (None, FlowEnd::Released { outcome, .. }) => Command::Release {
+            identity,
+            member,
+            outcome,
+            at_ms,
+        },
+    }
+}
+
 /// Marks the configured server enrolled, with its configuration's digest and the facts kept.
 pub(super) async fn enrolled(
     svc: &Services,
@@ -36,28 +72,12 @@ pub(super) async fn enrolled(
     config_digest: String,
     facts: std::collections::BTreeMap<String, String>,
 ) -> Result<(), ProposeError> {
-    let cmd = match &lease.owned {
-        Some(o) => Command::Finish {
-            identity: identity.to_string(),
-            member: svc.member.clone(),
-            epoch: o.epoch,
-            seen_ms: o.seen_ms,
-            end: FlowEnd::Enrolled {
-                credential: None,
-                config_digest,
-                facts,
-            },
-            at_ms: now_ms(),
-        },
-        None => Command::Enrolled {
-            identity: identity.to_string(),
-            member: svc.member.clone(),
-            config_digest,
-            facts,
-            at_ms: now_ms(),
-        },
+    let end = FlowEnd::Enrolled {
+        credential: None,
+        config_digest,
+        facts,
     };
-    propose(svc, cmd).await
+    propose(svc, ending(svc, identity, lease, end)).await
 }
 
 /// Releases the server with `outcome`; should that fail, the claim lapses with its lease.
@@ -67,26 +87,11 @@ pub(super) async fn release(
     lease: &Lease,
     outcome: ReleaseOutcome,
 ) {
-    let cmd = match &lease.owned {
-        Some(o) => Command::Finish {
-            identity: identity.to_string(),
-            member: svc.member.clone(),
-            epoch: o.epoch,
-            seen_ms: o.seen_ms,
-            end: FlowEnd::Released {
-                outcome,
-                enrolled_at_ms: lease.enrolled_at_ms,
-            },
-            at_ms: now_ms(),
-        },
-        None => Command::Release {
-            identity: identity.to_string(),
-            member: svc.member.clone(),
-            outcome,
-            at_ms: now_ms(),
-        },
+    let end = FlowEnd::Released {
+        outcome,
+        enrolled_at_ms: lease.enrolled_at_ms,
     };
-    if let Err(reason) = propose(svc, cmd).await {
+    if let Err(reason) = propose(svc, ending(svc, identity, lease, end)).await {
         tracing::warn!(identity, %reason, "could not release claim; it lapses with its lease");
     }
 }
