@@ -94,7 +94,7 @@ impl AdminApi {
                 };
                 let page = ledger.page(&after, EXPORT_PAGE, false, filter).await;
                 for r in &page.records {
-                    let line = serde_json::to_string(r)
+                    let line = export_line(r)
                         .map(|json| pb::ExportLine { json })
                         .map_err(|e| Status::internal(e.to_string()));
                     if tx.send(line).await.is_err() {
@@ -178,5 +178,53 @@ impl AdminApi {
             }
             Applied::Rejected(r) => Err(Status::failed_precondition(r.to_string())),
         }
+    }
+}
+
+/// A record as `ledger export` writes it: its stored JSON, but each history line as the
+/// sentence people read (the ledger stores typed events from rules 8; an export is for people
+/// and their tools, and keeps the form it always had).
+fn export_line(r: &raft::Record) -> serde_json::Result<String> {
+    let mut v = serde_json::to_value(r)?;
+    if let Some(lines) = v.get_mut("history").and_then(|h| h.as_array_mut()) {
+        for (line, h) in lines.iter_mut().zip(&r.history) {
+            line["event"] = serde_json::Value::String(h.event.to_string());
+        }
+    }
+    serde_json::to_string(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::state::{Event, HistoryEntry, Logged};
+
+    #[test]
+    fn an_export_shows_history_lines_as_sentences_whatever_their_stored_form() {
+        let mut r: raft::Record = serde_json::from_value(serde_json::json!({
+            "identity": "n1", "state": "Enrolled", "owner": null, "lease_until_ms": 0,
+            "attempts": 1, "credential": null, "config_digest": null, "last_error": null,
+            "first_seen_ms": 0, "updated_ms": 0, "history": []
+        }))
+        .unwrap();
+        r.history = vec![
+            HistoryEntry {
+                at_ms: 1,
+                member: "a".into(),
+                event: Logged::Text("claimed".into()),
+            },
+            HistoryEntry {
+                at_ms: 2,
+                member: "a".into(),
+                event: Logged::Event(Event::Failed {
+                    reason: "no".into(),
+                }),
+            },
+        ];
+        let line: serde_json::Value =
+            serde_json::from_str(&super::export_line(&r).unwrap()).unwrap();
+        assert_eq!(line["history"][0]["event"], "claimed");
+        assert_eq!(line["history"][1]["event"], "failed: no");
+        assert_eq!(line["history"][1]["member"], "a");
+        assert_eq!(line["identity"], "n1");
     }
 }
