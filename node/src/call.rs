@@ -42,7 +42,7 @@ impl Transport for RpcClient {
         data: Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<RpcReply, RpcError>> {
-        Box::pin(async move { self.call(identity, agent, action, &data, timeout).await })
+        Box::pin(async move { self.call(identity, agent, action, data, timeout).await })
     }
 }
 
@@ -179,7 +179,7 @@ impl Agents {
         timeout: Duration,
     ) -> Result<(A::Reply, Value), RpcError> {
         let rpc = A::rpc();
-        let data = serde_json::to_value(req).map_err(|e| RpcError::InvalidRequest {
+        let mut data = serde_json::to_value(req).map_err(|e| RpcError::InvalidRequest {
             rpc: rpc.clone(),
             source: proto::ProtoError::InvalidInput {
                 input: "data".into(),
@@ -191,9 +191,15 @@ impl Agents {
         let reply = loop {
             attempt += 1;
             let started = Instant::now();
+            // the last try takes the request itself
+            let payload = if attempt < A::POLICY.tries {
+                data.clone()
+            } else {
+                std::mem::take(&mut data)
+            };
             let result = self
                 .transport
-                .request(identity, A::AGENT, A::ACTION, data.clone(), timeout)
+                .request(identity, A::AGENT, A::ACTION, payload, timeout)
                 .await
                 .and_then(|reply| {
                     if reply.is_ok() {

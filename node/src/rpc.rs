@@ -15,7 +15,6 @@ use futures::StreamExt;
 use proto::rpc::{RpcReply, RpcRequest, StatusCode};
 use proto::v1::{self, Filter, Reply, Request, RequestSigner};
 use proto::{subject, v2, wire, ProtoError};
-use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -256,22 +255,15 @@ impl RpcClient {
     }
 
     /// Calls `agent#action` on one server and returns its RPC reply, whatever its status.
-    pub async fn call<T: Serialize>(
+    pub async fn call(
         &self,
         identity: &str,
         agent: &str,
         action: &str,
-        data: &T,
+        data: serde_json::Value,
         timeout: Duration,
     ) -> Result<RpcReply, RpcError> {
         let rpc = format!("{agent}#{action}");
-        let data = serde_json::to_value(data).map_err(|e| RpcError::InvalidRequest {
-            rpc: rpc.clone(),
-            source: ProtoError::InvalidInput {
-                input: "data".into(),
-                reason: e.to_string(),
-            },
-        })?;
         if let Some(ddl) = proto::ddl::for_agent(agent) {
             ddl.validate(action, &data)
                 .map_err(|source| RpcError::InvalidRequest {

@@ -224,7 +224,7 @@ impl LedgerState {
                 }
                 // the history reads as the two commands' would: issued, then enrolled
                 if self.records.serial(serial).map(String::as_str) == Some(identity.as_str())
-                    && self.replayed(identity, member, *at_ms, &Event::Enrolled)
+                    && self.replayed(identity, member, *at_ms, &Event::Enrolled {})
                 {
                     return Ok(());
                 }
@@ -239,7 +239,7 @@ impl LedgerState {
                 let rules = self.rules();
                 if let Some(rec) = self.issue(identity, member, *at_ms, event, issued)? {
                     enrolled(rec, config_digest, facts);
-                    note(rec, rules, *at_ms, member, Event::Enrolled);
+                    note(rec, rules, *at_ms, member, Event::Enrolled {});
                 }
                 Ok(())
             }
@@ -251,13 +251,13 @@ impl LedgerState {
                 facts,
                 at_ms,
             } => {
-                if self.replayed(identity, member, *at_ms, &Event::Enrolled) {
+                if self.replayed(identity, member, *at_ms, &Event::Enrolled {}) {
                     return Ok(());
                 }
                 let rules = self.rules();
                 let rec = self.owned_by(identity, member, *at_ms)?;
                 enrolled(rec, config_digest, facts);
-                note(rec, rules, *at_ms, member, Event::Enrolled);
+                note(rec, rules, *at_ms, member, Event::Enrolled {});
                 Ok(())
             }
 
@@ -313,7 +313,7 @@ impl LedgerState {
                 rec.state = EnrollState::Reprovisioning;
                 rec.owner = None;
                 rec.lease_until_ms = 0;
-                note(rec, rules, *at_ms, member, Event::ReprovisionRequested);
+                note(rec, rules, *at_ms, member, Event::ReprovisionRequested {});
                 Ok(())
             }
 

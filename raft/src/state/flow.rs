@@ -80,7 +80,7 @@ impl LedgerState {
                 let (state, error, event) = released_as(outcome);
                 (event, Some((state, error)))
             }
-            None => (Event::Enrolled, None),
+            None => (Event::Enrolled {}, None),
         };
         if self.replayed(identity, member, at_ms, &event) {
             return Ok(());
@@ -326,7 +326,7 @@ pub(super) fn released_as(outcome: &ReleaseOutcome) -> (EnrollState, Option<Stri
         ReleaseOutcome::Abandoned => (
             EnrollState::Failed,
             Some("abandoned".into()),
-            Event::Abandoned,
+            Event::Abandoned {},
         ),
     }
 }

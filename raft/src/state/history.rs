@@ -18,8 +18,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub const TYPED_HISTORY_RULES: u32 = 8;
 
 /// One thing that happened to a server.
+///
+/// In JSON an object of one key, the event's name (`{"failed":{"reason":"…"}}`): every
+/// variant has fields, even none, so no event is a bare string like a sentence, and it reads
+/// back without buffering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// A member claimed it; `fell_back`: it was enrolled and came back to provisioning mode.
     Claimed {
@@ -29,12 +33,12 @@ pub enum Event {
     CredentialIssued {
         serial: String,
     },
-    Enrolled,
+    Enrolled {},
     CredentialRevoked {
         serial: String,
         reason: String,
     },
-    ReprovisionRequested,
+    ReprovisionRequested {},
     /// An operator's or a member's note (`Command::Note`), as written.
     Note {
         text: String,
@@ -57,7 +61,7 @@ pub enum Event {
         from: String,
         to: String,
     },
-    Abandoned,
+    Abandoned {},
     /// It restarted with credential `serial`; the one it replaced (`revoked`) is revoked.
     Restarted {
         serial: String,
@@ -73,18 +77,18 @@ impl fmt::Display for Event {
                 f.write_str("claimed: back in provisioning mode after enrollment")
             }
             Event::CredentialIssued { serial } => write!(f, "credential issued, serial {serial}"),
-            Event::Enrolled => f.write_str("enrolled"),
+            Event::Enrolled {} => f.write_str("enrolled"),
             Event::CredentialRevoked { serial, reason } => {
                 write!(f, "credential {serial} revoked: {reason}")
             }
-            Event::ReprovisionRequested => f.write_str("reprovision requested"),
+            Event::ReprovisionRequested {} => f.write_str("reprovision requested"),
             Event::Note { text } => f.write_str(text),
             Event::TakenFrom { from, reason } => write!(f, "taken from {from}: {reason}"),
             Event::Deferred { reason } => write!(f, "deferred: {reason}"),
             Event::Failed { reason } => write!(f, "failed: {reason}"),
             Event::ShutDown { reason } => write!(f, "shut down: {reason}"),
             Event::Upgrading { from, to } => write!(f, "upgrading from {from} to {to}"),
-            Event::Abandoned => f.write_str("abandoned"),
+            Event::Abandoned {} => f.write_str("abandoned"),
             Event::Restarted { serial, revoked } => {
                 write!(f, "restarted with {serial}; {revoked} revoked")
             }
@@ -173,7 +177,7 @@ mod tests {
                 Event::CredentialIssued { serial: s("01") },
                 "credential issued, serial 01",
             ),
-            (Event::Enrolled, "enrolled"),
+            (Event::Enrolled {}, "enrolled"),
             (
                 Event::CredentialRevoked {
                     serial: s("01"),
@@ -181,7 +185,7 @@ mod tests {
                 },
                 "credential 01 revoked: key lost",
             ),
-            (Event::ReprovisionRequested, "reprovision requested"),
+            (Event::ReprovisionRequested {}, "reprovision requested"),
             (
                 Event::Note {
                     text: s("reprovision request: ok"),
@@ -205,7 +209,7 @@ mod tests {
                 },
                 "upgrading from 0.29.4 to 0.30.0",
             ),
-            (Event::Abandoned, "abandoned"),
+            (Event::Abandoned {}, "abandoned"),
             (
                 Event::Restarted {
                     serial: s("02"),
@@ -249,13 +253,20 @@ mod tests {
         let note = Logged::Event(Event::Note {
             text: "enrolled".into(),
         });
-        assert!(!note.is(&Event::Enrolled));
-        assert!(Logged::Event(Event::Enrolled).is(&Event::Enrolled));
+        assert!(!note.is(&Event::Enrolled {}));
+        assert!(Logged::Event(Event::Enrolled {}).is(&Event::Enrolled {}));
         assert!(!Logged::Event(Event::Failed { reason: "a".into() })
             .is(&Event::Failed { reason: "b".into() }));
-        let garbage: Result<Logged, _> = serde_json::from_str(r#"{"kind":"exploded"}"#);
-        assert!(garbage.is_err());
-        let garbage: Result<Logged, _> = serde_json::from_str("17");
-        assert!(garbage.is_err());
+        for garbage in [
+            r#"{"exploded":{}}"#,
+            r#"{"failed":{}}"#,
+            r#"{"failed":{"reason":"a"},"enrolled":{}}"#,
+            r#"{}"#,
+            "17",
+            "null",
+        ] {
+            let read: Result<Logged, _> = serde_json::from_str(garbage);
+            assert!(read.is_err(), "{garbage}: {read:?}");
+        }
     }
 }

@@ -921,7 +921,7 @@ mod tests {
             Logged::Event(Event::Failed { reason: "x".into() })
         );
         let json = serde_json::to_string(&r).unwrap();
-        assert!(json.contains(r#""kind":"failed""#), "{json}");
+        assert!(json.contains(r#"{"failed":{"reason":"x"}}"#), "{json}");
         // a copy of the release sent again changes nothing, the digest included
         let digest = s.digest();
         s.apply(&release).unwrap();
