@@ -189,14 +189,21 @@ fn enrolled(records: &[Value]) -> usize {
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    wait_for_detail(what, timeout, || ok().then_some(()).ok_or_else(String::new));
+}
+
+/// As `wait_for`; the panic shows what the last look found wrong.
+fn wait_for_detail(what: &str, timeout: Duration, mut ok: impl FnMut() -> Result<(), String>) {
     let start = Instant::now();
+    let mut last = String::new();
     while start.elapsed() < timeout {
-        if ok() {
-            return;
+        match ok() {
+            Ok(()) => return,
+            Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    panic!("{what}: not within {timeout:?}");
+    panic!("{what}: not within {timeout:?} {last}");
 }
 
 fn crl_serials(path: &Path) -> BTreeSet<String> {
@@ -416,19 +423,27 @@ fn admin_api_drives_a_three_member_cluster() {
     assert_eq!(asked, targets);
     // the old credential is revoked only once the server restarted with the new one, a
     // moment after the ledger shows it enrolled again
-    wait_for(
+    wait_for_detail(
         "reprovisioned servers enrolled again, their old credentials retired",
         Duration::from_secs(120),
         || {
             let recs = ledger(&op, &m1);
-            recs.iter()
+            let pending: Vec<String> = recs
+                .iter()
                 .filter(|r| targets.contains(r["identity"].as_str().unwrap_or_default()))
-                .all(|r| {
+                .filter(|r| {
                     let old = before.get(r["identity"].as_str().unwrap_or_default());
-                    r["state"] == "Enrolled"
-                        && serial(r).as_ref() != old
-                        && r["superseded"].is_null()
+                    r["state"] != "Enrolled"
+                        || serial(r).as_ref() == old
+                        || !r["superseded"].is_null()
                 })
+                .map(|r| r.to_string())
+                .collect();
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still pending: {}", pending.join("\n")))
+            }
         },
     );
     let after = ledger(&op, &m1);

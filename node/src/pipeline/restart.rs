@@ -57,15 +57,11 @@ async fn restart(svc: &Services, identity: &str, budget_ms: u64) -> Result<(), R
 /// The re-enrolled server restarted with its new credential: the one it replaced is revoked
 /// now. Should this fail, the old credential stays valid until it expires or an operator
 /// revokes it; the server has its new one either way.
+///
+/// Proposed without looking at the ledger first: a member that is not the leader may not
+/// have applied its own enrollment yet, and would see nothing superseded. Applying
+/// `Restarted` when nothing is superseded changes nothing.
 async fn retire_superseded(svc: &Services, identity: &str) {
-    let pending = svc
-        .ledger
-        .record(identity)
-        .await
-        .is_some_and(|r| r.superseded.is_some());
-    if !pending {
-        return;
-    }
     let cmd = Command::Restarted {
         identity: identity.to_string(),
         member: svc.member.clone(),
