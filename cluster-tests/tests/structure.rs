@@ -10,6 +10,9 @@
 //! - **Files hold one idea.** No source file (under a `src/` directory) has more than 700
 //!   lines before its tests.
 //!
+//! A file its parent module declares only for tests (`#[cfg(test)]` then `mod tests;`) is test
+//! code as a whole, as the part of a file after `#[cfg(test)]` is.
+//!
 //! Each checker is also run on a doctored input, to show that it fails when a rule is broken.
 
 #![allow(
@@ -28,8 +31,45 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Every `.rs` file under `dir`.
+/// Every `.rs` file under `dir` that is not test code as a whole.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    all_rust_files(dir)
+        .into_iter()
+        .filter(|p| !test_only(p))
+        .collect()
+}
+
+/// Whether the module that declares the file at `path` (`mod.rs`, `lib.rs` or `main.rs`
+/// beside it, or `<dir>.rs` for a file in `<dir>/`) declares it only for tests.
+fn test_only(path: &Path) -> bool {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return false;
+    };
+    if matches!(stem, "mod" | "lib" | "main") {
+        return false;
+    }
+    let parents = [
+        dir.join("mod.rs"),
+        dir.join("lib.rs"),
+        dir.join("main.rs"),
+        dir.with_extension("rs"),
+    ];
+    parents
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .any(|text| declares_for_tests(&text, stem))
+}
+
+/// Whether `text` declares module `name` under `#[cfg(test)]`.
+fn declares_for_tests(text: &str, name: &str) -> bool {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .any(|w| w[0] == "#[cfg(test)]" && w[1] == format!("mod {name};"))
+}
+
+/// Every `.rs` file under `dir`.
+fn all_rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
@@ -198,7 +238,11 @@ fn node_never_names_openraft() {
 #[test]
 fn no_source_file_is_over_700_lines_before_its_tests() {
     let mut bad = Vec::new();
-    for f in rust_files(&root()) {
+    let files = rust_files(&root());
+    // the split-out test files are skipped, and only those
+    assert!(files.iter().any(|f| f.ends_with("raft/src/state/mod.rs")));
+    assert!(!files.iter().any(|f| f.ends_with("raft/src/state/tests.rs")));
+    for f in files {
         let path = rel(&f);
         if !path.contains("/src/") {
             continue;
@@ -247,6 +291,14 @@ fn each_checker_fails_on_a_broken_rule() {
 
     assert_eq!(openraft_mentions("use openraft::Raft;\n").len(), 1);
     assert!(openraft_mentions("// openraft's core\n").is_empty());
+
+    assert!(declares_for_tests("#[cfg(test)]\nmod tests;\n", "tests"));
+    assert!(!declares_for_tests("mod tests;\n", "tests"));
+    assert!(!declares_for_tests("#[cfg(test)]\nmod tests;\n", "state"));
+    assert!(!declares_for_tests(
+        "#[cfg(test)]\nmod tests {\n}\n",
+        "tests"
+    ));
 
     let long = "x\n".repeat(701);
     assert_eq!(non_test_lines(&long), 701);
