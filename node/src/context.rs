@@ -3,7 +3,9 @@
 //! ([`crate::pipeline`]), discovery, lending and the admin API.
 //!
 //! The steps of a flow are handed the parts they need (the [`Agents`] to call servers, the
-//! ledger, the [`Enrollment`]), not this whole value.
+//! ledger, the [`Enrollment`]), not this whole value. The NATS client is not here: discovery
+//! is handed it, and flows reach servers only through [`Agents`], so a flow runs without a
+//! broker in tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,15 +20,12 @@ use crate::enrollment::Enrollment;
 use crate::helper::UserLogic;
 use crate::jwt::JwtVerifier;
 use crate::metrics::Metrics;
-use crate::rpc::RpcClient;
 
 /// Everything a member's provisioning uses.
 pub struct Services {
     pub config: Arc<Config>,
     /// This member's name in the ledger.
     pub member: String,
-    /// The NATS client: discovery, and the transport behind `agents`.
-    pub rpc: RpcClient,
     /// Every call to a server's agent, with each action's retry policy.
     pub agents: Agents,
     pub ledger: Arc<dyn Ledger>,

@@ -21,6 +21,7 @@ use proto::lifecycle::{Event, EventType};
 use tokio::sync::Notify;
 
 use crate::context::Services;
+use crate::rpc::RpcClient;
 use crate::work::{Source, WorkQueue};
 
 /// A cluster member's share in the group's one discovery.
@@ -42,6 +43,7 @@ pub struct Shared {
 /// a discovery window to reach it.
 pub async fn run_discovery(
     svc: Arc<Services>,
+    rpc: RpcClient,
     queue: Arc<WorkQueue>,
     now: Arc<Notify>,
     shared: Option<Shared>,
@@ -73,8 +75,8 @@ pub async fn run_discovery(
     }
     let round = || async {
         match &shared {
-            None => discover_once(&svc, &queue, None).await,
-            Some(s) if s.member.is_leader() => discover_once(&svc, &queue, Some(s)).await,
+            None => discover_once(&svc, &rpc, &queue, None).await,
+            Some(s) if s.member.is_leader() => discover_once(&svc, &rpc, &queue, Some(s)).await,
             Some(s) => {
                 let quiet = svc.config.interval
                     + svc.config.discovery_timeout
@@ -83,7 +85,7 @@ pub async fn run_discovery(
                     svc.metrics.inc(&svc.metrics.discover_deferred);
                     tracing::debug!("the leader's discovery covers this member");
                 } else {
-                    discover_once(&svc, &queue, None).await
+                    discover_once(&svc, &rpc, &queue, None).await
                 }
             }
         }
@@ -120,7 +122,12 @@ where
 }
 
 /// One discovery cycle; `shared` when this member is the leader and discovers for all.
-pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Option<&Shared>) {
+pub async fn discover_once(
+    svc: &Services,
+    rpc: &RpcClient,
+    queue: &Arc<WorkQueue>,
+    shared: Option<&Shared>,
+) {
     let m = &svc.metrics;
     if svc.is_paused() {
         tracing::warn!("skipping discovery while paused");
@@ -167,8 +174,7 @@ pub async fn discover_once(svc: &Services, queue: &Arc<WorkQueue>, shared: Optio
         (Some(shard), None) => crate::rpc::Wanted::new(move |identity: &str| shard.owns(identity)),
         (None, None) => crate::rpc::Wanted::new(|_: &str| true),
     };
-    let result = svc
-        .rpc
+    let result = rpc
         .discover(
             proto::agents::PROVISION_AGENT,
             svc.config.discovery_timeout,

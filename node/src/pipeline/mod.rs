@@ -40,6 +40,9 @@ mod outcome;
 pub mod restart;
 pub mod upgrade;
 
+#[cfg(test)]
+mod tests;
+
 use proto::action::Shutdown;
 use proto::agents::TokenRequest;
 use raft::state::{ENROLL_RULES, REENROLL_SETTLE_MS};

@@ -9,7 +9,7 @@ use raft::member::RaftMember;
 use crate::admin::server::AdminContext;
 use crate::config::Admin;
 use crate::context::Services;
-use crate::rpc::RpcClient;
+use crate::rpc::{Protocol, RpcClient};
 
 use super::ServiceError;
 
@@ -19,6 +19,7 @@ pub(super) async fn start(
     admin: &Admin,
     services: &Arc<Services>,
     nats: &async_nats::Client,
+    protocol: Protocol,
     sender: &str,
     member: Option<Arc<RaftMember>>,
     extra: raft::admin::ExtraFn,
@@ -50,7 +51,7 @@ pub(super) async fn start(
         services.metrics.clone(),
     )
     .await?
-    .with_protocol(services.rpc.protocol());
+    .with_protocol(protocol);
     let ctx = Arc::new(AdminContext {
         svc: services.clone(),
         member,

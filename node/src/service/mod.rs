@@ -89,7 +89,7 @@ impl Provisioner {
         let services = Arc::new(services(
             config.clone(),
             keys,
-            rpc,
+            &rpc,
             ledger,
             logic,
             metrics,
@@ -108,8 +108,17 @@ impl Provisioner {
             tasks.push(member::connect(m, &services, &queue, &inbox, extra.clone()));
         }
         if let Some(admin) = &config.admin {
-            let admin_tasks =
-                admin::start(admin, &services, &nats, &sender, member.clone(), extra).await?;
+            let protocol = rpc.protocol();
+            let admin_tasks = admin::start(
+                admin,
+                &services,
+                &nats,
+                protocol,
+                &sender,
+                member.clone(),
+                extra,
+            )
+            .await?;
             tasks.extend(admin_tasks);
         }
 
@@ -122,6 +131,7 @@ impl Provisioner {
         });
         tasks.push(tokio::spawn(discover::run_discovery(
             services.clone(),
+            rpc,
             queue.clone(),
             rediscover,
             shared,
@@ -244,11 +254,12 @@ fn periodic(
     tasks
 }
 
-/// What every flow works with: this member's configuration, keys, RPC client and ledger.
+/// What every flow works with: this member's configuration, keys, agent calls (through `rpc`)
+/// and ledger.
 fn services(
     config: Arc<Config>,
     keys: keys::Keys,
-    rpc: crate::rpc::RpcClient,
+    rpc: &crate::rpc::RpcClient,
     ledger: Arc<dyn Ledger>,
     logic: Arc<dyn UserLogic>,
     metrics: Arc<Metrics>,
@@ -270,7 +281,6 @@ fn services(
     );
     Services {
         member: config.identity.clone(),
-        rpc,
         agents,
         ledger,
         logic,
