@@ -4,11 +4,16 @@
 //! state directly. A single process uses [`crate::LocalLedger`]; a cluster member submits the
 //! same commands to the Raft log.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::command::Command;
+use crate::network::PeerError;
 use crate::state::{ClusterSettings, LedgerCounts, Record, Rejection};
+use crate::types::NodeId;
 
 /// The result of applying a command.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -17,16 +22,47 @@ pub enum Applied {
     Rejected(Rejection),
 }
 
+/// Why a proposal has no result. Cloned to every command of a batch that failed together,
+/// so sources are shared.
 #[derive(Debug, Clone, Error)]
 pub enum LedgerError {
     /// The command could not be made durable (storage or replication failure). Whether it
     /// applied is unknown; the caller must not deliver anything that depends on it.
     #[error("ledger unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[from] Unavailable),
     /// The leader refuses this member's commands (it was removed from the group); nothing
     /// applied, and nothing will until an operator adds it again.
-    #[error("refused by the leader: {0}")]
-    Refused(String),
+    #[error("refused by the leader: {}", .0.message())]
+    Refused(#[source] Arc<tonic::Status>),
+}
+
+/// Why a command could not be made durable.
+#[derive(Debug, Clone, Error)]
+pub enum Unavailable {
+    /// This member's ledger stopped (it is shutting down, or Raft ended on an error).
+    #[error("ledger stopped")]
+    Stopped,
+    /// The command alone is larger than a log entry may be.
+    #[error("command of about {bytes} bytes is larger than a log entry may be")]
+    TooLarge { bytes: usize },
+    /// The leader answered a batch with a different number of results.
+    #[error("{got} results for {sent} commands")]
+    Results { got: usize, sent: usize },
+    /// No leader was known until the proposal's time ran out.
+    #[error("no leader")]
+    NoLeader,
+    /// This member leads, and the entry was not committed in time.
+    #[error("not committed within {0:?}")]
+    NotCommitted(Duration),
+    /// The leader changed under the proposal, and no new one took it in time.
+    #[error("leader moved to {}", .0.map_or("none".to_string(), |id| id.to_string()))]
+    LeaderMoved(Option<NodeId>),
+    /// The leader could not be reached, or did not answer.
+    #[error("forwarding to the leader: {0}")]
+    Forward(#[source] Arc<PeerError>),
+    /// Raft could not write the entry.
+    #[error("raft: {0}")]
+    Raft(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 #[async_trait]
@@ -74,4 +110,47 @@ pub trait Ledger: Send + Sync + 'static {
     /// Failed records that never held a credential, unchanged since `before_ms` (at most
     /// `limit`): candidates for `Forget`.
     async fn forgettable(&self, before_ms: u64, limit: usize) -> Vec<String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn errors_say_why_and_keep_their_source() {
+        let refused = LedgerError::Refused(Arc::new(tonic::Status::permission_denied(
+            "prov9 is not a member",
+        )));
+        assert_eq!(
+            refused.to_string(),
+            "refused by the leader: prov9 is not a member"
+        );
+        assert!(refused.source().is_some());
+
+        let peer = PeerError::from(tonic::Status::unavailable("connection refused"));
+        let e = LedgerError::from(Unavailable::Forward(Arc::new(peer)));
+        assert!(e
+            .to_string()
+            .starts_with("ledger unavailable: forwarding to the leader: "));
+        // ledger error -> unavailable -> peer error -> the gRPC status
+        let mut chain = Vec::new();
+        let mut next = e.source();
+        while let Some(s) = next {
+            chain.push(s.to_string());
+            next = s.source();
+        }
+        assert_eq!(chain.len(), 3, "{chain:?}");
+        assert!(chain[2].contains("connection refused"), "{chain:?}");
+
+        assert_eq!(
+            LedgerError::from(Unavailable::LeaderMoved(Some(2))).to_string(),
+            "ledger unavailable: leader moved to 2"
+        );
+        assert_eq!(
+            LedgerError::from(Unavailable::TooLarge { bytes: 9 }).to_string(),
+            "ledger unavailable: command of about 9 bytes is larger than a log entry may be"
+        );
+    }
 }

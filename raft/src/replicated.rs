@@ -19,7 +19,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::command::Command;
-use crate::ledger::{Applied, Ledger, LedgerError};
+use crate::ledger::{Applied, Ledger, LedgerError, Unavailable};
 use crate::member::RaftMember;
 use crate::network::{Network, PeerError, Raft};
 use crate::records::ReadError;
@@ -87,9 +87,7 @@ impl Proposer {
     }
 
     pub async fn propose(&self, cmd: Command) -> Result<Applied, LedgerError> {
-        self.submit(cmd)
-            .await
-            .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))?
+        self.submit(cmd).await.map_err(|_| Unavailable::Stopped)?
     }
 
     /// Commits `commands` in their order, sharing entries with whatever else is queued
@@ -99,9 +97,7 @@ impl Proposer {
         let pending: Vec<_> = commands.into_iter().map(|c| self.submit(c)).collect();
         let mut results = Vec::with_capacity(pending.len());
         for rx in pending {
-            let applied = rx
-                .await
-                .map_err(|_| LedgerError::Unavailable("ledger stopped".into()))??;
+            let applied = rx.await.map_err(|_| Unavailable::Stopped)??;
             results.push(applied);
         }
         Ok(BatchResult { results })
@@ -170,9 +166,9 @@ async fn batcher(
         };
         let size = first.0.approx_bytes();
         if size > MAX_BATCH_BYTES {
-            let _ = first.1.send(Err(LedgerError::Unavailable(format!(
-                "command of about {size} bytes is larger than a log entry may be"
-            ))));
+            let _ = first
+                .1
+                .send(Err(Unavailable::TooLarge { bytes: size }.into()));
             continue;
         }
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -211,9 +207,12 @@ async fn batcher(
                     }
                 }
                 Ok(r) => {
-                    let msg = format!("{} results for {} commands", r.results.len(), replies.len());
+                    let e = Unavailable::Results {
+                        got: r.results.len(),
+                        sent: replies.len(),
+                    };
                     for reply in replies {
-                        let _ = reply.send(Err(LedgerError::Unavailable(msg.clone())));
+                        let _ = reply.send(Err(e.clone().into()));
                     }
                 }
                 Err(e) => {
@@ -230,7 +229,7 @@ async fn batcher(
 /// Commits `batch` through the leader, wherever it is.
 async fn write(route: &Route, batch: Batch) -> Result<BatchResult, LedgerError> {
     let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
-    let mut last_error = String::from("no leader");
+    let mut last_error = Unavailable::NoLeader;
     while tokio::time::Instant::now() < deadline {
         let leader = crate::member::leader_of(&route.raft);
         // every attempt is bounded: a leader cut off from the others never answers
@@ -240,7 +239,7 @@ async fn write(route: &Route, batch: Batch) -> Result<BatchResult, LedgerError> 
                 match tokio::time::timeout(left, route.raft.client_write(batch.clone())).await {
                     Ok(r) => r.map(|r| r.data),
                     Err(_) => {
-                        last_error = format!("not committed within {PROPOSE_TIMEOUT:?}");
+                        last_error = Unavailable::NotCommitted(PROPOSE_TIMEOUT);
                         break;
                     }
                 }
@@ -253,10 +252,10 @@ async fn write(route: &Route, batch: Batch) -> Result<BatchResult, LedgerError> 
                 Ok(r) => r,
                 // the leader will not take this member's commands; asking again does not help
                 Err(PeerError::Refused { status }) => {
-                    return Err(LedgerError::Refused(status.message().to_string()))
+                    return Err(LedgerError::Refused(Arc::from(status)))
                 }
                 Err(e) => {
-                    last_error = e.to_string();
+                    last_error = Unavailable::Forward(Arc::new(e));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -269,16 +268,16 @@ async fn write(route: &Route, batch: Batch) -> Result<BatchResult, LedgerError> 
         match outcome {
             Ok(r) => return Ok(r),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                last_error = format!("leader moved to {:?}", f.leader_id);
+                last_error = Unavailable::LeaderMoved(f.leader_id);
                 wait_for_leader_change(route, leader.map(|(id, _)| id)).await;
             }
             Err(e) => {
-                last_error = e.to_string();
+                last_error = Unavailable::Raft(Arc::new(e));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
-    Err(LedgerError::Unavailable(last_error))
+    Err(last_error.into())
 }
 
 async fn wait_for_leader_change(route: &Route, old: Option<NodeId>) {

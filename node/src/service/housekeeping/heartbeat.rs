@@ -46,7 +46,8 @@ impl Heartbeat {
                 }
                 // the leader refuses a removed member's commands outright
                 Err(LedgerError::Refused(r)) => {
-                    tracing::warn!(reason = %r, "heartbeat refused; taking no servers");
+                    let reason = r.message();
+                    tracing::warn!(reason, "heartbeat refused; taking no servers");
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat not committed"),
             }
