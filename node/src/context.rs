@@ -13,13 +13,15 @@ use std::sync::Arc;
 use raft::Ledger;
 
 use crate::ca::Ca;
-use crate::call::Agents;
+use crate::call::{Agents, Transport};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::enrollment::Enrollment;
 use crate::helper::UserLogic;
 use crate::jwt::JwtVerifier;
 use crate::metrics::Metrics;
+use crate::pipeline::CLAIM_LEASE_MS;
+use crate::shard::Shard;
 
 /// Everything a member's provisioning uses.
 pub struct Services {
@@ -43,7 +45,54 @@ pub struct Services {
     pub pace: Arc<crate::pace::Pace>,
 }
 
+/// What [`Services::new`] builds a member's services from; the rest follows from `config`.
+pub struct Parts {
+    pub config: Arc<Config>,
+    /// How agent calls reach servers: the NATS client, or a simulated server in tests.
+    pub transport: Arc<dyn Transport>,
+    pub ledger: Arc<dyn Ledger>,
+    pub logic: Arc<dyn UserLogic>,
+    pub enrollment: Enrollment,
+    pub jwt: Option<JwtVerifier>,
+    pub metrics: Arc<Metrics>,
+    pub pace: Arc<crate::pace::Pace>,
+}
+
 impl Services {
+    /// Built once when the member starts: the cluster section (or its absence) decides the
+    /// shard, the claim lease and how flows start.
+    pub fn new(p: Parts) -> Services {
+        let config = p.config;
+        let agents = Agents::new(
+            p.transport,
+            p.metrics.clone(),
+            config.rpc_timeout,
+            config.token.clone(),
+        );
+        Services {
+            member: config.identity.clone(),
+            agents,
+            ledger: p.ledger,
+            logic: p.logic,
+            enrollment: p.enrollment,
+            jwt: p.jwt,
+            metrics: p.metrics,
+            paused: AtomicBool::new(false),
+            shard: config
+                .cluster
+                .as_ref()
+                .map(|c| Arc::new(Shard::new(&config.identity, c.leader_share))),
+            claim_lease_ms: config
+                .cluster
+                .as_ref()
+                .map(|c| c.claim_lease.as_millis() as u64)
+                .unwrap_or(CLAIM_LEASE_MS),
+            flows: crate::flows::Flows::new(&config.identity, config.cluster.is_some()),
+            pace: p.pace,
+            config,
+        }
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
     }

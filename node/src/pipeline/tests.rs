@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,10 +19,10 @@ use serde_json::{json, Value};
 use super::{provision, Outcome};
 use crate::ca::Ca;
 use crate::call::tests::reply;
-use crate::call::{Agents, Transport};
+use crate::call::Transport;
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::context::Services;
+use crate::context::{Parts, Services};
 use crate::enrollment::Enrollment;
 use crate::helper::{HelperError, HelperRequest, HelperResponse, UserLogic};
 use crate::jwt::JwtVerifier;
@@ -206,30 +205,18 @@ impl Site {
         let verifier = std::fs::read(&signer).unwrap();
         let (cert, key) = ca(self._dir.path());
         let ca = Ca::load(&cert, &key, Duration::from_secs(86_400)).unwrap();
-        let metrics = Arc::new(Metrics::new(&config.site));
-        let agents = Agents::new(
-            self.server.clone(),
-            metrics.clone(),
-            config.rpc_timeout,
-            config.token.clone(),
-        );
-        Services {
-            member: config.identity.clone(),
-            agents,
+        Services::new(Parts {
+            transport: self.server.clone(),
             ledger: self.ledger.clone(),
             logic,
             enrollment: Enrollment::X509 {
                 ca: Some(Box::new(ca)),
             },
             jwt: jwt.then(|| JwtVerifier::from_pem(&verifier).unwrap()),
-            metrics,
-            paused: AtomicBool::new(false),
-            shard: None,
-            claim_lease_ms: super::CLAIM_LEASE_MS,
-            flows: crate::flows::Flows::new(&config.identity, false),
+            metrics: Arc::new(Metrics::new(&config.site)),
             pace: crate::pace::Pace::new(config.workers),
             config: Arc::new(config),
-        }
+        })
     }
 
     async fn record(&self) -> raft::Record {

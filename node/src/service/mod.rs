@@ -14,21 +14,17 @@ mod settings;
 mod status;
 mod storage;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use raft::member::RaftMember;
 use raft::Ledger;
 use tokio::sync::Notify;
 
-use crate::call::Agents;
 use crate::config::Config;
-use crate::context::Services;
+use crate::context::{Parts, Services};
 use crate::enrollment::Enrollment;
 use crate::helper::{ExternalHelper, UserLogic};
 use crate::metrics::Metrics;
-use crate::pipeline::CLAIM_LEASE_MS;
-use crate::shard::Shard;
 use crate::work::WorkQueue;
 use crate::{discover, VERSION};
 
@@ -273,32 +269,14 @@ fn services(
         },
         (None, false) => Enrollment::None,
     };
-    let agents = Agents::new(
-        Arc::new(rpc.clone()),
-        metrics.clone(),
-        config.rpc_timeout,
-        config.token.clone(),
-    );
-    Services {
-        member: config.identity.clone(),
-        agents,
+    Services::new(Parts {
+        transport: Arc::new(rpc.clone()),
         ledger,
         logic,
         enrollment,
         jwt: keys.jwt,
         metrics,
-        paused: AtomicBool::new(false),
-        shard: config
-            .cluster
-            .as_ref()
-            .map(|c| Arc::new(Shard::new(&config.identity, c.leader_share))),
-        claim_lease_ms: config
-            .cluster
-            .as_ref()
-            .map(|c| c.claim_lease.as_millis() as u64)
-            .unwrap_or(CLAIM_LEASE_MS),
-        flows: crate::flows::Flows::new(&config.identity, config.cluster.is_some()),
         pace,
         config,
-    }
+    })
 }
