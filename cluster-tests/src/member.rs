@@ -124,6 +124,15 @@ impl ProvisionerProcess {
         http_get(self.monitor_port, "/metrics").unwrap_or_default()
     }
 
+    /// The Prometheus text from `/metrics` of a member that must answer: tries for 10 s, then
+    /// fails the test, so a scrape that failed cannot read as counters that stayed at zero.
+    pub fn scrape(&self) -> String {
+        poll(Duration::from_secs(10), Duration::from_millis(200), || {
+            http_get(self.monitor_port, "/metrics")
+        })
+        .unwrap_or_else(|| panic!("/metrics on port {} did not answer", self.monitor_port))
+    }
+
     /// The value of one metric series (exact name with labels), if present.
     pub fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.metrics(), series)

@@ -288,11 +288,14 @@ fn members_that_ran_dry_borrow_from_a_slow_one_and_nothing_is_done_twice() {
         .iter()
         .map(|s| {
             let opts = if s.id == 3 {
-                // one worker and a helper that takes 100 ms: about 10 servers a second
+                // one worker and a helper that takes 300 ms: some 3 servers a second, so its
+                // share of 80 would take 25 s, past the 10 s a borrower whose writes were slow
+                // at the start waits before it asks (with 100 ms, CI's slower machine once
+                // finished the share before anyone asked)
                 let helper = cluster_tests::repo_root().join("deploy/examples/helper.sh");
                 ProvisionerOptions {
                     workers: 1,
-                    helper: format!("/bin/sh -c 'sleep 0.1; exec {}'", helper.display()),
+                    helper: format!("/bin/sh -c 'sleep 0.3; exec {}'", helper.display()),
                     ..Default::default()
                 }
             } else {
@@ -320,25 +323,46 @@ fn members_that_ran_dry_borrow_from_a_slow_one_and_nothing_is_done_twice() {
     assert_eq!(n(&summary, "ddl_violations"), 0, "{summary}");
     wait_agree(&members, Duration::from_secs(30), |s| enrolled(s) == all);
 
-    let loans = |m: &ProvisionerProcess, result: &str| {
+    let scraped: Vec<String> = members.iter().map(|m| m.scrape()).collect();
+    let loans = |i: usize, result: &str| {
         cluster_tests::metric_sum(
-            &m.metrics(),
+            &scraped[i],
             "choria_provisioner_loans",
             &format!("result=\"{result}\""),
         )
     };
-    let lent = loans(&members[2], "lent");
-    let borrowed = loans(&members[0], "borrowed") + loans(&members[1], "borrowed");
-    assert!(
-        lent > 0.0 && borrowed > 0.0 && borrowed <= lent,
-        "lent {lent}, borrowed {borrowed}"
-    );
-    assert_eq!(loans(&members[0], "lent") + loans(&members[1], "lent"), 0.0);
-    assert_eq!(loans(&members[2], "borrowed"), 0.0);
+    let lent = loans(2, "lent");
+    let borrowed = loans(0, "borrowed") + loans(1, "borrowed");
+    if !(lent > 0.0 && borrowed > 0.0 && borrowed <= lent) {
+        // what each member saw: its loans, its flow-limit cuts (a member cut lately does not
+        // borrow) and what it logged about lending
+        for (i, m) in members.iter().enumerate() {
+            let said: Vec<String> = scraped[i]
+                .lines()
+                .filter(|l| {
+                    l.starts_with("choria_provisioner_loans")
+                        || l.starts_with("choria_provisioner_flow_limit")
+                })
+                .map(str::to_string)
+                .chain(
+                    m.log()
+                        .lines()
+                        .filter(|l| {
+                            l.contains("lent") || l.contains("borrow") || l.contains("loan")
+                        })
+                        .map(str::to_string),
+                )
+                .collect();
+            eprintln!("member {}:\n{}", i + 1, said.join("\n"));
+        }
+        panic!("lent {lent}, borrowed {borrowed}");
+    }
+    assert_eq!(loans(0, "lent") + loans(1, "lent"), 0.0);
+    assert_eq!(loans(2, "borrowed"), 0.0);
     // lent servers start before the borrower's own, so none waits past its start-by time
     // for the lender to take it back
     for result in ["expired", "taken_back"] {
-        let n: f64 = members.iter().map(|m| loans(m, result)).sum();
+        let n: f64 = (0..members.len()).map(|i| loans(i, result)).sum();
         assert_eq!(n, 0.0, "{result}");
     }
 }
