@@ -152,7 +152,7 @@ fn helper_defer_and_shutdown_are_retried_and_recorded() {
     // five configured (one after two deferrals), one shut down by the simulator's own count
     assert_eq!(summary["provisioned"], 5, "{summary}");
     assert_eq!(summary["shutdowns"], 1, "{summary}");
-    let records = rt.block_on(prov.services.ledger.records());
+    let records = rt.block_on(prov.services.ledger().records());
     let rec = |prefix: &str| {
         records
             .iter()
@@ -176,7 +176,7 @@ fn helper_defer_and_shutdown_are_retried_and_recorded() {
         .history
         .iter()
         .any(|h| h.event.to_string() == "shut down: decommissioned"));
-    let metrics = prov.services.metrics.render();
+    let metrics = prov.services.metrics().render();
     assert!(
         metrics.contains("choria_provisioner_deferred{site=\"\"} 2"),
         "{metrics}"
@@ -200,7 +200,7 @@ fn compiled_in_user_logic_provisions_servers() {
     assert_eq!(summary["provisioned"], 12, "{summary}");
     assert_eq!(summary["verified"], 12, "{summary}");
     assert_eq!(logic.calls.load(Ordering::Relaxed), 12);
-    let records = rt.block_on(prov.services.ledger.records());
+    let records = rt.block_on(prov.services.ledger().records());
     assert_eq!(records.len(), 12);
     assert!(records
         .iter()

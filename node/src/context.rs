@@ -25,37 +25,37 @@ use crate::shard::Shard;
 
 /// Everything a member's provisioning uses.
 pub struct Services {
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// This member's name in the ledger.
-    pub member: String,
+    pub(crate) member: String,
     /// Every call to a server's agent, with each action's retry policy.
-    pub agents: Agents,
-    pub ledger: Arc<dyn Ledger>,
-    pub logic: Arc<dyn UserLogic>,
-    pub enrollment: Enrollment,
-    pub jwt: Option<JwtVerifier>,
-    pub metrics: Arc<Metrics>,
-    pub paused: AtomicBool,
+    pub(crate) agents: Agents,
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) logic: Arc<dyn UserLogic>,
+    pub(crate) enrollment: Enrollment,
+    pub(crate) jwt: Option<JwtVerifier>,
+    pub(crate) metrics: Arc<Metrics>,
+    paused: AtomicBool,
     /// Set in a cluster: which servers this member works on.
-    pub shard: Option<Arc<crate::shard::Shard>>,
-    pub claim_lease_ms: u64,
+    pub(crate) shard: Option<Arc<crate::shard::Shard>>,
+    pub(crate) claim_lease_ms: u64,
     /// Flows by ownership epoch, and whether a server may be started without a claim.
-    pub flows: Arc<crate::flows::Flows>,
+    pub(crate) flows: Arc<crate::flows::Flows>,
     /// How many flows may run at once (see [`crate::pace`]).
-    pub pace: Arc<crate::pace::Pace>,
+    pub(crate) pace: Arc<crate::pace::Pace>,
 }
 
 /// What [`Services::new`] builds a member's services from; the rest follows from `config`.
 pub struct Parts {
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// How agent calls reach servers: the NATS client, or a simulated server in tests.
-    pub transport: Arc<dyn Transport>,
-    pub ledger: Arc<dyn Ledger>,
-    pub logic: Arc<dyn UserLogic>,
-    pub enrollment: Enrollment,
-    pub jwt: Option<JwtVerifier>,
-    pub metrics: Arc<Metrics>,
-    pub pace: Arc<crate::pace::Pace>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) logic: Arc<dyn UserLogic>,
+    pub(crate) enrollment: Enrollment,
+    pub(crate) jwt: Option<JwtVerifier>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pace: Arc<crate::pace::Pace>,
 }
 
 impl Services {
@@ -116,5 +116,15 @@ impl Services {
     /// The built-in CA, when this member signs certificates.
     pub fn ca(&self) -> Option<&Ca> {
         self.enrollment.ca()
+    }
+
+    /// The ledger this member records in (read by tests and tools outside the crate).
+    pub fn ledger(&self) -> &dyn Ledger {
+        self.ledger.as_ref()
+    }
+
+    /// This member's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
