@@ -152,23 +152,67 @@ pub(super) fn check_cluster(
             "is required with a cluster section (the Raft log lives there)",
         ));
     }
-    match (&c.tls, c.insecure_plaintext) {
-        (None, false) => p.add(invalid(
-            "cluster.tls",
-            "is required (ca, cert, key); set insecure_plaintext: true only for development",
-        )),
-        (Some(_), true) => p.add(invalid(
-            "cluster.insecure_plaintext",
-            "cannot be set together with cluster.tls",
-        )),
-        _ => {}
+    check_members(&c.members, p);
+    let me = find_me(&c, identity, p);
+    let raft_listen = c
+        .raft_listen
+        .clone()
+        .or_else(|| me.map(|m| m.raft_addr.clone()))
+        .and_then(|listen| {
+            p.ok(listen
+                .parse()
+                .map_err(|e| invalid("cluster.raft_listen", format!("{listen:?}: {e}"))))
+        });
+    if !proto::subject::is_valid_token(&c.name) {
+        p.add(invalid(
+            "cluster.name",
+            format!("{:?} is not a valid name", c.name),
+        ));
     }
-    if c.members.is_empty() {
+    let source_ip = c.source_ip.as_deref().and_then(|ip| {
+        p.ok(ip
+            .parse()
+            .map_err(|e| invalid("cluster.source_ip", format!("{ip:?}: {e}"))))
+    });
+    check_transport(&c, raft_listen, source_ip, p);
+    if c.snapshot_every == 0 {
+        p.add(invalid("cluster.snapshot_every", "must be at least 1"));
+    }
+    if let Some(share) = c.leader_share.filter(|s| !(0.0..=1.0).contains(s)) {
+        p.add(invalid(
+            "cluster.leader_share",
+            format!("{share} is not between 0 and 1 (a fraction of a follower's share)"),
+        ));
+    }
+    let timing = check_timing(&c, p);
+    let me = me?;
+    Some(Cluster {
+        id: me.id,
+        name: c.name,
+        members: c.members,
+        raft_listen: raft_listen?,
+        tls: c.tls,
+        heartbeat: timing.heartbeat,
+        election_timeout: timing.election_timeout,
+        claim_lease: timing.claim_lease,
+        max_clock_skew: timing.max_clock_skew,
+        auto_join: c.auto_join,
+        source_ip,
+        snapshot_every: c.snapshot_every,
+        snapshot_keep_logs: c.snapshot_keep_logs,
+        leader_share: c.leader_share,
+        commit_linger: timing.commit_linger,
+    })
+}
+
+/// The member list: not empty, ids and names each once, names valid identities.
+fn check_members(members: &[ClusterMember], p: &mut Problems) {
+    if members.is_empty() {
         p.add(invalid("cluster.members", "lists no members"));
     }
     let mut ids = std::collections::HashSet::new();
     let mut names = std::collections::HashSet::new();
-    for m in &c.members {
+    for m in members {
         if !ids.insert(m.id) {
             p.add(invalid(
                 "cluster.members",
@@ -188,6 +232,14 @@ pub(super) fn check_cluster(
             ));
         }
     }
+}
+
+/// This member in the list: by `cluster.id`, or else by this host's identity.
+fn find_me<'a>(
+    c: &'a ClusterSection,
+    identity: &str,
+    p: &mut Problems,
+) -> Option<&'a ClusterMember> {
     let me = match c.id {
         Some(id) => c.members.iter().find(|m| m.id == id),
         None => c.members.iter().find(|m| m.name == identity),
@@ -206,21 +258,73 @@ pub(super) fn check_cluster(
             ),
         )),
     }
-    let raft_listen = c
-        .raft_listen
-        .clone()
-        .or_else(|| me.map(|m| m.raft_addr.clone()))
-        .and_then(|listen| {
-            p.ok(listen
-                .parse()
-                .map_err(|e| invalid("cluster.raft_listen", format!("{listen:?}: {e}"))))
-        });
-    if !proto::subject::is_valid_token(&c.name) {
+    me
+}
+
+/// TLS between members, or plaintext only with every address on this host: without TLS
+/// nobody is authenticated.
+fn check_transport(
+    c: &ClusterSection,
+    raft_listen: Option<std::net::SocketAddr>,
+    source_ip: Option<std::net::IpAddr>,
+    p: &mut Problems,
+) {
+    match (&c.tls, c.insecure_plaintext) {
+        (None, false) => p.add(invalid(
+            "cluster.tls",
+            "is required (ca, cert, key); set insecure_plaintext: true only for development",
+        )),
+        (Some(_), true) => p.add(invalid(
+            "cluster.insecure_plaintext",
+            "cannot be set together with cluster.tls",
+        )),
+        _ => {}
+    }
+    if !c.insecure_plaintext {
+        return;
+    }
+    let loopback = |addr: &str| {
+        addr.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or_else(|_| addr.rsplit_once(':').is_some_and(|(h, _)| h == "localhost"))
+    };
+    let remote: Vec<String> = c
+        .members
+        .iter()
+        .filter(|m| !loopback(&m.raft_addr))
+        .map(|m| format!("{} ({})", m.name, m.raft_addr))
+        .chain(
+            raft_listen
+                .filter(|a| !a.ip().is_loopback())
+                .map(|a| format!("raft_listen ({a})")),
+        )
+        .chain(
+            source_ip
+                .filter(|ip| !ip.is_loopback())
+                .map(|ip| format!("source_ip ({ip})")),
+        )
+        .collect();
+    if !remote.is_empty() {
         p.add(invalid(
-            "cluster.name",
-            format!("{:?} is not a valid name", c.name),
+            "cluster.insecure_plaintext",
+            format!(
+                "is for a cluster on one host only (loopback addresses); use cluster.tls for {}",
+                remote.join(", ")
+            ),
         ));
     }
+}
+
+/// The section's durations, checked against each other.
+struct Timing {
+    heartbeat: Duration,
+    election_timeout: Duration,
+    claim_lease: Duration,
+    max_clock_skew: Duration,
+    commit_linger: Duration,
+}
+
+fn check_timing(c: &ClusterSection, p: &mut Problems) -> Timing {
     let heartbeat = duration(p, "cluster.heartbeat", &c.heartbeat);
     let election_timeout = duration(p, "cluster.election_timeout", &c.election_timeout);
     if election_timeout < heartbeat * 3 {
@@ -228,47 +332,6 @@ pub(super) fn check_cluster(
             "cluster.election_timeout",
             "must be at least three heartbeats",
         ));
-    }
-    let source_ip = c.source_ip.as_deref().and_then(|ip| {
-        p.ok(ip
-            .parse()
-            .map_err(|e| invalid("cluster.source_ip", format!("{ip:?}: {e}"))))
-    });
-    if c.snapshot_every == 0 {
-        p.add(invalid("cluster.snapshot_every", "must be at least 1"));
-    }
-    if c.insecure_plaintext {
-        // without TLS nobody is authenticated: the whole cluster must be on this host
-        let loopback = |addr: &str| {
-            addr.parse::<std::net::SocketAddr>()
-                .map(|a| a.ip().is_loopback())
-                .unwrap_or_else(|_| addr.rsplit_once(':').is_some_and(|(h, _)| h == "localhost"))
-        };
-        let remote: Vec<String> = c
-            .members
-            .iter()
-            .filter(|m| !loopback(&m.raft_addr))
-            .map(|m| format!("{} ({})", m.name, m.raft_addr))
-            .chain(
-                raft_listen
-                    .filter(|a: &std::net::SocketAddr| !a.ip().is_loopback())
-                    .map(|a| format!("raft_listen ({a})")),
-            )
-            .chain(
-                source_ip
-                    .filter(|ip: &std::net::IpAddr| !ip.is_loopback())
-                    .map(|ip| format!("source_ip ({ip})")),
-            )
-            .collect();
-        if !remote.is_empty() {
-            p.add(invalid(
-                "cluster.insecure_plaintext",
-                format!(
-                    "is for a cluster on one host only (loopback addresses); use cluster.tls for {}",
-                    remote.join(", ")
-                ),
-            ));
-        }
     }
     let claim_lease = duration(p, "cluster.claim_lease", &c.claim_lease);
     // a member stops sending `configure` a fifth of its lease before the claim lapses;
@@ -295,32 +358,14 @@ pub(super) fn check_cluster(
             format!("{commit_linger:?} is more than 1s"),
         ));
     }
-    if let Some(share) = c.leader_share.filter(|s| !(0.0..=1.0).contains(s)) {
-        p.add(invalid(
-            "cluster.leader_share",
-            format!("{share} is not between 0 and 1 (a fraction of a follower's share)"),
-        ));
-    }
-    let me = me?;
-    Some(Cluster {
-        id: me.id,
-        name: c.name,
-        members: c.members,
-        raft_listen: raft_listen?,
-        tls: c.tls,
+    Timing {
         heartbeat,
         election_timeout,
         claim_lease,
         max_clock_skew,
-        auto_join: c.auto_join,
-        source_ip,
-        snapshot_every: c.snapshot_every,
-        snapshot_keep_logs: c.snapshot_keep_logs,
-        leader_share: c.leader_share,
         commit_linger,
-    })
+    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::{parse, MINIMAL};
