@@ -151,50 +151,7 @@ fn main() -> ExitCode {
     node::memory::keep_freed_memory_a_while();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Ca {
-            command:
-                CaCmd::Init {
-                    dir,
-                    cn,
-                    key_type,
-                    validity,
-                    force,
-                },
-        } => {
-            let validity = match parse_duration(&validity) {
-                Ok(v) => v,
-                Err(e) => return usage(&format!("--validity: {e}")),
-            };
-            report(
-                "ca init",
-                "CA",
-                ca::init(&dir, &cn, key_type, validity, force),
-            )
-        }
-        Cmd::Ca {
-            command:
-                CaCmd::IssueMember {
-                    dir,
-                    name,
-                    out,
-                    dns,
-                    ip,
-                    validity,
-                },
-        } => issue("member", &dir, &name, &out, &validity, |c| {
-            c.issue_member(&name, &dns, &ip)
-        }),
-        Cmd::Ca {
-            command:
-                CaCmd::IssueAdmin {
-                    dir,
-                    name,
-                    out,
-                    validity,
-                },
-        } => issue("admin", &dir, &name, &out, &validity, |c| {
-            c.issue_admin(&name)
-        }),
+        Cmd::Ca { command } => ca_command(command),
         Cmd::Config {
             command:
                 ConfigCmd::Check {
@@ -210,27 +167,6 @@ fn main() -> ExitCode {
                 check_config(&found.path, identity.as_deref(), !no_files)
             }
             Err(e) => usage(&e.to_string()),
-        },
-        Cmd::Ca {
-            command: CaCmd::Issuer { dir },
-        } => match node::orgissuer::init_issuer(&dir) {
-            Ok((issuer, created)) => {
-                let what = if created { "new" } else { "existing" };
-                println!(
-                    "issuer seed:       {} ({what})",
-                    dir.join(node::orgissuer::SEED_FILE).display()
-                );
-                println!(
-                    "issuer public key: {}",
-                    dir.join(node::orgissuer::PUBLIC_FILE).display()
-                );
-                println!("public key (hex):  {}", issuer.public_hex());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("ca issuer: {e}");
-                ExitCode::FAILURE
-            }
         },
         Cmd::Admin(args) => node::admin::cli::run(args),
         Cmd::Completions { shell } => {
@@ -255,6 +191,66 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Run { config, pid } => run(config, pid),
+    }
+}
+
+/// `provisioner ca ...`: make the CA or the issuer, or issue a member's or admin's certificate.
+fn ca_command(command: CaCmd) -> ExitCode {
+    match command {
+        CaCmd::Init {
+            dir,
+            cn,
+            key_type,
+            validity,
+            force,
+        } => {
+            let validity = match parse_duration(&validity) {
+                Ok(v) => v,
+                Err(e) => return usage(&format!("--validity: {e}")),
+            };
+            report(
+                "ca init",
+                "CA",
+                ca::init(&dir, &cn, key_type, validity, force),
+            )
+        }
+        CaCmd::IssueMember {
+            dir,
+            name,
+            out,
+            dns,
+            ip,
+            validity,
+        } => issue("member", &dir, &name, &out, &validity, |c| {
+            c.issue_member(&name, &dns, &ip)
+        }),
+        CaCmd::IssueAdmin {
+            dir,
+            name,
+            out,
+            validity,
+        } => issue("admin", &dir, &name, &out, &validity, |c| {
+            c.issue_admin(&name)
+        }),
+        CaCmd::Issuer { dir } => match node::orgissuer::init_issuer(&dir) {
+            Ok((issuer, created)) => {
+                let what = if created { "new" } else { "existing" };
+                println!(
+                    "issuer seed:       {} ({what})",
+                    dir.join(node::orgissuer::SEED_FILE).display()
+                );
+                println!(
+                    "issuer public key: {}",
+                    dir.join(node::orgissuer::PUBLIC_FILE).display()
+                );
+                println!("public key (hex):  {}", issuer.public_hex());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ca issuer: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
