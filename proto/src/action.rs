@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::agents::{
     ConfigureRequest, CsrReply, CsrRequest, Ed25519Reply, Ed25519Request, InventoryReply, JwtReply,
-    MessageReply, ReleaseUpdateRequest, RestartRequest, TokenRequest, PROVISION_AGENT,
+    MessageReply, PingReply, ReleaseUpdateRequest, RestartRequest, TokenRequest, PROVISION_AGENT,
     RPCUTIL_AGENT,
 };
 
@@ -49,6 +49,10 @@ macro_rules! action {
 action!(
     /// `rpcutil#inventory`: agents, facts, version and whether the server can upgrade.
     Inventory, RPCUTIL_AGENT, "inventory", serde_json::Value, InventoryReply
+);
+action!(
+    /// `rpcutil#ping`: whether the server is there, in the collective it is asked in.
+    Ping, RPCUTIL_AGENT, "ping", serde_json::Value, PingReply
 );
 action!(
     /// `choria_provision#jwt`: the server's provisioning JWT and its X25519 key.
@@ -102,6 +106,7 @@ mod tests {
     #[test]
     fn every_action_is_in_its_agents_ddl() {
         in_ddl::<Inventory>();
+        in_ddl::<Ping>();
         in_ddl::<Jwt>();
         in_ddl::<GenCsr>();
         in_ddl::<Gen25519>();
@@ -124,6 +129,7 @@ mod tests {
         }
         let token = || TokenRequest { token: "t".into() };
         valid::<Inventory>(&serde_json::json!({}));
+        valid::<Ping>(&serde_json::json!({}));
         valid::<Jwt>(&token());
         valid::<Shutdown>(&token());
         valid::<Reprovision>(&token());

@@ -131,6 +131,13 @@ pub struct MessageReply {
     pub message: String,
 }
 
+/// `rpcutil#ping` output: the server's clock (Unix seconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PingReply {
+    #[serde(default)]
+    pub pong: i64,
+}
+
 /// `rpcutil#inventory` output.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InventoryReply {
