@@ -19,6 +19,9 @@ pub enum Fault {
     WrongSender,
     /// Sends its previous reply (an old request id) before each real one: a replay.
     Replay,
+    /// Carries out `restart` without answering it, as a server that goes before its reply
+    /// does.
+    SilentRestart,
 }
 
 /// Shares of the fleet (0.0 to 1.0) given each fault.
@@ -30,12 +33,13 @@ pub struct FaultShares {
     pub bad_jwt: f64,
     pub wrong_sender: f64,
     pub replay: f64,
+    pub silent_restart: f64,
 }
 
 impl FaultShares {
     /// The fault of server `index` of `total`: the first servers get faults, in the order
-    /// timeout, garbage, bad CSR, bad JWT, wrong sender, replay, each for its share of the
-    /// fleet.
+    /// timeout, garbage, bad CSR, bad JWT, wrong sender, replay, silent restart, each for its
+    /// share of the fleet.
     pub fn assign(&self, index: usize, total: usize) -> Option<Fault> {
         let mut start = 0usize;
         for (share, fault) in [
@@ -45,6 +49,7 @@ impl FaultShares {
             (self.bad_jwt, Fault::BadJwt),
             (self.wrong_sender, Fault::WrongSender),
             (self.replay, Fault::Replay),
+            (self.silent_restart, Fault::SilentRestart),
         ] {
             let n = (share.clamp(0.0, 1.0) * total as f64).round() as usize;
             if index >= start && index < start + n {
@@ -69,6 +74,7 @@ mod tests {
             bad_jwt: 0.2,
             wrong_sender: 0.1,
             replay: 0.1,
+            silent_restart: 0.1,
         };
         let faults: Vec<_> = (0..10).map(|i| s.assign(i, 10)).collect();
         assert_eq!(faults[4], Some(Fault::WrongSender));
@@ -77,6 +83,7 @@ mod tests {
         assert_eq!(faults[1], Some(Fault::Garbage));
         assert_eq!(faults[2], Some(Fault::BadJwt));
         assert_eq!(faults[3], Some(Fault::BadJwt));
-        assert_eq!(faults[6], None);
+        assert_eq!(faults[6], Some(Fault::SilentRestart));
+        assert_eq!(faults[7], None);
     }
 }

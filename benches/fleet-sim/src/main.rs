@@ -69,6 +69,9 @@ struct Args {
     /// Share of servers that send their previous reply again before each real one
     #[arg(long, default_value_t = 0.0)]
     fail_replay: f64,
+    /// Share of servers that restart when asked without answering (their reply lost)
+    #[arg(long, default_value_t = 0.0)]
+    fail_silent_restart: f64,
     #[arg(long, default_value = "sim")]
     prefix: String,
     #[arg(long, default_value = "example.net")]
@@ -209,6 +212,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
             bad_jwt: args.fail_bad_jwt,
             wrong_sender: args.fail_wrong_sender,
             replay: args.fail_replay,
+            silent_restart: args.fail_silent_restart,
         },
         prefix: args.prefix.clone(),
         domain: args.domain.clone(),

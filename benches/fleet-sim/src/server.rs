@@ -2,11 +2,11 @@
 //!
 //! It subscribes where a real server does (`provisioning.node.<identity>` and the broadcast
 //! subjects of its agents), announces itself with a lifecycle `startup` event, answers
-//! `discovery#ping`, `rpcutil#inventory` and the `choria_provision` actions with upstream's
-//! checks (DDL inputs, provisioning token, the 2-minute provisioning lock held by one
-//! sender/caller, provisioning mode), and on `configure` verifies that the certificate chains
-//! to the given CA, names this server and matches the key it made on `gencsr`. On `restart`
-//! it leaves provisioning mode when its new configuration says
+//! `discovery#ping`, `rpcutil#inventory` and `rpcutil#ping`, and the `choria_provision`
+//! actions with upstream's checks (DDL inputs, provisioning token, the 2-minute provisioning
+//! lock held by one sender/caller, provisioning mode), and on `configure` verifies that the
+//! certificate chains to the given CA, names this server and matches the key it made on
+//! `gencsr`. On `restart` it leaves provisioning mode when its new configuration says
 //! `plugin.choria.server.provision=false`, and comes back waiting otherwise, as a real server
 //! would. A server built to `stay` keeps running after that as a provisioned server in its
 //! configured main collective, where `choria_provision#reprovision` (with the token) sends it

@@ -149,7 +149,10 @@ impl Fleet {
                         }
                         Report::Provisioned { index, at, verified: v, serial } => {
                             if self.faults[index].is_some() {
+                                // apart from the healthy ones, but in the events: the
+                                // checker follows every server in and out of provisioning
                                 faulty_provisioned += 1;
+                                self.event(index, "provisioned", serial.as_deref());
                                 continue;
                             }
                             if !restarted.insert(index) {

@@ -82,6 +82,13 @@ impl SimServer {
                 }
                 self.note_first_request();
                 let reply = self.rpc(&incoming).await;
+                // it goes before its answer does
+                if self.spec.fault == Some(Fault::SilentRestart)
+                    && env.agent == "choria_provision"
+                    && reply.action == "restart"
+                {
+                    return;
+                }
                 match reply.to_json() {
                     Ok(b) => b,
                     Err(_) => return,
@@ -177,6 +184,7 @@ impl SimServer {
         }
         match (req.agent.as_str(), action.as_str()) {
             ("rpcutil", "inventory") => RpcReply::ok(&action, self.inventory()),
+            ("rpcutil", "ping") => RpcReply::ok(&action, json!({"pong": proto::unix_now()})),
             ("rpcutil", _) => RpcReply::error(&action, StatusCode::Aborted, "not simulated"),
             _ => self.provision_action(env, &action, req.data).await,
         }
