@@ -895,14 +895,28 @@ fn same_serial(a: &str, b: &str) -> bool {
 /// A quarter of a 20-server fleet comes back to provisioning mode 18 s after being
 /// provisioned, as servers with a broken configuration or expired credentials do. With
 /// `reenroll_limit` above 1 they are enrolled again, the helper told of their first
-/// credential; at 1 they are refused (deferred) and keep the credential they have.
-fn fall_back(reenroll_limit: u32) {
+/// credential; at 1 they are refused (deferred) and keep the credential they have. With
+/// `silent_restarts` those servers restart when asked but never answer `restart`.
+fn fall_back(reenroll_limit: u32, silent_restarts: bool) {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let nats = Nats::start(d);
     let ca = init_ca(d);
     let events = d.join("events.jsonl");
+    let mut extra: Vec<String> = vec![
+        "--stay".into(),
+        "--events".into(),
+        events.display().to_string(),
+        "--fall-back".into(),
+        "0.25".into(),
+        "--fall-back-after".into(),
+        "18".into(),
+    ];
+    if silent_restarts {
+        // the same first quarter
+        extra.extend(["--fail-silent-restart".into(), "0.25".into()]);
+    }
     let mut fleet = FleetProcess::start(
         d,
         &nats,
@@ -911,15 +925,7 @@ fn fall_back(reenroll_limit: u32) {
             servers: 20,
             token: "t0ken".into(),
             timeout_secs: 120,
-            extra: vec![
-                "--stay".into(),
-                "--events".into(),
-                events.display().to_string(),
-                "--fall-back".into(),
-                "0.25".into(),
-                "--fall-back-after".into(),
-                "18".into(),
-            ],
+            extra,
             ..Default::default()
         },
         false,
@@ -939,7 +945,9 @@ fn fall_back(reenroll_limit: u32) {
         },
     );
     let summary = fleet.wait_summary(Duration::from_secs(180));
-    assert_eq!(n(&summary, "provisioned"), 20, "{summary}");
+    // the fleet counts servers with a fault apart
+    let provisioned = n(&summary, "provisioned") + n(&summary, "faulty_provisioned");
+    assert_eq!(provisioned, 20, "{summary}");
     let provisioned = |ev: &[(String, String, Option<String>)]| {
         ev.iter().filter(|(_, e, _)| e == "provisioned").count()
     };
@@ -954,8 +962,9 @@ fn fall_back(reenroll_limit: u32) {
         while provisioned(&cluster_tests::fleet_events(&events)) < 25 {
             assert!(
                 start.elapsed() < Duration::from_secs(120),
-                "fallen-back servers not provisioned again: {:?}",
-                cluster_tests::fleet_events(&events)
+                "fallen-back servers not provisioned again: {:?}\nthe provisioner's log:\n{}",
+                cluster_tests::fleet_events(&events),
+                prov.log()
             );
             assert!(prov.proc.is_running(), "provisioner died");
             std::thread::sleep(Duration::from_millis(500));
@@ -1029,6 +1038,7 @@ fn fall_back(reenroll_limit: u32) {
         assert!(told.is_empty(), "refused before the helper: {told:?}");
     }
     // the ledger: one record per server, all enrolled, the replaced credentials revoked
+    // (a restart without an answer is followed by a ping 5 s later: some 10 s more)
     let start = std::time::Instant::now();
     loop {
         let m = prov.metrics();
@@ -1039,21 +1049,40 @@ fn fall_back(reenroll_limit: u32) {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(30),
             "ledger: enrolled {enrolled}, revoked {revoked}, reenrolled {reenrolled}"
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // only re-enrolled servers are pinged after a restart without an answer; each had left
+    let m = prov.scrape();
+    let unanswered = |result: &str| {
+        metric_sum(
+            &m,
+            "choria_provisioner_restart_unanswered",
+            &format!("result=\"{result}\""),
+        )
+    };
+    let want_left = if silent_restarts { want_reenrolled } else { 0 };
+    assert_eq!(unanswered("left"), want_left as f64, "{m}");
+    assert_eq!(unanswered("waiting") + unanswered("unknown"), 0.0);
 }
 
 #[test]
 fn servers_that_fall_back_by_themselves_are_provisioned_again() {
-    fall_back(3);
+    fall_back(3, false);
+}
+
+/// The re-enrolled servers restart without answering: each is pinged where it waited, does
+/// not answer there either, and the credential it replaced is revoked all the same.
+#[test]
+fn a_re_enrolled_server_that_restarts_without_answering_has_its_old_credential_revoked() {
+    fall_back(3, true);
 }
 
 #[test]
 fn re_enrollment_stops_at_the_limit_and_the_old_credential_stays() {
-    fall_back(1);
+    fall_back(1, false);
 }
 
 /// A chain issuer's client JWT as `choria jwt client ... --issuer` makes it: signed by the

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use proto::action::{
-    Action, Configure, Gen25519, GenCsr, Inventory, Jwt, ReleaseUpdate, Reprovision, Restart,
+    Action, Configure, Gen25519, GenCsr, Inventory, Jwt, Ping, ReleaseUpdate, Reprovision, Restart,
     Shutdown,
 };
 use proto::rpc::RpcReply;
@@ -79,6 +79,8 @@ macro_rules! policy {
 
 policy! {
     Inventory => tries(5);
+    /// Twice: one lost reply must not read as a server that left.
+    Ping => tries(2);
     Jwt => tries(3);
     /// Once, as upstream: every try makes the server write a new key.
     GenCsr => tries(1);

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub raft_refused: IntCounterVec,
     /// Servers enrolled again with a new credential while the ledger held one for them.
     pub reenrolled: IntCounterVec,
+    /// Re-enrolled servers whose restart got no answer, by what a ping then showed (left,
+    /// waiting, unknown).
+    pub restart_unanswered: IntCounterVec,
     /// Sightings not queued because `max_waiting` servers wait already, by source.
     pub waiting_dropped: IntCounterVec,
     /// Locks of the work queue a panic left poisoned, taken over by the next user, by lock.
@@ -285,6 +288,11 @@ impl Metrics {
                 "choria_provisioner_reenrolled",
                 "Servers enrolled again with a new credential while the ledger held one for them",
                 &["site"],
+            ),
+            restart_unanswered: counter(
+                "choria_provisioner_restart_unanswered",
+                "Re-enrolled servers whose restart got no answer, by what a ping in provisioning mode then showed",
+                &["site", "result"],
             ),
             waiting_dropped: counter(
                 "choria_provisioner_waiting_dropped",

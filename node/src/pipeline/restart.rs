@@ -1,8 +1,18 @@
 //! Step 9: restart the server into its configuration (`choria_provision#restart`) once the
 //! ledger shows it enrolled; a re-enrolled server's old credential is revoked only now that
 //! it runs with the new one.
+//!
+//! A restart whose answer never came may still have been carried out: the server left before
+//! it replied, or the reply was lost. Such a server is asked, a moment later, whether it is
+//! still in provisioning mode (`rpcutil#ping` in the provisioning collective). Gone, it left
+//! with the configuration it was sent, the new credential with it: the old one is revoked as
+//! after a restart that answered. Without this the old credential stayed valid, and out of
+//! the CRL, until it expired. Still there, it keeps both, and the next discovery provisions
+//! it again.
 
-use proto::action::Restart;
+use std::time::Duration;
+
+use proto::action::{Ping, Restart};
 use proto::agents::RestartRequest;
 use raft::Command;
 
@@ -13,8 +23,15 @@ use crate::context::Services;
 use crate::rpc::RpcError;
 
 /// Well inside the ledger's settle time for enrolled servers seen in provisioning mode.
-pub const RESTART_WITHIN: std::time::Duration =
-    std::time::Duration::from_millis(raft::state::REENROLL_SETTLE_MS / 3);
+pub const RESTART_WITHIN: Duration = Duration::from_millis(raft::state::REENROLL_SETTLE_MS / 3);
+
+/// After a restart that got no answer, how long until asking whether the server is still in
+/// provisioning mode: upstream's agent restarts 2 s and up to the splay (1 s) after it was
+/// asked, and the server takes a moment to go.
+const LOOK_AFTER: Duration = Duration::from_secs(5);
+
+/// Each of the ping's tries (two, see [`crate::call`]) has this long.
+const LOOK_WITHIN: Duration = Duration::from_secs(2);
 
 /// Restarts a server the ledger shows enrolled, sent within `budget_ms`; a re-enrolled one
 /// (`reenrolled`) then has the credential it replaced retired.
@@ -27,6 +44,11 @@ pub(super) async fn restart_enrolled(
     if let Err(e) = restart(svc, identity, budget_ms).await {
         svc.metrics.step_error("restart");
         tracing::error!(identity, error = %e, "enrolled but the restart failed");
+        // an answer that came says the server did not restart; only silence is in doubt
+        if reenrolled && matches!(e, RpcError::Timeout { .. }) && left(svc, identity).await {
+            svc.metrics.inc(&svc.metrics.reenrolled);
+            retire_superseded(svc, identity).await;
+        }
         return Outcome::Failed(format!("restart: {e}"));
     }
     if reenrolled {
@@ -52,6 +74,35 @@ async fn restart(svc: &Services, identity: &str, budget_ms: u64) -> Result<(), R
         .call_within::<Restart>(identity, &req, limit)
         .await
         .map(|_| ())
+}
+
+/// Whether a server whose restart got no answer has left provisioning mode: [`LOOK_AFTER`]
+/// later, it does not answer a ping there either. Any answer, even an error, says it is still
+/// there; an error that is not silence says nothing.
+async fn left(svc: &Services, identity: &str) -> bool {
+    tokio::time::sleep(LOOK_AFTER).await;
+    let ping = svc
+        .agents
+        .call_within::<Ping>(identity, &serde_json::json!({}), LOOK_WITHIN)
+        .await;
+    let (left, result) = match &ping {
+        Err(RpcError::Timeout { .. }) => (true, "left"),
+        Ok(_)
+        | Err(RpcError::Failed { .. })
+        | Err(RpcError::BadReply { .. })
+        | Err(RpcError::BadData { .. }) => (false, "waiting"),
+        Err(_) => (false, "unknown"),
+    };
+    tracing::warn!(
+        identity,
+        result,
+        "a re-enrolled server's restart got no answer; asked whether it left provisioning mode"
+    );
+    let m = &svc.metrics;
+    m.restart_unanswered
+        .with_label_values(&[m.site(), result])
+        .inc();
+    left
 }
 
 /// The re-enrolled server restarted with its new credential: the one it replaced is revoked

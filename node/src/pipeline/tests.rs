@@ -35,12 +35,15 @@ const RESTART: &str = "choria_provision#restart";
 const GENCSR: &str = "choria_provision#gencsr";
 const INVENTORY: &str = "rpcutil#inventory";
 const JWT: &str = "choria_provision#jwt";
+const PING: &str = "rpcutil#ping";
 
 /// A server in provisioning mode: answers what a real one would, makes a new key for every
-/// CSR it is asked for, and fails the actions it is told to.
+/// CSR it is asked for, fails the actions it is told to and answers nothing to those it is
+/// told to keep silent on.
 #[derive(Default)]
 struct Server {
     failing: Mutex<BTreeSet<&'static str>>,
+    silent: Mutex<BTreeSet<&'static str>>,
     asked: Mutex<Vec<(String, Value)>>,
     /// The public key (DER) of the last CSR it made.
     last_key: Mutex<Vec<u8>>,
@@ -51,6 +54,10 @@ struct Server {
 impl Server {
     fn fail(&self, rpc: &'static str) {
         self.failing.lock().unwrap().insert(rpc);
+    }
+
+    fn silence(&self, rpc: &'static str) {
+        self.silent.lock().unwrap().insert(rpc);
     }
 
     fn asked(&self) -> Vec<String> {
@@ -75,6 +82,13 @@ impl Server {
     }
 
     fn answer(&self, rpc: &str) -> Result<RpcReply, RpcError> {
+        if self.silent.lock().unwrap().contains(rpc) {
+            return Err(RpcError::Timeout {
+                rpc: rpc.to_string(),
+                identity: ID.to_string(),
+                timeout: Duration::from_secs(2),
+            });
+        }
         if self.failing.lock().unwrap().contains(rpc) {
             return Ok(reply(StatusCode::Aborted, json!({})));
         }
@@ -404,15 +418,13 @@ async fn a_certificate_the_server_never_received_is_revoked_once_it_runs_with_th
     assert!(rec.superseded.is_none(), "{rec:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_reprovisioned_server_gets_a_new_certificate_and_its_old_one_is_revoked_once_restarted() {
-    let site = Site::new();
+/// Provisions the server, then records an operator's request to provision it again (as
+/// `provisioner admin reprovision` does) once the settle time that keeps a just-enrolled
+/// server to its flow is over; gives the serial it holds.
+async fn enrolled_and_asked_again(site: &Site) -> String {
     let svc = site.services(Logic::configuring());
     assert_eq!(provision(&svc, ID, now_ms()).await, Outcome::Provisioned);
     let old = site.record().await.credential.expect("credential").serial;
-
-    // an operator asks for it again (as `provisioner admin reprovision` records it), once
-    // the settle time that keeps a just-enrolled server to its flow is over
     let request = Command::RequestReprovision {
         identity: ID.into(),
         member: "prov1/ops".into(),
@@ -422,7 +434,20 @@ async fn a_reprovisioned_server_gets_a_new_certificate_and_its_old_one_is_revoke
         site.ledger.propose(request).await.unwrap(),
         raft::Applied::Ok
     );
+    old
+}
 
+fn unanswered(svc: &Services, result: &str) -> u64 {
+    svc.metrics
+        .restart_unanswered
+        .with_label_values(&[svc.metrics.site(), result])
+        .get()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reprovisioned_server_gets_a_new_certificate_and_its_old_one_is_revoked_once_restarted() {
+    let site = Site::new();
+    let old = enrolled_and_asked_again(&site).await;
     let logic = Logic::configuring();
     let svc = site.services(logic.clone());
     assert_eq!(provision(&svc, ID, now_ms()).await, Outcome::Provisioned);
@@ -439,6 +464,68 @@ async fn a_reprovisioned_server_gets_a_new_certificate_and_its_old_one_is_revoke
     assert_eq!(rec.revoked.len(), 1);
     assert_eq!(rec.revoked[0].serial, old);
     assert_eq!(rec.revoked[0].reason, format!("superseded by {new}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reprovisioned_server_that_left_without_answering_the_restart_has_its_old_certificate_revoked(
+) {
+    let site = Site::new();
+    let old = enrolled_and_asked_again(&site).await;
+    // it restarts, and neither its answer nor anything later comes back
+    site.server.silence(RESTART);
+    site.server.silence(PING);
+    let svc = site.services(Logic::configuring());
+    assert!(matches!(
+        provision(&svc, ID, now_ms()).await,
+        Outcome::Failed(_)
+    ));
+    assert_eq!(site.server.asked().last().map(String::as_str), Some(PING));
+    let rec = site.record().await;
+    let new = rec.credential.expect("credential").serial;
+    assert_eq!(rec.state, EnrollState::Enrolled);
+    assert!(rec.superseded.is_none(), "{:?}", rec.superseded);
+    assert_eq!(rec.revoked.len(), 1);
+    assert_eq!(rec.revoked[0].serial, old);
+    assert_eq!(rec.revoked[0].reason, format!("superseded by {new}"));
+    assert_eq!(unanswered(&svc, "left"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reprovisioned_server_still_in_provisioning_mode_after_an_unanswered_restart_keeps_its_old_certificate(
+) {
+    let site = Site::new();
+    let old = enrolled_and_asked_again(&site).await;
+    // the restart's answer is lost, but the server still answers in provisioning mode
+    site.server.silence(RESTART);
+    let svc = site.services(Logic::configuring());
+    assert!(matches!(
+        provision(&svc, ID, now_ms()).await,
+        Outcome::Failed(_)
+    ));
+    assert_eq!(site.server.asked().last().map(String::as_str), Some(PING));
+    let rec = site.record().await;
+    assert_eq!(rec.superseded.map(|c| c.serial), Some(old));
+    assert!(rec.revoked.is_empty(), "{:?}", rec.revoked);
+    assert_eq!(unanswered(&svc, "waiting"), 1);
+    assert_eq!(unanswered(&svc, "left"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_the_server_refused_is_not_followed_by_a_ping_and_revokes_nothing() {
+    let site = Site::new();
+    let old = enrolled_and_asked_again(&site).await;
+    // it answered: it did not restart, whatever a ping would say
+    site.server.fail(RESTART);
+    site.server.silence(PING);
+    let svc = site.services(Logic::configuring());
+    assert!(matches!(
+        provision(&svc, ID, now_ms()).await,
+        Outcome::Failed(_)
+    ));
+    assert!(!site.server.asked().iter().any(|a| a == PING));
+    let rec = site.record().await;
+    assert_eq!(rec.superseded.map(|c| c.serial), Some(old));
+    assert!(rec.revoked.is_empty(), "{:?}", rec.revoked);
 }
 
 #[tokio::test(start_paused = true)]

@@ -22,8 +22,9 @@
 //!
 //! Rules 2 (applied once the cluster's `rules` setting says so, see [`LEDGER_RULES`]):
 //! - a re-enrollment keeps the credential it replaces valid (`superseded`) until the server
-//!   restarted with the new one (`Restarted`), so a re-enrollment that never completes leaves
-//!   the server its working credential;
+//!   restarted with the new one (`Restarted`: its restart answered, or, unanswered, it left
+//!   provisioning mode), so a re-enrollment that never completes leaves the server its
+//!   working credential;
 //! - a claim on an enrolled server that ends without a new credential (failed, deferred,
 //!   abandoned, reassigned) leaves it enrolled: a sighting alone never unenrolls a server;
 //! - the record of a server that failed and never held a credential may be forgotten once it
