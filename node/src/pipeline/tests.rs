@@ -437,6 +437,17 @@ async fn enrolled_and_asked_again(site: &Site) -> String {
     old
 }
 
+/// As [`enrolled_and_asked_again`], then provisions it again with the server `set` up first,
+/// a flow that fails at the restart; gives the serial it held and the flow's services.
+async fn reenrolled_restart_failing(site: &Site, set: impl FnOnce(&Server)) -> (String, Services) {
+    let old = enrolled_and_asked_again(site).await;
+    set(&site.server);
+    let svc = site.services(Logic::configuring());
+    let out = provision(&svc, ID, now_ms()).await;
+    assert!(matches!(out, Outcome::Failed(_)), "{out:?}");
+    (old, svc)
+}
+
 fn unanswered(svc: &Services, result: &str) -> u64 {
     svc.metrics
         .restart_unanswered
@@ -470,15 +481,12 @@ async fn a_reprovisioned_server_gets_a_new_certificate_and_its_old_one_is_revoke
 async fn a_reprovisioned_server_that_left_without_answering_the_restart_has_its_old_certificate_revoked(
 ) {
     let site = Site::new();
-    let old = enrolled_and_asked_again(&site).await;
     // it restarts, and neither its answer nor anything later comes back
-    site.server.silence(RESTART);
-    site.server.silence(PING);
-    let svc = site.services(Logic::configuring());
-    assert!(matches!(
-        provision(&svc, ID, now_ms()).await,
-        Outcome::Failed(_)
-    ));
+    let (old, svc) = reenrolled_restart_failing(&site, |s| {
+        s.silence(RESTART);
+        s.silence(PING);
+    })
+    .await;
     assert_eq!(site.server.asked().last().map(String::as_str), Some(PING));
     let rec = site.record().await;
     let new = rec.credential.expect("credential").serial;
@@ -494,14 +502,8 @@ async fn a_reprovisioned_server_that_left_without_answering_the_restart_has_its_
 async fn a_reprovisioned_server_still_in_provisioning_mode_after_an_unanswered_restart_keeps_its_old_certificate(
 ) {
     let site = Site::new();
-    let old = enrolled_and_asked_again(&site).await;
     // the restart's answer is lost, but the server still answers in provisioning mode
-    site.server.silence(RESTART);
-    let svc = site.services(Logic::configuring());
-    assert!(matches!(
-        provision(&svc, ID, now_ms()).await,
-        Outcome::Failed(_)
-    ));
+    let (old, svc) = reenrolled_restart_failing(&site, |s| s.silence(RESTART)).await;
     assert_eq!(site.server.asked().last().map(String::as_str), Some(PING));
     let rec = site.record().await;
     assert_eq!(rec.superseded.map(|c| c.serial), Some(old));
@@ -513,19 +515,17 @@ async fn a_reprovisioned_server_still_in_provisioning_mode_after_an_unanswered_r
 #[tokio::test(start_paused = true)]
 async fn a_restart_the_server_refused_is_not_followed_by_a_ping_and_revokes_nothing() {
     let site = Site::new();
-    let old = enrolled_and_asked_again(&site).await;
     // it answered: it did not restart, whatever a ping would say
-    site.server.fail(RESTART);
-    site.server.silence(PING);
-    let svc = site.services(Logic::configuring());
-    assert!(matches!(
-        provision(&svc, ID, now_ms()).await,
-        Outcome::Failed(_)
-    ));
+    let (old, svc) = reenrolled_restart_failing(&site, |s| {
+        s.fail(RESTART);
+        s.silence(PING);
+    })
+    .await;
     assert!(!site.server.asked().iter().any(|a| a == PING));
     let rec = site.record().await;
     assert_eq!(rec.superseded.map(|c| c.serial), Some(old));
     assert!(rec.revoked.is_empty(), "{:?}", rec.revoked);
+    assert_eq!(unanswered(&svc, "left") + unanswered(&svc, "waiting"), 0);
 }
 
 #[tokio::test(start_paused = true)]
