@@ -388,6 +388,27 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_ping_answered_with_garbage_is_bad_data_and_a_pong_is_read() {
+        for garbage in [
+            serde_json::json!({"pong": "soon"}),
+            serde_json::json!([1, 2]),
+            serde_json::json!("pong"),
+        ] {
+            let t = Arc::new(Scripted::default());
+            t.ok(garbage.clone());
+            let r = agents(&t).call::<Ping>("n1", &serde_json::json!({})).await;
+            assert!(
+                matches!(r, Err(RpcError::BadData { .. })),
+                "{garbage}: {r:?}"
+            );
+        }
+        let t = Arc::new(Scripted::default());
+        t.ok(serde_json::json!({"pong": 1_796_471_288}));
+        let r = agents(&t).call::<Ping>("n1", &serde_json::json!({})).await;
+        assert_eq!(r.ok().map(|p| p.pong), Some(1_796_471_288));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_reply_whose_data_is_not_the_actions_reply_type_is_an_error() {
         let t = Arc::new(Scripted::default());
         t.ok(serde_json::json!({"message": 7}));
